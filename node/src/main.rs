@@ -1,0 +1,103 @@
+//! `cairn`: a self-hosted Nostr relay for private messages.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cairn_node::Settings;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Cairn: a self-hosted node for private messaging (a Nostr relay that keeps
+/// gift-wrapped messages private).
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, about, long_about = None)]
+struct Cli {
+    /// Log as JSON lines instead of text (the level comes from RUST_LOG, default info).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay. With no flags and no cairn.toml: 127.0.0.1:7777, SQLite in ./cairn-data.
+    ///
+    /// Settings come from defaults, then the config file, then CAIRN_* environment
+    /// variables (CAIRN_BIND, CAIRN_DATA_DIR, CAIRN_DATABASE_URL,
+    /// CAIRN_RELAY__LIMITS__MAX_LIMIT, ...), then these flags.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file (default: ./cairn.toml if it exists). See cairn.example.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on for HTTP and WebSocket, e.g. 0.0.0.0:7777.
+    #[arg(long)]
+    bind: Option<SocketAddr>,
+    /// Directory for the database and other files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data directory).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::load(args.config.as_deref()).context("invalid configuration")?;
+    if let Some(bind) = args.bind {
+        settings.bind = bind;
+    }
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    if let Some(url) = args.database_url {
+        settings.database_url = Some(url);
+    }
+    let node = cairn_node::start(settings).await?;
+    wait_for_signal().await?;
+    tracing::info!("shutting down: finishing in-flight writes");
+    node.shutdown().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! The HTTP/WebSocket server: WebSocket at `/` for the relay, NIP-11 at `/`
+//! for `Accept: application/nostr+json`, background jobs, and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use cairn_relay::store::Store;
+use cairn_relay::{serve_connection, Incoming, Outgoing, Relay};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::settings::Settings;
+
+/// How long shutdown waits for connections to finish their in-flight work.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Initial WebSocket read buffer; it grows for larger messages. Kept small
+/// because idle connections are the common case.
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Outgoing bytes buffered before a write is forced (a flush also forces it).
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    relay: Arc<Relay>,
+    connections: TaskTracker,
+}
+
+/// A node running in this process.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    relay: Arc<Relay>,
+    server: JoinHandle<std::io::Result<()>>,
+    connections: TaskTracker,
+    writer: JoinHandle<()>,
+    jobs: Vec<JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// `ws://ADDR` for clients.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// `http://ADDR`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The relay engine (for tests and in-process publishing).
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Stop accepting, let connections finish in-flight writes and close,
+    /// commit queued writes, and close the database.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let Self {
+            addr: _,
+            relay,
+            server,
+            connections,
+            writer,
+            jobs,
+        } = self;
+        relay.begin_shutdown();
+        server
+            .await
+            .context("server task panicked")?
+            .context("server failed")?;
+        connections.close();
+        if tokio::time::timeout(DEFAULT_SHUTDOWN_GRACE, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not close within the grace period");
+        }
+        for job in jobs {
+            let _ = job.await;
+        }
+        let store: Arc<dyn Store> = Arc::clone(relay.store());
+        // The writer drains its queue and stops once the last handle to the
+        // relay is gone.
+        drop(relay);
+        if tokio::time::timeout(DEFAULT_SHUTDOWN_GRACE, writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("writes still queued after the grace period");
+        }
+        store.close().await;
+        tracing::info!("cairn stopped");
+        Ok(())
+    }
+}
+
+/// Open the database (running migrations), bind, and serve in the background.
+pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
+    create_data_dir(&settings)?;
+    let database_url = settings.database_url();
+    let store = cairn_relay::store::open(&database_url)
+        .await
+        .with_context(|| format!("cannot open database {}", redact_url(&database_url)))?;
+    let listener = TcpListener::bind(settings.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.bind))?;
+    let addr = listener.local_addr()?;
+    let public_url = settings
+        .relay
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{addr}"));
+    let (relay, writer) = Relay::new(settings.relay.clone(), &public_url, store);
+
+    tracing::info!(
+        "cairn {} relay listening on ws://{addr} (NIP-11 at http://{addr}/), public URL {}",
+        env!("CARGO_PKG_VERSION"),
+        relay.public_url()
+    );
+    tracing::info!("storage: {}", describe_database(&database_url));
+
+    let jobs = vec![tokio::spawn(purge_expired_events(
+        Arc::clone(&relay),
+        Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
+    ))];
+    let connections = TaskTracker::new();
+    let state = AppState {
+        relay: Arc::clone(&relay),
+        connections: connections.clone(),
+    };
+    let app = Router::new().route("/", get(root)).with_state(state);
+    let shutdown = relay.shutdown_token().clone();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    });
+    Ok(RunningNode {
+        addr,
+        relay,
+        server,
+        connections,
+        writer,
+        jobs,
+    })
+}
+
+fn create_data_dir(settings: &Settings) -> anyhow::Result<()> {
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The data directory will hold keys and the database: owner only.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `GET /`: a WebSocket upgrade goes to the relay; `Accept:
+/// application/nostr+json` gets NIP-11; anything else a short text page.
+async fn root(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if let Ok(upgrade) = upgrade {
+        return accept_websocket(state, peer, upgrade);
+    }
+    let wants_nip11 = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/nostr+json"));
+    if wants_nip11 {
+        let body = state.relay.information_document().to_string();
+        return (
+            [
+                (header::CONTENT_TYPE, "application/nostr+json"),
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
+            ],
+            body,
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!(
+            "This is a Cairn Nostr relay. Connect a Nostr client to {}\n",
+            state.relay.public_url()
+        ),
+    )
+        .into_response()
+}
+
+fn accept_websocket(state: AppState, peer: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
+    let permit = match state.relay.admit(peer.ip()) {
+        Ok(permit) => permit,
+        Err(err) => {
+            tracing::debug!(%peer, %err, "connection refused");
+            return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+        }
+    };
+    let max_message = state.relay.config().limits.max_message_length;
+    let relay = Arc::clone(&state.relay);
+    let tracker = state.connections.clone();
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            // Tracked so that shutdown can wait for every connection.
+            tracker.track_future(run_socket(relay, permit, socket))
+        })
+}
+
+async fn run_socket(relay: Arc<Relay>, permit: cairn_relay::ConnectionPermit, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    // Text and binary frames pass through; control frames are answered by
+    // the WebSocket library; a close or a fatal error ends the stream (after
+    // reporting the error, when the client can be told why).
+    let incoming = futures::stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        loop {
+            match stream.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some((Incoming::Text(text.to_string()), Some(stream)))
+                }
+                Ok(Message::Binary(_)) => return Some((Incoming::Binary, Some(stream))),
+                Ok(Message::Close(_)) => return None,
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Err(err) => return classify_error(&err).map(|incoming| (incoming, None)),
+            }
+        }
+    });
+    let outgoing = sink.with(|out: Outgoing| {
+        futures::future::ready(Ok::<_, axum::Error>(match out {
+            Outgoing::Text(text) => Message::Text(text.into()),
+            Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        }))
+    });
+    serve_connection(relay, permit, Box::pin(incoming), Box::pin(outgoing)).await;
+}
+
+fn classify_error(err: &axum::Error) -> Option<Incoming> {
+    let source = std::error::Error::source(err)?;
+    match source.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some(Incoming::TooLarge),
+        tungstenite::Error::Utf8(_) => Some(Incoming::InvalidUtf8),
+        tungstenite::Error::Protocol(p) => Some(Incoming::ProtocolError(p.to_string())),
+        _ => None,
+    }
+}
+
+async fn purge_expired_events(relay: Arc<Relay>, every: Duration) {
+    let shutdown = relay.shutdown_token().clone();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = nostr::Timestamp::now().as_secs();
+        match relay.store().purge_expired(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "purged expired events"),
+            Err(err) => tracing::warn!(error = %err, "could not purge expired events"),
+        }
+    }
+}
+
+/// The database URL without its password, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn describe_database(url: &str) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) => format!("SQLite at {path}"),
+        None => format!("Postgres at {}", redact_url(url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,279 @@
+//! Parsing client messages (NIP-01, NIP-42, NIP-45) and building relay messages.
+//!
+//! Incoming text is split into its top-level array elements as raw JSON so
+//! that each part is parsed once, into exactly the type it should be, and a
+//! malformed part yields a precise error instead of a generic one.
+
+use nostr::{Event, Filter, JsonUtil};
+use serde_json::value::RawValue;
+
+/// A parsed client message.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// `["EVENT", <event>]`
+    Event(Box<Event>),
+    /// `["REQ", <sub id>, <filter>...]`
+    Req {
+        /// Subscription id.
+        sub_id: String,
+        /// Filters, OR-ed.
+        filters: Vec<Filter>,
+    },
+    /// `["COUNT", <sub id>, <filter>...]` (NIP-45)
+    Count {
+        /// Query id.
+        sub_id: String,
+        /// Filters, OR-ed.
+        filters: Vec<Filter>,
+    },
+    /// `["CLOSE", <sub id>]`
+    Close(String),
+    /// `["AUTH", <signed kind 22242 event>]` (NIP-42)
+    Auth(Box<Event>),
+}
+
+/// Why a client message could not be parsed, and how to answer it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// Answer with a NOTICE: there is no id to answer with OK/CLOSED.
+    #[error("{0}")]
+    Notice(String),
+    /// An EVENT/AUTH whose id could be read but whose event is malformed:
+    /// answer `OK <id> false`.
+    #[error("{message}")]
+    BadEvent {
+        /// The event id as sent (hex).
+        id: String,
+        /// Reason, prefixed.
+        message: String,
+    },
+    /// A REQ/COUNT with a readable subscription id but a bad filter:
+    /// answer `CLOSED <sub id>`.
+    #[error("{message}")]
+    BadFilter {
+        /// The subscription id.
+        sub_id: String,
+        /// Reason, prefixed.
+        message: String,
+    },
+}
+
+impl ClientMessage {
+    /// Parse one text frame.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let parts: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|_| ParseError::Notice("invalid: message is not a JSON array".to_owned()))?;
+        let Some((verb, args)) = parts.split_first() else {
+            return Err(ParseError::Notice("invalid: empty message".to_owned()));
+        };
+        let verb: &str = serde_json::from_str(verb.get()).map_err(|_| {
+            ParseError::Notice("invalid: first element must be a message type string".to_owned())
+        })?;
+        match verb {
+            "EVENT" => Ok(Self::Event(Box::new(parse_event_arg(args, "EVENT")?))),
+            "AUTH" => Ok(Self::Auth(Box::new(parse_event_arg(args, "AUTH")?))),
+            "REQ" => {
+                let (sub_id, filters) = parse_sub_args(args, "REQ")?;
+                Ok(Self::Req { sub_id, filters })
+            }
+            "COUNT" => {
+                let (sub_id, filters) = parse_sub_args(args, "COUNT")?;
+                Ok(Self::Count { sub_id, filters })
+            }
+            "CLOSE" => match args {
+                [id] => Ok(Self::Close(parse_sub_id(id, "CLOSE")?)),
+                _ => Err(ParseError::Notice(
+                    "invalid: CLOSE takes exactly one subscription id".to_owned(),
+                )),
+            },
+            other => Err(ParseError::Notice(format!(
+                "invalid: unknown message type {}",
+                truncate(other, 32)
+            ))),
+        }
+    }
+}
+
+fn parse_event_arg(args: &[&RawValue], verb: &str) -> Result<Event, ParseError> {
+    let [raw] = args else {
+        return Err(ParseError::Notice(format!(
+            "invalid: {verb} takes exactly one event"
+        )));
+    };
+    Event::from_json(raw.get()).map_err(|err| {
+        let message = format!(
+            "invalid: malformed event: {}",
+            truncate(&err.to_string(), 120)
+        );
+        match sent_event_id(raw) {
+            Some(id) => ParseError::BadEvent { id, message },
+            None => ParseError::Notice(message),
+        }
+    })
+}
+
+/// The `id` field of a malformed event, if it is a well-formed hex id, so
+/// that the client can be answered with OK.
+fn sent_event_id(raw: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: &'a str,
+    }
+    let IdOnly { id } = serde_json::from_str(raw.get()).ok()?;
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
+}
+
+fn parse_sub_id(raw: &RawValue, verb: &str) -> Result<String, ParseError> {
+    serde_json::from_str::<String>(raw.get()).map_err(|_| {
+        ParseError::Notice(format!("invalid: {verb} subscription id must be a string"))
+    })
+}
+
+fn parse_sub_args(args: &[&RawValue], verb: &str) -> Result<(String, Vec<Filter>), ParseError> {
+    let Some((id, raw_filters)) = args.split_first() else {
+        return Err(ParseError::Notice(format!(
+            "invalid: {verb} needs a subscription id"
+        )));
+    };
+    let sub_id = parse_sub_id(id, verb)?;
+    if raw_filters.is_empty() {
+        return Err(ParseError::BadFilter {
+            sub_id,
+            message: format!("invalid: {verb} needs at least one filter"),
+        });
+    }
+    let mut filters = Vec::with_capacity(raw_filters.len());
+    for raw in raw_filters {
+        match Filter::from_json(raw.get()) {
+            Ok(filter) => filters.push(filter),
+            Err(err) => {
+                return Err(ParseError::BadFilter {
+                    sub_id,
+                    message: format!("invalid: bad filter: {}", truncate(&err.to_string(), 120)),
+                })
+            }
+        }
+    }
+    Ok((sub_id, filters))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Builders for relay → client messages, as JSON text. Stored events are
+/// embedded as the JSON they were stored with, never re-serialized.
+pub mod out {
+    use serde_json::json;
+
+    fn quote(s: &str) -> String {
+        serde_json::Value::from(s).to_string()
+    }
+
+    /// `["EVENT", sub, event]`
+    pub fn event(sub_id: &str, event_json: &str) -> String {
+        let sub = quote(sub_id);
+        let mut s = String::with_capacity(sub.len() + event_json.len() + 12);
+        s.push_str("[\"EVENT\",");
+        s.push_str(&sub);
+        s.push(',');
+        s.push_str(event_json);
+        s.push(']');
+        s
+    }
+
+    /// `["OK", id, accepted, message]`
+    pub fn ok(event_id: &str, accepted: bool, message: &str) -> String {
+        json!(["OK", event_id, accepted, message]).to_string()
+    }
+
+    /// `["EOSE", sub]`
+    pub fn eose(sub_id: &str) -> String {
+        json!(["EOSE", sub_id]).to_string()
+    }
+
+    /// `["CLOSED", sub, message]`
+    pub fn closed(sub_id: &str, message: &str) -> String {
+        json!(["CLOSED", sub_id, message]).to_string()
+    }
+
+    /// `["NOTICE", message]`
+    pub fn notice(message: &str) -> String {
+        json!(["NOTICE", message]).to_string()
+    }
+
+    /// `["AUTH", challenge]`
+    pub fn auth(challenge: &str) -> String {
+        json!(["AUTH", challenge]).to_string()
+    }
+
+    /// `["COUNT", sub, {"count": n}]`
+    pub fn count(sub_id: &str, count: u64) -> String {
+        json!(["COUNT", sub_id, {"count": count}]).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_arrays_and_unknown_verbs() {
+        assert!(matches!(
+            ClientMessage::parse("{}"),
+            Err(ParseError::Notice(_))
+        ));
+        assert!(matches!(
+            ClientMessage::parse("[]"),
+            Err(ParseError::Notice(_))
+        ));
+        assert!(matches!(
+            ClientMessage::parse("[1]"),
+            Err(ParseError::Notice(_))
+        ));
+        let err = ClientMessage::parse(r#"["HELLO"]"#).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::Notice("invalid: unknown message type HELLO".into())
+        );
+    }
+
+    #[test]
+    fn bad_filter_is_closed_with_sub_id() {
+        let err = ClientMessage::parse(r#"["REQ","s",{"kinds":"x"}]"#).unwrap_err();
+        assert!(matches!(err, ParseError::BadFilter { ref sub_id, .. } if sub_id == "s"));
+        let err = ClientMessage::parse(r#"["REQ","s"]"#).unwrap_err();
+        assert!(matches!(err, ParseError::BadFilter { .. }));
+    }
+
+    #[test]
+    fn malformed_event_with_id_gets_ok() {
+        let id = "a".repeat(64);
+        let err =
+            ClientMessage::parse(&format!(r#"["EVENT",{{"id":"{id}","kind":"x"}}]"#)).unwrap_err();
+        assert!(matches!(err, ParseError::BadEvent { id: ref got, .. } if *got == id));
+    }
+
+    #[test]
+    fn parses_req_with_tags() {
+        let msg =
+            ClientMessage::parse(r##"["REQ","s",{"#t":["a"],"limit":3},{"kinds":[1]}]"##).unwrap();
+        match msg {
+            ClientMessage::Req { sub_id, filters } => {
+                assert_eq!(sub_id, "s");
+                assert_eq!(filters.len(), 2);
+                assert_eq!(filters[0].limit, Some(3));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn event_message_escapes_sub_id() {
+        assert_eq!(out::event("a\"b", "{}"), r#"["EVENT","a\"b",{}]"#);
+    }
+}
