@@ -18,6 +18,10 @@ pub const DEFAULT_CONFIG_FILE: &str = "cairn.toml";
 /// SQLite file name inside the data directory.
 pub const SQLITE_FILE: &str = "cairn.db";
 
+/// Top-level setting names, as `CAIRN_<NAME>` variables may spell them.
+const SETTING_NAMES: &[&str] =
+    &["bind", "data_dir", "database_url", "expiration_purge_interval_secs", "relay"];
+
 /// All settings of a Cairn node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -62,9 +66,17 @@ impl Settings {
                 }
                 figment = figment.merge(Toml::file_exact(path));
             }
-            None => figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE)),
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
-        figment.merge(Env::prefixed("CAIRN_").split("__")).extract()
+        // Only variables naming a setting: others such as CAIRN_TEST_POSTGRES_URL
+        // belong to other tools and must not be rejected as unknown fields.
+        let env = Env::prefixed("CAIRN_").split("__").filter(|key| {
+            // Keys arrive upper-case, with `__` already turned into `.`.
+            let key = key.as_str().to_ascii_lowercase();
+            let top = key.split('.').next().unwrap_or_default();
+            SETTING_NAMES.contains(&top)
+        });
+        figment.merge(env).extract()
     }
 
     /// The database URL in effect.
@@ -73,5 +85,70 @@ impl Settings {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join(SQLITE_FILE).display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "bind = \"127.0.0.1:9000\"\n[relay.limits]\nmax_limit = 42\n",
+            )?;
+            jail.set_env("CAIRN_DATA_DIR", "/tmp/elsewhere");
+            jail.set_env("CAIRN_RELAY__LIMITS__MAX_FILTERS", "3");
+            jail.set_env("CAIRN_TEST_POSTGRES_URL", "postgres://ignored");
+            let settings = Settings::load(Some(Path::new("custom.toml"))).expect("loads");
+            assert_eq!(settings.bind.port(), 9000);
+            assert_eq!(settings.relay.limits.max_limit, 42);
+            assert_eq!(settings.relay.limits.max_filters, 3);
+            assert_eq!(settings.data_dir, PathBuf::from("/tmp/elsewhere"));
+            assert_eq!(settings.database_url(), "sqlite:///tmp/elsewhere/cairn.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_but_default_file_is_optional() {
+        figment::Jail::expect_with(|_jail| {
+            assert!(Settings::load(Some(Path::new("nope.toml"))).is_err());
+            let settings = Settings::load(None).expect("defaults");
+            assert_eq!(settings.bind.to_string(), DEFAULT_BIND);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "bnd = \"127.0.0.1:1\"\n")?;
+            assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example must stay loadable and equal to the defaults,
+    /// or it documents something that is not true.
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cairn.example.toml");
+        let loaded: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("cairn.example.toml loads");
+        let defaults = Settings::default();
+        assert_eq!(
+            serde_json::to_value(&loaded).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
     }
 }

@@ -35,8 +35,7 @@ impl Default for RelayConfig {
         Self {
             public_url: None,
             name: "cairn".into(),
-            description:
-                "A Cairn relay: private messages, verifiable identities, Bitcoin payments.".into(),
+            description: "A Cairn relay: private messages that stay private.".into(),
             contact: None,
             pubkey: None,
             limits: Limits::default(),
