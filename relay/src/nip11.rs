@@ -49,7 +49,7 @@ pub fn relay_information(config: &RelayConfig) -> Value {
         "name": config.name,
         "description": config.description,
         "supported_nips": SUPPORTED_NIPS,
-        "software": "https://github.com/cairn-node/cairn",
+        "software": "cairn",
         "version": env!("CARGO_PKG_VERSION"),
         "limitation": limitation,
     });
