@@ -1,0 +1,405 @@
+//! The test harness: one API over either the in-process node or a real
+//! `bitcoind -regtest` (when `BITCOIND_EXE` is set).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::{Address, Amount, BlockHash, OutPoint, Txid};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use crate::bitcoind::Bitcoind;
+use crate::error::RpcError;
+use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
+use crate::rpc::RpcServer;
+use crate::wallet::InternalWallet;
+
+/// Environment variable naming a `bitcoind` binary to test against instead.
+pub const BITCOIND_EXE_ENV: &str = "BITCOIND_EXE";
+/// RPC user name of every test chain.
+pub const DEFAULT_RPC_USER: &str = "testchain";
+/// Timeout of a single RPC call made by the harness.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Harness failures.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The node answered with a JSON-RPC error.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// HTTP transport failure.
+    #[error("RPC transport: {0}")]
+    Http(#[from] reqwest::Error),
+    /// Local I/O failure (sockets, temp dirs, processes).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// `bitcoind` did not start or answer.
+    #[error("bitcoind: {0}")]
+    Bitcoind(String),
+    /// A response did not have the expected shape.
+    #[error("unexpected RPC response: {0}")]
+    Unexpected(String),
+    /// The internal wallet could not pay the requested amount.
+    #[error("cannot fund {0}")]
+    Funding(Amount),
+}
+
+/// A block in the active chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tip {
+    /// Height.
+    pub height: u32,
+    /// Hash.
+    pub hash: BlockHash,
+}
+
+enum Backend {
+    InProcess {
+        node: Arc<Mutex<Node>>,
+        server: RpcServer,
+        wallet: InternalWallet,
+    },
+    Bitcoind(Bitcoind),
+}
+
+/// A regtest chain for one test. Dropping it (or [`TestChain::stop`]) shuts it down.
+pub struct TestChain {
+    backend: Backend,
+    url: String,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for TestChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out of logs.
+        f.debug_struct("TestChain")
+            .field("url", &self.url)
+            .field("real_bitcoind", &self.is_real_bitcoind())
+            .finish()
+    }
+}
+
+fn random_password() -> String {
+    use bitcoin::secp256k1::rand::{thread_rng, RngCore};
+    let mut b = [0u8; 16];
+    thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl TestChain {
+    /// Starts a real `bitcoind -regtest` if `BITCOIND_EXE` is set, else the in-process node.
+    pub async fn start() -> Result<Self, HarnessError> {
+        match std::env::var_os(BITCOIND_EXE_ENV) {
+            Some(exe) if !exe.is_empty() => Self::start_bitcoind(Path::new(&exe)).await,
+            _ => Self::start_in_process().await,
+        }
+    }
+
+    /// Starts the in-process node and its RPC server on 127.0.0.1.
+    pub async fn start_in_process() -> Result<Self, HarnessError> {
+        let password = random_password();
+        let node = Arc::new(Mutex::new(Node::new()));
+        let server = RpcServer::start(node.clone(), DEFAULT_RPC_USER, &password).await?;
+        let url = format!("http://{}", server.addr());
+        Ok(Self::with_backend(
+            Backend::InProcess {
+                node,
+                server,
+                wallet: InternalWallet::new(),
+            },
+            url,
+            password,
+        ))
+    }
+
+    /// Starts `bitcoind -regtest` from `exe` in a temporary data directory.
+    pub async fn start_bitcoind(exe: &Path) -> Result<Self, HarnessError> {
+        let password = random_password();
+        let bitcoind = Bitcoind::spawn(exe, DEFAULT_RPC_USER, &password)?;
+        let url = format!("http://127.0.0.1:{}", bitcoind.rpc_port());
+        let chain = Self::with_backend(Backend::Bitcoind(bitcoind), url, password);
+        chain.wait_ready().await?;
+        chain
+            .rpc("createwallet", vec![json!(crate::bitcoind::WALLET_NAME)])
+            .await?;
+        Ok(chain)
+    }
+
+    fn with_backend(backend: Backend, url: String, password: String) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(DEFAULT_RPC_TIMEOUT)
+            .build()
+            .expect("static client configuration");
+        Self {
+            backend,
+            url,
+            user: DEFAULT_RPC_USER.to_string(),
+            password,
+            http,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    async fn wait_ready(&self) -> Result<(), HarnessError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Backend::Bitcoind(b) = &self.backend {
+                b.check_running()?;
+            }
+            match self.rpc("getblockchaininfo", vec![]).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(HarnessError::Bitcoind(format!(
+                        "RPC not ready after 30 s: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// RPC URL, e.g. `http://127.0.0.1:18443`.
+    pub fn rpc_url(&self) -> &str {
+        &self.url
+    }
+
+    /// RPC port on 127.0.0.1.
+    pub fn rpc_port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// RPC user name.
+    pub fn rpc_user(&self) -> &str {
+        &self.user
+    }
+
+    /// RPC password (random per chain).
+    pub fn rpc_password(&self) -> &str {
+        &self.password
+    }
+
+    /// Whether this chain is a real `bitcoind`.
+    pub fn is_real_bitcoind(&self) -> bool {
+        matches!(self.backend, Backend::Bitcoind(_))
+    }
+
+    /// The in-process node, for white-box assertions; `None` with a real bitcoind.
+    pub fn in_process_node(&self) -> Option<Arc<Mutex<Node>>> {
+        match &self.backend {
+            Backend::InProcess { node, .. } => Some(node.clone()),
+            Backend::Bitcoind(_) => None,
+        }
+    }
+
+    /// Calls an RPC method with positional parameters.
+    pub async fn rpc(&self, method: &str, params: Vec<Value>) -> Result<Value, HarnessError> {
+        self.rpc_at("", method, params).await
+    }
+
+    async fn rpc_at(
+        &self,
+        path: &str,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, HarnessError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .basic_auth(&self.user, Some(&self.password))
+            .json(&body)
+            .send()
+            .await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|_| HarnessError::Unexpected(format!("HTTP {status}: {text}")))?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            return Err(RpcError {
+                code: err["code"].as_i64().unwrap_or(0) as i32,
+                message: err["message"].as_str().unwrap_or_default().to_string(),
+            }
+            .into());
+        }
+        Ok(v.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// The active tip.
+    pub async fn tip(&self) -> Result<Tip, HarnessError> {
+        let info = self.rpc("getblockchaininfo", vec![]).await?;
+        let height = info["blocks"].as_u64().ok_or_else(|| unexpected(&info))? as u32;
+        let hash = parse_hash(&info["bestblockhash"])?;
+        Ok(Tip { height, hash })
+    }
+
+    /// Mines `n` blocks paying `address` (with the mempool's transactions).
+    pub async fn mine(&self, n: u32, address: &Address) -> Result<Vec<BlockHash>, HarnessError> {
+        let v = self
+            .rpc(
+                "generatetoaddress",
+                vec![json!(n), json!(address.to_string())],
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| unexpected(&v))?
+            .iter()
+            .map(parse_hash)
+            .collect()
+    }
+
+    /// An address of the harness's own wallet (mining rewards and change go there).
+    pub async fn internal_address(&self) -> Result<Address, HarnessError> {
+        match &self.backend {
+            Backend::InProcess { wallet, .. } => Ok(wallet.address()),
+            Backend::Bitcoind(_) => {
+                let v = self.wallet_rpc("getnewaddress", vec![]).await?;
+                let s = v.as_str().ok_or_else(|| unexpected(&v))?;
+                Address::from_str(s)
+                    .map(|a| a.assume_checked())
+                    .map_err(|_| unexpected(&v))
+            }
+        }
+    }
+
+    async fn wallet_rpc(&self, method: &str, params: Vec<Value>) -> Result<Value, HarnessError> {
+        self.rpc_at(
+            &format!("/wallet/{}", crate::bitcoind::WALLET_NAME),
+            method,
+            params,
+        )
+        .await
+    }
+
+    /// Pays `amount` to `address` from the harness wallet and leaves the
+    /// transaction unconfirmed in the mempool. Mines (and matures) coinbases
+    /// first when the wallet has too little.
+    pub async fn send(&self, address: &Address, amount: Amount) -> Result<Txid, HarnessError> {
+        match &self.backend {
+            Backend::InProcess { node, wallet, .. } => {
+                let mut node = node.lock();
+                let own = wallet.script_pubkey();
+                for attempt in 0..20 {
+                    let coins = node.spendable_coins(&own);
+                    if let Some(tx) = wallet.pay(&coins, address.script_pubkey(), amount) {
+                        return node
+                            .send_raw_transaction(tx, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB)
+                            .map_err(|e| HarnessError::Rpc(RpcError::from(&e)));
+                    }
+                    // First time: one coinbase plus 100 blocks to mature it.
+                    node.generate(if attempt == 0 { 101 } else { 50 }, &own);
+                }
+                Err(HarnessError::Funding(amount))
+            }
+            Backend::Bitcoind(_) => {
+                // Leave room for the fee; regtest subsidies halve every 150 blocks,
+                // so keep mining until the mature balance is enough.
+                let needed = amount.to_btc() + 0.01;
+                let mut attempt = 0;
+                loop {
+                    let balance = self.wallet_rpc("getbalance", vec![]).await?;
+                    let balance = balance.as_f64().ok_or_else(|| unexpected(&balance))?;
+                    if balance >= needed {
+                        break;
+                    }
+                    if attempt == 20 {
+                        return Err(HarnessError::Funding(amount));
+                    }
+                    let own = self.internal_address().await?;
+                    self.mine(if attempt == 0 { 101 } else { 50 }, &own).await?;
+                    attempt += 1;
+                }
+                let v = self
+                    .wallet_rpc(
+                        "sendtoaddress",
+                        vec![json!(address.to_string()), json!(amount.to_btc())],
+                    )
+                    .await?;
+                parse_hash(&v)
+            }
+        }
+    }
+
+    /// Pays `amount` to `address` in a real signed transaction and confirms it
+    /// in one block; returns the paid outpoint.
+    pub async fn fund(&self, address: &Address, amount: Amount) -> Result<OutPoint, HarnessError> {
+        let txid = self.send(address, amount).await?;
+        let own = self.internal_address().await?;
+        self.mine(1, &own).await?;
+        let tx = self
+            .rpc(
+                "getrawtransaction",
+                vec![json!(txid.to_string()), json!(true)],
+            )
+            .await?;
+        let want = hex::encode(address.script_pubkey().as_bytes());
+        let vout = tx["vout"]
+            .as_array()
+            .and_then(|outs| {
+                outs.iter().find(|o| {
+                    o["scriptPubKey"]["hex"].as_str() == Some(want.as_str())
+                        && o["value"].as_f64().map(|v| (v * 1e8).round() as u64)
+                            == Some(amount.to_sat())
+                })
+            })
+            .and_then(|o| o["n"].as_u64())
+            .ok_or_else(|| unexpected(&tx))?;
+        Ok(OutPoint::new(txid, vout as u32))
+    }
+
+    /// Replaces the top `depth` blocks with `depth + 1` empty blocks: their
+    /// transactions go back to the mempool. Returns the new tip.
+    pub async fn reorg(&self, depth: u32) -> Result<Tip, HarnessError> {
+        let tip = self.tip().await?;
+        if depth == 0 || depth > tip.height {
+            return Err(HarnessError::Unexpected(format!(
+                "cannot reorg {depth} blocks at height {}",
+                tip.height
+            )));
+        }
+        let fork = self
+            .rpc("getblockhash", vec![json!(tip.height - depth + 1)])
+            .await?;
+        self.rpc("invalidateblock", vec![fork]).await?;
+        let own = self.internal_address().await?;
+        for _ in 0..=depth {
+            self.rpc("generateblock", vec![json!(own.to_string()), json!([])])
+                .await?;
+        }
+        self.tip().await
+    }
+
+    /// Shuts the chain down (also done on drop).
+    pub async fn stop(mut self) -> Result<(), HarnessError> {
+        if self.is_real_bitcoind() {
+            let _ = self.rpc("stop", vec![]).await;
+        }
+        match &mut self.backend {
+            Backend::InProcess { server, .. } => {
+                server.stop();
+                Ok(())
+            }
+            Backend::Bitcoind(b) => b.wait_or_kill(Duration::from_secs(15)).await,
+        }
+    }
+}
+
+fn unexpected(v: &Value) -> HarnessError {
+    HarnessError::Unexpected(v.to_string())
+}
+
+fn parse_hash<T: FromStr>(v: &Value) -> Result<T, HarnessError> {
+    v.as_str()
+        .and_then(|s| T::from_str(s).ok())
+        .ok_or_else(|| unexpected(v))
+}

@@ -1,0 +1,292 @@
+//! Mempool acceptance: a wallet transaction accepted and mined, every rejection
+//! with Bitcoin Core's code and message, and BIP125 replacement.
+
+mod common;
+
+use anyhow::Result;
+use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::hashes::Hash;
+use bitcoin::key::{Keypair, TapTweak};
+use bitcoin::script::{Builder, PushBytesBuf};
+use bitcoin::secp256k1::{rand, Message, Secp256k1};
+use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
+use bitcoin::{absolute, Address, Amount, Network, OutPoint, Sequence, TxOut, Txid, Witness};
+use cairn_testchain::wallet::InternalWallet;
+use common::*;
+use serde_json::json;
+
+const COIN: u64 = 100_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_transaction_is_accepted_and_mined() -> Result<()> {
+    timed(async {
+        let chain = start().await?;
+        let wallet = InternalWallet::new();
+        let coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
+        let dest = InternalWallet::new();
+        let tx = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![
+                out(&dest.script_pubkey(), 40_000_000),
+                out(&wallet.script_pubkey(), COIN - 40_000_000 - 1_000),
+            ],
+        );
+        let txid = send(&chain, &tx).await?;
+        assert_eq!(txid, tx.compute_txid());
+        // Re-sending a mempool transaction is not an error in Core.
+        assert_eq!(send(&chain, &tx).await?, txid);
+        assert_eq!(mempool(&chain).await?, vec![txid]);
+        let entry = chain
+            .rpc("getmempoolentry", vec![json!(txid.to_string())])
+            .await?;
+        assert_eq!(entry["vsize"], json!(tx.vsize()));
+        assert_eq!(entry["fees"]["base"], json!(0.00001));
+        assert_eq!(entry["bip125-replaceable"], json!(true));
+        // The spent coin is gone from gettxout (mempool view), the new one is there.
+        let spent = chain
+            .rpc(
+                "gettxout",
+                vec![
+                    json!(coin.outpoint.txid.to_string()),
+                    json!(coin.outpoint.vout),
+                ],
+            )
+            .await?;
+        assert!(spent.is_null());
+        let unconf = chain
+            .rpc("gettxout", vec![json!(txid.to_string()), json!(0)])
+            .await?;
+        assert_eq!(unconf["confirmations"], json!(0));
+
+        let hashes = mine(&chain, 1).await?;
+        assert!(mempool(&chain).await?.is_empty());
+        let v = raw_tx_verbose(&chain, &txid).await?;
+        assert_eq!(v["blockhash"], json!(hashes[0].to_string()));
+        assert_eq!(v["confirmations"], json!(1));
+        let txo = chain
+            .rpc("gettxout", vec![json!(txid.to_string()), json!(0)])
+            .await?;
+        assert_eq!(txo["confirmations"], json!(1));
+        assert_eq!(txo["value"], json!(0.4));
+        assert_eq!(
+            txo["scriptPubKey"]["address"],
+            json!(dest.address().to_string())
+        );
+        // Block verbosity 2 reports the fee.
+        let block = chain
+            .rpc("getblock", vec![json!(hashes[0].to_string()), json!(2)])
+            .await?;
+        assert_eq!(block["tx"][1]["txid"], json!(txid.to_string()));
+        assert_eq!(block["tx"][1]["fee"], json!(0.00001));
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_match_bitcoin_core() -> Result<()> {
+    timed(async {
+        let chain = start().await?;
+        let wallet = InternalWallet::new();
+        let coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
+        let spk = wallet.script_pubkey();
+        let good = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)]);
+
+        // Missing input.
+        let ghost = Coin { outpoint: OutPoint::new(Txid::all_zeros(), 7), output: coin.output.clone() };
+        let tx = spend(&wallet, &[ghost], vec![out(&spk, 10_000)]);
+        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-25, "bad-txns-inputs-missingorspent".into()));
+        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)])]).await?;
+        assert_eq!(t[0]["allowed"], json!(false));
+        assert_eq!(t[0]["reject-reason"], json!("missing-inputs"));
+
+        // Bad signature: change an amount after signing.
+        let mut bad = good.clone();
+        bad.output[0].value = Amount::from_sat(COIN - 2_000);
+        assert_eq!(
+            rpc_error(send(&chain, &bad).await)?,
+            (-26, "mandatory-script-verify-flag-failed (Signature must be zero for failed CHECK(MULTI)SIG operation)".into())
+        );
+        // No signature at all.
+        let mut unsigned = good.clone();
+        unsigned.input[0].witness = Witness::new();
+        assert_eq!(
+            rpc_error(send(&chain, &unsigned).await)?,
+            (-26, "mandatory-script-verify-flag-failed (Witness program was passed an empty witness)".into())
+        );
+
+        // Outputs above inputs.
+        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN + 1_000_000)]);
+        assert_eq!(
+            rpc_error(send(&chain, &tx).await)?,
+            (-26, "bad-txns-in-belowout, value in (1.00) < value out (1.01)".into())
+        );
+
+        // Zero fee.
+        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN)]);
+        assert_eq!(
+            rpc_error(send(&chain, &tx).await)?,
+            (-26, format!("min relay fee not met, 0 < {}", tx.vsize()))
+        );
+
+        // Dust.
+        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 10_000), out(&spk, 100)]);
+        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "dust".into()));
+
+        // OP_RETURN: 80 bytes is standard, 81 is not, two are not.
+        let op_return = |n: usize| {
+            let data = PushBytesBuf::try_from(vec![0xab; n]).unwrap();
+            let s = Builder::new().push_opcode(bitcoin::opcodes::all::OP_RETURN).push_slice(data).into_script();
+            TxOut { value: Amount::ZERO, script_pubkey: s }
+        };
+        let ok = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 2_000), op_return(80)]);
+        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&ok)])]).await?;
+        assert_eq!(t[0]["allowed"], json!(true), "{t}");
+        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 2_000), op_return(81)]);
+        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "scriptpubkey".into()));
+        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 2_000), op_return(4), op_return(4)]);
+        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "multi-op-return".into()));
+
+        // Absolute locktime in the future.
+        let tip = chain.tip().await?.height;
+        let tx = build(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)],
+            absolute::LockTime::from_height(tip + 2)?, Sequence::ENABLE_RBF_NO_LOCKTIME);
+        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "non-final".into()));
+        // Locktime equal to the next height is final.
+        let tx = build(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)],
+            absolute::LockTime::from_height(tip)?, Sequence::ENABLE_RBF_NO_LOCKTIME);
+        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)])]).await?;
+        assert_eq!(t[0]["allowed"], json!(true), "{t}");
+
+        // BIP68 relative locktime of 10 blocks on a 1-confirmation coin.
+        let tx = build(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)],
+            absolute::LockTime::ZERO, Sequence::from_height(10));
+        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "non-BIP68-final".into()));
+
+        // Absurd fee.
+        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN / 2)]);
+        assert_eq!(
+            rpc_error(send(&chain, &tx).await)?,
+            (-25, "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)".into())
+        );
+        // ... which maxfeerate=0 allows (checked without sending).
+        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)]), json!(0)]).await?;
+        assert_eq!(t[0]["allowed"], json!(true), "{t}");
+
+        // Undecodable.
+        let (code, msg) = rpc_error(chain.rpc("sendrawtransaction", vec![json!("00zz")]).await)?;
+        assert_eq!((code, msg.as_str()), (-22, "TX decode failed. Make sure the tx has at least one input."));
+
+        // Confirmed: re-sending says already in chain; spending the coin again says missing.
+        send(&chain, &good).await?;
+        mine(&chain, 1).await?;
+        let (code, msg) = rpc_error(send(&chain, &good).await)?;
+        assert_eq!(code, -27);
+        assert!(msg == "Transaction outputs already in utxo set" || msg == "Transaction already in block chain", "{msg}");
+        let again = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 5_000)]);
+        assert_eq!(rpc_error(send(&chain, &again).await)?, (-25, "bad-txns-inputs-missingorspent".into()));
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taproot_key_spend_is_verified() -> Result<()> {
+    timed(async {
+        let chain = start().await?;
+        let secp = Secp256k1::new();
+        let keypair = Keypair::new(&secp, &mut rand::thread_rng());
+        let (xonly, _) = keypair.x_only_public_key();
+        let address = Address::p2tr(&secp, xonly, None, Network::Regtest);
+        let amount = Amount::from_sat(COIN);
+        let outpoint = chain.fund(&address, amount).await?;
+        let prevout = TxOut {
+            value: amount,
+            script_pubkey: address.script_pubkey(),
+        };
+        let dest = InternalWallet::new();
+        let unsigned = bitcoin::Transaction {
+            version: bitcoin::transaction::Version::TWO,
+            lock_time: absolute::LockTime::ZERO,
+            input: vec![bitcoin::TxIn {
+                previous_output: outpoint,
+                script_sig: bitcoin::ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            }],
+            output: vec![out(&dest.script_pubkey(), COIN - 1_000)],
+        };
+        let sighash = SighashCache::new(&unsigned).taproot_key_spend_signature_hash(
+            0,
+            &Prevouts::All(&[prevout]),
+            TapSighashType::Default,
+        )?;
+        let tweaked = keypair.tap_tweak(&secp, None);
+        let msg = Message::from_digest(sighash.to_byte_array());
+
+        // Signed with the untweaked key: Core's "Invalid Schnorr signature".
+        let mut wrong = unsigned.clone();
+        wrong.input[0]
+            .witness
+            .push(secp.sign_schnorr_no_aux_rand(&msg, &keypair).as_ref());
+        assert_eq!(
+            rpc_error(send(&chain, &wrong).await)?,
+            (
+                -26,
+                "mandatory-script-verify-flag-failed (Invalid Schnorr signature)".into()
+            )
+        );
+        let mut right = unsigned.clone();
+        right.input[0].witness.push(
+            secp.sign_schnorr_no_aux_rand(&msg, &tweaked.to_keypair())
+                .as_ref(),
+        );
+        let txid = send(&chain, &right).await?;
+        assert_eq!(mempool(&chain).await?, vec![txid]);
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacement_needs_higher_fee_and_feerate() -> Result<()> {
+    timed(async {
+        let chain = start().await?;
+        let wallet = InternalWallet::new();
+        let coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
+        let spk = wallet.script_pubkey();
+        let a = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 10_000)]);
+        let a_id = send(&chain, &a).await?;
+
+        let b = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 5_000)]);
+        let (code, msg) = rpc_error(send(&chain, &b).await)?;
+        assert_eq!(code, -26);
+        assert!(msg.starts_with(&format!("insufficient fee, rejecting replacement {}; new feerate", b.compute_txid())), "{msg}");
+        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&b)])]).await?;
+        assert_eq!(t[0]["reject-reason"], json!("insufficient fee"));
+
+        let c = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 20_000)]);
+        let c_id = send(&chain, &c).await?;
+        assert_eq!(mempool(&chain).await?, vec![c_id]);
+        let (code, msg) = rpc_error(chain.rpc("getmempoolentry", vec![json!(a_id.to_string())]).await)?;
+        assert_eq!((code, msg.as_str()), (-5, "Transaction not in mempool"));
+
+        // One more satoshi beats the feerate but does not pay for relay (rule 4).
+        let d = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 20_001)]);
+        let (code, msg) = rpc_error(send(&chain, &d).await)?;
+        assert_eq!(code, -26);
+        assert!(msg.starts_with(&format!("insufficient fee, rejecting replacement {}, not enough additional fees to relay; 0.00000001 <", d.compute_txid())), "{msg}");
+
+        mine(&chain, 1).await?;
+        assert_eq!(raw_tx_verbose(&chain, &c_id).await?["confirmations"], json!(1));
+        let (code, _) = rpc_error(chain.rpc("getrawtransaction", vec![json!(a_id.to_string())]).await)?;
+        assert_eq!(code, -5);
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
