@@ -1,0 +1,433 @@
+//! Epoch headers and their Bitcoin anchor.
+//!
+//! An epoch commits to the log and the state tree as they stood when it closed.
+//! Its header hash goes into one OP_RETURN output; the anchor transaction also
+//! spends the previous anchor's change output, and the header names that
+//! previous anchor's txid, so the anchors form a chain in both directions.
+
+use bitcoin::{
+    hashes::Hash as _,
+    opcodes::all::OP_RETURN,
+    script::{Instruction, PushBytesBuf},
+    Script, ScriptBuf, Transaction, Txid,
+};
+use nostr::{Event, EventBuilder, Kind, Tag, TagKind};
+
+use crate::{hash::Tag as HashTag, kinds, Hash};
+
+/// The only header version defined so far.
+pub const HEADER_VERSION: u8 = 1;
+
+/// Encoded header length: version (1) + epoch (8) + previous txid (32) + log size (8) + two roots (64).
+pub const HEADER_LEN: usize = 113;
+
+/// Magic prefix of the OP_RETURN payload. Short, because every byte is paid for.
+pub const MAGIC: &[u8; 5] = b"CAIRN";
+
+/// Version of the OP_RETURN payload layout.
+pub const PAYLOAD_VERSION: u8 = 1;
+
+/// OP_RETURN payload length: magic (5) + payload version (1) + header hash (32).
+pub const PAYLOAD_LEN: usize = MAGIC.len() + 1 + 32;
+
+/// Bitcoin Core's default relay policy caps OP_RETURN data at 80 bytes.
+pub const MAX_OP_RETURN_DATA: usize = 80;
+
+const _: () = assert!(PAYLOAD_LEN <= MAX_OP_RETURN_DATA);
+
+static HEADER_TAG: HashTag = HashTag::new("cairn/epoch-header");
+
+/// Problems with headers, payloads and anchor transactions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EpochError {
+    /// The header has the wrong length.
+    #[error("epoch header must be {HEADER_LEN} bytes, got {0}")]
+    HeaderLength(usize),
+    /// The header version is not one this code understands.
+    #[error("unsupported epoch header version {0}")]
+    UnsupportedVersion(u8),
+    /// The payload is not a Cairn anchor payload.
+    #[error("not a Cairn anchor payload")]
+    NotAnchorPayload,
+    /// The payload version is not one this code understands.
+    #[error("unsupported anchor payload version {0}")]
+    UnsupportedPayloadVersion(u8),
+    /// The script is not `OP_RETURN <one push>`.
+    #[error("not an OP_RETURN script with a single push")]
+    NotOpReturn,
+    /// The transaction has no Cairn anchor output.
+    #[error("transaction has no Cairn anchor output")]
+    NoAnchorOutput,
+    /// The transaction has more than one Cairn anchor output, which is ambiguous.
+    #[error("transaction has more than one Cairn anchor output")]
+    MultipleAnchorOutputs,
+    /// The anchor commits to a different header.
+    #[error("anchor commits to a different header hash")]
+    HeaderHashMismatch,
+    /// The header does not follow its predecessor.
+    #[error("header does not follow its predecessor: {0}")]
+    BrokenChain(&'static str),
+    /// An epoch event is malformed.
+    #[error("malformed epoch event: {0}")]
+    Event(String),
+}
+
+/// The header of one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochHeader {
+    /// Header format version ([`HEADER_VERSION`]).
+    pub version: u8,
+    /// Epoch number: 0 for the first anchored epoch, then +1 per anchored epoch.
+    pub epoch: u64,
+    /// Txid of the previous epoch's anchor transaction; all zeros for epoch 0.
+    pub prev_anchor_txid: Txid,
+    /// Number of leaves in the log at the end of the epoch.
+    pub log_size: u64,
+    /// Log root at `log_size`.
+    pub log_root: Hash,
+    /// State tree root at the end of the epoch.
+    pub state_root: Hash,
+}
+
+impl EpochHeader {
+    /// Fixed encoding: `version || epoch (u64 BE) || prev_anchor_txid (32 bytes, in
+    /// transaction byte order, i.e. as in an outpoint — the reverse of the usual hex
+    /// display) || log_size (u64 BE) || log_root || state_root`.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0] = self.version;
+        out[1..9].copy_from_slice(&self.epoch.to_be_bytes());
+        out[9..41].copy_from_slice(self.prev_anchor_txid.as_byte_array());
+        out[41..49].copy_from_slice(&self.log_size.to_be_bytes());
+        out[49..81].copy_from_slice(&self.log_root);
+        out[81..113].copy_from_slice(&self.state_root);
+        out
+    }
+
+    /// Decodes [`EpochHeader::to_bytes`]; rejects other lengths and unknown versions.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EpochError> {
+        if bytes.len() != HEADER_LEN {
+            return Err(EpochError::HeaderLength(bytes.len()));
+        }
+        if bytes[0] != HEADER_VERSION {
+            return Err(EpochError::UnsupportedVersion(bytes[0]));
+        }
+        let arr32 = |r: std::ops::Range<usize>| -> [u8; 32] {
+            bytes[r].try_into().expect("range is 32 bytes")
+        };
+        let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        Ok(Self {
+            version: bytes[0],
+            epoch: u64_at(1),
+            prev_anchor_txid: Txid::from_byte_array(arr32(9..41)),
+            log_size: u64_at(41),
+            log_root: arr32(49..81),
+            state_root: arr32(81..113),
+        })
+    }
+
+    /// Header hash: `TH("cairn/epoch-header", to_bytes())`.
+    pub fn hash(&self) -> Hash {
+        HEADER_TAG.hash(&[&self.to_bytes()])
+    }
+
+    /// The OP_RETURN data: `b"CAIRN" || PAYLOAD_VERSION || header hash`.
+    pub fn op_return_payload(&self) -> [u8; PAYLOAD_LEN] {
+        let mut out = [0u8; PAYLOAD_LEN];
+        out[..MAGIC.len()].copy_from_slice(MAGIC);
+        out[MAGIC.len()] = PAYLOAD_VERSION;
+        out[MAGIC.len() + 1..].copy_from_slice(&self.hash());
+        out
+    }
+
+    /// The anchor output's script: `OP_RETURN <payload>`.
+    pub fn anchor_script(&self) -> ScriptBuf {
+        let push =
+            PushBytesBuf::try_from(self.op_return_payload().to_vec()).expect("38 bytes fit a push");
+        ScriptBuf::new_op_return(push)
+    }
+
+    /// Checks that `tx` anchors this header (exactly one Cairn output, with this hash).
+    pub fn verify_anchor(&self, tx: &Transaction) -> Result<(), EpochError> {
+        let (_, hash) = find_anchor(tx)?;
+        if hash == self.hash() {
+            Ok(())
+        } else {
+            Err(EpochError::HeaderHashMismatch)
+        }
+    }
+
+    /// Checks the fields that tie this header to the previous one. Log
+    /// append-only-ness between the two sizes is shown separately with a
+    /// consistency proof.
+    pub fn verify_successor_of(
+        &self,
+        prev: &EpochHeader,
+        prev_anchor_txid: &Txid,
+    ) -> Result<(), EpochError> {
+        if prev.epoch.checked_add(1) != Some(self.epoch) {
+            return Err(EpochError::BrokenChain("epoch number is not previous + 1"));
+        }
+        if &self.prev_anchor_txid != prev_anchor_txid {
+            return Err(EpochError::BrokenChain("previous anchor txid differs"));
+        }
+        if self.log_size <= prev.log_size {
+            // Empty epochs are skipped, so every anchored epoch adds at least one leaf.
+            return Err(EpochError::BrokenChain("log did not grow"));
+        }
+        Ok(())
+    }
+
+    /// An unsigned epoch event (kind [`kinds::EPOCH_HEADER`]) for publication on
+    /// relays: tags `["epoch", n]`, `["header", hex(to_bytes())]` and, once known,
+    /// `["anchor", txid]` (txid in the usual display hex).
+    pub fn to_event_builder(&self, anchor_txid: Option<&Txid>) -> EventBuilder {
+        let mut tags = vec![
+            Tag::custom(TagKind::custom("epoch"), [self.epoch.to_string()]),
+            Tag::custom(TagKind::custom("header"), [hex::encode(self.to_bytes())]),
+        ];
+        if let Some(txid) = anchor_txid {
+            tags.push(Tag::custom(TagKind::custom("anchor"), [txid.to_string()]));
+        }
+        EventBuilder::new(Kind::Custom(kinds::EPOCH_HEADER), "").tags(tags)
+    }
+
+    /// Parses and checks an epoch event: signature, kind, header and the
+    /// `epoch` tag agreeing with it. Whether its author is a node you trust is up to you.
+    pub fn from_event(event: &Event) -> Result<(Self, Option<Txid>), EpochError> {
+        let bad = |m: &str| EpochError::Event(m.to_owned());
+        event
+            .verify()
+            .map_err(|e| EpochError::Event(e.to_string()))?;
+        if event.kind != Kind::Custom(kinds::EPOCH_HEADER) {
+            return Err(bad("wrong kind"));
+        }
+        let value = |name: &str| -> Option<&str> {
+            event
+                .tags
+                .iter()
+                .map(|t| t.as_slice())
+                .find(|t| t.len() >= 2 && t[0] == name)
+                .map(|t| t[1].as_str())
+        };
+        let raw = hex::decode(value("header").ok_or_else(|| bad("missing header tag"))?)
+            .map_err(|_| bad("header tag is not hex"))?;
+        let header = Self::from_bytes(&raw)?;
+        if value("epoch") != Some(header.epoch.to_string().as_str()) {
+            return Err(bad("epoch tag does not match the header"));
+        }
+        let anchor = value("anchor")
+            .map(|s| {
+                s.parse::<Txid>()
+                    .map_err(|_| bad("anchor tag is not a txid"))
+            })
+            .transpose()?;
+        Ok((header, anchor))
+    }
+}
+
+/// Extracts the header hash from an OP_RETURN payload.
+pub fn parse_op_return_payload(payload: &[u8]) -> Result<Hash, EpochError> {
+    if payload.len() < MAGIC.len() + 1 || &payload[..MAGIC.len()] != MAGIC {
+        return Err(EpochError::NotAnchorPayload);
+    }
+    let version = payload[MAGIC.len()];
+    if version != PAYLOAD_VERSION {
+        return Err(EpochError::UnsupportedPayloadVersion(version));
+    }
+    payload[MAGIC.len() + 1..]
+        .try_into()
+        .map_err(|_| EpochError::NotAnchorPayload)
+}
+
+/// Extracts the header hash from an anchor output script (`OP_RETURN <payload>`).
+pub fn parse_anchor_script(script: &Script) -> Result<Hash, EpochError> {
+    let mut ins = script.instructions();
+    match ins.next() {
+        Some(Ok(Instruction::Op(op))) if op == OP_RETURN => {}
+        _ => return Err(EpochError::NotOpReturn),
+    }
+    let data = match ins.next() {
+        Some(Ok(Instruction::PushBytes(p))) => p.as_bytes(),
+        _ => return Err(EpochError::NotOpReturn),
+    };
+    if ins.next().is_some() {
+        return Err(EpochError::NotOpReturn);
+    }
+    parse_op_return_payload(data)
+}
+
+/// Finds the single Cairn anchor output of `tx`: its index and the header hash.
+pub fn find_anchor(tx: &Transaction) -> Result<(usize, Hash), EpochError> {
+    let mut found = None;
+    for (i, out) in tx.output.iter().enumerate() {
+        if !out.script_pubkey.is_op_return() {
+            continue;
+        }
+        match parse_anchor_script(&out.script_pubkey) {
+            Ok(h) if found.is_none() => found = Some((i, h)),
+            Ok(_) => return Err(EpochError::MultipleAnchorOutputs),
+            // Other OP_RETURN outputs (not ours) are allowed and ignored.
+            Err(EpochError::NotAnchorPayload | EpochError::NotOpReturn) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    found.ok_or(EpochError::NoAnchorOutput)
+}
+
+#[cfg(test)]
+mod tests {
+    use bitcoin::{absolute::LockTime, transaction::Version, Amount, TxOut};
+    use nostr::Keys;
+
+    use super::*;
+
+    fn header() -> EpochHeader {
+        EpochHeader {
+            version: HEADER_VERSION,
+            epoch: 7,
+            prev_anchor_txid: Txid::from_byte_array([0xab; 32]),
+            log_size: 1_000_000,
+            log_root: [1; 32],
+            state_root: [2; 32],
+        }
+    }
+
+    fn tx_with(outputs: Vec<ScriptBuf>) -> Transaction {
+        Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![],
+            output: outputs
+                .into_iter()
+                .map(|script_pubkey| TxOut {
+                    value: Amount::ZERO,
+                    script_pubkey,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn encoding_is_fixed_and_round_trips() {
+        let h = header();
+        let bytes = h.to_bytes();
+        assert_eq!(bytes[0], 1);
+        assert_eq!(&bytes[1..9], &7u64.to_be_bytes());
+        assert_eq!(&bytes[9..41], &[0xab; 32]);
+        assert_eq!(&bytes[41..49], &1_000_000u64.to_be_bytes());
+        assert_eq!(EpochHeader::from_bytes(&bytes).unwrap(), h);
+        assert_eq!(
+            EpochHeader::from_bytes(&bytes[..112]),
+            Err(EpochError::HeaderLength(112))
+        );
+        let mut v2 = bytes;
+        v2[0] = 2;
+        assert_eq!(
+            EpochHeader::from_bytes(&v2),
+            Err(EpochError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn every_header_byte_changes_the_hash() {
+        let h = header();
+        let base = h.hash();
+        let bytes = h.to_bytes();
+        for i in 1..HEADER_LEN {
+            let mut b = bytes;
+            b[i] ^= 0x01;
+            assert_ne!(
+                EpochHeader::from_bytes(&b).unwrap().hash(),
+                base,
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn payload_and_script_round_trip_within_limits() {
+        let h = header();
+        let payload = h.op_return_payload();
+        assert_eq!(payload.len(), 38);
+        assert!(payload.starts_with(b"CAIRN\x01"));
+        assert_eq!(parse_op_return_payload(&payload).unwrap(), h.hash());
+        let script = h.anchor_script();
+        // OP_RETURN, push opcode, 38 bytes.
+        assert_eq!(script.len(), 40);
+        assert_eq!(parse_anchor_script(&script).unwrap(), h.hash());
+
+        let mut wrong_magic = payload;
+        wrong_magic[0] = b'X';
+        assert_eq!(
+            parse_op_return_payload(&wrong_magic),
+            Err(EpochError::NotAnchorPayload)
+        );
+        assert_eq!(
+            parse_op_return_payload(&payload[..37]),
+            Err(EpochError::NotAnchorPayload)
+        );
+    }
+
+    #[test]
+    fn anchor_transaction_is_found_and_checked() {
+        let h = header();
+        let other = ScriptBuf::new_op_return(PushBytesBuf::try_from(b"hello".to_vec()).unwrap());
+        let tx = tx_with(vec![other.clone(), h.anchor_script()]);
+        assert_eq!(find_anchor(&tx).unwrap(), (1, h.hash()));
+        h.verify_anchor(&tx).unwrap();
+
+        let mut changed = h;
+        changed.log_size += 1;
+        assert_eq!(
+            changed.verify_anchor(&tx),
+            Err(EpochError::HeaderHashMismatch)
+        );
+        assert_eq!(
+            find_anchor(&tx_with(vec![other])),
+            Err(EpochError::NoAnchorOutput)
+        );
+        assert_eq!(
+            find_anchor(&tx_with(vec![h.anchor_script(), h.anchor_script()])),
+            Err(EpochError::MultipleAnchorOutputs)
+        );
+    }
+
+    #[test]
+    fn successor_rules() {
+        let prev = header();
+        let prev_txid = Txid::from_byte_array([0xcd; 32]);
+        let mut next = EpochHeader {
+            epoch: 8,
+            prev_anchor_txid: prev_txid,
+            log_size: prev.log_size + 5,
+            ..prev
+        };
+        next.verify_successor_of(&prev, &prev_txid).unwrap();
+        let mut skipped = next;
+        skipped.epoch = 9;
+        assert!(skipped.verify_successor_of(&prev, &prev_txid).is_err());
+        assert!(next
+            .verify_successor_of(&prev, &Txid::from_byte_array([0; 32]))
+            .is_err());
+        next.log_size = prev.log_size;
+        assert!(next.verify_successor_of(&prev, &prev_txid).is_err());
+    }
+
+    #[test]
+    fn epoch_event_round_trips_and_is_signed() {
+        let keys = Keys::generate();
+        let h = header();
+        let txid = Txid::from_byte_array([0x11; 32]);
+        let event = h
+            .to_event_builder(Some(&txid))
+            .sign_with_keys(&keys)
+            .unwrap();
+        assert_eq!(event.kind.as_u16(), kinds::EPOCH_HEADER);
+        assert_eq!(EpochHeader::from_event(&event).unwrap(), (h, Some(txid)));
+
+        let mut forged = event.clone();
+        forged.content = "x".into();
+        assert!(EpochHeader::from_event(&forged).is_err());
+    }
+}
