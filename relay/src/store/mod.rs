@@ -36,7 +36,8 @@ pub struct StoredEvent {
     pub created_at: u64,
     /// Kind number.
     pub kind: u16,
-    /// The event's canonical JSON, exactly as received.
+    /// The event's JSON as stored (nostr's `as_json` of the saved event:
+    /// same fields and values as received, so id and signature verify).
     pub json: String,
 }
 
@@ -50,7 +51,8 @@ pub struct QueryContext {
     /// Unix seconds; events whose NIP-40 expiration is `<= now` are hidden.
     pub now: u64,
     /// Upper bound on rows returned per filter, applied on top of the
-    /// filter's own `limit` (the relay's `max_limit`).
+    /// filter's own `limit` (the relay's `max_limit`). A filter without
+    /// `limit` gets this many.
     pub max_limit: usize,
 }
 
@@ -103,7 +105,9 @@ impl StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Commit a batch of already-validated, non-ephemeral events in one
-    /// transaction, returning one outcome per event in input order.
+    /// transaction, returning one outcome per event in input order. Events
+    /// are applied in order, so later ones see earlier ones (a duplicate, a
+    /// replacement, a deletion). On `Err` nothing from the batch is stored.
     /// Applies NIP-01 replacement, NIP-09 deletions (kind 5, by `e` and `a`,
     /// author only, recorded so that deleted events cannot be re-published)
     /// and indexes single-letter tags and NIP-40 expiration.
@@ -112,6 +116,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Events matching one filter, newest first (ties: lowest id first),
     /// at most `min(filter.limit, ctx.max_limit)`, with privacy and
     /// expiration applied as [`QueryContext`] describes.
+    ///
+    /// Matching agrees with [`Filter::match_event`]: `since`/`until` are
+    /// inclusive, empty `ids`/`authors`/`kinds` sets constrain nothing, an
+    /// empty `#x` set matches nothing, `#x` values are matched exactly (OR
+    /// within a letter, AND across letters, first tag value only). A filter
+    /// with NIP-50 `search` matches nothing (unsupported), as does `limit: 0`.
+    /// Callers should cap the number of values per filter: every value is a
+    /// bound parameter, and SQLite accepts at most 32,766 per statement.
     async fn query(
         &self,
         filter: &Filter,

@@ -1,0 +1,451 @@
+//! Backend-neutral pieces of the stores: turning events and filters into the
+//! bound values both schemas use, and building the read SQL, which is the same
+//! for SQLite and Postgres apart from placeholder syntax (handled by
+//! [`QueryBuilder`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use nostr::hashes::{sha256, Hash};
+use nostr::{Event, Filter, JsonUtil};
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use super::{QueryContext, SaveOutcome};
+use crate::kinds::{self, KindClass};
+
+/// Values longer than this are indexed by digest (see [`index_key`]).
+const MAX_INLINE_VALUE: usize = 256;
+
+/// The bytes stored and compared for a tag value or `d` tag.
+///
+/// Short values are kept verbatim so the database stays inspectable; long ones
+/// are replaced by a marked SHA-256 digest, because Postgres refuses B-tree
+/// rows above ~2.7 KB and one oversized tag must never fail a whole batch.
+/// Filters go through the same function, so matching stays exact.
+pub(super) fn index_key(value: &str) -> Vec<u8> {
+    if value.len() <= MAX_INLINE_VALUE {
+        value.as_bytes().to_vec()
+    } else {
+        let digest = sha256::Hash::hash(value.as_bytes());
+        let mut key = b"\0sha256:".to_vec();
+        key.extend_from_slice(digest.as_byte_array());
+        key
+    }
+}
+
+/// Clamp a protocol `u64` into the signed 64-bit columns.
+pub(super) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Everything `save_batch` needs from one event, computed before the
+/// transaction starts so the database work is only lookups and writes.
+#[derive(Debug)]
+pub(super) struct PreparedEvent {
+    pub id: Vec<u8>,
+    pub pubkey: Vec<u8>,
+    pub created_at: i64,
+    pub kind: i32,
+    /// `Some` for replaceable (empty key) and addressable kinds.
+    pub d_tag: Option<Vec<u8>>,
+    pub expires_at: Option<i64>,
+    pub json: String,
+    /// Distinct `(letter, index key)` pairs.
+    pub tags: Vec<(String, Vec<u8>)>,
+    /// For kind 5: the ids named by `e` tags.
+    pub deletes_ids: Vec<Vec<u8>>,
+    /// For kind 5: `(kind, d key)` of the deleter's own coordinates named by `a` tags.
+    pub deletes_coords: Vec<(i32, Vec<u8>)>,
+}
+
+impl PreparedEvent {
+    pub fn new(event: &Event) -> Self {
+        let kind = event.kind.as_u16();
+        let tags: BTreeSet<(String, Vec<u8>)> = kinds::indexable_tags(event)
+            .map(|(name, value)| (name.to_owned(), index_key(value)))
+            .collect();
+        let mut deletes_ids = Vec::new();
+        let mut deletes_coords = Vec::new();
+        if kind == kinds::KIND_DELETION {
+            for value in kinds::tag_values(event, "e") {
+                if let Ok(id) = nostr::EventId::from_hex(value) {
+                    deletes_ids.push(id.as_bytes().to_vec());
+                }
+            }
+            for value in kinds::tag_values(event, "a") {
+                if let Some(coord) = parse_own_coordinate(value, &event.pubkey) {
+                    deletes_coords.push(coord);
+                }
+            }
+        }
+        Self {
+            id: event.id.as_bytes().to_vec(),
+            pubkey: event.pubkey.as_bytes().to_vec(),
+            created_at: to_i64(event.created_at.as_secs()),
+            kind: i32::from(kind),
+            d_tag: kinds::replacement_key(event).map(|d| index_key(&d)),
+            expires_at: kinds::expiration(event).map(to_i64),
+            json: event.as_json(),
+            tags: tags.into_iter().collect(),
+            deletes_ids,
+            deletes_coords,
+        }
+    }
+
+    /// Deletion requests are exempt from tombstones: NIP-09 says deleting a
+    /// deletion has no effect.
+    pub fn is_deletion(&self) -> bool {
+        self.kind == i32::from(kinds::KIND_DELETION)
+    }
+}
+
+impl PreparedEvent {
+    /// Regular, non-deletion events (notes, reactions, gift wraps…: almost
+    /// all traffic) depend only on whether their id is stored or tombstoned,
+    /// so [`BatchState`] decides them in memory and they are inserted in bulk.
+    pub fn is_plain(&self) -> bool {
+        self.d_tag.is_none() && !self.is_deletion()
+    }
+}
+
+/// What a batch knows about ids, so plain events need no per-event queries.
+///
+/// Seeded with the rows matching the batch's ids that exist before the batch
+/// starts, then kept current as the batch is applied in order: events stored
+/// earlier in the batch count as duplicates, and deletions earlier in the
+/// batch both tombstone ids and remove them from the known set (so a deleted
+/// event re-sent later in the same batch is `Deleted`, exactly as if the
+/// events had been saved one by one). Only plain events consult it; every
+/// other event goes through the database, after pending inserts are flushed.
+#[derive(Debug, Default)]
+pub(super) struct BatchState {
+    /// id → (pubkey, kind) of stored events.
+    known: HashMap<Vec<u8>, (Vec<u8>, i32)>,
+    /// (id, deleter) tombstones.
+    tombstones: HashSet<(Vec<u8>, Vec<u8>)>,
+}
+
+impl BatchState {
+    pub fn new(
+        known: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, i32)>,
+        tombstones: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Self {
+        Self {
+            known: known
+                .into_iter()
+                .map(|(id, pubkey, kind)| (id, (pubkey, kind)))
+                .collect(),
+            tombstones: tombstones.into_iter().collect(),
+        }
+    }
+
+    /// Outcome of a plain event; a `Stored` one is remembered and must be inserted.
+    pub fn decide_plain(&mut self, ev: &PreparedEvent) -> SaveOutcome {
+        if self.known.contains_key(&ev.id) {
+            SaveOutcome::Duplicate
+        } else if self
+            .tombstones
+            .contains(&(ev.id.clone(), ev.pubkey.clone()))
+        {
+            SaveOutcome::Deleted
+        } else {
+            self.known
+                .insert(ev.id.clone(), (ev.pubkey.clone(), ev.kind));
+            SaveOutcome::Stored
+        }
+    }
+
+    /// Record a non-plain event the database just stored (and, for a kind 5,
+    /// the deletions it applied).
+    pub fn record_stored(&mut self, ev: &PreparedEvent) {
+        self.known
+            .insert(ev.id.clone(), (ev.pubkey.clone(), ev.kind));
+        for id in &ev.deletes_ids {
+            let deletes = self.known.get(id).is_some_and(|(pubkey, kind)| {
+                pubkey == &ev.pubkey && *kind != i32::from(kinds::KIND_DELETION)
+            });
+            if deletes {
+                self.known.remove(id);
+            }
+            self.tombstones.insert((id.clone(), ev.pubkey.clone()));
+        }
+    }
+}
+
+/// Parse `kind:pubkey:d` and keep it only if it names `author`'s own
+/// replaceable or addressable event (NIP-09: only the author may delete).
+fn parse_own_coordinate(value: &str, author: &nostr::PublicKey) -> Option<(i32, Vec<u8>)> {
+    let mut parts = value.splitn(3, ':');
+    let kind: u16 = parts.next()?.parse().ok()?;
+    let pubkey = nostr::PublicKey::from_hex(parts.next()?).ok()?;
+    let d = parts.next().unwrap_or_default();
+    if &pubkey != author {
+        return None;
+    }
+    match kinds::classify(kind) {
+        KindClass::Replaceable => Some((i32::from(kind), index_key(""))),
+        KindClass::Addressable => Some((i32::from(kind), index_key(d))),
+        KindClass::Regular | KindClass::Ephemeral => None,
+    }
+}
+
+/// A filter reduced to bound values. `None` from [`FilterPlan::new`] means the
+/// filter can match nothing, so no SQL is run for it.
+#[derive(Debug)]
+pub(super) struct FilterPlan {
+    ids: Vec<Vec<u8>>,
+    authors: Vec<Vec<u8>>,
+    kinds: Vec<i32>,
+    since: Option<i64>,
+    until: Option<i64>,
+    /// `(letter, values)`, every value set non-empty.
+    tags: Vec<(String, Vec<Vec<u8>>)>,
+    /// Effective row limit for `query` (`count` ignores it).
+    pub limit: usize,
+}
+
+impl FilterPlan {
+    /// Empty `ids`/`authors`/`kinds` sets mean "no constraint", as in
+    /// [`Filter::match_event`], so stored results agree with live fan-out; an
+    /// empty `#x` set matches nothing, also as there. NIP-50 `search` is not
+    /// supported and matches nothing.
+    pub fn new(filter: &Filter, max_limit: usize) -> Option<Self> {
+        if filter.search.is_some() {
+            return None;
+        }
+        let since = filter.since.map(|t| to_i64(t.as_secs()));
+        let until = filter.until.map(|t| to_i64(t.as_secs()));
+        if let (Some(since), Some(until)) = (since, until) {
+            if since > until {
+                return None;
+            }
+        }
+        let mut tags = Vec::with_capacity(filter.generic_tags.len());
+        for (letter, values) in &filter.generic_tags {
+            if values.is_empty() {
+                return None;
+            }
+            let values: BTreeSet<Vec<u8>> = values.iter().map(|v| index_key(v)).collect();
+            tags.push((letter.as_char().to_string(), values.into_iter().collect()));
+        }
+        Some(Self {
+            ids: filter
+                .ids
+                .iter()
+                .flatten()
+                .map(|id| id.as_bytes().to_vec())
+                .collect(),
+            authors: filter
+                .authors
+                .iter()
+                .flatten()
+                .map(|pk| pk.as_bytes().to_vec())
+                .collect(),
+            kinds: filter
+                .kinds
+                .iter()
+                .flatten()
+                .map(|k| i32::from(k.as_u16()))
+                .collect(),
+            since,
+            until,
+            tags,
+            limit: filter.limit.unwrap_or(max_limit).min(max_limit),
+        })
+    }
+}
+
+/// The privacy and expiry half of a [`QueryContext`], as bound values.
+#[derive(Debug)]
+pub(super) struct Visibility {
+    /// Viewer pubkeys as stored in `events.pubkey`.
+    viewers: Vec<Vec<u8>>,
+    /// Viewer pubkeys as `p` tag index keys (lowercase hex).
+    viewer_tags: Vec<Vec<u8>>,
+    now: i64,
+}
+
+impl Visibility {
+    pub fn new(ctx: &QueryContext) -> Self {
+        let viewers: BTreeSet<_> = ctx.viewers.iter().collect();
+        Self {
+            viewers: viewers.iter().map(|pk| pk.as_bytes().to_vec()).collect(),
+            viewer_tags: viewers.iter().map(|pk| index_key(&pk.to_hex())).collect(),
+            now: to_i64(ctx.now),
+        }
+    }
+}
+
+/// What a filter's SELECT returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Select {
+    /// `id, created_at, kind, json`, ordered and limited: for `query`.
+    Rows,
+    /// `seq` only, unordered and unlimited: a `count` arm.
+    Seq,
+}
+
+/// Append one filter's SELECT to `qb`.
+///
+/// Shape, chosen for the indexes in the migrations: a `#x` condition with a
+/// single value drives the query from `tags_lookup` (joined to `events` by
+/// `seq`), ordering on the tag row's own `created_at` so the index delivers
+/// rows in order and `LIMIT` stops the scan early. Without one, the query
+/// starts from `events` and the planner picks id / author / kind / time
+/// indexes. Privacy and expiry are part of the WHERE clause, so `LIMIT`
+/// counts only rows the viewer may see.
+pub(super) fn push_filter_select<'a, DB>(
+    qb: &mut QueryBuilder<'a, DB>,
+    plan: &FilterPlan,
+    vis: &Visibility,
+    select: Select,
+) where
+    DB: Database,
+    Vec<u8>: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+    i32: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    qb.push(match select {
+        Select::Rows => "SELECT e.id, e.created_at, e.kind, e.json FROM ",
+        Select::Seq => "SELECT e.seq FROM ",
+    });
+
+    let driver = plan.tags.iter().position(|(_, values)| values.len() == 1);
+    let (time_col, kind_col) = match driver {
+        Some(i) => {
+            let (name, values) = &plan.tags[i];
+            qb.push("tags d JOIN events e ON e.seq = d.event_seq WHERE d.name = ");
+            qb.push_bind(name.clone());
+            qb.push(" AND d.value = ");
+            qb.push_bind(values[0].clone());
+            ("d.created_at", "d.kind")
+        }
+        None => {
+            qb.push("events e WHERE 1 = 1");
+            ("e.created_at", "e.kind")
+        }
+    };
+
+    push_in(qb, "e.id", &plan.ids);
+    push_in(qb, "e.pubkey", &plan.authors);
+    if !plan.kinds.is_empty() {
+        qb.push(" AND ").push(kind_col).push(" IN (");
+        let mut list = qb.separated(", ");
+        for kind in &plan.kinds {
+            list.push_bind(*kind);
+        }
+        qb.push(")");
+    }
+    if let Some(since) = plan.since {
+        qb.push(" AND ")
+            .push(time_col)
+            .push(" >= ")
+            .push_bind(since);
+    }
+    if let Some(until) = plan.until {
+        qb.push(" AND ")
+            .push(time_col)
+            .push(" <= ")
+            .push_bind(until);
+    }
+
+    for (i, (name, values)) in plan.tags.iter().enumerate() {
+        if Some(i) == driver {
+            continue;
+        }
+        // The first multi-valued condition (when nothing drives) is an
+        // uncorrelated IN, which the planner can use to drive; the rest are
+        // correlated EXISTS probes of the tags primary key.
+        if driver.is_none() && i == 0 {
+            qb.push(" AND e.seq IN (SELECT t.event_seq FROM tags t WHERE t.name = ");
+            qb.push_bind(name.clone());
+            push_in(qb, "t.value", values);
+            qb.push(")");
+        } else {
+            qb.push(" AND EXISTS (SELECT 1 FROM tags t WHERE t.event_seq = e.seq AND t.name = ");
+            qb.push_bind(name.clone());
+            push_in(qb, "t.value", values);
+            qb.push(")");
+        }
+    }
+
+    qb.push(" AND (e.expires_at IS NULL OR e.expires_at > ")
+        .push_bind(vis.now)
+        .push(")");
+
+    // Kinds 4 and 1059: only for a p-tagged viewer, or the author of a kind 4.
+    if vis.viewers.is_empty() {
+        qb.push(" AND e.kind NOT IN (4, 1059)");
+    } else {
+        qb.push(" AND (e.kind NOT IN (4, 1059) OR EXISTS (SELECT 1 FROM tags v WHERE v.event_seq = e.seq AND v.name = 'p'");
+        push_in(qb, "v.value", &vis.viewer_tags);
+        qb.push(") OR (e.kind = 4");
+        push_in(qb, "e.pubkey", &vis.viewers);
+        qb.push("))");
+    }
+
+    if select == Select::Rows {
+        qb.push(" ORDER BY ")
+            .push(time_col)
+            .push(" DESC, e.id ASC LIMIT ")
+            .push_bind(to_i64(plan.limit as u64));
+    }
+}
+
+/// ` AND column IN (…)`, or nothing for an empty list (no constraint).
+fn push_in<'a, DB>(qb: &mut QueryBuilder<'a, DB>, column: &str, values: &[Vec<u8>])
+where
+    DB: Database,
+    Vec<u8>: Encode<'a, DB> + Type<DB>,
+{
+    if values.is_empty() {
+        return;
+    }
+    qb.push(" AND ").push(column);
+    if let [one] = values {
+        qb.push(" = ").push_bind(one.clone());
+        return;
+    }
+    qb.push(" IN (");
+    let mut list = qb.separated(", ");
+    for value in values {
+        list.push_bind(value.clone());
+    }
+    qb.push(")");
+}
+
+/// Build `SELECT COUNT(*)` over the union of the filters' matches; `None`
+/// when no filter can match anything.
+pub(super) fn count_query<'a, DB>(
+    plans: &[FilterPlan],
+    vis: &Visibility,
+) -> Option<QueryBuilder<'a, DB>>
+where
+    DB: Database,
+    <DB as Database>::Arguments<'a>: Default,
+    Vec<u8>: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+    i32: Encode<'a, DB> + Type<DB>,
+    String: Encode<'a, DB> + Type<DB>,
+{
+    if plans.is_empty() {
+        return None;
+    }
+    let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM (");
+    for (i, plan) in plans.iter().enumerate() {
+        if i > 0 {
+            // UNION (not UNION ALL): an event matched by two filters counts once.
+            qb.push(" UNION ");
+        }
+        push_filter_select(&mut qb, plan, vis, Select::Seq);
+    }
+    qb.push(") AS matched");
+    Some(qb)
+}
+
+/// Decode an id column into a fixed array; the schema guarantees 32 bytes,
+/// so anything else is reported as a decode error rather than a panic.
+pub(super) fn id_array(bytes: Vec<u8>) -> Result<[u8; 32], sqlx::Error> {
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| sqlx::Error::Decode("stored event id is not 32 bytes".into()))
+}
