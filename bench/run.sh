@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run every cairn-bench benchmark against a fresh release relay, the way
+# docs/benchmarks.md describes. Human output on stdout; one JSON object per
+# benchmark appended to $OUT (default /tmp/cairn-benchdata.results.jsonl).
+#
+#   bash bench/run.sh                      # everything (seeding 1M events takes minutes)
+#   SEED_EVENTS=100000 bash bench/run.sh   # a quicker, smaller store for query
+# Other knobs: INGEST_EVENTS, SUBSCRIBERS, IDLE, DATA, URL, OUT, CARGO_TARGET_DIR.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+TARGET=${CARGO_TARGET_DIR:-target}
+DATA=${DATA:-/tmp/cairn-benchdata}
+URL=${URL:-ws://127.0.0.1:7777}
+OUT=${OUT:-$DATA.results.jsonl}
+SEED_EVENTS=${SEED_EVENTS:-1000000}
+IDLE=${IDLE:-10000}
+INGEST_EVENTS=${INGEST_EVENTS:-100000}
+SUBSCRIBERS=${SUBSCRIBERS:-1000}
+
+cargo build --release -p cairn-node -p cairn-bench
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+rm -rf "$DATA"
+RELAY=
+start_relay() {
+    "$TARGET/release/cairn" serve --config bench/bench.toml --bind 127.0.0.1:7777 --data-dir "$DATA" \
+        >>"$DATA.log" 2>&1 &
+    RELAY=$!
+    for _ in $(seq 100); do
+        [ "$(grep -c listening "$DATA.log" 2>/dev/null)" -ge "$1" ] && return
+        sleep 0.2
+    done
+    echo "relay did not start; see $DATA.log" >&2
+    exit 1
+}
+stop_relay() {
+    kill "$RELAY" 2>/dev/null || true
+    wait "$RELAY" 2>/dev/null || true
+}
+trap stop_relay EXIT
+: >"$DATA.log"
+start_relay 1
+
+bench() {
+    local name=$1
+    shift
+    echo "### cairn-bench $name $*"
+    timeout 1800 "$TARGET/release/cairn-bench" --url "$URL" "$name" --pid "$RELAY" "$@" --json |
+        tee -a "$OUT"
+}
+
+bench ingest --connections 50 --events "$INGEST_EVENTS"
+bench fanout --subscribers "$SUBSCRIBERS" --events 200
+bench seed --events "$SEED_EVENTS" --authors 1000 --manifest "$DATA.seed.json"
+bench query --requests 2000 --manifest "$DATA.seed.json"
+# Memory per idle connection needs a fresh process: memory freed by the
+# earlier benchmarks' connections would be reused and hide the growth.
+stop_relay
+start_relay 2
+bench idle --connections "$IDLE"
+echo "relay log: $DATA.log; results appended to $OUT"

@@ -1,0 +1,114 @@
+//! `ingest`: events per second of `OK true` over many pipelined connections.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use nostr::{EventBuilder, Tag};
+use serde_json::json;
+
+use crate::events::{derive_keys, run_id, sign, sign_all};
+use crate::procfs::CpuMeter;
+use crate::stats::{Report, Summary};
+use crate::ws::{publish_pipelined, PipelineOptions, PipelineOutcome};
+
+/// Options of `cairn-bench ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Parallel publishing connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    /// Events to publish in total.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Events in flight per connection (sent, OK not yet received).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Distinct authors the events are spread over.
+    #[arg(long, default_value_t = 1_000)]
+    pub authors: usize,
+    /// Bytes of filler text in each event's content.
+    #[arg(long, default_value_t = 140)]
+    pub content_bytes: usize,
+    /// Give up on a connection after this many seconds without a message.
+    #[arg(long, default_value_t = 30)]
+    pub stall_secs: u64,
+    /// Process id of the relay: report the CPU time it used during the run.
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+/// Sign the events, publish them, and report.
+pub async fn run(url: &str, args: &IngestArgs) -> Result<Report> {
+    let run = run_id();
+    let keys = derive_keys(rand::random(), 0x1a6e57, args.authors.max(1))?;
+    let filler = "x".repeat(args.content_bytes);
+    let tag = format!("bench-{run}");
+    eprintln!(
+        "signing {} events over {} authors…",
+        args.events,
+        keys.len()
+    );
+    let (events, sign_time) = sign_all(args.events, |i| {
+        let builder = EventBuilder::text_note(format!("ingest {run} {i} {filler}"))
+            .tag(Tag::hashtag(tag.clone()));
+        sign(builder, &keys[i % keys.len()])
+    })?;
+    eprintln!(
+        "signed in {:.1} s; publishing over {} connections (window {})…",
+        sign_time.as_secs_f64(),
+        args.connections,
+        args.window
+    );
+    let cpu = CpuMeter::start(args.pid);
+    let outcome = publish_pipelined(
+        &PipelineOptions {
+            url: url.to_owned(),
+            connections: args.connections,
+            window: args.window,
+            stall_timeout: Duration::from_secs(args.stall_secs),
+            progress: true,
+        },
+        events,
+    )
+    .await?;
+
+    let mut report = Report::new("ingest");
+    report.add("url", url);
+    report.add("run_id", run);
+    report.add("connections", args.connections as u64);
+    report.add("window", args.window as u64);
+    report.add("sign_seconds", sign_time.as_secs_f64());
+    add_outcome(&mut report, &outcome);
+    cpu.report(&mut report);
+    Ok(report)
+}
+
+/// Report fields shared by `ingest` and `seed`.
+pub fn add_outcome(report: &mut Report, outcome: &PipelineOutcome) {
+    let secs = outcome.elapsed.as_secs_f64().max(1e-9);
+    report.add("sent", outcome.sent);
+    report.add("accepted", outcome.accepted);
+    report.add("rejected", outcome.rejected_total());
+    report.add("unanswered", outcome.unanswered);
+    report.add("seconds", secs);
+    report.add("accepted_per_second", outcome.accepted as f64 / secs);
+    report.add_summary(
+        "ok_latency",
+        Summary::from_durations(&outcome.ack_latencies),
+    );
+    if !outcome.rejected.is_empty() {
+        report.add("rejected_reasons", json!(outcome.rejected));
+    }
+    if !outcome.notices.is_empty() {
+        report.add("notices", json!(outcome.notices));
+    }
+    if !outcome.connection_errors.is_empty() {
+        report.add("connection_errors", outcome.connection_errors.len() as u64);
+        let mut errs = outcome.connection_errors.clone();
+        errs.sort();
+        errs.dedup();
+        errs.truncate(5);
+        report.add("connection_error_samples", json!(errs));
+    }
+}
