@@ -12,7 +12,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use cairn_relay::store::Store;
 use cairn_relay::{serve_connection, Incoming, Outgoing, Relay};

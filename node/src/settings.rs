@@ -54,15 +54,15 @@ impl Settings {
     /// Load settings: defaults, then the TOML file (the given one must exist;
     /// without one, `./cairn.toml` is read if present), then `CAIRN_*`
     /// variables (`__` separates sections, e.g. `CAIRN_RELAY__LIMITS__MAX_LIMIT=100`).
-    pub fn load(config_file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(config_file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match config_file {
             Some(path) => {
                 if !path.exists() {
-                    return Err(figment::Error::from(format!(
+                    return Err(Box::new(figment::Error::from(format!(
                         "config file {} does not exist",
                         path.display()
-                    )));
+                    ))));
                 }
                 figment = figment.merge(Toml::file_exact(path));
             }
@@ -76,7 +76,7 @@ impl Settings {
             let top = key.split('.').next().unwrap_or_default();
             SETTING_NAMES.contains(&top)
         });
-        figment.merge(env).extract()
+        figment.merge(env).extract().map_err(Box::new)
     }
 
     /// The database URL in effect.
@@ -89,6 +89,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment's Jail API returns its own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
