@@ -140,7 +140,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         relay: Arc::clone(&relay),
         connections: connections.clone(),
     };
-    let app = Router::new().route("/", get(root)).with_state(state);
+    let app = Router::new()
+        .route("/", get(root).options(preflight))
+        .with_state(state);
     let shutdown = relay.shutdown_token().clone();
     let server = tokio::spawn(async move {
         axum::serve(
@@ -192,12 +194,8 @@ async fn root(
     if wants_nip11 {
         let body = state.relay.information_document().to_string();
         return (
-            [
-                (header::CONTENT_TYPE, "application/nostr+json"),
-                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-                (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
-                (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
-            ],
+            CORS_HEADERS,
+            [(header::CONTENT_TYPE, "application/nostr+json")],
             body,
         )
             .into_response();
@@ -211,6 +209,18 @@ async fn root(
     )
         .into_response()
 }
+
+/// CORS preflight for browser clients fetching NIP-11.
+async fn preflight() -> impl IntoResponse {
+    (StatusCode::NO_CONTENT, CORS_HEADERS)
+}
+
+/// NIP-11 is public: any origin may read it.
+const CORS_HEADERS: [(header::HeaderName, &str); 3] = [
+    (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+    (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
+];
 
 fn accept_websocket(state: AppState, peer: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
     let permit = match state.relay.admit(peer.ip()) {

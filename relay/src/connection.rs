@@ -31,6 +31,11 @@ pub const MAX_AUTHED_PUBKEYS: usize = 16;
 /// How long a send to a client may wait on a full queue before the client
 /// is considered stuck and disconnected.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a live event may wait for room in the outbound queue. The queue
+/// may be full of a large REQ's results that a healthy client is still
+/// reading, so a full queue alone does not make a slow reader; not draining
+/// it for this long does.
+pub const LIVE_SEND_TIMEOUT: Duration = Duration::from_secs(3);
 /// `["EVENT",` + `]`: the part of an EVENT message that is not the event.
 const EVENT_ENVELOPE_LEN: usize = 10;
 
@@ -219,7 +224,7 @@ impl Session {
                     if let Flow::Close(c) = self.answer_event(reply).await { break Flow::Close(c) }
                 }
                 live = recv_live(&mut self.live) => {
-                    if let Flow::Close(c) = self.deliver_live(live) { break Flow::Close(c) }
+                    if let Flow::Close(c) = self.deliver_live(live).await { break Flow::Close(c) }
                 }
                 msg = incoming.next(), if pending.len() < DEFAULT_MAX_PIPELINE => {
                     let Some(msg) = msg else { break Flow::Continue };
@@ -612,7 +617,10 @@ impl Session {
         self.send_or_close(out::ok(&id, true, "")).await
     }
 
-    fn deliver_live(&mut self, live: Result<Arc<LiveEvent>, broadcast::error::RecvError>) -> Flow {
+    async fn deliver_live(
+        &mut self,
+        live: Result<Arc<LiveEvent>, broadcast::error::RecvError>,
+    ) -> Flow {
         let live = match live {
             Ok(live) => live,
             Err(broadcast::error::RecvError::Lagged(_)) => return Flow::Close(slow_reader()),
@@ -633,10 +641,16 @@ impl Session {
                 .iter()
                 .any(|f| f.match_event(event, MatchEventOptions::new()))
             {
-                match self.out.try_send(out::event(sub_id, &live.json)) {
+                match self
+                    .out
+                    .send_timeout(out::event(sub_id, &live.json), LIVE_SEND_TIMEOUT)
+                    .await
+                {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => return Flow::Close(slow_reader()),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Continue,
+                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                        return Flow::Close(slow_reader())
+                    }
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return Flow::Continue,
                 }
             }
         }

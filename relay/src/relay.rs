@@ -20,8 +20,10 @@ use crate::store::{SaveOutcome, Store, StoreError, Writer, DEFAULT_MAX_BATCH};
 use crate::verify::VerifierPool;
 
 /// Live events buffered for subscribers; a connection that falls this far
-/// behind is disconnected rather than buffered further.
-pub const DEFAULT_LIVE_BUFFER: usize = 16_384;
+/// behind is disconnected rather than buffered further. The ring keeps its
+/// last events alive, so this also bounds the memory it holds
+/// (at most this many times `max_event_length`).
+pub const DEFAULT_LIVE_BUFFER: usize = 2_048;
 
 /// An event on its way to live subscribers, with its JSON serialized once.
 #[derive(Debug)]

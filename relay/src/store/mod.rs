@@ -142,6 +142,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Close connections (after the writer has drained).
     async fn close(&self);
+
+    /// The database behind this store, for other parts of the node that keep
+    /// their own tables in it (their migrations live next to the relay's).
+    /// `None` for stores without one.
+    fn database(&self) -> Option<Database> {
+        None
+    }
+}
+
+/// A connection pool to the relay's database (see [`Store::database`]).
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// SQLite: the store's single write connection, so that other writers
+    /// queue behind the relay's instead of failing with `SQLITE_BUSY`.
+    Sqlite(sqlx::SqlitePool),
+    /// Postgres.
+    Postgres(sqlx::PgPool),
 }
 
 /// Open the store named by `database_url` and run its migrations.

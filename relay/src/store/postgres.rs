@@ -382,6 +382,10 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn database(&self) -> Option<super::Database> {
+        Some(super::Database::Postgres(self.pool.clone()))
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }

@@ -501,6 +501,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn database(&self) -> Option<super::Database> {
+        Some(super::Database::Sqlite(self.write.clone()))
+    }
+
     async fn close(&self) {
         self.read.close().await;
         self.write.close().await;
