@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use cairn_relay::store::Store;
 use cairn_relay::{serve_connection, Incoming, Outgoing, Relay};
@@ -46,6 +47,7 @@ pub struct RunningNode {
     connections: TaskTracker,
     writer: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
+    identity: Option<Arc<cairn_identity::service::IdentityService>>,
 }
 
 impl RunningNode {
@@ -64,6 +66,11 @@ impl RunningNode {
         &self.relay
     }
 
+    /// The identity service, when `[identity] enabled`.
+    pub fn identity(&self) -> Option<&Arc<cairn_identity::service::IdentityService>> {
+        self.identity.as_ref()
+    }
+
     /// Stop accepting, let connections finish in-flight writes and close,
     /// commit queued writes, and close the database.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -74,6 +81,7 @@ impl RunningNode {
             connections,
             writer,
             jobs,
+            identity,
         } = self;
         relay.begin_shutdown();
         server
@@ -90,6 +98,7 @@ impl RunningNode {
         for job in jobs {
             let _ = job.await;
         }
+        drop(identity);
         let store: Arc<dyn Store> = Arc::clone(relay.store());
         // The writer drains its queue and stops once the last handle to the
         // relay is gone.
@@ -131,10 +140,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     );
     tracing::info!("storage: {}", describe_database(&database_url));
 
-    let jobs = vec![tokio::spawn(purge_expired_events(
+    let mut jobs = vec![tokio::spawn(purge_expired_events(
         Arc::clone(&relay),
         Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
     ))];
+    let identity = if settings.identity.enabled {
+        let service = crate::identity_routes::open_service(&settings, &relay).await?;
+        let stop = relay.shutdown_token().clone().cancelled_owned();
+        jobs.push(tokio::spawn(Arc::clone(&service).run(stop)));
+        tracing::info!("identity service enabled at http://{addr}/identity/v1/");
+        Some(service)
+    } else {
+        None
+    };
     let connections = TaskTracker::new();
     let state = AppState {
         relay: Arc::clone(&relay),
@@ -144,6 +162,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .route("/", get(root).options(preflight))
         .with_state(state);
     let shutdown = relay.shutdown_token().clone();
+    // Without TCP_NODELAY a reply split over several writes waits for the
+    // client's delayed ACK (~40 ms): every REQ with more than a few results
+    // would pay it.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     let server = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -159,6 +185,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         connections,
         writer,
         jobs,
+        identity,
     })
 }
 
