@@ -7,6 +7,7 @@
 //! - [`log`]: the append-only Merkle log of accepted operations (RFC 6962 hashing);
 //! - [`state`]: the sparse Merkle tree mapping each `x_uid` to its current record;
 //! - [`epoch`]: epoch headers and the OP_RETURN payload that anchors them on Bitcoin;
+//! - [`bundle`]: proof bundles and their offline verification against Bitcoin headers;
 //! - [`binding`]: binding operations as Nostr events, witness attestations and the
 //!   per-`x_uid` state machine that decides which operations are accepted.
 //!
@@ -16,6 +17,7 @@
 
 pub mod anchor;
 pub mod binding;
+pub mod bundle;
 pub mod epoch;
 pub mod hash;
 pub mod kinds;

@@ -1,0 +1,103 @@
+//! JSON form of a bundle, for HTTP APIs and humans: events as NIP-01 JSON,
+//! everything binary as lowercase hex. The binary encoding stays the normative
+//! one (it is canonical); JSON converts to and from the same [`ProofBundle`].
+
+use bitcoin::consensus::{deserialize, serialize};
+use nostr::Event;
+use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{codec::strip_witness, LogPath, ProofBundle, BUNDLE_VERSION};
+use crate::{epoch::EpochHeader, state::StateProof, Hash};
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogPathJson {
+    leaf_index: u64,
+    #[serde(with = "crate::log::hex_hashes")]
+    path: Vec<Hash>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleJson {
+    version: u8,
+    record: String,
+    ops: Vec<Event>,
+    attestations: Vec<Event>,
+    op_path: LogPathJson,
+    attestation_paths: Vec<LogPathJson>,
+    state_proof: String,
+    epoch_header: String,
+    anchor_tx: String,
+    block_height: u32,
+    merkle_block: String,
+}
+
+impl From<&LogPath> for LogPathJson {
+    fn from(p: &LogPath) -> Self {
+        Self {
+            leaf_index: p.leaf_index,
+            path: p.path.clone(),
+        }
+    }
+}
+
+impl From<LogPathJson> for LogPath {
+    fn from(p: LogPathJson) -> Self {
+        Self {
+            leaf_index: p.leaf_index,
+            path: p.path,
+        }
+    }
+}
+
+impl Serialize for ProofBundle {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        BundleJson {
+            version: BUNDLE_VERSION,
+            record: hex::encode(&self.record),
+            ops: self.ops.clone(),
+            attestations: self.attestations.clone(),
+            op_path: (&self.op_path).into(),
+            attestation_paths: self.attestation_paths.iter().map(Into::into).collect(),
+            state_proof: hex::encode(self.state_proof.to_bytes()),
+            epoch_header: hex::encode(self.epoch_header.to_bytes()),
+            anchor_tx: hex::encode(serialize(&strip_witness(&self.anchor_tx))),
+            block_height: self.block_height,
+            merkle_block: hex::encode(serialize(&self.merkle_block)),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProofBundle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = BundleJson::deserialize(d)?;
+        if j.version != BUNDLE_VERSION {
+            return Err(D::Error::custom(format!(
+                "unsupported bundle version {}",
+                j.version
+            )));
+        }
+        let bytes = |field: &str, s: &str| {
+            hex::decode(s).map_err(|e| D::Error::custom(format!("{field}: {e}")))
+        };
+        let anchor_tx: bitcoin::Transaction = deserialize(&bytes("anchor_tx", &j.anchor_tx)?)
+            .map_err(|e| D::Error::custom(format!("anchor_tx: {e}")))?;
+        Ok(Self {
+            record: bytes("record", &j.record)?,
+            ops: j.ops,
+            attestations: j.attestations,
+            op_path: j.op_path.into(),
+            attestation_paths: j.attestation_paths.into_iter().map(Into::into).collect(),
+            state_proof: StateProof::from_bytes(&bytes("state_proof", &j.state_proof)?)
+                .map_err(|e| D::Error::custom(format!("state_proof: {e}")))?,
+            epoch_header: EpochHeader::from_bytes(&bytes("epoch_header", &j.epoch_header)?)
+                .map_err(|e| D::Error::custom(format!("epoch_header: {e}")))?,
+            anchor_tx: strip_witness(&anchor_tx),
+            block_height: j.block_height,
+            merkle_block: deserialize(&bytes("merkle_block", &j.merkle_block)?)
+                .map_err(|e| D::Error::custom(format!("merkle_block: {e}")))?,
+        })
+    }
+}

@@ -1,0 +1,422 @@
+//! The verification algorithm of `docs/identity-protocol.md` §11.3.
+
+use bitcoin::{params::Params, BlockHash, Network, Txid};
+use nostr::{EventId, PublicKey};
+
+use super::{
+    chain::ChainView, codec::strip_witness, error::BundleError, record::parse_record, LogPath,
+    ProofBundle,
+};
+use crate::{
+    binding::{
+        log_entry, BindingOp, LogEntryKind, OpKind, PendingRecovery, Status, WitnessAttestation,
+    },
+    epoch::EpochHeader,
+    log::{leaf_hash, InclusionProof},
+    state::state_key,
+    Hash,
+};
+
+/// Confirmations required unless the policy says otherwise.
+pub const DEFAULT_MIN_CONFIRMATIONS: u32 = 6;
+
+/// What a verifier accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    /// The network whose difficulty rules the anchor block must follow.
+    pub network: Network,
+    /// Blocks (the anchor's included) the anchor must have in the verifier's chain.
+    pub min_confirmations: u32,
+    /// Witness keys whose attestations are accepted; empty accepts any witness
+    /// (the keys are then reported in [`VerifiedIdentity::witnesses`] for the caller to judge).
+    pub trusted_witnesses: Vec<PublicKey>,
+}
+
+impl VerifyPolicy {
+    /// The default policy for `network`: 6 confirmations, any witness.
+    pub fn new(network: Network) -> Self {
+        Self {
+            network,
+            min_confirmations: DEFAULT_MIN_CONFIRMATIONS,
+            trusted_witnesses: Vec::new(),
+        }
+    }
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self::new(Network::Bitcoin)
+    }
+}
+
+/// Where the verified identity stands (the record's status, §6).
+pub type VerifiedStatus = Status;
+
+/// What a bundle proves once every link checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedIdentity {
+    /// The X numeric user id.
+    pub x_uid: u64,
+    /// The handle of the latest proof post. Whether another id holds it now
+    /// ("moved") needs that other id's bundle.
+    pub handle: String,
+    /// The bound key; `None` when revoked.
+    pub key: Option<PublicKey>,
+    /// Binding status.
+    pub status: VerifiedStatus,
+    /// `seq` of the latest operation.
+    pub seq: u64,
+    /// Id of the latest operation.
+    pub head: EventId,
+    /// Keys of the witnesses whose attestations back the operations, in order.
+    pub witnesses: Vec<PublicKey>,
+    /// The epoch header the proofs lead to.
+    pub epoch: EpochHeader,
+    /// Its hash, as found in the anchor's OP_RETURN.
+    pub header_hash: Hash,
+    /// The anchor transaction.
+    pub anchor_txid: Txid,
+    /// The block holding it.
+    pub block_hash: BlockHash,
+    /// That block's height in the verifier's chain.
+    pub block_height: u32,
+    /// Confirmations in the verifier's chain: `tip - block_height + 1`.
+    pub confirmations: u32,
+}
+
+/// Replayed state of the identity (§6 without heights and epochs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replayed {
+    Bound,
+    Pending {
+        recover_id: EventId,
+        new_key: PublicKey,
+    },
+    Revoked,
+}
+
+/// Checks every link of `bundle` (§11.3) against the verifier's `chain` under `policy`.
+///
+/// Pure apart from the questions it asks `chain`: one `height_of` and one
+/// `tip_height`, so a fast [`ChainView`] makes verification take microseconds.
+pub fn verify<C: ChainView + ?Sized>(
+    bundle: &ProofBundle,
+    chain: &C,
+    policy: &VerifyPolicy,
+) -> Result<VerifiedIdentity, BundleError> {
+    let record = parse_record(&bundle.record)?;
+
+    // 1. Operations: each a valid event, together one chain that ends at the record's head.
+    if bundle.ops.is_empty() {
+        return Err(BundleError::NoOperations);
+    }
+    let ops = bundle
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            BindingOp::from_event(e).map_err(|source| BundleError::Operation { index, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let proof_posts = ops
+        .iter()
+        .filter(|o| matches!(o.op, OpKind::Bind | OpKind::Recover))
+        .count();
+    if bundle.attestations.len() != proof_posts {
+        return Err(BundleError::AttestationCount {
+            expected: proof_posts,
+            found: bundle.attestations.len(),
+        });
+    }
+    let mut attestations = bundle.attestations.iter().enumerate();
+    let mut witnesses = Vec::with_capacity(proof_posts);
+
+    let mut key: Option<PublicKey> = None;
+    let mut state = Replayed::Revoked;
+    let mut handle = String::new();
+    for (index, op) in ops.iter().enumerate() {
+        let broken = |reason| BundleError::BrokenChain { index, reason };
+        let refused = |reason| BundleError::Transition { index, reason };
+        if op.x_uid != record.x_uid {
+            return Err(broken("x_uid differs from the record"));
+        }
+        if index == 0 {
+            // A `bind` fixes key, status and handle by itself, so the chain may start at any bind.
+            if op.op != OpKind::Bind {
+                return Err(refused("the operations must start with a bind"));
+            }
+        } else {
+            let last = &ops[index - 1];
+            if last.seq.checked_add(1) != Some(op.seq) {
+                return Err(broken("seq is not the previous seq + 1"));
+            }
+            if op.prev != Some(last.id()) {
+                return Err(broken("prev does not name the previous operation"));
+            }
+        }
+        let signer = op.signer();
+        if let Replayed::Pending { new_key, .. } = state {
+            // Only a completed recovery lets the recovering key sign (§6, recovery completion).
+            if signer == new_key && key != Some(signer) {
+                key = Some(new_key);
+                state = Replayed::Bound;
+            }
+        }
+        let by_current = key == Some(signer);
+        match op.op {
+            OpKind::Bind => {
+                if index > 0 && state != Replayed::Revoked {
+                    return Err(refused("bind while not revoked"));
+                }
+                key = Some(signer);
+                state = Replayed::Bound;
+            }
+            OpKind::Rotate => {
+                if state != Replayed::Bound || !by_current {
+                    return Err(refused("rotate needs a bound identity and its current key"));
+                }
+                key = op.new_key;
+            }
+            OpKind::Revoke => {
+                if state == Replayed::Revoked || !by_current {
+                    return Err(refused("revoke needs a live identity and its current key"));
+                }
+                key = None;
+                state = Replayed::Revoked;
+            }
+            OpKind::Recover => {
+                if state != Replayed::Bound || by_current {
+                    return Err(refused("recover needs a bound identity and another key"));
+                }
+                state = Replayed::Pending {
+                    recover_id: op.id(),
+                    new_key: signer,
+                };
+            }
+            OpKind::Veto => {
+                let Replayed::Pending { recover_id, .. } = state else {
+                    return Err(refused("veto without a pending recovery"));
+                };
+                if !by_current || op.target != Some(recover_id) {
+                    return Err(refused(
+                        "veto needs the current key and the pending recovery's id",
+                    ));
+                }
+                state = Replayed::Bound;
+            }
+        }
+        if let Some(id) = &op.identity {
+            handle.clone_from(&id.handle);
+            let (att_index, event) = attestations.next().expect("counted above");
+            let att_err = |source| BundleError::Attestation {
+                index: att_index,
+                source,
+            };
+            let (att, witness) = WitnessAttestation::from_event(event).map_err(att_err)?;
+            if !policy.trusted_witnesses.is_empty() && !policy.trusted_witnesses.contains(&witness)
+            {
+                return Err(BundleError::UntrustedWitness {
+                    index: att_index,
+                    witness,
+                });
+            }
+            att.matches(op).map_err(att_err)?;
+            witnesses.push(witness);
+        }
+    }
+
+    // 2. The replay must give the committed record.
+    let head = ops.last().expect("non-empty");
+    if record.seq != head.seq || record.head != head.id() {
+        return Err(BundleError::RecordMismatch("head operation"));
+    }
+    if record.handle != handle {
+        return Err(BundleError::RecordMismatch("handle"));
+    }
+    let status_ok = match (state, record.status) {
+        (Replayed::Bound, Status::Bound) | (Replayed::Revoked, Status::Revoked) => {
+            record.key == key
+        }
+        (
+            Replayed::Pending {
+                recover_id,
+                new_key,
+            },
+            Status::RecoveryPending(PendingRecovery {
+                recover_id: r,
+                new_key: n,
+                ..
+            }),
+        ) => recover_id == r && new_key == n && record.key == key,
+        // The delay passed and the recovery completed without a logged operation (§6).
+        (Replayed::Pending { new_key, .. }, Status::Bound) => record.key == Some(new_key),
+        _ => false,
+    };
+    if !status_ok {
+        return Err(BundleError::RecordMismatch("key or status"));
+    }
+
+    // 3. Log: the head operation (which commits to the rest through `prev`) and every attestation.
+    let header = &bundle.epoch_header;
+    let in_log = |path: &LogPath, kind, id: EventId| {
+        InclusionProof {
+            leaf_index: path.leaf_index,
+            tree_size: header.log_size,
+            path: path.path.clone(),
+        }
+        .verify(&leaf_hash(&log_entry(kind, &id)), &header.log_root)
+    };
+    in_log(&bundle.op_path, LogEntryKind::Binding, head.id())
+        .map_err(BundleError::OpLogInclusion)?;
+    if bundle.attestation_paths.len() != bundle.attestations.len() {
+        return Err(BundleError::AttestationPathCount {
+            paths: bundle.attestation_paths.len(),
+            attestations: bundle.attestations.len(),
+        });
+    }
+    for (index, (path, event)) in bundle
+        .attestation_paths
+        .iter()
+        .zip(&bundle.attestations)
+        .enumerate()
+    {
+        in_log(path, LogEntryKind::Attestation, event.id)
+            .map_err(|source| BundleError::AttestationLogInclusion { index, source })?;
+    }
+
+    // 4. State: key(x_uid) → record hash under the header's state root.
+    bundle
+        .state_proof
+        .verify_inclusion(
+            &header.state_root,
+            &state_key(record.x_uid),
+            &record.record_hash(),
+        )
+        .map_err(BundleError::StateProof)?;
+
+    // 5. Anchor transaction commits to the header.
+    let tx = &bundle.anchor_tx;
+    let stripped = strip_witness(tx);
+    if stripped.base_size() == 64 || bitcoin::consensus::serialize(&stripped).len() == 64 {
+        return Err(BundleError::SixtyFourByteTransaction);
+    }
+    if tx.input.is_empty() {
+        return Err(BundleError::NoInputs);
+    }
+    header.verify_anchor(tx).map_err(BundleError::Anchor)?;
+    let txid = tx.compute_txid();
+
+    // 6. The transaction is in the block: well-formed partial tree, exactly this txid, root in header.
+    let mb = &bundle.merkle_block;
+    let (mut matches, mut indexes) = (Vec::new(), Vec::new());
+    mb.extract_matches(&mut matches, &mut indexes)
+        .map_err(BundleError::MerkleBlock)?;
+    if !padding_is_zero(mb.txn.num_transactions(), mb.txn.bits()) {
+        return Err(BundleError::MerkleBlockPadding);
+    }
+    if matches != [txid] {
+        return Err(BundleError::TxNotInBlock);
+    }
+
+    // 7. Proof of work of the block header under the network's limits.
+    let block = &mb.header;
+    let target = block.target();
+    if target > Params::new(policy.network).max_attainable_target
+        || target == bitcoin::pow::Target::ZERO
+    {
+        return Err(BundleError::BadBits);
+    }
+    let block_hash = block
+        .validate_pow(target)
+        .map_err(|_| BundleError::ProofOfWork)?;
+
+    // 8. The block is on the verifier's chain, at the claimed height, deep enough.
+    let height = chain
+        .height_of(&block_hash)?
+        .ok_or(BundleError::NotOnChain(block_hash))?;
+    if height != bundle.block_height {
+        return Err(BundleError::HeightMismatch {
+            claimed: bundle.block_height,
+            actual: height,
+        });
+    }
+    let tip = chain.tip_height()?;
+    let confirmations = tip.checked_sub(height).map_or(0, |d| d + 1);
+    if confirmations < policy.min_confirmations {
+        return Err(BundleError::InsufficientConfirmations {
+            confirmations,
+            required: policy.min_confirmations,
+        });
+    }
+
+    Ok(VerifiedIdentity {
+        x_uid: record.x_uid,
+        handle: record.handle,
+        key: record.key,
+        status: record.status,
+        seq: record.seq,
+        head: record.head,
+        witnesses,
+        epoch: *header,
+        header_hash: header.hash(),
+        anchor_txid: txid,
+        block_hash,
+        block_height: height,
+        confirmations,
+    })
+}
+
+/// Whether the flag bits the partial tree's traversal did not use are all zero.
+/// `extract_matches` tolerates anything in the last byte's padding, which would
+/// let one bundle have several encodings.
+fn padding_is_zero(num_transactions: u32, bits: &[bool]) -> bool {
+    fn walk(
+        height: u32,
+        pos: u32,
+        width: &dyn Fn(u32) -> u32,
+        bits: &[bool],
+        used: &mut usize,
+    ) -> Option<()> {
+        let parent = *bits.get(*used)?;
+        *used += 1;
+        if height > 0 && parent {
+            walk(height - 1, pos * 2, width, bits, used)?;
+            if pos * 2 + 1 < width(height - 1) {
+                walk(height - 1, pos * 2 + 1, width, bits, used)?;
+            }
+        }
+        Some(())
+    }
+    let n = u64::from(num_transactions);
+    let width = move |h: u32| ((n + (1u64 << h) - 1) >> h) as u32;
+    let mut height = 0;
+    while width(height) > 1 {
+        height += 1;
+    }
+    let mut used = 0;
+    walk(height, 0, &width, bits, &mut used).is_some() && bits[used..].iter().all(|b| !b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padding_is_zero;
+
+    #[test]
+    fn padding_bits_must_be_zero() {
+        // Two transactions, the second matched: root(1), left leaf(0), right leaf(1) = 3 bits.
+        let mut bits = vec![true, false, true, false, false, false, false, false];
+        assert!(padding_is_zero(2, &bits));
+        bits[5] = true;
+        assert!(!padding_is_zero(2, &bits));
+        // A single transaction uses one bit.
+        assert!(padding_is_zero(
+            1,
+            &[true, false, false, false, false, false, false, false]
+        ));
+        assert!(!padding_is_zero(
+            1,
+            &[true, true, false, false, false, false, false, false]
+        ));
+    }
+}
