@@ -47,7 +47,6 @@ pub struct RunningNode {
     connections: TaskTracker,
     writer: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
-    identity: Option<Arc<cairn_identity::service::IdentityService>>,
 }
 
 impl RunningNode {
@@ -66,11 +65,6 @@ impl RunningNode {
         &self.relay
     }
 
-    /// The identity service, when `[identity] enabled`.
-    pub fn identity(&self) -> Option<&Arc<cairn_identity::service::IdentityService>> {
-        self.identity.as_ref()
-    }
-
     /// Stop accepting, let connections finish in-flight writes and close,
     /// commit queued writes, and close the database.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -81,7 +75,6 @@ impl RunningNode {
             connections,
             writer,
             jobs,
-            identity,
         } = self;
         relay.begin_shutdown();
         server
@@ -98,7 +91,6 @@ impl RunningNode {
         for job in jobs {
             let _ = job.await;
         }
-        drop(identity);
         let store: Arc<dyn Store> = Arc::clone(relay.store());
         // The writer drains its queue and stops once the last handle to the
         // relay is gone.
@@ -140,19 +132,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     );
     tracing::info!("storage: {}", describe_database(&database_url));
 
-    let mut jobs = vec![tokio::spawn(purge_expired_events(
+    let jobs = vec![tokio::spawn(purge_expired_events(
         Arc::clone(&relay),
         Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
     ))];
-    let identity = if settings.identity.enabled {
-        let service = crate::identity_routes::open_service(&settings, &relay).await?;
-        let stop = relay.shutdown_token().clone().cancelled_owned();
-        jobs.push(tokio::spawn(Arc::clone(&service).run(stop)));
-        tracing::info!("identity service enabled at http://{addr}/identity/v1/");
-        Some(service)
-    } else {
-        None
-    };
     let connections = TaskTracker::new();
     let state = AppState {
         relay: Arc::clone(&relay),
@@ -185,7 +168,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         connections,
         writer,
         jobs,
-        identity,
     })
 }
 
