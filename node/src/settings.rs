@@ -19,8 +19,13 @@ pub const DEFAULT_CONFIG_FILE: &str = "cairn.toml";
 pub const SQLITE_FILE: &str = "cairn.db";
 
 /// Top-level setting names, as `CAIRN_<NAME>` variables may spell them.
-const SETTING_NAMES: &[&str] =
-    &["bind", "data_dir", "database_url", "expiration_purge_interval_secs", "relay"];
+const SETTING_NAMES: &[&str] = &[
+    "bind",
+    "data_dir",
+    "database_url",
+    "expiration_purge_interval_secs",
+    "relay",
+];
 
 /// All settings of a Cairn node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
