@@ -9,7 +9,8 @@
 //! - [`epoch`]: epoch headers and the OP_RETURN payload that anchors them on Bitcoin;
 //! - [`bundle`]: proof bundles and their offline verification against Bitcoin headers;
 //! - [`binding`]: binding operations as Nostr events, witness attestations and the
-//!   per-`x_uid` state machine that decides which operations are accepted.
+//!   per-`x_uid` state machine that decides which operations are accepted;
+//! - [`service`]: the node-side service tying them to X, SQL storage and anchoring.
 //!
 //! The normative description lives in `docs/identity-protocol.md`; keep both in step.
 
@@ -22,6 +23,7 @@ pub mod epoch;
 pub mod hash;
 pub mod kinds;
 pub mod log;
+pub mod service;
 pub mod state;
 pub mod x;
 

@@ -13,7 +13,7 @@ use bitcoin::hashes::Hash as _;
 use bitcoin::{Address, Amount, Network, OutPoint, Transaction, Txid};
 use cairn_identity::anchor::{
     AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health, RpcConfig, Seed,
-    SEED_FILE_NAME,
+    ANCHOR_ACCOUNT, SEED_FILE_NAME,
 };
 use cairn_identity::epoch::{find_anchor, EpochHeader, HEADER_VERSION};
 use cairn_testchain::TestChain;
@@ -355,7 +355,7 @@ mod bdk_wallet_twin {
     impl Twin {
         pub fn new(dir: &std::path::Path, chain: &TestChain) -> Result<Self> {
             let seed = Seed::load(&dir.join(SEED_FILE_NAME))?;
-            let (ext, int) = seed.bip86_descriptors(Network::Regtest, 0)?;
+            let (ext, int) = seed.bip86_descriptors(Network::Regtest, ANCHOR_ACCOUNT)?;
             let wallet = Wallet::create(ext, int)
                 .network(Network::Regtest)
                 .create_wallet_no_persist()?;

@@ -1,6 +1,8 @@
 //! The Cairn node: settings, the HTTP/WebSocket server that mounts the relay,
 //! background jobs and shutdown. The `cairn` binary is a thin CLI over this.
 
+pub mod identity_routes;
+pub mod identity_settings;
 pub mod server;
 pub mod settings;
 

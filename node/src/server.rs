@@ -47,6 +47,7 @@ pub struct RunningNode {
     connections: TaskTracker,
     writer: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
+    identity: Option<Arc<cairn_identity::service::IdentityService>>,
 }
 
 impl RunningNode {
@@ -65,6 +66,11 @@ impl RunningNode {
         &self.relay
     }
 
+    /// The identity service, when `[identity] enabled`.
+    pub fn identity(&self) -> Option<&Arc<cairn_identity::service::IdentityService>> {
+        self.identity.as_ref()
+    }
+
     /// Stop accepting, let connections finish in-flight writes and close,
     /// commit queued writes, and close the database.
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -75,6 +81,7 @@ impl RunningNode {
             connections,
             writer,
             jobs,
+            identity,
         } = self;
         relay.begin_shutdown();
         server
@@ -91,6 +98,7 @@ impl RunningNode {
         for job in jobs {
             let _ = job.await;
         }
+        drop(identity);
         let store: Arc<dyn Store> = Arc::clone(relay.store());
         // The writer drains its queue and stops once the last handle to the
         // relay is gone.
@@ -132,18 +140,30 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     );
     tracing::info!("storage: {}", describe_database(&database_url));
 
-    let jobs = vec![tokio::spawn(purge_expired_events(
+    let mut jobs = vec![tokio::spawn(purge_expired_events(
         Arc::clone(&relay),
         Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
     ))];
+    let identity = if settings.identity.enabled {
+        let service = crate::identity_routes::open_service(&settings, &relay).await?;
+        let stop = relay.shutdown_token().clone().cancelled_owned();
+        jobs.push(tokio::spawn(Arc::clone(&service).run(stop)));
+        tracing::info!("identity service enabled at http://{addr}/identity/v1/");
+        Some(service)
+    } else {
+        None
+    };
     let connections = TaskTracker::new();
     let state = AppState {
         relay: Arc::clone(&relay),
         connections: connections.clone(),
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(root).options(preflight))
         .with_state(state);
+    if let Some(service) = &identity {
+        app = app.merge(crate::identity_routes::router(Arc::clone(service)));
+    }
     let shutdown = relay.shutdown_token().clone();
     // Without TCP_NODELAY a reply split over several writes waits for the
     // client's delayed ACK (~40 ms): every REQ with more than a few results
@@ -168,6 +188,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         connections,
         writer,
         jobs,
+        identity,
     })
 }
 

@@ -9,6 +9,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::identity_settings::IdentitySettings;
+
 /// Default listening address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:7777";
 /// Default data directory, relative to the working directory.
@@ -25,6 +27,7 @@ const SETTING_NAMES: &[&str] = &[
     "database_url",
     "expiration_purge_interval_secs",
     "relay",
+    "identity",
 ];
 
 /// All settings of a Cairn node.
@@ -41,6 +44,8 @@ pub struct Settings {
     pub expiration_purge_interval_secs: u64,
     /// The relay: NIP-11 identity, limits, rate limits, inbox policy.
     pub relay: RelayConfig,
+    /// The identity witness and registry (off by default).
+    pub identity: IdentitySettings,
 }
 
 impl Default for Settings {
@@ -51,6 +56,7 @@ impl Default for Settings {
             database_url: None,
             expiration_purge_interval_secs: 60,
             relay: RelayConfig::default(),
+            identity: IdentitySettings::default(),
         }
     }
 }

@@ -46,7 +46,10 @@ use crate::epoch::MAX_OP_RETURN_DATA;
 /// Name of the SQLite file holding the wallet and the anchor records.
 pub const DB_FILE_NAME: &str = "anchor.sqlite";
 /// BIP86 account of the anchoring wallet.
-pub const ANCHOR_ACCOUNT: u32 = 0;
+///
+/// Account 1 is reserved for the anchor chain so the payments wallet (account 0)
+/// can never spend it.
+pub const ANCHOR_ACCOUNT: u32 = 1;
 /// Default feerate floor, also used when the node has no estimate: 1 sat/vB.
 pub const DEFAULT_FEE_FLOOR: FeeRate = FeeRate::from_sat_per_vb_u32(1);
 /// Default feerate cap: 50 sat/vB.

@@ -1,0 +1,258 @@
+//! The registry's tables in the relay's database (SQLite or Postgres).
+//!
+//! The SQL is written once: both backends accept `$N` placeholders, and every
+//! column is `TEXT` or a 64-bit integer, which both map to the same Rust types.
+//! The tables are created by the node's migrations
+//! (`migrations/*/20260102000000_identity.sql`).
+
+use sqlx::{PgPool, SqlitePool};
+
+/// A connection pool to the database holding the registry's tables.
+#[derive(Debug, Clone)]
+pub enum IdentityDb {
+    /// SQLite (the relay's write connection).
+    Sqlite(SqlitePool),
+    /// Postgres.
+    Postgres(PgPool),
+}
+
+/// A stored challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeRow {
+    /// The nonce.
+    pub nonce: String,
+    /// Hex key it was issued for.
+    pub pubkey: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Whether an accepted operation quoted it.
+    pub used: bool,
+}
+
+/// A stored accepted operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationRow {
+    /// Log index of the operation's leaf.
+    pub log_index: u64,
+    /// Event id, hex.
+    pub event_id: String,
+    /// The identity.
+    pub x_uid: u64,
+    /// The binding event, JSON.
+    pub event_json: String,
+    /// The witness attestation event, JSON (bind and recover only).
+    pub attestation_json: Option<String>,
+    /// Log index of the attestation's leaf.
+    pub attestation_index: Option<u64>,
+    /// Epoch it was logged in.
+    pub epoch: u64,
+    /// Block height the registry used.
+    pub height: u32,
+    /// Unix seconds.
+    pub accepted_at: u64,
+}
+
+/// A stored closed epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochRow {
+    /// Epoch number.
+    pub epoch: u64,
+    /// The 113 header bytes, hex.
+    pub header: String,
+    /// Height used to complete recoveries at close.
+    pub close_height: u32,
+    /// Anchor txid (display hex), once known.
+    pub anchor_txid: Option<String>,
+    /// Unix seconds.
+    pub closed_at: u64,
+}
+
+/// Runs the same statement on either backend: `$pool` is bound to the pool.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            IdentityDb::Sqlite($pool) => $body,
+            IdentityDb::Postgres($pool) => $body,
+        }
+    };
+}
+
+// Values are stored as i64; u64 ids and heights round-trip through the cast.
+fn to_i(v: u64) -> i64 {
+    v as i64
+}
+
+fn to_u(v: i64) -> u64 {
+    v as u64
+}
+
+type ChallengeTuple = (String, String, i64, i64, i64);
+type OperationTuple = (
+    i64,
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+);
+type EpochTuple = (i64, String, i64, Option<String>, i64);
+
+impl IdentityDb {
+    /// Stores a freshly issued challenge.
+    pub async fn insert_challenge(&self, c: &ChallengeRow) -> Result<(), sqlx::Error> {
+        const SQL: &str =
+            "INSERT INTO identity_challenges (nonce, pubkey, issued_at, expires_at, used) \
+                           VALUES ($1, $2, $3, $4, 0)";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(&c.nonce)
+                .bind(&c.pubkey)
+                .bind(to_i(c.issued_at))
+                .bind(to_i(c.expires_at))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The challenge with this nonce.
+    pub async fn challenge(&self, nonce: &str) -> Result<Option<ChallengeRow>, sqlx::Error> {
+        const SQL: &str = "SELECT nonce, pubkey, issued_at, expires_at, used \
+                           FROM identity_challenges WHERE nonce = $1";
+        let row: Option<ChallengeTuple> = on_pool!(self, pool => {
+            sqlx::query_as(SQL).bind(nonce).fetch_optional(pool).await?
+        });
+        Ok(row.map(
+            |(nonce, pubkey, issued_at, expires_at, used)| ChallengeRow {
+                nonce,
+                pubkey,
+                issued_at: to_u(issued_at),
+                expires_at: to_u(expires_at),
+                used: used != 0,
+            },
+        ))
+    }
+
+    /// Deletes unused challenges that expired before `now`; returns how many.
+    pub async fn purge_challenges(&self, now: u64) -> Result<u64, sqlx::Error> {
+        const SQL: &str = "DELETE FROM identity_challenges WHERE used = 0 AND expires_at < $1";
+        let n = on_pool!(self, pool => {
+            sqlx::query(SQL).bind(to_i(now)).execute(pool).await?.rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Logs an accepted operation and, when it quotes one, marks its
+    /// challenge used, in one transaction. Returns `false` (and stores
+    /// nothing) when the challenge was used in the meantime.
+    pub async fn insert_operation(
+        &self,
+        op: &OperationRow,
+        challenge: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        const USE: &str = "UPDATE identity_challenges SET used = 1 WHERE nonce = $1 AND used = 0";
+        const SQL: &str =
+            "INSERT INTO identity_operations (log_index, event_id, x_uid, event_json, \
+                           attestation_json, attestation_index, epoch, height, accepted_at) \
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if let Some(nonce) = challenge {
+                let n = sqlx::query(USE).bind(nonce).execute(&mut *tx).await?.rows_affected();
+                if n != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+            sqlx::query(SQL)
+                .bind(to_i(op.log_index))
+                .bind(&op.event_id)
+                .bind(to_i(op.x_uid))
+                .bind(&op.event_json)
+                .bind(&op.attestation_json)
+                .bind(op.attestation_index.map(to_i))
+                .bind(to_i(op.epoch))
+                .bind(i64::from(op.height))
+                .bind(to_i(op.accepted_at))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// Every accepted operation, in log order.
+    pub async fn operations(&self) -> Result<Vec<OperationRow>, sqlx::Error> {
+        const SQL: &str = "SELECT log_index, event_id, x_uid, event_json, attestation_json, \
+                           attestation_index, epoch, height, accepted_at \
+                           FROM identity_operations ORDER BY log_index";
+        let rows: Vec<OperationTuple> = on_pool!(self, pool => {
+            sqlx::query_as(SQL).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| OperationRow {
+                log_index: to_u(r.0),
+                event_id: r.1,
+                x_uid: to_u(r.2),
+                event_json: r.3,
+                attestation_json: r.4,
+                attestation_index: r.5.map(to_u),
+                epoch: to_u(r.6),
+                height: r.7 as u32,
+                accepted_at: to_u(r.8),
+            })
+            .collect())
+    }
+
+    /// Stores a closed epoch.
+    pub async fn insert_epoch(&self, e: &EpochRow) -> Result<(), sqlx::Error> {
+        const SQL: &str =
+            "INSERT INTO identity_epochs (epoch, header, close_height, anchor_txid, closed_at) \
+                           VALUES ($1, $2, $3, $4, $5)";
+        on_pool!(self, pool => {
+            sqlx::query(SQL)
+                .bind(to_i(e.epoch))
+                .bind(&e.header)
+                .bind(i64::from(e.close_height))
+                .bind(&e.anchor_txid)
+                .bind(to_i(e.closed_at))
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// Records (or changes, after a fee bump or re-anchoring) an epoch's anchor txid.
+    pub async fn set_anchor_txid(&self, epoch: u64, txid: &str) -> Result<(), sqlx::Error> {
+        const SQL: &str = "UPDATE identity_epochs SET anchor_txid = $1 WHERE epoch = $2";
+        on_pool!(self, pool => {
+            sqlx::query(SQL).bind(txid).bind(to_i(epoch)).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Every closed epoch, in order.
+    pub async fn epochs(&self) -> Result<Vec<EpochRow>, sqlx::Error> {
+        const SQL: &str = "SELECT epoch, header, close_height, anchor_txid, closed_at \
+                           FROM identity_epochs ORDER BY epoch";
+        let rows: Vec<EpochTuple> = on_pool!(self, pool => {
+            sqlx::query_as(SQL).fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| EpochRow {
+                epoch: to_u(r.0),
+                header: r.1,
+                close_height: r.2 as u32,
+                anchor_txid: r.3,
+                closed_at: to_u(r.4),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,257 @@
+//! HTTP API of the identity service (`/identity/v1/…`) and NIP-05
+//! (`/.well-known/nostr.json`), mounted only when `[identity] enabled`.
+//!
+//! Errors are JSON `{"error": "<code>", "message": "<text>"}` with a matching
+//! HTTP status. Internal failures are logged and answered with a generic
+//! message, so nothing about the database, the wallet or the RPC
+//! credentials leaks into responses.
+
+use std::sync::{Arc, Weak};
+
+use anyhow::Context;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_identity::service::{IdentityDb, IdentityService, Publisher, ServiceError};
+use cairn_relay::store::Database;
+use cairn_relay::Relay;
+use nostr::nips::nip19::FromBech32;
+use nostr::{Event, PublicKey};
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::settings::Settings;
+
+/// Publishes the service's events on the node's own relay. Holds the relay
+/// weakly: the relay's writer stops only once the last strong handle is gone.
+struct RelayPublisher(Weak<Relay>);
+
+impl Publisher for RelayPublisher {
+    fn publish(&self, event: Event) {
+        let Some(relay) = self.0.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let id = event.id;
+            if let Err(err) = relay.submit(event).await {
+                tracing::warn!(%id, error = %err, "could not publish an identity event on the relay");
+            }
+        });
+    }
+}
+
+/// Opens the identity service on the relay's database.
+pub async fn open_service(
+    settings: &Settings,
+    relay: &Arc<Relay>,
+) -> anyhow::Result<Arc<IdentityService>> {
+    let db = match relay.store().database() {
+        Some(Database::Sqlite(pool)) => IdentityDb::Sqlite(pool),
+        Some(Database::Postgres(pool)) => IdentityDb::Postgres(pool),
+        None => anyhow::bail!("the identity service needs an SQL store"),
+    };
+    let config = settings.identity.service_config(&settings.data_dir)?;
+    let publisher: Arc<dyn Publisher> = Arc::new(RelayPublisher(Arc::downgrade(relay)));
+    IdentityService::open(config, db, Some(publisher))
+        .await
+        .context("cannot start the identity service")
+}
+
+/// The identity routes (with permissive CORS: browsers verify too).
+pub fn router(service: Arc<IdentityService>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(Any);
+    Router::new()
+        .route("/identity/v1/challenges", post(create_challenge))
+        .route("/identity/v1/bindings", post(submit_binding))
+        .route("/identity/v1/handles/{handle}", get(by_handle))
+        .route("/identity/v1/keys/{key}", get(by_key))
+        .route("/identity/v1/epochs/{epoch}", get(epoch))
+        .route("/identity/v1/status", get(status))
+        .route("/.well-known/nostr.json", get(nip05))
+        .layer(cors)
+        .with_state(service)
+}
+
+/// An API error: status, stable code, message.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let ApiError(status, code, message) = self;
+        (status, Json(json!({ "error": code, "message": message }))).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError as E;
+        let (status, code) = match &e {
+            E::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            E::InvalidEvent(_) => (StatusCode::BAD_REQUEST, "invalid_event"),
+            E::UnknownChallenge => (StatusCode::BAD_REQUEST, "unknown_challenge"),
+            E::ChallengeUsed => (StatusCode::CONFLICT, "challenge_used"),
+            E::ChallengeExpired { .. } => (StatusCode::BAD_REQUEST, "challenge_expired"),
+            E::ChallengeKeyMismatch => (StatusCode::BAD_REQUEST, "challenge_key_mismatch"),
+            E::Proof(p) if p.is_transient() => (StatusCode::SERVICE_UNAVAILABLE, "x_unavailable"),
+            E::Proof(_) => (StatusCode::UNPROCESSABLE_ENTITY, "proof_rejected"),
+            E::Mismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "proof_mismatch"),
+            E::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            _ => {
+                tracing::error!(error = %e, "identity request failed");
+                return ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the node's log".into(),
+                );
+            }
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+fn bad_json(rejection: JsonRejection) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        rejection.body_text(),
+    )
+}
+
+fn parse_key(s: &str) -> Result<PublicKey, ApiError> {
+    PublicKey::from_bech32(s)
+        .or_else(|_| PublicKey::from_hex(s))
+        .map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_key",
+                "expected an npub or a 64-character hex public key".into(),
+            )
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChallengeRequest {
+    /// `npub1…` or hex.
+    npub: String,
+}
+
+/// `POST /identity/v1/challenges` `{"npub"}` → nonce and the text to post.
+async fn create_challenge(
+    State(service): State<Arc<IdentityService>>,
+    body: Result<Json<ChallengeRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(bad_json)?;
+    let key = parse_key(&req.npub)?;
+    let issued = service.issue_challenge(&key).await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingRequest {
+    /// The signed kind-3470 event.
+    event: Event,
+    /// The proof post's id (decimal string or number); must match the `i` tag.
+    #[serde(default)]
+    post_id: Option<serde_json::Value>,
+}
+
+/// `POST /identity/v1/bindings` `{"event", "post_id"}` → the receipt.
+async fn submit_binding(
+    State(service): State<Arc<IdentityService>>,
+    body: Result<Json<BindingRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(bad_json)?;
+    let post_id = match req.post_id {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.parse::<u64>().ok()),
+        Some(serde_json::Value::Number(n)) => Some(n.as_u64()),
+        Some(_) => Some(None),
+    };
+    let post_id = match post_id {
+        Some(None) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "post_id must be a decimal post id".into(),
+            ))
+        }
+        Some(Some(id)) => Some(id),
+        None => None,
+    };
+    let receipt = service.submit(&req.event, post_id).await?;
+    Ok((StatusCode::CREATED, Json(receipt)).into_response())
+}
+
+/// `GET /identity/v1/handles/{handle}`.
+async fn by_handle(
+    State(service): State<Arc<IdentityService>>,
+    Path(handle): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(service.lookup_handle(&handle).await?).into_response())
+}
+
+/// `GET /identity/v1/keys/{npub or hex}`.
+async fn by_key(
+    State(service): State<Arc<IdentityService>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = parse_key(&key)?;
+    Ok(Json(service.lookup_key(&key).await?).into_response())
+}
+
+/// `GET /identity/v1/epochs/{n}` and `/identity/v1/epochs/latest`.
+async fn epoch(
+    State(service): State<Arc<IdentityService>>,
+    Path(epoch): Path<String>,
+) -> Result<Response, ApiError> {
+    let view = if epoch == "latest" {
+        service.latest_epoch().await?
+    } else {
+        let n = epoch.parse::<u64>().map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "epoch must be a number or `latest`".into(),
+            )
+        })?;
+        service.epoch(n).await?
+    };
+    Ok(Json(view).into_response())
+}
+
+/// `GET /identity/v1/status`: the open epoch and anchoring health.
+async fn status(State(service): State<Arc<IdentityService>>) -> Result<Response, ApiError> {
+    Ok(Json(service.status().await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct Nip05Query {
+    name: Option<String>,
+}
+
+/// NIP-05 from verified bindings: `{"names": {"<handle>": "<hex key>"}}`.
+/// Only the asked name is answered; the whole registry is not listed.
+async fn nip05(
+    State(service): State<Arc<IdentityService>>,
+    Query(query): Query<Nip05Query>,
+) -> Response {
+    let mut names = serde_json::Map::new();
+    if let Some(name) = query.name {
+        let name = name.to_ascii_lowercase();
+        if let Some(key) = service.nip05(&name).await {
+            names.insert(name, json!(key.to_hex()));
+        }
+    }
+    // CORS (`Access-Control-Allow-Origin: *`) comes from the router's layer.
+    Json(json!({ "names": names })).into_response()
+}

@@ -1,0 +1,162 @@
+//! The `[identity]` settings section: the X witness, epochs and anchoring.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use bitcoin::{FeeRate, Network};
+use cairn_identity::anchor::{AnchorPolicy, RpcConfig};
+use cairn_identity::binding::{RegistryConfig, DEFAULT_RECOVERY_DELAY_BLOCKS};
+use cairn_identity::service::ServiceConfig;
+use cairn_identity::x::client::{DEFAULT_OEMBED_BASE, DEFAULT_SYNDICATION_BASE};
+use cairn_identity::x::{CheckPolicy, XClientConfig};
+use serde::{Deserialize, Serialize};
+
+/// Bitcoin network of the anchoring wallet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityNetwork {
+    /// Bitcoin mainnet.
+    Bitcoin,
+    /// Testnet3.
+    Testnet,
+    /// Signet.
+    Signet,
+    /// Regtest.
+    Regtest,
+}
+
+impl From<IdentityNetwork> for Network {
+    fn from(n: IdentityNetwork) -> Self {
+        match n {
+            IdentityNetwork::Bitcoin => Network::Bitcoin,
+            IdentityNetwork::Testnet => Network::Testnet,
+            IdentityNetwork::Signet => Network::Signet,
+            IdentityNetwork::Regtest => Network::Regtest,
+        }
+    }
+}
+
+/// The identity witness and registry (off by default: a plain relay needs
+/// neither X nor Bitcoin).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// Serve `/identity/v1/…` and NIP-05, witness X proofs, anchor epochs.
+    pub enabled: bool,
+    /// Base URL of X's oEmbed endpoint (`/oembed` is appended).
+    pub x_oembed_base: String,
+    /// Base URL of X's syndication endpoint (`/tweet-result` is appended).
+    pub x_syndication_base: String,
+    /// Timeout of one request to X, seconds.
+    pub x_request_timeout_secs: u64,
+    /// Seconds between epoch closes (an epoch without operations is skipped).
+    pub epoch_interval_secs: u64,
+    /// Seconds between anchor syncs with the Bitcoin node.
+    pub anchor_sync_interval_secs: u64,
+    /// Seconds an issued challenge stays valid.
+    pub challenge_ttl_secs: u64,
+    /// Blocks between an accepted `recover` and its effect (the veto window).
+    pub recovery_delay_blocks: u32,
+    /// Network of the anchoring wallet.
+    pub network: IdentityNetwork,
+    /// Bitcoin Core JSON-RPC URL.
+    pub bitcoind_rpc_url: String,
+    /// Bitcoin Core RPC user.
+    pub bitcoind_rpc_user: String,
+    /// Bitcoin Core RPC password (never logged or shown).
+    pub bitcoind_rpc_password: String,
+    /// Lowest anchor feerate, sat/vB (also used when the node has no estimate).
+    pub fee_floor_sat_per_vb: u64,
+    /// Highest anchor feerate, sat/vB, fee bumps included.
+    pub fee_cap_sat_per_vb: u64,
+    /// Blocks an anchor may stay unconfirmed before it is fee-bumped (RBF).
+    pub bump_after_blocks: u32,
+    /// Confirmations after which an anchor (and its bindings) is final.
+    pub confirmations: u32,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        let anchor = AnchorPolicy::default();
+        Self {
+            enabled: false,
+            x_oembed_base: DEFAULT_OEMBED_BASE.to_owned(),
+            x_syndication_base: DEFAULT_SYNDICATION_BASE.to_owned(),
+            x_request_timeout_secs: 10,
+            epoch_interval_secs: 3600,
+            anchor_sync_interval_secs: 30,
+            challenge_ttl_secs: 3600,
+            recovery_delay_blocks: DEFAULT_RECOVERY_DELAY_BLOCKS,
+            network: IdentityNetwork::Bitcoin,
+            bitcoind_rpc_url: "http://127.0.0.1:8332".to_owned(),
+            bitcoind_rpc_user: String::new(),
+            bitcoind_rpc_password: String::new(),
+            fee_floor_sat_per_vb: anchor.fee_floor.to_sat_per_vb_ceil(),
+            fee_cap_sat_per_vb: anchor.fee_cap.to_sat_per_vb_ceil(),
+            bump_after_blocks: anchor.bump_after_blocks,
+            confirmations: anchor.confirmations,
+        }
+    }
+}
+
+impl std::fmt::Debug for IdentitySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentitySettings")
+            .field("enabled", &self.enabled)
+            .field("x_oembed_base", &self.x_oembed_base)
+            .field("x_syndication_base", &self.x_syndication_base)
+            .field("epoch_interval_secs", &self.epoch_interval_secs)
+            .field("network", &self.network)
+            .field("bitcoind_rpc_url", &self.bitcoind_rpc_url)
+            .field("bitcoind_rpc_user", &self.bitcoind_rpc_user)
+            .field("bitcoind_rpc_password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentitySettings {
+    /// The service configuration, with files under `data_dir`.
+    pub fn service_config(&self, data_dir: &Path) -> anyhow::Result<ServiceConfig> {
+        let url = |name: &str, value: &str| {
+            url::Url::parse(value).with_context(|| format!("identity.{name} is not a URL"))
+        };
+        anyhow::ensure!(
+            self.fee_floor_sat_per_vb >= 1 && self.fee_floor_sat_per_vb <= self.fee_cap_sat_per_vb,
+            "identity: need 1 <= fee_floor_sat_per_vb <= fee_cap_sat_per_vb"
+        );
+        let mut rpc = RpcConfig::new(
+            &self.bitcoind_rpc_url,
+            &self.bitcoind_rpc_user,
+            &self.bitcoind_rpc_password,
+        );
+        rpc.timeout = Duration::from_secs(10);
+        Ok(ServiceConfig {
+            data_dir: data_dir.to_path_buf(),
+            network: self.network.into(),
+            rpc,
+            anchor_policy: AnchorPolicy {
+                fee_floor: FeeRate::from_sat_per_vb(self.fee_floor_sat_per_vb)
+                    .context("identity.fee_floor_sat_per_vb is too large")?,
+                fee_cap: FeeRate::from_sat_per_vb(self.fee_cap_sat_per_vb)
+                    .context("identity.fee_cap_sat_per_vb is too large")?,
+                bump_after_blocks: self.bump_after_blocks.max(1),
+                confirmations: self.confirmations.max(1),
+                ..AnchorPolicy::default()
+            },
+            x: XClientConfig {
+                oembed_base: url("x_oembed_base", &self.x_oembed_base)?,
+                syndication_base: url("x_syndication_base", &self.x_syndication_base)?,
+                request_timeout: Duration::from_secs(self.x_request_timeout_secs.max(1)),
+                ..XClientConfig::default()
+            },
+            check: CheckPolicy::default(),
+            registry: RegistryConfig {
+                recovery_delay_blocks: self.recovery_delay_blocks,
+            },
+            epoch_interval: Duration::from_secs(self.epoch_interval_secs.max(1)),
+            anchor_sync_interval: Duration::from_secs(self.anchor_sync_interval_secs.max(1)),
+            challenge_ttl: Duration::from_secs(self.challenge_ttl_secs.max(1)),
+        })
+    }
+}

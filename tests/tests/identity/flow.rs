@@ -1,0 +1,649 @@
+//! The identity flow over HTTP: bind → epoch → anchor → confirmations →
+//! bundle; rotation, revocation, moved handles, replays and refusals;
+//! restarts; an empty wallet that queues epochs until it is funded.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use cairn_e2e::{Backend, WsClient};
+use cairn_identity::binding::{revoke_op, rotate_op};
+use cairn_identity::bundle::{BundleError, ProofBundle};
+use cairn_identity::service::EpochClose;
+use cairn_testchain::TestChain;
+use nostr::{Keys, ToBech32};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::fake_x::FakeX;
+use crate::support::*;
+
+const ALICE_UID: u64 = 1_047_412_980_948_713_472;
+const BOB_UID: u64 = 250_188_760;
+
+async fn lookup_handle(node: &IdNode, handle: &str) -> Result<Value> {
+    let (status, v) = node.get(&format!("/identity/v1/handles/{handle}")).await?;
+    ensure!(status == StatusCode::OK, "lookup {handle}: {status} {v}");
+    Ok(v)
+}
+
+async fn lookup_key(node: &IdNode, npub: &str) -> Result<Value> {
+    let (status, v) = node.get(&format!("/identity/v1/keys/{npub}")).await?;
+    ensure!(status == StatusCode::OK, "lookup {npub}: {status} {v}");
+    Ok(v)
+}
+
+async fn nip05(node: &IdNode, name: &str) -> Result<Value> {
+    let resp = reqwest::get(format!("{}/.well-known/nostr.json?name={name}", node.base)).await?;
+    ensure!(resp.status() == StatusCode::OK);
+    let cors = resp
+        .headers()
+        .get_all("access-control-allow-origin")
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    ensure!(cors == ["*"], "NIP-05 needs CORS *, got {cors:?}");
+    Ok(resp.json::<Value>().await?["names"].clone())
+}
+
+fn closed_with_txid(close: &EpochClose, epoch: u64) -> Result<()> {
+    match close {
+        EpochClose::Closed {
+            epoch: e,
+            txid: Some(_),
+            queued: None,
+        } if *e == epoch => Ok(()),
+        other => anyhow::bail!("expected epoch {epoch} closed and anchored, got {other:?}"),
+    }
+}
+
+async fn bind_anchor_verify(postgres: bool) -> Result<()> {
+    let chain = TestChain::start().await?;
+    let x = FakeX::start().await?;
+    let node = IdNode::start(&chain, &x, postgres).await?;
+    node.fund(&chain, 200_000).await?;
+    let alice = User::new(ALICE_UID, "alice_cairn");
+
+    // Nothing yet.
+    let (status, err) = node.get("/identity/v1/handles/alice_cairn").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(err["error"], "not_found");
+    let (status, _) = node.get("/identity/v1/epochs/latest").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let bind_event = bind(&node, &x, &alice, 1).await?;
+    let v = lookup_handle(&node, "@Alice_Cairn").await?;
+    assert_eq!(v["status"], "pending");
+    assert_eq!(v["binding"], "bound");
+    assert_eq!(v["x_uid"], ALICE_UID.to_string());
+    assert_eq!(v["pubkey"], alice.keys.public_key().to_hex());
+    assert!(v["bundle"].is_null(), "no bundle before anchoring");
+    let names = nip05(&node, "alice_cairn").await?;
+    assert_eq!(names["alice_cairn"], alice.keys.public_key().to_hex());
+    assert_eq!(nip05(&node, "nobody").await?, json!({}));
+
+    // An empty epoch is skipped; this one closes and is anchored at once.
+    let close = node.close_epoch().await?;
+    closed_with_txid(&close, 0)?;
+    assert_eq!(node.close_epoch().await?, EpochClose::Skipped);
+    let (status, epoch) = node.get("/identity/v1/epochs/latest").await?;
+    assert_eq!(status, StatusCode::OK, "{epoch}");
+    assert_eq!(epoch["epoch"], 0);
+    assert_eq!(epoch["log_size"], 2, "attestation + bind");
+    assert_eq!(epoch["anchor"]["state"], "unconfirmed");
+    let (_, same) = node.get("/identity/v1/epochs/0").await?;
+    assert_eq!(same["header_hash"], epoch["header_hash"]);
+
+    mine(&chain, 1).await?;
+    node.sync().await?;
+    let v = lookup_handle(&node, "alice_cairn").await?;
+    assert_eq!(v["status"], "anchored", "{v}");
+    assert_eq!(v["confirmations"], 1);
+    // The bundle exists from the first confirmation but a verifier asking
+    // for more refuses it.
+    let early: ProofBundle = serde_json::from_value(v["bundle"].clone())?;
+    let err = verify_parsed(&chain, &node, early).await.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<BundleError>(),
+            Some(BundleError::InsufficientConfirmations { .. })
+        ),
+        "{err:#}"
+    );
+
+    mine(&chain, CONFIRMATIONS - 1).await?;
+    node.sync().await?;
+    let v = lookup_key(&node, &alice.npub()).await?;
+    assert_eq!(v["status"], "final", "{v}");
+    let verified = verify_bundle(&chain, &node, &v).await?;
+    assert_eq!(verified.x_uid, ALICE_UID);
+    assert_eq!(verified.handle, "alice_cairn");
+    assert_eq!(verified.key, Some(alice.keys.public_key()));
+    assert_eq!(verified.head, bind_event.id);
+    assert_eq!(verified.confirmations, CONFIRMATIONS);
+    assert_eq!(v["anchor_txid"], verified.anchor_txid.to_string());
+
+    // One changed byte in the record: the bundle no longer verifies.
+    let mut bad: ProofBundle = serde_json::from_value(v["bundle"].clone())?;
+    let last = bad.record.len() - 1;
+    bad.record[last] ^= 1;
+    assert!(verify_parsed(&chain, &node, bad).await.is_err());
+
+    // The binding, the attestation and the epoch header are on the relay.
+    let witness = node.service().witness_public_key();
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let mut ws = WsClient::connect(&node.node().ws_url()).await?;
+        events = ws
+            .query_once(&[json!({"kinds": [3470, 3471, 3472]})])
+            .await?;
+        ws.close().await;
+        if events.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        events.iter().any(|e| e.id == bind_event.id),
+        "binding published"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind.as_u16() == 3471 && e.pubkey == witness),
+        "attestation published"
+    );
+    let epoch_events: Vec<_> = events.iter().filter(|e| e.kind.as_u16() == 3472).collect();
+    assert!(
+        epoch_events.iter().any(|e| e.tags.iter().any(|t| t
+            .as_slice()
+            .first()
+            .map(String::as_str)
+            == Some("anchor"))),
+        "epoch header with its anchor published: {epoch_events:?}"
+    );
+
+    node.finish().await?;
+    chain.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_anchor_and_verify_offline_sqlite() -> Result<()> {
+    case(bind_anchor_verify(false)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_anchor_and_verify_offline_postgres() -> Result<()> {
+    if Backend::postgres_from_env().is_none() {
+        cairn_e2e::skip_postgres("identity bind_anchor_and_verify");
+        return Ok(());
+    }
+    case(bind_anchor_verify(true)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_revocation_moved_and_refusals() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        let bind_event = bind(&node, &x, &alice, 1).await?;
+
+        // Replaying the accepted bind is refused (old seq), as is any error
+        // shape: JSON with a code and a message.
+        let (status, err) = submit(&node, &bind_event, None).await?;
+        assert_eq!(status, StatusCode::CONFLICT, "{err}");
+        assert_eq!(err["error"], "refused");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+        // Malformed requests.
+        let (status, err) = node
+            .post("/identity/v1/bindings", &json!({"event": 1}))
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(err["error"], "invalid_request");
+        let (status, err) = node
+            .post("/identity/v1/challenges", &json!({"npub": "npub1nope"}))
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(err["error"], "invalid_key");
+        let mut forged = serde_json::to_value(&bind_event)?;
+        forged["content"] = json!("changed");
+        let (status, err) = node
+            .post("/identity/v1/bindings", &json!({"event": forged}))
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(err["error"], "invalid_event");
+
+        // A challenge issued for another key, a made-up challenge, a deleted post,
+        // and X down.
+        let carol = User::new(777, "carol");
+        let (nonce, post) = challenge_and_post(&node, &x, &carol, 2).await?;
+        let mallory = User {
+            keys: Keys::generate(),
+            x_uid: 777,
+            handle: "carol".into(),
+        };
+        let stolen = proof_event(&mallory, false, 0, None, &nonce, &post);
+        let (status, err) = submit(&node, &stolen, None).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(err["error"], "challenge_key_mismatch");
+        let made_up = proof_event(
+            &carol,
+            false,
+            0,
+            None,
+            "abcdefabcdefabcdefabcdefabcdefab",
+            &post,
+        );
+        let (status, err) = submit(&node, &made_up, None).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(err["error"], "unknown_challenge");
+        x.delete(post.id);
+        let event = proof_event(&carol, false, 0, None, &nonce, &post);
+        let (status, err) = submit(&node, &event, Some(post.id)).await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+        assert_eq!(err["error"], "proof_rejected");
+        x.publish(&post);
+        x.set_outage(Some(503));
+        let (status, err) = submit(&node, &event, Some(post.id)).await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+        assert_eq!(err["error"], "x_unavailable");
+        x.set_outage(None);
+        // The failed attempts did not burn the challenge.
+        let (status, ok) = submit(&node, &event, Some(post.id)).await?;
+        assert_eq!(status, StatusCode::CREATED, "{ok}");
+        let (status, err) = submit(&node, &event, Some(post.id)).await?;
+        assert_eq!(status, StatusCode::CONFLICT, "{err}");
+
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+
+        // Rotation, signed by the current and the new key.
+        let alice2 = Keys::generate();
+        let rotate = rotate_op(
+            &alice.keys.public_key(),
+            &alice2,
+            ALICE_UID,
+            1,
+            &bind_event.id,
+        )
+        .sign_with_keys(&alice.keys)?;
+        let (status, r) = submit(&node, &rotate, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        assert_eq!(r["op"], "rotate");
+        assert_eq!(r["epoch"], 1);
+        // One operation per identity per epoch.
+        let revoke = revoke_op(ALICE_UID, 2, &rotate.id).sign_with_keys(&alice2)?;
+        let (status, err) = submit(&node, &revoke, None).await?;
+        assert_eq!(status, StatusCode::CONFLICT, "{err}");
+        assert!(err["message"].as_str().unwrap().contains("epoch"), "{err}");
+
+        let new_npub = alice2.public_key().to_bech32()?;
+        let v = lookup_key(&node, &new_npub).await?;
+        assert_eq!(
+            (v["status"].as_str(), v["binding"].as_str()),
+            (Some("pending"), Some("bound"))
+        );
+        let v = lookup_key(&node, &alice.npub()).await?;
+        assert_eq!(
+            (v["status"].as_str(), v["binding"].as_str()),
+            (Some("revoked"), Some("rotated"))
+        );
+        assert_eq!(v["npub"], new_npub);
+        assert_eq!(
+            nip05(&node, "alice_cairn").await?["alice_cairn"],
+            alice2.public_key().to_hex()
+        );
+
+        closed_with_txid(&node.close_epoch().await?, 1)?;
+        let (_, e1) = node.get("/identity/v1/epochs/1").await?;
+        let (_, e0) = node.get("/identity/v1/epochs/0").await?;
+        assert_eq!(
+            e1["prev_anchor_txid"], e0["anchor"]["txid"],
+            "epochs chain by txid"
+        );
+
+        // Revocation by the current key.
+        let (status, r) = submit(&node, &revoke, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["status"], "revoked");
+        assert!(v["pubkey"].is_null());
+        assert_eq!(nip05(&node, "alice_cairn").await?, json!({}));
+
+        // The handle is recycled by another X account: alice's record is "moved".
+        let bob = User::new(BOB_UID, "alice_cairn");
+        bind(&node, &x, &bob, 3).await?;
+        let v = lookup_key(&node, &new_npub).await?;
+        assert_eq!(v["status"], "moved", "{v}");
+        assert_eq!(v["moved_to"], BOB_UID.to_string());
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["x_uid"], BOB_UID.to_string());
+        assert_eq!(
+            nip05(&node, "alice_cairn").await?["alice_cairn"],
+            bob.keys.public_key().to_hex()
+        );
+
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_log_epochs_and_bundles() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let mut node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        bind(&node, &x, &alice, 1).await?;
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+        let (_, before) = node.get("/identity/v1/status").await?;
+        let (_, epoch_before) = node.get("/identity/v1/epochs/0").await?;
+        let witness = node.service().witness_public_key();
+
+        node.restart().await?;
+        node.sync().await?;
+        assert_eq!(
+            node.service().witness_public_key(),
+            witness,
+            "same witness key"
+        );
+        let (_, after) = node.get("/identity/v1/status").await?;
+        assert_eq!(after["log_size"], before["log_size"]);
+        assert_eq!(after["open_epoch"], 1);
+        let (_, epoch_after) = node.get("/identity/v1/epochs/0").await?;
+        assert_eq!(epoch_after["header"], epoch_before["header"]);
+        assert_eq!(
+            epoch_after["anchor"]["txid"],
+            epoch_before["anchor"]["txid"]
+        );
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["status"], "final");
+        verify_bundle(&chain, &node, &v).await?;
+
+        // The log continues where it stopped.
+        let bob = User::new(BOB_UID, "bob");
+        let (nonce, post) = challenge_and_post(&node, &x, &bob, 2).await?;
+        let event = proof_event(&bob, false, 0, None, &nonce, &post);
+        let (status, r) = submit(&node, &event, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        assert_eq!(r["log_index"], 3, "after attestation #2");
+        closed_with_txid(&node.close_epoch().await?, 1)?;
+
+        // A database edited behind the node's back is refused at start.
+        node.stop().await?;
+        let db = node.dir.path().join(cairn_node::settings::SQLITE_FILE);
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts).await?;
+        sqlx::query("DELETE FROM identity_operations WHERE log_index = 1")
+            .execute(&mut conn)
+            .await?;
+        sqlx::Connection::close(conn).await?;
+        let settings = node.settings.clone();
+        let err = cairn_node::start(settings).await.unwrap_err();
+        assert!(format!("{err:#}").contains("inconsistent"), "{err:#}");
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_wallet_queues_epochs_until_funded() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.sync().await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        bind(&node, &x, &alice, 1).await?;
+        match node.close_epoch().await? {
+            EpochClose::Closed {
+                epoch: 0,
+                txid: None,
+                queued: Some(reason),
+            } => assert!(reason.contains("funds"), "{reason}"),
+            other => anyhow::bail!("expected a queued epoch, got {other:?}"),
+        }
+        let (_, status) = node.get("/identity/v1/status").await?;
+        assert_eq!(
+            status["anchoring"]["health"], "waiting_for_funds",
+            "{status}"
+        );
+        assert_eq!(status["anchoring"]["queued_epochs"], json!([0]));
+        assert!(status["anchoring"]["message"].as_str().is_some());
+
+        // The next epoch waits for the previous one's anchor; bindings go on.
+        let bob = User::new(BOB_UID, "bob");
+        bind(&node, &x, &bob, 2).await?;
+        assert_eq!(
+            node.close_epoch().await?,
+            EpochClose::Deferred { waiting_for: 0 }
+        );
+        let (_, status) = node.get("/identity/v1/status").await?;
+        assert!(status["deferred"].as_str().is_some(), "{status}");
+        assert_eq!(
+            lookup_handle(&node, "alice_cairn").await?["status"],
+            "pending"
+        );
+
+        // Funding: the queued epoch is anchored on the next sync, then the next one closes.
+        node.fund(&chain, 200_000).await?;
+        let (_, status) = node.get("/identity/v1/status").await?;
+        assert_eq!(status["anchoring"]["queued_epochs"], json!([]), "{status}");
+        assert_eq!(status["anchoring"]["health"], "ok", "{status}");
+        closed_with_txid(&node.close_epoch().await?, 1)?;
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+        for handle in ["alice_cairn", "bob"] {
+            let v = lookup_handle(&node, handle).await?;
+            assert_eq!(v["status"], "final", "{handle}: {v}");
+            let verified = verify_bundle(&chain, &node, &v).await.context(handle)?;
+            assert_eq!(verified.handle, handle);
+        }
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_is_off_by_default_and_the_relay_works() -> Result<()> {
+    case(async {
+        let node = cairn_e2e::TestNode::start(&Backend::Sqlite).await?;
+        for path in ["/identity/v1/status", "/.well-known/nostr.json?name=a"] {
+            let resp = reqwest::get(format!("{}{path}", node.http_url())).await?;
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        let mut ws = node.connect().await?;
+        let event =
+            nostr::EventBuilder::text_note("still a relay").sign_with_keys(&Keys::generate())?;
+        ws.publish(&event).await?.assert_accepted("text note");
+        ws.close().await;
+        node.finish().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_with_veto_then_without() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let mut node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        let bind_event = bind(&node, &x, &alice, 1).await?;
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+
+        // Someone with the X account (but not the key) starts a recovery.
+        let thief = User {
+            keys: Keys::generate(),
+            x_uid: ALICE_UID,
+            handle: "alice_cairn".into(),
+        };
+        let (nonce, post) = challenge_and_post(&node, &x, &thief, 2).await?;
+        let recover = proof_event(&thief, true, 1, Some(&bind_event.id), &nonce, &post);
+        let (status, r) = submit(&node, &recover, Some(post.id)).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        assert_eq!(r["op"], "recover");
+        assert!(r["attestation"].is_object(), "a recovery is attested: {r}");
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["binding"], "recovery_pending");
+        assert_eq!(v["pubkey"], alice.keys.public_key().to_hex(), "not yet");
+        assert!(v["recovery_effective_height"].as_u64().is_some());
+        closed_with_txid(&node.close_epoch().await?, 1)?;
+
+        // The key holder vetoes within the delay.
+        let veto = cairn_identity::binding::veto_op(ALICE_UID, 2, &recover.id, &recover.id)
+            .sign_with_keys(&alice.keys)?;
+        let (status, r) = submit(&node, &veto, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["binding"], "bound");
+        assert_eq!(v["pubkey"], alice.keys.public_key().to_hex());
+        closed_with_txid(&node.close_epoch().await?, 2)?;
+
+        // A recovery nobody vetoes completes once the delay has passed.
+        let heir = User {
+            keys: Keys::generate(),
+            x_uid: ALICE_UID,
+            handle: "alice_cairn".into(),
+        };
+        let (nonce, post) = challenge_and_post(&node, &x, &heir, 3).await?;
+        let recover = proof_event(&heir, true, 3, Some(&veto.id), &nonce, &post);
+        let (status, r) = submit(&node, &recover, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        closed_with_txid(&node.close_epoch().await?, 3)?;
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        let effective = v["recovery_effective_height"].as_u64().context("pending")?;
+        mine(&chain, 2).await?;
+        node.sync().await?;
+        assert_eq!(
+            lookup_handle(&node, "alice_cairn").await?["binding"],
+            "recovery_pending"
+        );
+        let tip = chain.tip().await?.height as u64;
+        mine(&chain, (effective - tip) as u32).await?;
+        node.sync().await?;
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["binding"], "bound", "{v}");
+        assert_eq!(v["pubkey"], heir.keys.public_key().to_hex());
+        assert_eq!(
+            nip05(&node, "alice_cairn").await?["alice_cairn"],
+            heir.keys.public_key().to_hex()
+        );
+        // The epoch holding the recovery is deep enough now: its bundle
+        // shows the recovery, which the verifier sees has completed.
+        let verified = verify_bundle(&chain, &node, &v).await?;
+        assert_eq!(verified.head, recover.id);
+
+        // The new key can act, and a restart replays to the same headers.
+        let revoke = revoke_op(ALICE_UID, 4, &recover.id).sign_with_keys(&heir.keys)?;
+        let (status, r) = submit(&node, &revoke, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        closed_with_txid(&node.close_epoch().await?, 4)?;
+        node.restart().await?;
+        node.sync().await?;
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["status"], "revoked", "{v}");
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_job_closes_anchors_and_confirms() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let dir = tempfile::tempdir()?;
+        let mut settings = identity_settings(dir.path(), None, &chain, &x);
+        settings.identity.epoch_interval_secs = 1;
+        settings.identity.anchor_sync_interval_secs = 1;
+        let node = IdNode::start_with(settings, dir, None).await?;
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        bind(&node, &x, &alice, 1).await?;
+        let mut anchored = false;
+        for _ in 0..100 {
+            let (status, e) = node.get("/identity/v1/epochs/latest").await?;
+            if status == StatusCode::OK && e["anchor"]["txid"].is_string() {
+                anchored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(anchored, "the epoch job closed and anchored epoch 0");
+        mine(&chain, CONFIRMATIONS).await?;
+        let mut last = Value::Null;
+        for _ in 0..100 {
+            last = lookup_handle(&node, "alice_cairn").await?;
+            if last["status"] == "final" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            last["status"], "final",
+            "the sync job saw the confirmations: {last}"
+        );
+        verify_bundle(&chain, &node, &last).await?;
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reorg_drops_the_anchor_then_it_confirms_and_verifies_again() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        bind(&node, &x, &alice, 1).await?;
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+        mine(&chain, 1).await?;
+        node.sync().await?;
+        let before = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(before["status"], "anchored");
+        let first_block = before["bundle"]["block_height"].clone();
+        assert!(first_block.is_u64(), "{before}");
+
+        // The anchor's block is replaced by empty ones: back to pending, no bundle.
+        chain.reorg(1).await?;
+        node.sync().await?;
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["status"], "pending", "{v}");
+        assert!(v["bundle"].is_null());
+
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(v["status"], "final", "{v}");
+        assert_ne!(
+            v["bundle"]["block_height"], first_block,
+            "a block of the new chain"
+        );
+        verify_bundle(&chain, &node, &v).await?;
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
