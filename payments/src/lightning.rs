@@ -1,0 +1,434 @@
+//! The Lightning node: a thin wrapper over ldk-node 0.7.1.
+//!
+//! [`LightningNode::build`] configures ldk-node's `Builder` from a
+//! [`LightningConfig`] (network, listening address, storage under
+//! `<data_dir>/lightning`, Bitcoin Core RPC as chain source) and the node's
+//! seed ([`crate::entropy`]). [`LightningNode::start`] starts it and an event
+//! loop that records every ldk-node event once in an [`EventStore`] before
+//! acknowledging it (`event_handled`), and forwards new events to subscribers.
+//!
+//! ldk-node's synchronous calls (`start`, `stop`, `sync_wallets`, sending)
+//! block through `tokio::task::block_in_place`, so this type must be used from
+//! a **multi-threaded** tokio runtime; ldk-node spawns its background tasks on
+//! the runtime that is current when [`LightningNode::build`] runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::hashes::sha256;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{Address, FeeRate, Network, Txid};
+use ldk_node::lightning::ln::channelmanager::PaymentId;
+use ldk_node::lightning::ln::msgs::SocketAddress;
+use ldk_node::lightning::offers::offer::Offer;
+use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description, Sha256};
+use ldk_node::payment::PaymentDetails;
+use ldk_node::{BuildError, Builder, ChannelDetails, Event, Node, NodeError, UserChannelId};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::entropy::lightning_seed_bytes;
+use crate::events::{EventStore, EventStoreError, HandledEvent, EVENTS_DB_FILE_NAME};
+use cairn_identity::anchor::{Seed, SeedError};
+
+pub use ldk_node::BalanceDetails;
+
+/// Directory of ldk-node's storage inside the data directory.
+pub const LIGHTNING_DIR_NAME: &str = "lightning";
+/// Default expiry of the invoices and offers this node issues: one hour.
+pub const DEFAULT_INVOICE_EXPIRY_SECS: u32 = 3600;
+/// How many new events a slow subscriber may lag behind before losing some.
+const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// Pause after failing to record an event, before ldk-node re-delivers it.
+const EVENT_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Where Bitcoin Core's JSON-RPC listens and how to log in.
+#[derive(Clone)]
+pub struct BitcoindRpc {
+    /// Host name or IP address.
+    pub host: String,
+    /// RPC port.
+    pub port: u16,
+    /// RPC user.
+    pub user: String,
+    /// RPC password; never printed.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BitcoindRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BitcoindRpc")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Settings of the Lightning node.
+#[derive(Debug, Clone)]
+pub struct LightningConfig {
+    /// Bitcoin network.
+    pub network: Network,
+    /// The node's data directory; ldk-node stores under `<data_dir>/lightning`.
+    pub data_dir: PathBuf,
+    /// Address the node accepts Lightning peer connections on.
+    pub listening_address: SocketAddr,
+    /// Chain source.
+    pub bitcoind: BitcoindRpc,
+}
+
+/// What an invoice says it is for.
+#[derive(Debug, Clone)]
+pub enum InvoiceDescription {
+    /// A text description (BOLT11 `d` field).
+    Text(String),
+    /// The SHA-256 of a longer description (BOLT11 `h` field), e.g. a NIP-57 zap request.
+    Hash(sha256::Hash),
+}
+
+/// Lightning failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LightningError {
+    /// The seed could not be read or derived.
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    /// ldk-node refused the configuration.
+    #[error("building the Lightning node: {0}")]
+    Build(#[from] BuildError),
+    /// An ldk-node operation failed.
+    #[error("Lightning node: {0}")]
+    Node(#[from] NodeError),
+    /// The event store failed.
+    #[error(transparent)]
+    Events(#[from] EventStoreError),
+    /// Creating the storage directory failed.
+    #[error("Lightning storage {path}: {source}")]
+    Storage {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The invoice description is too long for BOLT11 (639 bytes); use a hash.
+    #[error("invoice description is too long; use a description hash")]
+    DescriptionTooLong,
+    /// `start` was called on a running node, or `stop` on a stopped one.
+    #[error("the Lightning node is {0}")]
+    State(&'static str),
+}
+
+struct EventLoop {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A running (or stopped) ldk-node with Cairn's event bookkeeping.
+pub struct LightningNode {
+    node: Arc<Node>,
+    events: Arc<EventStore>,
+    new_events: broadcast::Sender<Event>,
+    event_loop: Mutex<Option<EventLoop>>,
+}
+
+impl std::fmt::Debug for LightningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LightningNode")
+            .field("node_id", &self.node.node_id())
+            .finish()
+    }
+}
+
+impl LightningNode {
+    /// Builds the node (not started). Must run inside a multi-threaded tokio runtime.
+    pub fn build(config: &LightningConfig, seed: &Seed) -> Result<Self, LightningError> {
+        let dir = config.data_dir.join(LIGHTNING_DIR_NAME);
+        std::fs::create_dir_all(&dir).map_err(|source| LightningError::Storage {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut builder = Builder::new();
+        builder
+            .set_network(config.network)
+            .set_storage_dir_path(dir.to_string_lossy().into_owned())
+            .set_entropy_seed_bytes(lightning_seed_bytes(seed, config.network)?)
+            .set_chain_source_bitcoind_rpc(
+                config.bitcoind.host.clone(),
+                config.bitcoind.port,
+                config.bitcoind.user.clone(),
+                config.bitcoind.password.clone(),
+            )
+            .set_listening_addresses(vec![SocketAddress::from(config.listening_address)])?;
+        let node = Arc::new(builder.build()?);
+        let events = Arc::new(EventStore::open(&dir.join(EVENTS_DB_FILE_NAME))?);
+        let (new_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        Ok(Self {
+            node,
+            events,
+            new_events,
+            event_loop: Mutex::new(None),
+        })
+    }
+
+    /// Starts ldk-node and the event loop.
+    pub fn start(&self) -> Result<(), LightningError> {
+        let mut slot = self.event_loop.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return Err(LightningError::State("already running"));
+        }
+        self.node.start()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_events(
+            Arc::clone(&self.node),
+            Arc::clone(&self.events),
+            self.new_events.clone(),
+            stop_rx,
+        ));
+        *slot = Some(EventLoop { stop, task });
+        info!(node_id = %self.node.node_id(), "Lightning node started");
+        Ok(())
+    }
+
+    /// Stops the event loop (after the event in hand, if any) and ldk-node.
+    pub async fn stop(&self) -> Result<(), LightningError> {
+        let ev = self
+            .event_loop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or(LightningError::State("not running"))?;
+        let _ = ev.stop.send(true);
+        let _ = ev.task.await;
+        self.node.stop()?;
+        Ok(())
+    }
+
+    /// The node's public key.
+    pub fn node_id(&self) -> PublicKey {
+        self.node.node_id()
+    }
+
+    /// The address peers reach this node at (the configured listening address).
+    pub fn listening_address(&self) -> Option<SocketAddress> {
+        self.node.listening_addresses()?.into_iter().next()
+    }
+
+    /// The underlying ldk-node, for what this wrapper does not cover.
+    pub fn inner(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Syncs the Lightning and on-chain state with the chain source now,
+    /// instead of waiting for ldk-node's background interval.
+    pub fn sync_wallets(&self) -> Result<(), LightningError> {
+        Ok(self.node.sync_wallets()?)
+    }
+
+    /// A new address of the Lightning node's own on-chain wallet (which funds channels).
+    pub fn funding_address(&self) -> Result<Address, LightningError> {
+        Ok(self.node.onchain_payment().new_address()?)
+    }
+
+    /// Sends `amount_sats` from the Lightning node's on-chain wallet.
+    pub fn send_onchain(
+        &self,
+        address: &Address,
+        amount_sats: u64,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Txid, LightningError> {
+        Ok(self
+            .node
+            .onchain_payment()
+            .send_to_address(address, amount_sats, fee_rate)?)
+    }
+
+    /// Connects to `peer` at `address` and opens an unannounced (private)
+    /// channel of `amount_sats`, pushing `push_msat` to the peer.
+    pub fn open_channel(
+        &self,
+        peer: PublicKey,
+        address: SocketAddress,
+        amount_sats: u64,
+        push_msat: Option<u64>,
+    ) -> Result<UserChannelId, LightningError> {
+        Ok(self
+            .node
+            .open_channel(peer, address, amount_sats, push_msat, None)?)
+    }
+
+    /// The node's channels.
+    pub fn list_channels(&self) -> Vec<ChannelDetails> {
+        self.node.list_channels()
+    }
+
+    /// Closes a channel cooperatively.
+    pub fn close_channel(
+        &self,
+        channel: &UserChannelId,
+        peer: PublicKey,
+    ) -> Result<(), LightningError> {
+        Ok(self.node.close_channel(channel, peer)?)
+    }
+
+    /// Force-closes a channel: our latest commitment goes on-chain and our funds
+    /// come back after the timelock.
+    pub fn force_close_channel(
+        &self,
+        channel: &UserChannelId,
+        peer: PublicKey,
+        reason: Option<String>,
+    ) -> Result<(), LightningError> {
+        Ok(self.node.force_close_channel(channel, peer, reason)?)
+    }
+
+    /// A BOLT11 invoice for `amount_msat` (or any amount when `None`).
+    pub fn receive_bolt11(
+        &self,
+        amount_msat: Option<u64>,
+        description: &InvoiceDescription,
+        expiry_secs: u32,
+    ) -> Result<Bolt11Invoice, LightningError> {
+        let description = match description {
+            InvoiceDescription::Text(text) => Bolt11InvoiceDescription::Direct(
+                Description::new(text.clone()).map_err(|_| LightningError::DescriptionTooLong)?,
+            ),
+            InvoiceDescription::Hash(hash) => Bolt11InvoiceDescription::Hash(Sha256(*hash)),
+        };
+        let bolt11 = self.node.bolt11_payment();
+        Ok(match amount_msat {
+            Some(amount) => bolt11.receive(amount, &description, expiry_secs)?,
+            None => bolt11.receive_variable_amount(&description, expiry_secs)?,
+        })
+    }
+
+    /// Pays a BOLT11 invoice; the outcome arrives as a `PaymentSuccessful` or
+    /// `PaymentFailed` event and in [`Self::payment`].
+    pub fn pay_bolt11(&self, invoice: &Bolt11Invoice) -> Result<PaymentId, LightningError> {
+        Ok(self.node.bolt11_payment().send(invoice, None)?)
+    }
+
+    /// Pays `amount_msat` to a BOLT11 invoice that has no amount.
+    pub fn pay_bolt11_amount(
+        &self,
+        invoice: &Bolt11Invoice,
+        amount_msat: u64,
+    ) -> Result<PaymentId, LightningError> {
+        Ok(self
+            .node
+            .bolt11_payment()
+            .send_using_amount(invoice, amount_msat, None)?)
+    }
+
+    /// A BOLT12 offer for `amount_msat` (or any amount when `None`).
+    pub fn receive_offer(
+        &self,
+        amount_msat: Option<u64>,
+        description: &str,
+        expiry_secs: Option<u32>,
+    ) -> Result<Offer, LightningError> {
+        let bolt12 = self.node.bolt12_payment();
+        Ok(match amount_msat {
+            Some(amount) => bolt12.receive(amount, description, expiry_secs, None)?,
+            None => bolt12.receive_variable_amount(description, expiry_secs)?,
+        })
+    }
+
+    /// Pays a BOLT12 offer (`amount_msat` is required when the offer has no amount).
+    pub fn pay_offer(
+        &self,
+        offer: &Offer,
+        amount_msat: Option<u64>,
+        payer_note: Option<String>,
+    ) -> Result<PaymentId, LightningError> {
+        let bolt12 = self.node.bolt12_payment();
+        Ok(match amount_msat {
+            Some(amount) => bolt12.send_using_amount(offer, amount, None, payer_note, None)?,
+            None => bolt12.send(offer, None, payer_note, None)?,
+        })
+    }
+
+    /// On-chain and Lightning balances.
+    pub fn balances(&self) -> BalanceDetails {
+        self.node.list_balances()
+    }
+
+    /// One payment, by id.
+    pub fn payment(&self, id: &PaymentId) -> Option<PaymentDetails> {
+        self.node.payment(id)
+    }
+
+    /// Every payment ldk-node knows (sent and received, any state).
+    pub fn list_payments(&self) -> Vec<PaymentDetails> {
+        self.node.list_payments()
+    }
+
+    /// Events handled from now on; subscribe before the action you wait for.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.new_events.subscribe()
+    }
+
+    /// Every event handled so far, across restarts, oldest first.
+    pub fn handled_events(&self) -> Result<Vec<HandledEvent>, LightningError> {
+        Ok(self.events.list()?)
+    }
+}
+
+impl Drop for LightningNode {
+    fn drop(&mut self) {
+        // The event loop holds a reference to the node; ending it lets the
+        // last reference go, and ldk-node stops itself when dropped.
+        if let Some(ev) = self
+            .event_loop
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = ev.stop.send(true);
+        }
+    }
+}
+
+/// Takes each ldk-node event, records it once, tells subscribers about new
+/// ones, then acknowledges it so ldk-node drops it from its persisted queue.
+async fn run_events(
+    node: Arc<Node>,
+    store: Arc<EventStore>,
+    new_events: broadcast::Sender<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.changed() => break,
+            event = node.next_event_async() => event,
+        };
+        let store2 = Arc::clone(&store);
+        let ev2 = event.clone();
+        let recorded = tokio::task::spawn_blocking(move || store2.record(&ev2)).await;
+        match recorded {
+            Ok(Ok(Some(rec))) => {
+                info!(kind = %rec.kind, id = %rec.id, "Lightning event");
+                let _ = new_events.send(event);
+            }
+            Ok(Ok(None)) => debug!("Lightning event re-delivered; already handled"),
+            Ok(Err(e)) => {
+                // Not acknowledged: ldk-node hands it out again.
+                warn!(error = %e, "cannot record a Lightning event; retrying");
+                tokio::time::sleep(EVENT_RETRY_DELAY).await;
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "event recording task failed; retrying");
+                tokio::time::sleep(EVENT_RETRY_DELAY).await;
+                continue;
+            }
+        }
+        if let Err(e) = node.event_handled() {
+            warn!(error = %e, "ldk-node could not mark an event handled");
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The payments on-chain wallet: bdk_wallet 2.x on BIP86 account 0 of the
+//! node's seed, persisted in `<data_dir>/payments_wallet.sqlite` (mode 0600),
+//! synced from Bitcoin Core through `bdk_bitcoind_rpc::Emitter`.
+//!
+//! The identity anchor chain lives in a different bdk wallet on BIP86 account
+//! 1, so nothing this wallet builds can spend an anchor output.
+//!
+//! Every method that talks to the node is `async` and runs the blocking RPC
+//! client on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Client, RpcApi};
+use bdk_bitcoind_rpc::Emitter;
+use bdk_wallet::chain::ChainPosition;
+use bdk_wallet::rusqlite::Connection;
+use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, Wallet};
+use bitcoin::{Address, Amount, FeeRate, Network, Transaction, Txid};
+use cairn_identity::anchor::{ChainError, RpcConfig, Seed, SeedError, SeedOrigin};
+
+use crate::fsutil::restrict_to_owner;
+
+/// BIP86 account of the payments wallet (the anchor chain uses account 1).
+pub const PAYMENTS_ACCOUNT: u32 = 0;
+/// Name of the wallet's SQLite file inside the data directory.
+pub const WALLET_DB_FILE_NAME: &str = "payments_wallet.sqlite";
+
+/// On-chain wallet failures. Messages never contain keys or descriptors.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The seed could not be read or derived.
+    #[error(transparent)]
+    Seed(#[from] SeedError),
+    /// The data directory or database file could not be prepared.
+    #[error("wallet file {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database belongs to another seed or network.
+    #[error("the wallet database belongs to another seed or network")]
+    Mismatch,
+    /// Loading, creating or persisting the wallet failed.
+    #[error("wallet database: {0}")]
+    Store(String),
+    /// Talking to Bitcoin Core failed.
+    #[error("chain source: {0}")]
+    Chain(ChainError),
+    /// The wallet cannot pay: not enough funds, dust amount, bad feerate…
+    #[error("cannot build the transaction: {0}")]
+    Build(String),
+    /// The address is for another network.
+    #[error("address is not valid on {0}")]
+    WrongNetwork(Network),
+    /// Signing did not complete.
+    #[error("the wallet could not sign every input")]
+    Sign,
+    /// A blocking task panicked or was cancelled.
+    #[error("wallet task failed: {0}")]
+    Task(String),
+}
+
+/// Balance in satoshis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WalletBalance {
+    /// Confirmed and spendable.
+    pub confirmed: Amount,
+    /// Unconfirmed (incoming or our own change) plus immature coinbase.
+    pub pending: Amount,
+}
+
+impl WalletBalance {
+    /// Confirmed plus pending.
+    pub fn total(&self) -> Amount {
+        self.confirmed + self.pending
+    }
+}
+
+/// One transaction touching the wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxRecord {
+    /// Its id.
+    pub txid: Txid,
+    /// What the wallet's outputs in it are worth.
+    pub received: Amount,
+    /// What the wallet's inputs to it were worth.
+    pub sent: Amount,
+    /// The fee, when every input is known to the wallet.
+    pub fee: Option<Amount>,
+    /// Block height of the confirmation, `None` while unconfirmed.
+    pub confirmation_height: Option<u32>,
+    /// Block time of the confirmation, or when it was last seen unconfirmed.
+    pub time: Option<u64>,
+}
+
+impl TxRecord {
+    /// Net effect on the balance, in satoshis (negative when paying out).
+    pub fn net_sats(&self) -> i64 {
+        self.received.to_sat() as i64 - self.sent.to_sat() as i64
+    }
+}
+
+/// Where the wallet lives and which node it follows.
+#[derive(Debug, Clone)]
+pub struct WalletConfig {
+    /// Bitcoin network.
+    pub network: Network,
+    /// The node's data directory (holds `seed` and the wallet file).
+    pub data_dir: PathBuf,
+    /// Bitcoin Core RPC.
+    pub rpc: RpcConfig,
+}
+
+struct Inner {
+    wallet: PersistedWallet<Connection>,
+    conn: Connection,
+    /// Height to start the very first sync from.
+    start_height: u32,
+    /// Strictly increasing mempool clock (bdk orders conflicting unconfirmed
+    /// transactions by when they were seen).
+    clock: u64,
+}
+
+/// The payments on-chain wallet.
+#[derive(Clone)]
+pub struct OnchainWallet {
+    inner: Arc<Mutex<Inner>>,
+    client: Arc<Client>,
+    network: Network,
+}
+
+impl std::fmt::Debug for OnchainWallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnchainWallet")
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+fn client(cfg: &RpcConfig) -> Result<Client, ChainError> {
+    let transport = jsonrpc::simple_http::SimpleHttpTransport::builder()
+        .url(&cfg.url)
+        .map_err(|e| ChainError::Other(format!("bad RPC URL: {e}")))?
+        .auth(cfg.user.as_str(), Some(cfg.password.as_str()))
+        .timeout(cfg.timeout)
+        .build();
+    Ok(Client::from_jsonrpc(jsonrpc::Client::with_transport(
+        transport,
+    )))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl From<ChainError> for WalletError {
+    fn from(e: ChainError) -> Self {
+        Self::Chain(e)
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> WalletError {
+    WalletError::Store(e.to_string())
+}
+
+impl OnchainWallet {
+    /// Opens the wallet, creating the seed (0600) and the wallet file (0600)
+    /// on first use. Blocking (file and SQLite I/O); no RPC call is made.
+    pub fn open(config: &WalletConfig) -> Result<Self, WalletError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| WalletError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let (seed, origin) = Seed::load_or_create(dir)?;
+        let (external, internal) = seed.bip86_descriptors(config.network, PAYMENTS_ACCOUNT)?;
+        let db_path = dir.join(WALLET_DB_FILE_NAME);
+        let mut conn = open_private(&db_path)?;
+        let loaded = Wallet::load()
+            .descriptor(KeychainKind::External, Some(external.clone()))
+            .descriptor(KeychainKind::Internal, Some(internal.clone()))
+            .extract_keys()
+            .check_network(config.network)
+            .load_wallet(&mut conn)
+            .map_err(|e| match e {
+                bdk_wallet::LoadWithPersistError::InvalidChangeSet(
+                    bdk_wallet::LoadError::Mismatch(_),
+                ) => WalletError::Mismatch,
+                other => store_err(other),
+            })?;
+        let client = client(&config.rpc)?;
+        let (wallet, start_height) = match loaded {
+            Some(w) => (w, 0),
+            None => {
+                // A seed made just now cannot have received coins before the
+                // current tip; an older seed may have, so scan from genesis.
+                let start = if origin == SeedOrigin::Created {
+                    client
+                        .get_block_count()
+                        .map(|h| h as u32)
+                        .map_err(ChainError::from)?
+                } else {
+                    0
+                };
+                let w = Wallet::create(external, internal)
+                    .network(config.network)
+                    .create_wallet(&mut conn)
+                    .map_err(store_err)?;
+                (w, start)
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                wallet,
+                conn,
+                start_height,
+                clock: 0,
+            })),
+            client: Arc::new(client),
+            network: config.network,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner, &Client) -> Result<T, WalletError> + Send + 'static,
+    ) -> Result<T, WalletError> {
+        let inner = Arc::clone(&self.inner);
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard, &client)
+        })
+        .await
+        .map_err(|e| WalletError::Task(e.to_string()))?
+    }
+
+    /// Brings the wallet up to the node's best chain and mempool.
+    pub async fn sync(&self) -> Result<(), WalletError> {
+        self.blocking(|inner, client| inner.sync(client)).await
+    }
+
+    /// A fresh receive address (revealed and persisted, so never handed out twice).
+    pub fn receive_address(&self) -> Result<Address, WalletError> {
+        let mut inner = self.lock();
+        let info = inner.wallet.reveal_next_address(KeychainKind::External);
+        inner.persist()?;
+        Ok(info.address)
+    }
+
+    /// Confirmed and pending balance, as of the last sync.
+    pub fn balance(&self) -> WalletBalance {
+        let b = self.lock().wallet.balance();
+        WalletBalance {
+            confirmed: b.confirmed,
+            pending: b.trusted_pending + b.untrusted_pending + b.immature,
+        }
+    }
+
+    /// Pays `amount` to `address` at `fee_rate`, broadcasts it and records it
+    /// as pending. Sync first so the wallet knows its coins.
+    pub async fn send(
+        &self,
+        address: Address,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<Txid, WalletError> {
+        let network = self.network;
+        self.blocking(move |inner, client| {
+            if !address.as_unchecked().is_valid_for_network(network) {
+                return Err(WalletError::WrongNetwork(network));
+            }
+            let tx = inner.build_signed(&address, amount, fee_rate)?;
+            let txid = client.send_raw_transaction(&tx).map_err(ChainError::from)?;
+            let t = inner.tick();
+            inner.wallet.apply_unconfirmed_txs([(tx, t)]);
+            inner.persist()?;
+            Ok(txid)
+        })
+        .await
+    }
+
+    /// Every transaction touching the wallet, newest first (unconfirmed on top).
+    pub fn transactions(&self) -> Vec<TxRecord> {
+        let inner = self.lock();
+        let mut out: Vec<TxRecord> = inner
+            .wallet
+            .transactions()
+            .map(|t| {
+                let tx = &t.tx_node.tx;
+                let (sent, received) = inner.wallet.sent_and_received(tx);
+                let fee = inner.wallet.calculate_fee(tx).ok();
+                let (confirmation_height, time) = match &t.chain_position {
+                    ChainPosition::Confirmed { anchor, .. } => {
+                        (Some(anchor.block_id.height), Some(anchor.confirmation_time))
+                    }
+                    ChainPosition::Unconfirmed { last_seen, .. } => (None, *last_seen),
+                };
+                TxRecord {
+                    txid: t.tx_node.txid,
+                    received,
+                    sent,
+                    fee,
+                    confirmation_height,
+                    time,
+                }
+            })
+            .collect();
+        out.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.confirmation_height.unwrap_or(u32::MAX)),
+                std::cmp::Reverse(r.time.unwrap_or(0)),
+            )
+        });
+        out
+    }
+
+    /// The wallet's network.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+}
+
+impl Inner {
+    fn tick(&mut self) -> u64 {
+        self.clock = unix_now().max(self.clock + 1);
+        self.clock
+    }
+
+    fn persist(&mut self) -> Result<(), WalletError> {
+        self.wallet.persist(&mut self.conn).map_err(store_err)?;
+        Ok(())
+    }
+
+    fn sync(&mut self, client: &Client) -> Result<(), WalletError> {
+        // The unconfirmed transactions the wallet believes in, so that the
+        // emitter reports those that left the mempool as evicted.
+        let expected: Vec<Arc<Transaction>> = self
+            .wallet
+            .transactions()
+            .filter(|t| !t.chain_position.is_confirmed())
+            .map(|t| t.tx_node.tx.clone())
+            .collect();
+        let checkpoint = self.wallet.latest_checkpoint();
+        let mut emitter = Emitter::new(client, checkpoint, self.start_height, expected);
+        while let Some(ev) = emitter.next_block().map_err(ChainError::from)? {
+            self.wallet
+                .apply_block_connected_to(&ev.block, ev.block_height(), ev.connected_to())
+                .map_err(|e| ChainError::Other(format!("block does not connect: {e}")))?;
+        }
+        let t = self.tick();
+        let mempool = emitter.mempool_at(t).map_err(ChainError::from)?;
+        self.wallet.apply_evicted_txs(mempool.evicted);
+        self.wallet.apply_unconfirmed_txs(mempool.update);
+        self.persist()
+    }
+
+    fn build_signed(
+        &mut self,
+        address: &Address,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<Transaction, WalletError> {
+        let mut builder = self.wallet.build_tx();
+        builder
+            .add_recipient(address.script_pubkey(), amount)
+            .fee_rate(fee_rate);
+        let mut psbt = builder
+            .finish()
+            .map_err(|e| WalletError::Build(e.to_string()))?;
+        let finalized = self
+            .wallet
+            .sign(&mut psbt, SignOptions::default())
+            .map_err(|_| WalletError::Sign)?;
+        if !finalized {
+            return Err(WalletError::Sign);
+        }
+        // Keep the revealed change address across restarts.
+        self.persist()?;
+        psbt.extract_tx()
+            .map_err(|e| WalletError::Build(e.to_string()))
+    }
+}
+
+fn open_private(path: &Path) -> Result<Connection, WalletError> {
+    let conn = Connection::open(path).map_err(store_err)?;
+    restrict_to_owner(path).map_err(|source| WalletError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(conn)
+}
