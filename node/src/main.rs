@@ -28,6 +28,20 @@ enum Command {
     /// variables (CAIRN_BIND, CAIRN_DATA_DIR, CAIRN_DATABASE_URL,
     /// CAIRN_RELAY__LIMITS__MAX_LIMIT, ...), then these flags.
     Serve(ServeArgs),
+    /// Bind your X account to your Nostr key through a Cairn node, and look bindings up.
+    ///
+    /// `challenge` gives the text to post on X, `bind` submits the signed
+    /// binding, `status` shows what a node says, `bundle` saves a proof bundle.
+    Identity(cairn_node::cli::IdentityArgs),
+    /// Check an X handle's binding yourself, against your own view of Bitcoin.
+    ///
+    /// `cairn verify @alice --node URL --rpc-url … | --headers FILE` fetches
+    /// the proof bundle from the node and verifies every link (signatures,
+    /// log and state proofs, the anchor transaction in a block of your chain,
+    /// confirmations); `cairn verify --bundle FILE …` verifies a saved bundle
+    /// offline. Exits 1, naming the broken link, when the bundle does not
+    /// verify; 2 when it could not be checked (node or chain view unreachable).
+    Verify(cairn_node::cli::VerifyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +69,12 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Identity(args) => {
+            cairn_node::cli::exit_with(runtime.block_on(cairn_node::cli::run_identity(args)))
+        }
+        Command::Verify(args) => {
+            cairn_node::cli::exit_with(runtime.block_on(cairn_node::cli::run_verify(args)))
+        }
     }
 }
 

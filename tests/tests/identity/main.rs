@@ -2,6 +2,7 @@
 //! `[identity] enabled`, anchoring on `testchain` (or a real bitcoind when
 //! `BITCOIND_EXE` is set), checking proof posts on a local fake X.
 
+mod cli;
 mod fake_x;
 mod flow;
 mod support;

@@ -1,0 +1,340 @@
+//! The `cairn identity …` and `cairn verify …` commands, through their library
+//! functions (`cairn_node::cli`): challenge → post → bind → anchor, then the
+//! bundle verified by the CLI itself against the chain's RPC and against a
+//! headers file, saved to files and verified offline, and tampered with.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use bitcoin::hex::FromHex;
+use bitcoin::Network;
+use cairn_e2e::within;
+use cairn_identity::binding::Status;
+use cairn_identity::bundle::BundleError;
+use cairn_node::cli::{self, BindRequest, BundleFormat, ChainSource, NodeClient, Subject};
+use cairn_testchain::TestChain;
+use nostr::{Keys, ToBech32};
+use serde_json::json;
+
+use crate::fake_x::{FakeX, Post};
+use crate::support::*;
+
+const CAROL_UID: u64 = 1_300_000_000_000_000_001;
+
+/// The chain's headers from genesis to `last`, as a headers file's bytes.
+async fn headers_file(chain: &TestChain, last: u32) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity((last as usize + 1) * 80);
+    for height in 0..=last {
+        let hash = chain.rpc("getblockhash", vec![json!(height)]).await?;
+        let header = chain
+            .rpc("getblockheader", vec![hash, json!(false)])
+            .await?;
+        let bytes = Vec::<u8>::from_hex(header.as_str().context("header hex")?)?;
+        ensure!(bytes.len() == 80, "a header is 80 bytes");
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
+fn options(chain: ChainSource, witness: nostr::PublicKey) -> cli::VerifyOptions {
+    cli::VerifyOptions {
+        chain,
+        network: Network::Regtest,
+        min_confirmations: CONFIRMATIONS,
+        trusted_witnesses: vec![witness],
+    }
+}
+
+fn rpc_source(chain: &TestChain) -> ChainSource {
+    ChainSource::Rpc {
+        url: chain.rpc_url().to_owned(),
+        user: chain.rpc_user().to_owned(),
+        password: chain.rpc_password().to_owned(),
+    }
+}
+
+fn headers_source(path: &Path) -> ChainSource {
+    ChainSource::HeadersFile {
+        path: path.to_owned(),
+        checkpoint: None,
+    }
+}
+
+fn bundle_error(e: &anyhow::Error) -> Option<&BundleError> {
+    e.chain().find_map(|c| c.downcast_ref::<BundleError>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let witness = node.service().witness_public_key();
+        let files = tempfile::tempdir()?;
+
+        // The user's key, in a file only they can read.
+        let keys = Keys::generate();
+        let key_file = files.path().join("carol.nsec");
+        std::fs::write(&key_file, keys.secret_key().to_bech32()?)?;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+        let loaded = cli::load_keys(Some(&key_file))?;
+        assert_eq!(loaded.public_key(), keys.public_key());
+
+        // `cairn identity challenge`: the text to post names the key and nonce.
+        let client = NodeClient::new(&node.base)?;
+        let challenge = within(
+            "challenge",
+            cli::request_challenge(&client, &loaded.public_key()),
+        )
+        .await??;
+        let printed = cli::render_challenge(&challenge);
+        assert!(printed.contains(&challenge.text), "{printed}");
+        assert!(challenge.text.contains(&keys.public_key().to_bech32()?));
+
+        // The user posts it on X, then `cairn identity bind` with the post's URL.
+        let post = Post::new(CAROL_UID, "carol_cli", &challenge.text, unix_now(), 7);
+        x.publish(&post);
+        let request = BindRequest {
+            handle: "@Carol_CLI".into(),
+            x_uid: CAROL_UID,
+            post_id: cli::parse_post_id(&format!(
+                "https://x.com/carol_cli/status/{}?s=20",
+                post.id
+            ))?,
+            challenge: challenge.nonce.clone(),
+            recover: false,
+            chain_position: None,
+        };
+        let receipt = within("bind", cli::bind(&client, &loaded, &request)).await??;
+        assert_eq!(receipt.status, "accepted");
+        assert_eq!(receipt.op, "bind");
+        assert_eq!(receipt.seq, 0);
+        assert_eq!(receipt.x_uid, CAROL_UID.to_string());
+
+        // A second bind of the same account is refused before signing anything.
+        let again = within("bind again", cli::bind(&client, &loaded, &request))
+            .await?
+            .unwrap_err();
+        assert!(format!("{again:#}").contains("already bound"), "{again:#}");
+
+        // `cairn identity status`, by handle and by key.
+        let by_handle = Subject::parse("@carol_cli")?;
+        let by_key = Subject::parse(&keys.public_key().to_bech32()?)?;
+        let v = within("status", cli::status(&client, &by_handle)).await??;
+        assert_eq!(cli::status_label(&v), "pending");
+        assert!(v.bundle.is_none());
+        let no_bundle = within("bundle", cli::fetch_bundle(&client, &by_handle))
+            .await?
+            .unwrap_err();
+        assert!(format!("{no_bundle:#}").contains("no proof bundle"));
+        let unknown = within(
+            "status unknown",
+            cli::status(&client, &Subject::parse("@nobody_here")?),
+        )
+        .await?
+        .unwrap_err();
+        assert_eq!(
+            unknown.downcast_ref::<cli::NodeError>().map(|e| e.status),
+            Some(404),
+            "{unknown:#}"
+        );
+
+        // Anchored with one confirmation: the CLI refuses it at CONFIRMATIONS.
+        node.close_epoch().await?;
+        mine(&chain, 1).await?;
+        node.sync().await?;
+        let v = within("status", cli::status(&client, &by_key)).await??;
+        assert_eq!(cli::status_label(&v), "anchored (1 conf)");
+        let early = within(
+            "verify early",
+            cli::verify_subject(&client, &by_handle, &options(rpc_source(&chain), witness)),
+        )
+        .await?
+        .unwrap_err();
+        assert!(
+            matches!(
+                bundle_error(&early),
+                Some(BundleError::InsufficientConfirmations {
+                    confirmations: 1,
+                    ..
+                })
+            ),
+            "{early:#}"
+        );
+        assert!(cli::is_verification_failure(&early));
+
+        mine(&chain, CONFIRMATIONS - 1).await?;
+        node.sync().await?;
+        let v = within("status", cli::status(&client, &by_handle)).await??;
+        assert_eq!(
+            cli::status_label(&v),
+            format!("final ({CONFIRMATIONS} conf)")
+        );
+        let text = cli::render_status(&v);
+        assert!(text.contains("@carol_cli") && text.contains(&CAROL_UID.to_string()));
+
+        // `cairn verify @carol_cli --rpc-url …`.
+        let (by_rpc, node_view) = within(
+            "verify by rpc",
+            cli::verify_subject(&client, &by_handle, &options(rpc_source(&chain), witness)),
+        )
+        .await??;
+        assert_eq!(by_rpc.x_uid, CAROL_UID);
+        assert_eq!(by_rpc.handle, "carol_cli");
+        assert_eq!(by_rpc.key, Some(keys.public_key()));
+        assert_eq!(by_rpc.status, Status::Bound);
+        assert_eq!(by_rpc.head.to_hex(), receipt.event_id);
+        assert_eq!(by_rpc.confirmations, CONFIRMATIONS);
+        assert_eq!(by_rpc.witnesses, vec![witness]);
+        assert_eq!(node_view.anchor_txid, Some(by_rpc.anchor_txid.to_string()));
+        let printed = cli::render_verified(&by_rpc, CONFIRMATIONS);
+        for needle in [
+            "VERIFIED @carol_cli".to_owned(),
+            CAROL_UID.to_string(),
+            keys.public_key().to_bech32()?,
+            by_rpc.anchor_txid.to_string(),
+            format!("block:         {}", by_rpc.block_height),
+            format!("confirmations: {CONFIRMATIONS} (required {CONFIRMATIONS})"),
+        ] {
+            assert!(printed.contains(&needle), "{needle} missing in:\n{printed}");
+        }
+
+        // The same through the key, and against a witness we do not trust.
+        let (by_npub, _) = within(
+            "verify by key",
+            cli::verify_subject(&client, &by_key, &options(rpc_source(&chain), witness)),
+        )
+        .await??;
+        assert_eq!(by_npub, by_rpc);
+        let untrusted = within(
+            "verify untrusted",
+            cli::verify_subject(
+                &client,
+                &by_handle,
+                &options(rpc_source(&chain), Keys::generate().public_key()),
+            ),
+        )
+        .await?
+        .unwrap_err();
+        assert!(
+            matches!(
+                bundle_error(&untrusted),
+                Some(BundleError::UntrustedWitness { .. })
+            ),
+            "{untrusted:#}"
+        );
+
+        // `cairn verify @carol_cli --headers FILE`: the same result from headers alone.
+        let tip = chain.tip().await?.height;
+        let headers = files.path().join("headers.bin");
+        std::fs::write(&headers, headers_file(&chain, tip).await?)?;
+        let (by_headers, _) = within(
+            "verify by headers",
+            cli::verify_subject(
+                &client,
+                &by_handle,
+                &options(headers_source(&headers), witness),
+            ),
+        )
+        .await??;
+        assert_eq!(by_headers, by_rpc);
+
+        // Headers that stop before the anchor block do not show it.
+        let short = files.path().join("short.bin");
+        std::fs::write(&short, headers_file(&chain, by_rpc.block_height - 1).await?)?;
+        let missing = within(
+            "verify short headers",
+            cli::verify_subject(
+                &client,
+                &by_handle,
+                &options(headers_source(&short), witness),
+            ),
+        )
+        .await?
+        .unwrap_err();
+        assert!(
+            matches!(bundle_error(&missing), Some(BundleError::NotOnChain(_))),
+            "{missing:#}"
+        );
+
+        // `cairn identity bundle --out FILE`, binary and JSON, then
+        // `cairn verify --bundle FILE` offline.
+        let bundle = within("fetch bundle", cli::fetch_bundle(&client, &by_handle)).await??;
+        let bin = files.path().join("carol.bundle");
+        let json_file = files.path().join("carol.json");
+        let bin_len = cli::write_bundle(&bin, &bundle, BundleFormat::Binary)?;
+        cli::write_bundle(&json_file, &bundle, BundleFormat::Json)?;
+        assert!(bin_len <= 4096, "bundle is {bin_len} bytes");
+        for file in [&bin, &json_file] {
+            let read = cli::read_bundle(file)?;
+            assert_eq!(read, bundle);
+            let offline = within(
+                "verify file",
+                cli::verify_bundle_async(read, options(headers_source(&headers), witness)),
+            )
+            .await??;
+            assert_eq!(offline, by_rpc);
+        }
+
+        // A tampered bundle file fails, wherever the changed byte is.
+        let original = std::fs::read(&bin)?;
+        let tampered = files.path().join("tampered.bundle");
+        let step = (original.len() / 40).max(1);
+        let mut tried = 0;
+        for pos in (0..original.len()).step_by(step) {
+            let mut bytes = original.clone();
+            bytes[pos] ^= 0x01;
+            std::fs::write(&tampered, &bytes)?;
+            let outcome = match cli::read_bundle(&tampered) {
+                Err(e) => Err(e),
+                Ok(b) => {
+                    within(
+                        "verify tampered",
+                        cli::verify_bundle_async(b, options(headers_source(&headers), witness)),
+                    )
+                    .await?
+                }
+            };
+            let err = match outcome {
+                Ok(v) => anyhow::bail!("byte {pos} flipped, still verified: {v:?}"),
+                Err(e) => e,
+            };
+            assert!(
+                cli::is_verification_failure(&err),
+                "byte {pos}: not reported as a bad bundle: {err:#}"
+            );
+            tried += 1;
+        }
+        assert!(tried >= 40, "flipped {tried} bytes");
+
+        // A tampered JSON bundle (another handle in a signed event) fails too.
+        let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_file)?)?;
+        let tags = value["ops"][0]["tags"]
+            .as_array_mut()
+            .context("ops[0].tags")?;
+        let i_tag = tags
+            .iter_mut()
+            .find(|t| t[0] == "i")
+            .context("the bind's i tag")?;
+        i_tag[1] = json!("twitter:mallory");
+        std::fs::write(&tampered, serde_json::to_vec(&value)?)?;
+        let err = match cli::read_bundle(&tampered) {
+            Err(e) => e,
+            Ok(b) => within(
+                "verify tampered json",
+                cli::verify_bundle_async(b, options(headers_source(&headers), witness)),
+            )
+            .await?
+            .unwrap_err(),
+        };
+        assert!(cli::is_verification_failure(&err), "{err:#}");
+
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
