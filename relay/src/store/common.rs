@@ -9,7 +9,7 @@ use nostr::hashes::{sha256, Hash};
 use nostr::{Event, Filter, JsonUtil};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{QueryContext, SaveOutcome};
+use super::{QueryContext, SaveOutcome, StoredEvent};
 use crate::kinds::{self, KindClass};
 
 /// Values longer than this are indexed by digest (see [`index_key`]).
@@ -417,8 +417,8 @@ where
 /// Build `SELECT COUNT(*)` over the union of the filters' matches; `None`
 /// when no filter can match anything.
 pub(super) fn count_query<'a, DB>(
-    plans: &[FilterPlan],
-    vis: &Visibility,
+    filters: &[Filter],
+    ctx: &QueryContext,
 ) -> Option<QueryBuilder<'a, DB>>
 where
     DB: Database,
@@ -428,24 +428,391 @@ where
     i32: Encode<'a, DB> + Type<DB>,
     String: Encode<'a, DB> + Type<DB>,
 {
+    let plans: Vec<FilterPlan> = filters
+        .iter()
+        .filter_map(|f| FilterPlan::new(f, ctx.max_limit))
+        .collect();
     if plans.is_empty() {
         return None;
     }
+    let vis = Visibility::new(ctx);
     let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM (");
     for (i, plan) in plans.iter().enumerate() {
         if i > 0 {
             // UNION (not UNION ALL): an event matched by two filters counts once.
             qb.push(" UNION ");
         }
-        push_filter_select(&mut qb, plan, vis, Select::Seq);
+        push_filter_select(&mut qb, plan, &vis, Select::Seq);
     }
     qb.push(") AS matched");
     Some(qb)
 }
 
+/// Turn a `query` row (`id, created_at, kind, json`) into a [`StoredEvent`].
+/// `kind` is generic because the backends decode the column as different
+/// integer widths.
+pub(super) fn stored_event<K: TryInto<u16>>(
+    (id, created_at, kind, json): (Vec<u8>, i64, K, String),
+) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        id: id_array(id)?,
+        created_at: u64::try_from(created_at).unwrap_or_default(),
+        kind: kind.try_into().unwrap_or_default(),
+        json,
+    })
+}
+
 /// Decode an id column into a fixed array; the schema guarantees 32 bytes,
 /// so anything else is reported as a decode error rather than a panic.
-pub(super) fn id_array(bytes: Vec<u8>) -> Result<[u8; 32], sqlx::Error> {
+fn id_array(bytes: Vec<u8>) -> Result<[u8; 32], sqlx::Error> {
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| sqlx::Error::Decode("stored event id is not 32 bytes".into()))
 }
+
+/// Rows per multi-row tag INSERT (5 bound values each: far below SQLite's
+/// 32,766 and Postgres' 65,535 parameter limits).
+pub(super) const TAG_INSERT_CHUNK: usize = 1000;
+
+/// Rows per multi-row event INSERT (7 bound values each), and ids per lookup
+/// where a backend has to list them.
+pub(super) const EVENT_CHUNK: usize = 500;
+
+/// Expired events removed per purge transaction, so a large purge never
+/// holds the write lock for long.
+pub(super) const PURGE_CHUNK: usize = 1000;
+
+/// Define the SQL-running code that is the same for both backends: the
+/// write path (`save_batch_on`, `purge_expired_on`, and under them
+/// `save_all`, `insert_plain`, `insert_events`, `insert_tags`, `save_one`,
+/// `apply_deletion`) and the reads behind `query` and `count`
+/// (`query_events`, `count_events`).
+///
+/// The logic is identical for both backends; only the database type differs
+/// (placeholders come from [`QueryBuilder`]). It is a macro rather than
+/// functions generic over [`Database`] because *running* a `QueryBuilder`
+/// generically needs a wall of bounds: the executor HRTB, `Encode + Type`
+/// for each of `&[u8]`, `&str`, `Option<&[u8]>`, `Option<i64>`, `i64`,
+/// `i32`, `FromRow` for every result tuple, and `IntoArguments` for the
+/// arguments across the shorter borrow `build()` takes, which sqlx 0.8.0
+/// only provides for SQLite at the arguments' own lifetime, so the natural
+/// `for<'a> DB::Arguments<'a>: IntoArguments<'a, DB>` does not borrow-check.
+/// Building SQL needs only the `Encode + Type` bounds, so that part
+/// ([`push_filter_select`], [`count_query`]) stays generic; the expansions
+/// here are ordinary code, type-checked against each concrete backend.
+///
+/// The invoking module must provide what genuinely differs per backend:
+/// - `async fn lock_writes(&mut $conn) -> Result<(), sqlx::Error>`, run first
+///   in every write transaction (Postgres' advisory lock; a no-op for SQLite),
+/// - `async fn lookup_batch(&mut $conn, &[PreparedEvent]) -> Result<BatchState, sqlx::Error>`
+///   (ids already stored or tombstoned; `= ANY($1)` vs chunked `IN (…)`),
+/// - `async fn delete_seqs(&mut $conn, &[i64])` and `async fn delete_tags(&mut $conn, &[i64])`,
+///
+/// and passes the SQL name of the two-argument maximum (`GREATEST` / `max`)
+/// and the integer type its driver decodes `events.kind` as (`i32` / `i64`).
+macro_rules! backend_sql {
+    ($db:ty, $conn:ty, greatest = $greatest:literal, kind = $kind:ty) => {
+        /// `Store::save_batch`: the whole batch in one transaction on `pool`.
+        async fn save_batch_on(
+            pool: &sqlx::Pool<$db>,
+            events: &[nostr::Event],
+        ) -> Result<Vec<$crate::store::SaveOutcome>, sqlx::Error> {
+            use $crate::store::common::PreparedEvent;
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            let prepared: Vec<PreparedEvent> = events.iter().map(PreparedEvent::new).collect();
+            let mut tx = pool.begin().await?;
+            lock_writes(&mut tx).await?;
+            let outcomes = save_all(&mut tx, &prepared).await?;
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+
+        /// `Store::purge_expired`: delete events expired at `now`, in
+        /// transactions of at most `PURGE_CHUNK` events.
+        async fn purge_expired_on(pool: &sqlx::Pool<$db>, now: u64) -> Result<u64, sqlx::Error> {
+            use $crate::store::common::PURGE_CHUNK;
+            let now = $crate::store::common::to_i64(now);
+            let mut purged = 0u64;
+            loop {
+                let mut tx = pool.begin().await?;
+                lock_writes(&mut tx).await?;
+                let mut qb =
+                    sqlx::QueryBuilder::<$db>::new("SELECT seq FROM events WHERE expires_at <= ");
+                qb.push_bind(now)
+                    .push(" LIMIT ")
+                    .push_bind(PURGE_CHUNK as i64);
+                let seqs: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+                delete_seqs(&mut tx, &seqs).await?;
+                tx.commit().await?;
+                purged += seqs.len() as u64;
+                if seqs.len() < PURGE_CHUNK {
+                    return Ok(purged);
+                }
+            }
+        }
+
+        /// Run one filter's `query` SELECT; no SQL when the filter can match
+        /// nothing or its limit is 0.
+        async fn query_events(
+            pool: &sqlx::Pool<$db>,
+            filter: &nostr::Filter,
+            ctx: &$crate::store::QueryContext,
+        ) -> Result<Vec<$crate::store::StoredEvent>, sqlx::Error> {
+            use $crate::store::common::{push_filter_select, FilterPlan, Select, Visibility};
+            let Some(plan) = FilterPlan::new(filter, ctx.max_limit) else {
+                return Ok(Vec::new());
+            };
+            if plan.limit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut qb = sqlx::QueryBuilder::<$db>::new("");
+            push_filter_select(&mut qb, &plan, &Visibility::new(ctx), Select::Rows);
+            let rows: Vec<(Vec<u8>, i64, $kind, String)> =
+                qb.build_query_as().fetch_all(pool).await?;
+            rows.into_iter()
+                .map($crate::store::common::stored_event)
+                .collect()
+        }
+
+        /// Count the events matching any of `filters`.
+        async fn count_events(
+            pool: &sqlx::Pool<$db>,
+            filters: &[nostr::Filter],
+            ctx: &$crate::store::QueryContext,
+        ) -> Result<u64, sqlx::Error> {
+            let Some(mut qb) = $crate::store::common::count_query::<$db>(filters, ctx) else {
+                return Ok(0);
+            };
+            let n: i64 = qb.build_query_scalar().fetch_one(pool).await?;
+            Ok(u64::try_from(n).unwrap_or_default())
+        }
+
+        /// Apply a batch in order inside the caller's transaction. Plain
+        /// events are decided by `BatchState` and inserted in bulk; the rest
+        /// (replaceable, addressable, deletions) go one by one after pending
+        /// inserts are flushed, so they see everything before them.
+        async fn save_all(
+            conn: &mut $conn,
+            prepared: &[$crate::store::common::PreparedEvent],
+        ) -> Result<Vec<$crate::store::SaveOutcome>, sqlx::Error> {
+            use $crate::store::SaveOutcome;
+            let mut state = lookup_batch(conn, prepared).await?;
+            let mut outcomes = Vec::with_capacity(prepared.len());
+            let mut pending = Vec::new();
+            for ev in prepared {
+                if ev.is_plain() {
+                    let outcome = state.decide_plain(ev);
+                    if outcome == SaveOutcome::Stored {
+                        pending.push(ev);
+                    }
+                    outcomes.push(outcome);
+                } else {
+                    insert_plain(conn, &mut pending).await?;
+                    let outcome = save_one(conn, ev).await?;
+                    if outcome == SaveOutcome::Stored {
+                        state.record_stored(ev);
+                    }
+                    outcomes.push(outcome);
+                }
+            }
+            insert_plain(conn, &mut pending).await?;
+            Ok(outcomes)
+        }
+
+        /// Bulk-insert events already decided `Stored`, with their tags.
+        async fn insert_plain(
+            conn: &mut $conn,
+            pending: &mut Vec<&$crate::store::common::PreparedEvent>,
+        ) -> Result<(), sqlx::Error> {
+            for chunk in pending.chunks($crate::store::common::EVENT_CHUNK) {
+                let mut qb = insert_events(chunk);
+                // RETURNING order is unspecified, so map seqs back by id.
+                qb.push(" RETURNING id, seq");
+                let seqs: std::collections::HashMap<Vec<u8>, i64> = qb
+                    .build_query_as::<(Vec<u8>, i64)>()
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let mut rows = Vec::new();
+                for ev in chunk {
+                    let seq = *seqs
+                        .get(&ev.id)
+                        .ok_or_else(|| sqlx::Error::Protocol("inserted event has no seq".into()))?;
+                    rows.extend(ev.tags.iter().map(|tag| (seq, tag, *ev)));
+                }
+                insert_tags(conn, &rows).await?;
+            }
+            pending.clear();
+            Ok(())
+        }
+
+        /// `INSERT INTO events … VALUES …` for `events`, without `RETURNING`.
+        fn insert_events<'a>(
+            events: &[&'a $crate::store::common::PreparedEvent],
+        ) -> sqlx::QueryBuilder<'a, $db> {
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO events (id, pubkey, created_at, kind, d_tag, expires_at, json) ",
+            );
+            qb.push_values(events.iter().copied(), |mut row, ev| {
+                row.push_bind(ev.id.as_slice())
+                    .push_bind(ev.pubkey.as_slice())
+                    .push_bind(ev.created_at)
+                    .push_bind(ev.kind)
+                    .push_bind(ev.d_tag.as_deref())
+                    .push_bind(ev.expires_at)
+                    .push_bind(ev.json.as_str());
+            });
+            qb
+        }
+
+        /// Insert `(event seq, tag, event)` rows into `tags`, in chunks.
+        async fn insert_tags(
+            conn: &mut $conn,
+            rows: &[(
+                i64,
+                &(String, Vec<u8>),
+                &$crate::store::common::PreparedEvent,
+            )],
+        ) -> Result<(), sqlx::Error> {
+            for rows in rows.chunks($crate::store::common::TAG_INSERT_CHUNK) {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO tags (event_seq, name, value, created_at, kind) ",
+                );
+                qb.push_values(rows, |mut row, (seq, (name, value), ev)| {
+                    row.push_bind(*seq)
+                        .push_bind(name.as_str())
+                        .push_bind(value.as_slice())
+                        .push_bind(ev.created_at)
+                        .push_bind(ev.kind);
+                });
+                qb.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        async fn save_one(
+            conn: &mut $conn,
+            ev: &$crate::store::common::PreparedEvent,
+        ) -> Result<$crate::store::SaveOutcome, sqlx::Error> {
+            use $crate::store::SaveOutcome;
+            let mut qb =
+                sqlx::QueryBuilder::<$db>::new("SELECT EXISTS (SELECT 1 FROM events WHERE id = ");
+            qb.push_bind(ev.id.as_slice())
+                .push("), EXISTS (SELECT 1 FROM deleted_ids WHERE id = ")
+                .push_bind(ev.id.as_slice())
+                .push(" AND pubkey = ")
+                .push_bind(ev.pubkey.as_slice())
+                .push(")");
+            let (duplicate, tombstoned): (bool, bool) =
+                qb.build_query_as().fetch_one(&mut *conn).await?;
+            if duplicate {
+                return Ok(SaveOutcome::Duplicate);
+            }
+            if tombstoned && !ev.is_deletion() {
+                return Ok(SaveOutcome::Deleted);
+            }
+
+            if let Some(d_tag) = &ev.d_tag {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT deleted_up_to FROM deleted_coords WHERE pubkey = ",
+                );
+                qb.push_bind(ev.pubkey.as_slice())
+                    .push(" AND kind = ")
+                    .push_bind(ev.kind)
+                    .push(" AND d_tag = ")
+                    .push_bind(d_tag.as_slice());
+                let deleted_up_to: Option<i64> =
+                    qb.build_query_scalar().fetch_optional(&mut *conn).await?;
+                if deleted_up_to.is_some_and(|up_to| up_to >= ev.created_at) {
+                    return Ok(SaveOutcome::Deleted);
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT seq, created_at, id FROM events WHERE pubkey = ",
+                );
+                qb.push_bind(ev.pubkey.as_slice())
+                    .push(" AND kind = ")
+                    .push_bind(ev.kind)
+                    .push(" AND d_tag = ")
+                    .push_bind(d_tag.as_slice());
+                let current: Option<(i64, i64, Vec<u8>)> =
+                    qb.build_query_as().fetch_optional(&mut *conn).await?;
+                if let Some((seq, created_at, id)) = current {
+                    if created_at > ev.created_at || (created_at == ev.created_at && id < ev.id) {
+                        return Ok(SaveOutcome::Superseded);
+                    }
+                    delete_seqs(conn, &[seq]).await?;
+                }
+            }
+
+            let mut qb = insert_events(&[ev]);
+            qb.push(" RETURNING seq");
+            let seq: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
+
+            let rows: Vec<_> = ev.tags.iter().map(|tag| (seq, tag, ev)).collect();
+            insert_tags(conn, &rows).await?;
+
+            if ev.is_deletion() {
+                apply_deletion(conn, ev).await?;
+            }
+            Ok(SaveOutcome::Stored)
+        }
+
+        /// NIP-09: remove the deleter's own events named by `e` and `a` tags
+        /// and remember them, so they cannot be stored again.
+        async fn apply_deletion(
+            conn: &mut $conn,
+            ev: &$crate::store::common::PreparedEvent,
+        ) -> Result<(), sqlx::Error> {
+            for id in &ev.deletes_ids {
+                // Deleting a deletion request has no effect (NIP-09).
+                let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM events WHERE id = ");
+                qb.push_bind(id.as_slice())
+                    .push(" AND pubkey = ")
+                    .push_bind(ev.pubkey.as_slice())
+                    .push(" AND kind <> 5 RETURNING seq");
+                let seqs: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
+                delete_tags(conn, &seqs).await?;
+                let mut qb =
+                    sqlx::QueryBuilder::<$db>::new("INSERT INTO deleted_ids (id, pubkey) ");
+                qb.push_values([id], |mut row, id| {
+                    row.push_bind(id.as_slice()).push_bind(ev.pubkey.as_slice());
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut *conn).await?;
+            }
+            for (kind, d_tag) in &ev.deletes_coords {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM events WHERE pubkey = ");
+                qb.push_bind(ev.pubkey.as_slice())
+                    .push(" AND kind = ")
+                    .push_bind(*kind)
+                    .push(" AND d_tag = ")
+                    .push_bind(d_tag.as_slice())
+                    .push(" AND created_at <= ")
+                    .push_bind(ev.created_at)
+                    .push(" RETURNING seq");
+                let seqs: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
+                delete_tags(conn, &seqs).await?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO deleted_coords (pubkey, kind, d_tag, deleted_up_to) ",
+                );
+                qb.push_values([(kind, d_tag)], |mut row, (kind, d_tag)| {
+                    row.push_bind(ev.pubkey.as_slice())
+                        .push_bind(*kind)
+                        .push_bind(d_tag.as_slice())
+                        .push_bind(ev.created_at);
+                });
+                qb.push(concat!(
+                    " ON CONFLICT (pubkey, kind, d_tag) DO UPDATE SET deleted_up_to = ",
+                    $greatest,
+                    "(deleted_coords.deleted_up_to, excluded.deleted_up_to)"
+                ));
+                qb.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+    };
+}
+
+pub(super) use backend_sql;
