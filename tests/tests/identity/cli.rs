@@ -12,7 +12,10 @@ use bitcoin::Network;
 use cairn_e2e::within;
 use cairn_identity::binding::Status;
 use cairn_identity::bundle::BundleError;
-use cairn_node::cli::{self, BindRequest, BundleFormat, ChainSource, NodeClient, Subject};
+use cairn_node::cli::{
+    self, BindRequest, BundleFormat, ChainOp, ChainSource, ExportedHeaders, HeaderRange,
+    NodeClient, Subject,
+};
 use cairn_testchain::TestChain;
 use nostr::{Keys, ToBech32};
 use serde_json::json;
@@ -22,7 +25,8 @@ use crate::support::*;
 
 const CAROL_UID: u64 = 1_300_000_000_000_000_001;
 
-/// The chain's headers from genesis to `last`, as a headers file's bytes.
+/// The chain's headers from genesis to `last`, built by hand from
+/// `getblockheader` to cross-check `cairn identity headers`.
 async fn headers_file(chain: &TestChain, last: u32) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity((last as usize + 1) * 80);
     for height in 0..=last {
@@ -35,6 +39,21 @@ async fn headers_file(chain: &TestChain, last: u32) -> Result<Vec<u8>> {
         out.extend_from_slice(&bytes);
     }
     Ok(out)
+}
+
+/// `cairn identity headers --rpc-url … --out FILE` against the test chain.
+async fn export(chain: &TestChain, range: HeaderRange, out: &Path) -> Result<ExportedHeaders> {
+    within(
+        "export headers",
+        cli::export_headers(
+            chain.rpc_url(),
+            chain.rpc_user(),
+            chain.rpc_password(),
+            range,
+            out,
+        ),
+    )
+    .await?
 }
 
 fn options(chain: ChainSource, witness: nostr::PublicKey) -> cli::VerifyOptions {
@@ -228,9 +247,14 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
         );
 
         // `cairn verify @carol_cli --headers FILE`: the same result from headers alone.
+        // The file comes from `cairn identity headers`, and holds exactly the
+        // chain's headers as Bitcoin Core serializes them.
         let tip = chain.tip().await?.height;
         let headers = files.path().join("headers.bin");
-        std::fs::write(&headers, headers_file(&chain, tip).await?)?;
+        let exported = export(&chain, HeaderRange::default(), &headers).await?;
+        assert_eq!(exported.first.height, 0);
+        assert_eq!(exported.last_height, tip);
+        assert_eq!(std::fs::read(&headers)?, headers_file(&chain, tip).await?);
         let (by_headers, _) = within(
             "verify by headers",
             cli::verify_subject(
@@ -244,7 +268,11 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
 
         // Headers that stop before the anchor block do not show it.
         let short = files.path().join("short.bin");
-        std::fs::write(&short, headers_file(&chain, by_rpc.block_height - 1).await?)?;
+        let range = HeaderRange {
+            from: 0,
+            to: Some(by_rpc.block_height - 1),
+        };
+        export(&chain, range, &short).await?;
         let missing = within(
             "verify short headers",
             cli::verify_subject(
@@ -259,6 +287,52 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
             matches!(bundle_error(&missing), Some(BundleError::NotOnChain(_))),
             "{missing:#}"
         );
+
+        // Headers from a checkpoint below the anchor block, not from genesis.
+        let recent = files.path().join("recent.bin");
+        let range = HeaderRange {
+            from: by_rpc.block_height - 1,
+            to: None,
+        };
+        let exported = export(&chain, range, &recent).await?;
+        let printed = cli::render_exported(&exported, &recent);
+        let checkpoint = format!("{}:{}", exported.first.height, exported.first.hash);
+        assert!(
+            printed.contains(&format!("--checkpoint {checkpoint}")),
+            "{printed}"
+        );
+        let from_checkpoint = ChainSource::HeadersFile {
+            path: recent.clone(),
+            checkpoint: Some(cli::parse_checkpoint(&checkpoint)?),
+        };
+        let (by_recent, _) = within(
+            "verify by checkpointed headers",
+            cli::verify_subject(&client, &by_handle, &options(from_checkpoint, witness)),
+        )
+        .await??;
+        assert_eq!(by_recent, by_rpc);
+        // Without the checkpoint the file is refused: it does not start at genesis.
+        let refused = within(
+            "verify without checkpoint",
+            cli::verify_subject(
+                &client,
+                &by_handle,
+                &options(headers_source(&recent), witness),
+            ),
+        )
+        .await?
+        .unwrap_err();
+        assert!(!cli::is_verification_failure(&refused), "{refused:#}");
+        assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
+        // Heights beyond the tip are refused before anything is written.
+        let beyond = HeaderRange {
+            from: 0,
+            to: Some(tip + 100),
+        };
+        assert!(export(&chain, beyond, &files.path().join("beyond.bin"))
+            .await
+            .is_err());
+        assert!(!files.path().join("beyond.bin").exists());
 
         // `cairn identity bundle --out FILE`, binary and JSON, then
         // `cairn verify --bundle FILE` offline.
@@ -331,6 +405,199 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
             .unwrap_err(),
         };
         assert!(cli::is_verification_failure(&err), "{err:#}");
+
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+const DAVE_UID: u64 = 1_300_000_000_000_000_002;
+
+/// Writes `keys`' secret to a mode-0600 file, as a user would keep it.
+fn key_file(dir: &Path, name: &str, keys: &Keys) -> Result<std::path::PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, keys.secret_key().to_bech32()?)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+/// Closes the open epoch, which must hold an operation and get an anchor.
+async fn close(node: &IdNode, epoch: u64) -> Result<()> {
+    match node.close_epoch().await? {
+        cairn_identity::service::EpochClose::Closed {
+            epoch: e,
+            txid: Some(_),
+            queued: None,
+        } if e == epoch => Ok(()),
+        other => anyhow::bail!("expected epoch {epoch} closed and anchored, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_rotates_vetoes_and_revokes() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let witness = node.service().witness_public_key();
+        let files = tempfile::tempdir()?;
+        let client = NodeClient::new(&node.base)?;
+        let by_handle = Subject::parse("@dave_cli")?;
+
+        let dave = User::new(DAVE_UID, "dave_cli");
+        bind(&node, &x, &dave, 1).await?;
+        close(&node, 0).await?;
+
+        // `cairn identity rotate --key-file CUR --new-key-file NEW --handle @dave_cli`.
+        let current = cli::load_keys(Some(&key_file(files.path(), "cur", &dave.keys)?))?;
+        let new_keys = Keys::generate();
+        let next = cli::load_keys(Some(&key_file(files.path(), "new", &new_keys)?))?;
+        let stranger = Keys::generate();
+        let err = within(
+            "rotate by a stranger",
+            cli::chain_op(
+                &client,
+                &stranger,
+                "@dave_cli",
+                &ChainOp::Rotate {
+                    new_keys: next.clone(),
+                },
+            ),
+        )
+        .await?
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not to the key"), "{err:#}");
+        let err = within(
+            "veto with nothing pending",
+            cli::chain_op(
+                &client,
+                &current,
+                "@dave_cli",
+                &ChainOp::Veto { recover_id: None },
+            ),
+        )
+        .await?
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no pending recovery"),
+            "{err:#}"
+        );
+
+        let rotated = within(
+            "rotate",
+            cli::chain_op(
+                &client,
+                &current,
+                "@Dave_CLI",
+                &ChainOp::Rotate {
+                    new_keys: next.clone(),
+                },
+            ),
+        )
+        .await??;
+        assert_eq!((rotated.op.as_str(), rotated.seq), ("rotate", 1));
+        let v = within("status", cli::status(&client, &by_handle)).await??;
+        assert_eq!(v.npub, Some(new_keys.public_key().to_bech32()?));
+        assert_eq!(v.binding, "bound");
+        assert_eq!(v.head, rotated.event_id);
+        let old = within(
+            "status of the old key",
+            cli::status(&client, &Subject::Key(dave.keys.public_key())),
+        )
+        .await??;
+        assert_eq!(
+            cli::status_label(&old),
+            "revoked (this key was rotated away)"
+        );
+        // The old key can no longer act for the account.
+        let err = within(
+            "revoke by the old key",
+            cli::chain_op(&client, &current, "@dave_cli", &ChainOp::Revoke),
+        )
+        .await?
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not to the key"), "{err:#}");
+        close(&node, 1).await?;
+
+        // Someone holding the X account starts a recovery (`bind --recover`)…
+        let thief = User {
+            keys: Keys::generate(),
+            x_uid: DAVE_UID,
+            handle: "dave_cli".into(),
+        };
+        let (nonce, post) = challenge_and_post(&node, &x, &thief, 2).await?;
+        let request = BindRequest {
+            handle: "dave_cli".into(),
+            x_uid: DAVE_UID,
+            post_id: post.id,
+            challenge: nonce,
+            recover: true,
+            chain_position: None,
+        };
+        let recover = within("recover", cli::bind(&client, &thief.keys, &request)).await??;
+        assert_eq!((recover.op.as_str(), recover.seq), ("recover", 2));
+        let v = within("status", cli::status(&client, &by_handle)).await??;
+        assert_eq!(v.binding, "recovery_pending");
+        close(&node, 2).await?;
+
+        // …and `cairn identity veto` with the current key cancels it.
+        let veto = within(
+            "veto",
+            cli::chain_op(
+                &client,
+                &next,
+                "@dave_cli",
+                &ChainOp::Veto { recover_id: None },
+            ),
+        )
+        .await??;
+        assert_eq!((veto.op.as_str(), veto.seq), ("veto", 3));
+        let v = within("status", cli::status(&client, &by_handle)).await??;
+        assert_eq!(v.binding, "bound");
+        assert_eq!(v.npub, Some(new_keys.public_key().to_bech32()?));
+        close(&node, 3).await?;
+
+        // `cairn identity revoke`: the account has no key any more.
+        let revoked = within(
+            "revoke",
+            cli::chain_op(&client, &next, "@dave_cli", &ChainOp::Revoke),
+        )
+        .await??;
+        assert_eq!((revoked.op.as_str(), revoked.seq), ("revoke", 4));
+        let v = within("status", cli::status(&client, &by_handle)).await??;
+        assert_eq!(cli::status_label(&v), "revoked");
+        assert_eq!(v.npub, None);
+        let err = within(
+            "revoke again",
+            cli::chain_op(&client, &next, "@dave_cli", &ChainOp::Revoke),
+        )
+        .await?
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("is revoked"), "{err:#}");
+        close(&node, 4).await?;
+
+        // The revocation is anchored and verifies from exported headers.
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+        let headers = files.path().join("headers.bin");
+        export(&chain, HeaderRange::default(), &headers).await?;
+        let (verified, view) = within(
+            "verify revoked",
+            cli::verify_subject(
+                &client,
+                &by_handle,
+                &options(headers_source(&headers), witness),
+            ),
+        )
+        .await??;
+        assert_eq!(verified.status, Status::Revoked);
+        assert_eq!(verified.key, None);
+        assert_eq!(verified.seq, 4);
+        assert_eq!(verified.head.to_hex(), revoked.event_id);
+        assert_eq!(view.status, "revoked");
 
         node.finish().await?;
         chain.stop().await?;

@@ -6,3 +6,4 @@ mod cli;
 mod fake_x;
 mod flow;
 mod support;
+mod two_nodes;
