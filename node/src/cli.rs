@@ -21,9 +21,11 @@ use cairn_identity::bundle::{
     verify, ChainView, Checkpoint, HeaderChain, ProofBundle, RpcChainView, VerifiedIdentity,
     VerifyPolicy, BUNDLE_MAGIC, DEFAULT_MIN_CONFIRMATIONS, MAX_BUNDLE_LEN,
 };
+use cairn_identity::service::{
+    BindingReceipt, BindingState, IdentityView, IssuedChallenge, Standing,
+};
 use nostr::nips::nip19::{FromBech32, ToBech32};
 use nostr::{Event, EventId, Keys, PublicKey, SecretKey};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// Environment variable holding the user's secret key when no key file is given.
@@ -366,7 +368,7 @@ pub async fn run_verify(args: VerifyArgs) -> Result<()> {
     };
     println!("{}", render_verified(&verified, options.min_confirmations));
     if let Some(view) = node_view {
-        if matches!(view.status.as_str(), "moved" | "revoked") {
+        if matches!(view.status, Standing::Moved | Standing::Revoked) {
             // The proof cannot show a later move; the node's word is worth passing on.
             println!("The node reports: {}", status_label(&view));
         }
@@ -504,69 +506,15 @@ pub struct NodeClient {
 }
 
 /// What the node answers for a handle or key (`GET /identity/v1/handles|keys/…`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct StatusView {
-    /// X numeric user id (decimal string).
-    pub x_uid: String,
-    /// Handle of the latest proof post.
-    pub handle: String,
-    /// Bound key (npub), none when revoked.
-    pub npub: Option<String>,
-    /// `pending`, `anchored`, `final`, `moved` or `revoked`.
-    pub status: String,
-    /// `bound`, `recovery_pending`, `revoked` or `rotated`.
-    pub binding: String,
-    /// The id now holding the handle, when moved.
-    pub moved_to: Option<String>,
-    /// `seq` of the latest operation.
-    pub seq: u64,
-    /// Id of the latest operation.
-    pub head: String,
-    /// Epoch of the latest operation.
-    pub epoch: u64,
-    /// Confirmations of that epoch's anchor, by the node's count.
-    pub confirmations: u32,
-    /// That epoch's anchor txid.
-    pub anchor_txid: Option<String>,
-    /// Height at which a pending recovery completes.
-    pub recovery_effective_height: Option<u32>,
-    /// The proof bundle (JSON form), once anchored.
-    pub bundle: Option<Value>,
-}
+/// The bundle stays raw JSON so that a malformed one is reported as such
+/// (see [`MalformedBundle`]) rather than failing the whole lookup.
+pub type StatusView = IdentityView<Value>;
 
 /// `POST /identity/v1/challenges` answer.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Challenge {
-    /// The nonce to quote in the binding event.
-    pub nonce: String,
-    /// The key it is for.
-    pub npub: String,
-    /// The exact text to post on X.
-    pub text: String,
-    /// Unix seconds.
-    pub issued_at: u64,
-    /// Unix seconds.
-    pub expires_at: u64,
-}
+pub type Challenge = IssuedChallenge;
 
 /// `POST /identity/v1/bindings` answer.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Receipt {
-    /// `accepted`.
-    pub status: String,
-    /// The operation.
-    pub op: String,
-    /// X numeric user id.
-    pub x_uid: String,
-    /// Its `seq`.
-    pub seq: u64,
-    /// The binding event's id.
-    pub event_id: String,
-    /// The epoch it will be anchored in.
-    pub epoch: u64,
-    /// Its log leaf index.
-    pub log_index: u64,
-}
+pub type Receipt = BindingReceipt;
 
 /// What a lookup is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -745,7 +693,7 @@ async fn next_position(
     };
     match found {
         Some(v) if v.x_uid == x_uid.to_string() => {
-            if !recover && v.binding != "revoked" {
+            if !recover && v.binding != BindingState::Revoked {
                 bail!(
                     "@{handle} (x_uid {x_uid}) is already bound ({}); use --recover if you lost the key",
                     v.binding
@@ -856,7 +804,7 @@ pub async fn chain_op(
             let target = match recover_id {
                 Some(id) => *id,
                 // A pending recovery is the identity's latest operation.
-                None if v.binding == "recovery_pending" => prev,
+                None if v.binding == BindingState::RecoveryPending => prev,
                 None => bail!("@{handle} has no pending recovery to veto"),
             };
             veto_op(x_uid, seq, &prev, &target)
@@ -982,15 +930,17 @@ pub async fn status(node: &NodeClient, subject: &Subject) -> Result<StatusView> 
 
 /// `pending`, `anchored (n conf)`, `final`, `moved (to x_uid …)` or `revoked`.
 pub fn status_label(v: &StatusView) -> String {
-    match v.status.as_str() {
-        "anchored" => format!("anchored ({} conf)", v.confirmations),
-        "final" => format!("final ({} conf)", v.confirmations),
-        "moved" => match &v.moved_to {
+    match v.status {
+        Standing::Anchored => format!("anchored ({} conf)", v.confirmations),
+        Standing::Final => format!("final ({} conf)", v.confirmations),
+        Standing::Moved => match &v.moved_to {
             Some(to) => format!("moved (the handle now belongs to x_uid {to})"),
             None => "moved".into(),
         },
-        "revoked" if v.binding == "rotated" => "revoked (this key was rotated away)".into(),
-        other => other.to_owned(),
+        Standing::Revoked if v.binding == BindingState::Rotated => {
+            "revoked (this key was rotated away)".into()
+        }
+        other => other.as_str().to_owned(),
     }
 }
 

@@ -40,7 +40,7 @@ use bitcoin::hashes::Hash as _;
 use bitcoin::{BlockHash, MerkleBlock, Network, Txid};
 use nostr::nips::nip19::ToBech32;
 use nostr::{Event, JsonUtil, Keys, PublicKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
@@ -167,7 +167,7 @@ pub enum ServiceError {
 }
 
 /// A challenge as handed to a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedChallenge {
     /// The nonce to quote in the binding event's `challenge` tag.
     pub nonce: String,
@@ -182,12 +182,12 @@ pub struct IssuedChallenge {
 }
 
 /// What an accepted operation became.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindingReceipt {
     /// `"accepted"`.
-    pub status: &'static str,
-    /// The operation.
-    pub op: &'static str,
+    pub status: String,
+    /// The operation (`bind`, `recover`, …).
+    pub op: String,
     /// The identity (decimal string: X ids exceed JSON's safe integers).
     pub x_uid: String,
     /// Its `seq`.
@@ -247,9 +247,87 @@ pub struct EpochView {
     pub anchor: Option<AnchorView>,
 }
 
+/// Where an identity stands, as the node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// Accepted, its epoch not anchored in a block yet.
+    Pending,
+    /// Its epoch's anchor is confirmed, not yet final.
+    Anchored,
+    /// Its epoch's anchor has the configured confirmations.
+    Final,
+    /// The handle now belongs to another id.
+    Moved,
+    /// Revoked, or the key asked about was rotated away.
+    Revoked,
+}
+
+impl Standing {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Anchored => "anchored",
+            Self::Final => "final",
+            Self::Moved => "moved",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// The registry's view of a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingState {
+    /// A key is bound.
+    Bound,
+    /// A recovery to a new key is waiting out its delay.
+    RecoveryPending,
+    /// The binding was revoked.
+    Revoked,
+    /// The key asked about is no longer the bound one.
+    Rotated,
+}
+
+impl BindingState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bound => "bound",
+            Self::RecoveryPending => "recovery_pending",
+            Self::Revoked => "revoked",
+            Self::Rotated => "rotated",
+        }
+    }
+}
+
+macro_rules! wire_name_impls {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        // Lets callers compare with the wire name directly.
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+wire_name_impls!(Standing);
+wire_name_impls!(BindingState);
+
 /// Where one identity (or key) stands.
-#[derive(Debug, Clone, Serialize)]
-pub struct IdentityView {
+///
+/// `B` is how the bundle is held: the node builds a [`ProofBundle`]; a client
+/// may read it as raw JSON (`serde_json::Value`) so that a malformed bundle
+/// does not hide the rest of the answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityView<B = ProofBundle> {
     /// X numeric user id (decimal string).
     pub x_uid: String,
     /// Handle of the latest proof post.
@@ -260,10 +338,10 @@ pub struct IdentityView {
     pub npub: Option<String>,
     /// `pending` (not anchored yet), `anchored` (confirmed, not final),
     /// `final`, `moved` (the handle now belongs to another id) or `revoked`.
-    pub status: &'static str,
+    pub status: Standing,
     /// The registry's view: `bound`, `recovery_pending` or `revoked`;
     /// `rotated` when the key asked about is no longer the bound one.
-    pub binding: &'static str,
+    pub binding: BindingState,
     /// The id now holding the handle, when moved.
     pub moved_to: Option<String>,
     /// `seq` of the latest accepted operation.
@@ -279,7 +357,7 @@ pub struct IdentityView {
     /// Height at which a pending recovery completes.
     pub recovery_effective_height: Option<u32>,
     /// The proof bundle, once the epoch holding the record is anchored in a block.
-    pub bundle: Option<ProofBundle>,
+    pub bundle: Option<B>,
 }
 
 /// Anchoring health for the status API.
@@ -929,8 +1007,8 @@ impl IdentityService {
             self.publish(att.clone());
         }
         Ok(BindingReceipt {
-            status: "accepted",
-            op: op.op.as_str(),
+            status: "accepted".to_owned(),
+            op: op.op.as_str().to_owned(),
             x_uid: op.x_uid.to_string(),
             seq: op.seq,
             event_id: op.id().to_hex(),
@@ -1193,24 +1271,24 @@ impl IdentityService {
         };
         let rotated = asked_key.is_some_and(|k| identity.key != Some(k));
         let binding = if rotated {
-            "rotated"
+            BindingState::Rotated
         } else {
             match identity.status {
-                Status::Bound => "bound",
-                Status::RecoveryPending(_) => "recovery_pending",
-                Status::Revoked => "revoked",
+                Status::Bound => BindingState::Bound,
+                Status::RecoveryPending(_) => BindingState::RecoveryPending,
+                Status::Revoked => BindingState::Revoked,
             }
         };
         let status = if moved_to.is_some() {
-            "moved"
+            Standing::Moved
         } else if identity.status == Status::Revoked || rotated {
-            "revoked"
+            Standing::Revoked
         } else if is_final {
-            "final"
+            Standing::Final
         } else if confirmations > 0 {
-            "anchored"
+            Standing::Anchored
         } else {
-            "pending"
+            Standing::Pending
         };
         let bundle = match snapshot_epoch {
             Some(epoch) => match self.bundle(x_uid, epoch).await {
