@@ -19,6 +19,7 @@
 pub mod entropy;
 pub mod events;
 pub mod lightning;
+pub mod nwc;
 pub mod wallet;
 
 mod fsutil;

@@ -1,0 +1,220 @@
+//! Nostr Wallet Connect (NIP-47) service.
+//!
+//! The node's wallet answers NIP-47 requests from apps it has handed a
+//! `nostr+walletconnect://` URI to:
+//!
+//! - [`NwcService`] owns the wallet-service key (`<data_dir>/nwc_service.key`,
+//!   0600), publishes the kind 13194 info event, answers kind 23194 requests
+//!   with kind 23195 responses (NIP-44 v2, or NIP-04 when the request asks for
+//!   it or names no encryption) and sends `payment_received` / `payment_sent`
+//!   notifications (kind 23197 over NIP-44, and kind 23196 over NIP-04 for
+//!   older clients).
+//! - [`NwcStore`] keeps connections (permissions, budget with renewal period,
+//!   per-payment maximum, expiry, revocation), budget reservations and every
+//!   handled request id with its response, so a replayed request is answered
+//!   with the stored response and never executed twice.
+//! - [`WalletBackend`] is the small interface to the wallet, implemented for
+//!   [`crate::lightning::LightningNode`].
+
+mod backend;
+mod service;
+mod store;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use backend::{BackendError, IncomingInvoice, PaymentOutcome, WalletBackend, WalletTx};
+pub use service::{NwcService, NwcServiceConfig, SERVICE_KEY_FILE_NAME, STORE_FILE_NAME};
+pub use store::{IssuedInvoice, NwcStore, RequestState};
+
+/// Methods this service implements, as NIP-47 names them.
+pub const SUPPORTED_METHODS: [&str; 6] = [
+    "pay_invoice",
+    "make_invoice",
+    "lookup_invoice",
+    "list_transactions",
+    "get_balance",
+    "get_info",
+];
+
+/// Notification types this service sends.
+pub const SUPPORTED_NOTIFICATIONS: [&str; 2] = ["payment_received", "payment_sent"];
+
+/// NWC failures (outside the NIP-47 error codes sent to apps).
+#[derive(Debug, thiserror::Error)]
+pub enum NwcError {
+    /// A file could not be read, written or secured.
+    #[error("NWC storage {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A SQLite statement failed.
+    #[error("NWC store: {0}")]
+    Sqlite(#[from] bdk_wallet::rusqlite::Error),
+    /// The service key file does not hold a valid key.
+    #[error("NWC service key file {0} is not a valid secret key")]
+    BadServiceKey(PathBuf),
+    /// A method name that NIP-47 does not define or this service does not implement.
+    #[error("unsupported NWC method {0:?}")]
+    UnknownMethod(String),
+    /// The relay URL is not valid.
+    #[error("invalid relay URL {0:?}")]
+    RelayUrl(String),
+    /// Talking to the relay failed.
+    #[error("relay: {0}")]
+    Relay(#[from] nostr_sdk::client::Error),
+    /// Signing an event failed.
+    #[error("building an event: {0}")]
+    Event(#[from] nostr::event::builder::Error),
+    /// No connection with that id.
+    #[error("no NWC connection {0}")]
+    NoSuchConnection(i64),
+}
+
+/// When a connection's budget starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetRenewal {
+    /// Every 24 hours from the connection's creation.
+    Daily,
+    /// Every 7 days.
+    Weekly,
+    /// Every 30 days.
+    Monthly,
+    /// Every 365 days.
+    Yearly,
+    /// The budget is for the connection's whole life.
+    Never,
+}
+
+impl BudgetRenewal {
+    /// The NIP-47 / CLI name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Daily => "daily",
+            Self::Weekly => "weekly",
+            Self::Monthly => "monthly",
+            Self::Yearly => "yearly",
+            Self::Never => "never",
+        }
+    }
+
+    fn period_secs(&self) -> Option<u64> {
+        const DAY: u64 = 86_400;
+        match self {
+            Self::Daily => Some(DAY),
+            Self::Weekly => Some(7 * DAY),
+            Self::Monthly => Some(30 * DAY),
+            Self::Yearly => Some(365 * DAY),
+            Self::Never => None,
+        }
+    }
+
+    /// Start of the budget window containing `now`, for a connection created
+    /// at `created_at`. Windows are fixed-length periods counted from creation,
+    /// so renewal does not depend on time zones or month lengths.
+    pub fn window_start(&self, created_at: u64, now: u64) -> u64 {
+        match self.period_secs() {
+            Some(p) if now > created_at => created_at + (now - created_at) / p * p,
+            _ => 0,
+        }
+    }
+}
+
+impl FromStr for BudgetRenewal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "daily" | "day" => Self::Daily,
+            "weekly" | "week" => Self::Weekly,
+            "monthly" | "month" => Self::Monthly,
+            "yearly" | "year" => Self::Yearly,
+            "never" => Self::Never,
+            other => return Err(format!("unknown budget renewal {other:?}")),
+        })
+    }
+}
+
+/// One app's connection to the wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NwcConnection {
+    /// Row id.
+    pub id: i64,
+    /// Human name, e.g. the app's.
+    pub name: String,
+    /// The app's key: requests are signed by it.
+    pub client_pubkey: nostr::PublicKey,
+    /// Allowed NIP-47 methods.
+    pub permissions: Vec<String>,
+    /// Budget per renewal window, in millisatoshis (`None`: unlimited).
+    pub budget_msat: Option<u64>,
+    /// When the budget starts over.
+    pub renewal: BudgetRenewal,
+    /// Largest single payment, in millisatoshis (`None`: no limit).
+    pub max_payment_msat: Option<u64>,
+    /// Unix time after which the connection stops working.
+    pub expires_at: Option<u64>,
+    /// Revoked by the owner.
+    pub revoked: bool,
+    /// Unix time of creation.
+    pub created_at: u64,
+}
+
+impl NwcConnection {
+    /// Whether the connection may be used at unix time `now`.
+    pub fn is_active(&self, now: u64) -> bool {
+        !self.revoked && self.expires_at.is_none_or(|e| now < e)
+    }
+
+    /// Whether `method` is permitted.
+    pub fn allows(&self, method: &str) -> bool {
+        self.permissions.iter().any(|p| p == method)
+    }
+}
+
+/// What a new connection may do.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    /// Human name.
+    pub name: String,
+    /// Allowed methods (NIP-47 names); each must be in [`SUPPORTED_METHODS`].
+    pub permissions: Vec<String>,
+    /// Budget per window in millisatoshis (`None`: unlimited).
+    pub budget_msat: Option<u64>,
+    /// Renewal period of the budget.
+    pub renewal: BudgetRenewal,
+    /// Per-payment maximum in millisatoshis.
+    pub max_payment_msat: Option<u64>,
+    /// Unix time of expiry.
+    pub expires_at: Option<u64>,
+}
+
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_windows_are_fixed_periods_from_creation() {
+        let created = 1_000;
+        assert_eq!(BudgetRenewal::Daily.window_start(created, 1_500), 1_000);
+        assert_eq!(
+            BudgetRenewal::Daily.window_start(created, 1_000 + 86_400 * 2 + 5),
+            1_000 + 86_400 * 2
+        );
+        assert_eq!(BudgetRenewal::Never.window_start(created, 10_000_000), 0);
+        assert_eq!("month".parse::<BudgetRenewal>(), Ok(BudgetRenewal::Monthly));
+        assert!("fortnightly".parse::<BudgetRenewal>().is_err());
+    }
+}

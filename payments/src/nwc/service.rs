@@ -1,0 +1,816 @@
+//! The NWC service: relay I/O, request handling and notifications.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bitcoin::hashes::Hash as _;
+use ldk_node::lightning_invoice::Bolt11Invoice;
+use ldk_node::payment::PaymentStatus;
+use ldk_node::Event as LdkEvent;
+use nostr::nips::nip44::Version;
+use nostr::nips::nip47::{
+    ErrorCode, GetBalanceResponse, GetInfoResponse, ListTransactionsRequest, LookupInvoiceRequest,
+    LookupInvoiceResponse, MakeInvoiceRequest, MakeInvoiceResponse, Method, NIP47Error,
+    NostrWalletConnectURI, PayInvoiceRequest, PayInvoiceResponse, Request, RequestParams,
+    ResponseResult, TransactionState, TransactionType,
+};
+use nostr::nips::{nip04, nip44};
+use nostr::{
+    Event, EventBuilder, Filter, JsonUtil, Keys, Kind, PublicKey, RelayUrl, SecretKey, Tag,
+    TagKind, Timestamp,
+};
+use nostr_sdk::{Client, RelayPoolNotification};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::backend::{BackendError, WalletBackend, WalletTx};
+use super::store::{IssuedInvoice, NwcStore, RequestState};
+use super::{
+    now, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS, SUPPORTED_NOTIFICATIONS,
+};
+use crate::fsutil::restrict_to_owner;
+use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS};
+
+/// File of the wallet-service secret key (hex), in the data directory.
+pub const SERVICE_KEY_FILE_NAME: &str = "nwc_service.key";
+/// File of the NWC database, in the data directory.
+pub const STORE_FILE_NAME: &str = "nwc.sqlite";
+/// Kind of NIP-44 notifications (nostr 0.44 names only the NIP-04 one, 23196).
+const NOTIFICATION_KIND_NIP44: u16 = 23197;
+/// How long `start` waits for the relay connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where the service keeps its files and which relay it uses.
+#[derive(Debug, Clone)]
+pub struct NwcServiceConfig {
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// The relay the service listens on, also written into connection URIs.
+    pub relay_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encryption {
+    Nip44,
+    Nip04,
+}
+
+struct Inner<B> {
+    keys: Keys,
+    store: NwcStore,
+    backend: Arc<B>,
+    relay_url: RelayUrl,
+    client: Client,
+}
+
+/// The NIP-47 wallet service over a [`WalletBackend`].
+pub struct NwcService<B: WalletBackend> {
+    inner: Arc<Inner<B>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl<B: WalletBackend> std::fmt::Debug for NwcService<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NwcService")
+            .field("pubkey", &self.inner.keys.public_key())
+            .field("relay", &self.inner.relay_url)
+            .finish()
+    }
+}
+
+fn load_or_create_key(path: &Path) -> Result<Keys, NwcError> {
+    let io = |source| NwcError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let sk = SecretKey::from_hex(text.trim())
+                .map_err(|_| NwcError::BadServiceKey(path.to_path_buf()))?;
+            restrict_to_owner(path).map_err(io)?;
+            Ok(Keys::new(sk))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write as _;
+            let keys = Keys::generate();
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            let mut f = opts.open(path).map_err(io)?;
+            f.write_all(keys.secret_key().to_secret_hex().as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(io)?;
+            Ok(keys)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn nip47_error(code: ErrorCode, message: impl Into<String>) -> NIP47Error {
+    NIP47Error {
+        code,
+        message: message.into(),
+    }
+}
+
+impl<B: WalletBackend> NwcService<B> {
+    /// Opens the service's key and database under `config.data_dir` (creating
+    /// them on first use). Nothing talks to the relay until [`Self::start`].
+    pub fn open(config: &NwcServiceConfig, backend: Arc<B>) -> Result<Self, NwcError> {
+        let keys = load_or_create_key(&config.data_dir.join(SERVICE_KEY_FILE_NAME))?;
+        let store = NwcStore::open(&config.data_dir.join(STORE_FILE_NAME))?;
+        let relay_url = RelayUrl::parse(&config.relay_url)
+            .map_err(|_| NwcError::RelayUrl(config.relay_url.clone()))?;
+        let client = Client::new(keys.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys,
+                store,
+                backend,
+                relay_url,
+                client,
+            }),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The wallet-service public key (the host part of every URI).
+    pub fn service_pubkey(&self) -> PublicKey {
+        self.inner.keys.public_key()
+    }
+
+    /// The database (connections, reservations, handled requests).
+    pub fn store(&self) -> &NwcStore {
+        &self.inner.store
+    }
+
+    /// Creates a connection with a fresh app key and returns it with its
+    /// `nostr+walletconnect://` URI (which holds the app's secret: show it
+    /// to the owner once, never log it).
+    pub fn create_connection(
+        &self,
+        new: NewConnection,
+    ) -> Result<(NwcConnection, String), NwcError> {
+        if let Some(bad) = new
+            .permissions
+            .iter()
+            .find(|p| !SUPPORTED_METHODS.contains(&p.as_str()))
+        {
+            return Err(NwcError::UnknownMethod(bad.clone()));
+        }
+        let app = Keys::generate();
+        let conn = NwcConnection {
+            id: 0,
+            name: new.name,
+            client_pubkey: app.public_key(),
+            permissions: new.permissions,
+            budget_msat: new.budget_msat,
+            renewal: new.renewal,
+            max_payment_msat: new.max_payment_msat,
+            expires_at: new.expires_at,
+            revoked: false,
+            created_at: 0,
+        };
+        let conn = self
+            .inner
+            .store
+            .insert_connection(&conn, app.secret_key())?;
+        let uri = self.uri(app.secret_key().clone());
+        Ok((conn, uri))
+    }
+
+    fn uri(&self, secret: SecretKey) -> String {
+        NostrWalletConnectURI::new(
+            self.service_pubkey(),
+            vec![self.inner.relay_url.clone()],
+            secret,
+            None,
+        )
+        .to_string()
+    }
+
+    /// Every connection with its URI.
+    pub fn list_connections(&self) -> Result<Vec<(NwcConnection, String)>, NwcError> {
+        self.inner
+            .store
+            .list_connections()?
+            .into_iter()
+            .map(|(c, secret)| {
+                let sk = SecretKey::from_hex(&secret).map_err(|_| {
+                    NwcError::BadServiceKey(PathBuf::from(format!("connection {}", c.id)))
+                })?;
+                Ok((c, self.uri(sk)))
+            })
+            .collect()
+    }
+
+    /// Revokes connection `id`: its requests are refused with `UNAUTHORIZED`.
+    pub fn revoke(&self, id: i64) -> Result<(), NwcError> {
+        if self.inner.store.revoke(id)? {
+            Ok(())
+        } else {
+            Err(NwcError::NoSuchConnection(id))
+        }
+    }
+
+    /// Connects to the relay, subscribes to requests addressed to the
+    /// service, publishes the info event and starts answering.
+    pub async fn start(&self) -> Result<(), NwcError> {
+        let inner = &self.inner;
+        inner.client.add_relay(inner.relay_url.clone()).await?;
+        inner
+            .client
+            .try_connect_relay(inner.relay_url.clone(), CONNECT_TIMEOUT)
+            .await?;
+        // Listen before subscribing so that no request is missed.
+        let mut notifications = inner.client.notifications();
+        let filter = Filter::new()
+            .kind(Kind::WalletConnectRequest)
+            .pubkey(inner.keys.public_key());
+        inner.client.subscribe(filter, None).await?;
+        inner.client.send_event(&self.info_event()?).await?;
+        let me = Arc::clone(inner);
+        let task = tokio::spawn(async move {
+            loop {
+                match notifications.recv().await {
+                    Ok(RelayPoolNotification::Event { event, .. })
+                        if event.kind == Kind::WalletConnectRequest =>
+                    {
+                        let me = Arc::clone(&me);
+                        // One task per request: a slow payment must not hold
+                        // up get_balance from another app.
+                        tokio::spawn(async move {
+                            if let Some(resp) = me.handle_request(&event).await {
+                                if let Err(e) = me.client.send_event(&resp).await {
+                                    warn!(error = %e, "cannot publish an NWC response");
+                                }
+                            }
+                        });
+                    }
+                    Ok(RelayPoolNotification::Shutdown) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(skipped = n, "NWC request listener lagged")
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        info!(pubkey = %inner.keys.public_key(), relay = %inner.relay_url, "NWC service started");
+        Ok(())
+    }
+
+    /// Sends `payment_received` / `payment_sent` notifications for the
+    /// Lightning events arriving on `events` (from `LightningNode::subscribe`),
+    /// and resolves budget reservations whose request handler stopped waiting
+    /// for the outcome (settled on success, released on failure).
+    pub fn spawn_notifications(&self, mut events: broadcast::Receiver<LdkEvent>) {
+        let me = Arc::clone(&self.inner);
+        let task = tokio::spawn(async move {
+            loop {
+                let (kind, hash) = match events.recv().await {
+                    Ok(LdkEvent::PaymentReceived { payment_hash, .. }) => {
+                        ("payment_received", payment_hash)
+                    }
+                    Ok(LdkEvent::PaymentSuccessful {
+                        payment_hash,
+                        fee_paid_msat,
+                        ..
+                    }) => {
+                        let hex_hash = hex::encode(payment_hash.0);
+                        if let Err(e) = me
+                            .store
+                            .resolve_by_hash(&hex_hash, Some(fee_paid_msat.unwrap_or(0)))
+                        {
+                            warn!(error = %e, "cannot settle an NWC budget reservation");
+                        }
+                        ("payment_sent", payment_hash)
+                    }
+                    Ok(LdkEvent::PaymentFailed {
+                        payment_hash: Some(payment_hash),
+                        ..
+                    }) => {
+                        if let Err(e) = me.store.resolve_by_hash(&hex::encode(payment_hash.0), None)
+                        {
+                            warn!(error = %e, "cannot release an NWC budget reservation");
+                        }
+                        continue;
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if let Err(e) = me.notify(kind, &hex::encode(hash.0)).await {
+                    warn!(error = %e, "cannot send an NWC notification");
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// Handles one request event and returns the response event to publish
+    /// (`None` when nothing must be sent: not a request for this service,
+    /// expired, unreadable, or already being handled).
+    pub async fn handle_request(&self, event: &Event) -> Option<Event> {
+        self.inner.handle_request(event).await
+    }
+
+    /// The kind 13194 info event.
+    pub fn info_event(&self) -> Result<Event, NwcError> {
+        Ok(
+            EventBuilder::new(Kind::WalletConnectInfo, SUPPORTED_METHODS.join(" "))
+                .tags([
+                    Tag::custom(TagKind::custom("encryption"), ["nip44_v2 nip04"]),
+                    Tag::custom(
+                        TagKind::custom("notifications"),
+                        [SUPPORTED_NOTIFICATIONS.join(" ")],
+                    ),
+                ])
+                .sign_with_keys(&self.inner.keys)?,
+        )
+    }
+
+    /// Stops listening and disconnects from the relay.
+    pub async fn stop(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+        self.inner.client.shutdown().await;
+    }
+}
+
+impl<B: WalletBackend> Inner<B> {
+    fn encrypt(&self, enc: Encryption, to: &PublicKey, plain: &str) -> Option<String> {
+        let sk = self.keys.secret_key();
+        match enc {
+            Encryption::Nip44 => nip44::encrypt(sk, to, plain, Version::V2).ok(),
+            Encryption::Nip04 => nip04::encrypt(sk, to, plain).ok(),
+        }
+    }
+
+    fn decrypt(&self, enc: Encryption, from: &PublicKey, content: &str) -> Option<String> {
+        let sk = self.keys.secret_key();
+        match enc {
+            Encryption::Nip44 => nip44::decrypt(sk, from, content).ok(),
+            Encryption::Nip04 => nip04::decrypt(sk, from, content).ok(),
+        }
+    }
+
+    async fn handle_request(&self, event: &Event) -> Option<Event> {
+        if event.kind != Kind::WalletConnectRequest
+            || !event
+                .tags
+                .public_keys()
+                .any(|p| *p == self.keys.public_key())
+        {
+            return None;
+        }
+        if event.verify().is_err() {
+            debug!(id = %event.id, "NWC request with a bad signature");
+            return None;
+        }
+        if event.is_expired() {
+            debug!(id = %event.id, "NWC request expired; not executed");
+            return None;
+        }
+        // No tag means a NIP-04 client (NIP-47 before the encryption tag).
+        let requested: Option<Vec<String>> = event
+            .tags
+            .iter()
+            .find(|t| t.kind() == TagKind::custom("encryption"))
+            .map(|t| {
+                t.as_slice()
+                    .iter()
+                    .skip(1)
+                    .flat_map(|v| v.split_whitespace())
+                    .map(str::to_owned)
+                    .collect()
+            });
+        let enc = match &requested {
+            None => Ok(Encryption::Nip04),
+            Some(v) if v.iter().any(|s| s == "nip44_v2") => Ok(Encryption::Nip44),
+            Some(v) if v.iter().any(|s| s == "nip04") => Ok(Encryption::Nip04),
+            Some(_) => Err(()),
+        };
+
+        let request_id = event.id.to_hex();
+        let conn = match self.store.connection_by_pubkey(&event.pubkey) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "NWC store unavailable");
+                return None;
+            }
+        };
+        match self
+            .store
+            .begin_request(&request_id, conn.as_ref().map(|c| c.id))
+        {
+            Ok(RequestState::New) => {}
+            Ok(RequestState::Answered(json)) => {
+                debug!(id = %request_id, "replayed NWC request; answering from the record");
+                return Event::from_json(json).ok();
+            }
+            Ok(RequestState::InFlight) => return None,
+            Err(e) => {
+                warn!(error = %e, "NWC store unavailable");
+                return None;
+            }
+        }
+
+        let (enc, body) = match enc {
+            Ok(enc) => {
+                let Some(plain) = self.decrypt(enc, &event.pubkey, &event.content) else {
+                    debug!(id = %request_id, "undecryptable NWC request");
+                    return None;
+                };
+                let body = self.execute(event, conn.as_ref(), &plain).await;
+                (enc, body)
+            }
+            Err(()) => {
+                // Unknown scheme: answer in NIP-44, the scheme NIP-47 prefers.
+                let method = [Encryption::Nip44, Encryption::Nip04]
+                    .into_iter()
+                    .find_map(|e| self.decrypt(e, &event.pubkey, &event.content))
+                    .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                    .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_else(|| "get_info".into());
+                let err = nip47_error(
+                    ErrorCode::Other,
+                    "encryption scheme not supported; use nip44_v2 or nip04",
+                );
+                let mut body = error_body(&method, &err);
+                body["error"]["code"] = json!("UNSUPPORTED_ENCRYPTION");
+                (Encryption::Nip44, body)
+            }
+        };
+
+        let content = self.encrypt(enc, &event.pubkey, &body.to_string())?;
+        let response = EventBuilder::new(Kind::WalletConnectResponse, content)
+            .tags([Tag::public_key(event.pubkey), Tag::event(event.id)])
+            .sign_with_keys(&self.keys)
+            .ok()?;
+        if let Err(e) = self.store.finish_request(&request_id, &response.as_json()) {
+            warn!(error = %e, "cannot record an NWC response");
+        }
+        Some(response)
+    }
+
+    /// Runs the decrypted request and returns the response body.
+    async fn execute(&self, event: &Event, conn: Option<&NwcConnection>, plain: &str) -> Value {
+        let raw: Value = serde_json::from_str(plain).unwrap_or(Value::Null);
+        let method_name = raw
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let Some(conn) = conn.filter(|c| c.is_active(now())) else {
+            return error_body(
+                &method_name,
+                &nip47_error(
+                    ErrorCode::Unauthorized,
+                    "no active wallet connection for this key",
+                ),
+            );
+        };
+        if !SUPPORTED_METHODS.contains(&method_name.as_str()) {
+            return error_body(
+                &method_name,
+                &nip47_error(ErrorCode::NotImplemented, "method not implemented"),
+            );
+        }
+        if !conn.allows(&method_name) {
+            return error_body(
+                &method_name,
+                &nip47_error(
+                    ErrorCode::Restricted,
+                    "this connection may not use this method",
+                ),
+            );
+        }
+        let request = match Request::from_value(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                return error_body(
+                    &method_name,
+                    &nip47_error(ErrorCode::Other, format!("bad request: {e}")),
+                )
+            }
+        };
+        let result = match request.params {
+            RequestParams::PayInvoice(p) => self.pay_invoice(conn, &event.id.to_hex(), p).await,
+            RequestParams::MakeInvoice(p) => self.make_invoice(p).await,
+            RequestParams::LookupInvoice(p) => self.lookup_invoice(p).await,
+            RequestParams::ListTransactions(p) => self.list_transactions(p).await,
+            RequestParams::GetBalance => self
+                .backend
+                .balance_msat()
+                .await
+                .map(|balance| ResponseResult::GetBalance(GetBalanceResponse { balance }))
+                .map_err(backend_error),
+            RequestParams::GetInfo => Ok(self.get_info(conn)),
+            _ => Err(nip47_error(
+                ErrorCode::NotImplemented,
+                "method not implemented",
+            )),
+        };
+        match result {
+            Ok(r) => json!({ "result_type": method_name, "result": r }),
+            Err(e) => error_body(&method_name, &e),
+        }
+    }
+
+    async fn pay_invoice(
+        &self,
+        conn: &NwcConnection,
+        request_id: &str,
+        p: PayInvoiceRequest,
+    ) -> Result<ResponseResult, NIP47Error> {
+        let invoice: Bolt11Invoice = p
+            .invoice
+            .trim()
+            .parse()
+            .map_err(|_| nip47_error(ErrorCode::Other, "not a BOLT11 invoice"))?;
+        let amount = invoice
+            .amount_milli_satoshis()
+            .or(p.amount)
+            .ok_or_else(|| nip47_error(ErrorCode::Other, "invoice has no amount; give one"))?;
+        if conn.max_payment_msat.is_some_and(|max| amount > max) {
+            return Err(nip47_error(
+                ErrorCode::QuotaExceeded,
+                "payment is above this connection's per-payment maximum",
+            ));
+        }
+        let payment_hash = hex::encode(invoice.payment_hash().to_byte_array());
+        match self.store.reserve(conn, request_id, &payment_hash, amount) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(nip47_error(
+                    ErrorCode::QuotaExceeded,
+                    "payment would exceed this connection's budget",
+                ))
+            }
+            Err(e) => return Err(nip47_error(ErrorCode::Internal, e.to_string())),
+        }
+        let outcome = self
+            .backend
+            .pay_invoice(
+                &invoice,
+                invoice.amount_milli_satoshis().is_none().then_some(amount),
+            )
+            .await;
+        let bookkeeping = match &outcome {
+            Ok(o) => self.store.settle(request_id, o.fee_msat),
+            // Unknown outcome: the money may still move, so it stays reserved.
+            Err(BackendError::Pending) => Ok(()),
+            Err(_) => self.store.release(request_id),
+        };
+        if let Err(e) = bookkeeping {
+            warn!(error = %e, "NWC budget bookkeeping failed");
+        }
+        let o = outcome.map_err(backend_error)?;
+        Ok(ResponseResult::PayInvoice(PayInvoiceResponse {
+            preimage: o.preimage,
+            fees_paid: Some(o.fee_msat),
+        }))
+    }
+
+    async fn make_invoice(&self, p: MakeInvoiceRequest) -> Result<ResponseResult, NIP47Error> {
+        let description = match (&p.description_hash, &p.description) {
+            (Some(h), _) => InvoiceDescription::Hash(
+                h.parse()
+                    .map_err(|_| nip47_error(ErrorCode::Other, "bad description_hash"))?,
+            ),
+            (None, d) => InvoiceDescription::Text(d.clone().unwrap_or_default()),
+        };
+        let expiry = p
+            .expiry
+            .map(|e| e.min(u32::MAX as u64) as u32)
+            .unwrap_or(DEFAULT_INVOICE_EXPIRY_SECS);
+        let inv = self
+            .backend
+            .make_invoice(p.amount, &description, expiry)
+            .await
+            .map_err(backend_error)?;
+        let issued = IssuedInvoice {
+            payment_hash: inv.payment_hash.clone(),
+            invoice: inv.invoice.clone(),
+            description: p.description.clone(),
+            description_hash: p.description_hash.clone(),
+            amount_msat: p.amount,
+            created_at: inv.created_at,
+            expires_at: inv.expires_at,
+        };
+        self.store
+            .insert_invoice(&issued)
+            .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
+        Ok(ResponseResult::MakeInvoice(MakeInvoiceResponse {
+            invoice: inv.invoice,
+            payment_hash: Some(inv.payment_hash),
+            description: p.description,
+            description_hash: p.description_hash,
+            preimage: None,
+            amount: Some(p.amount),
+            created_at: Some(Timestamp::from(inv.created_at)),
+            expires_at: Some(Timestamp::from(inv.expires_at)),
+        }))
+    }
+
+    async fn lookup_invoice(&self, p: LookupInvoiceRequest) -> Result<ResponseResult, NIP47Error> {
+        let hash = match (&p.payment_hash, &p.invoice) {
+            (Some(h), _) => h.to_lowercase(),
+            (None, Some(inv)) => {
+                let inv: Bolt11Invoice = inv
+                    .trim()
+                    .parse()
+                    .map_err(|_| nip47_error(ErrorCode::Other, "not a BOLT11 invoice"))?;
+                hex::encode(inv.payment_hash().to_byte_array())
+            }
+            (None, None) => {
+                return Err(nip47_error(
+                    ErrorCode::Other,
+                    "give payment_hash or invoice",
+                ))
+            }
+        };
+        let tx = self.backend.lookup(&hash).await.map_err(backend_error)?;
+        let issued = self
+            .store
+            .invoice(&hash)
+            .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
+        if tx.is_none() && issued.is_none() {
+            return Err(nip47_error(ErrorCode::NotFound, "invoice not found"));
+        }
+        Ok(ResponseResult::LookupInvoice(describe(
+            &hash,
+            tx.as_ref(),
+            issued.as_ref(),
+        )))
+    }
+
+    async fn list_transactions(
+        &self,
+        p: ListTransactionsRequest,
+    ) -> Result<ResponseResult, NIP47Error> {
+        let txs = self.backend.list().await.map_err(backend_error)?;
+        let mut out = Vec::new();
+        for tx in &txs {
+            let issued = self.store.invoice(&tx.payment_hash).ok().flatten();
+            let d = describe(&tx.payment_hash, Some(tx), issued.as_ref());
+            if !p.unpaid.unwrap_or(false) && d.state != Some(TransactionState::Settled) {
+                continue;
+            }
+            if p.transaction_type.is_some() && d.transaction_type != p.transaction_type {
+                continue;
+            }
+            if p.from.is_some_and(|f| d.created_at < f) || p.until.is_some_and(|u| d.created_at > u)
+            {
+                continue;
+            }
+            out.push(d);
+        }
+        out.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+        let offset = p.offset.unwrap_or(0) as usize;
+        let limit = p.limit.map(|l| l as usize).unwrap_or(usize::MAX);
+        Ok(ResponseResult::ListTransactions(
+            out.into_iter().skip(offset).take(limit).collect(),
+        ))
+    }
+
+    fn get_info(&self, conn: &NwcConnection) -> ResponseResult {
+        let (pubkey, network) = self.backend.info();
+        ResponseResult::GetInfo(GetInfoResponse {
+            alias: Some("cairn".into()),
+            color: None,
+            pubkey: Some(pubkey),
+            network: Some(network),
+            block_height: None,
+            block_hash: None,
+            methods: conn
+                .permissions
+                .iter()
+                .filter_map(|m| m.parse::<Method>().ok())
+                .collect(),
+            notifications: SUPPORTED_NOTIFICATIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        })
+    }
+
+    async fn notify(&self, kind: &str, payment_hash: &str) -> Result<(), NwcError> {
+        let Ok(Some(tx)) = self.backend.lookup(payment_hash).await else {
+            return Ok(());
+        };
+        let issued = self.store.invoice(payment_hash)?;
+        let d = describe(payment_hash, Some(&tx), issued.as_ref());
+        let mut payload = serde_json::to_value(&d).unwrap_or(Value::Null);
+        // nwc clients require these fields in notifications.
+        if payload.get("invoice").is_none() {
+            payload["invoice"] = json!("");
+        }
+        if payload.get("preimage").is_none() {
+            payload["preimage"] = json!("");
+        }
+        if payload.get("settled_at").is_none() {
+            payload["settled_at"] = json!(tx.updated_at);
+        }
+        let body = json!({ "notification_type": kind, "notification": payload }).to_string();
+        let t = now();
+        for (conn, _) in self.store.list_connections()? {
+            if !conn.is_active(t) {
+                continue;
+            }
+            for (enc, kind) in [
+                (Encryption::Nip44, Kind::Custom(NOTIFICATION_KIND_NIP44)),
+                (Encryption::Nip04, Kind::WalletConnectNotification),
+            ] {
+                let Some(content) = self.encrypt(enc, &conn.client_pubkey, &body) else {
+                    continue;
+                };
+                let ev = EventBuilder::new(kind, content)
+                    .tag(Tag::public_key(conn.client_pubkey))
+                    .sign_with_keys(&self.keys)?;
+                self.client.send_event(&ev).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn backend_error(e: BackendError) -> NIP47Error {
+    match e {
+        BackendError::PaymentFailed(m) => nip47_error(ErrorCode::PaymentFailed, m),
+        BackendError::Pending => nip47_error(
+            ErrorCode::Other,
+            "payment still in flight; look it up later",
+        ),
+        BackendError::BadRequest(m) => nip47_error(ErrorCode::Other, m),
+        BackendError::Internal(m) => nip47_error(ErrorCode::Internal, m),
+    }
+}
+
+fn error_body(method: &str, err: &NIP47Error) -> Value {
+    json!({
+        "result_type": method,
+        "error": err,
+    })
+}
+
+/// The NIP-47 view of one payment, from the wallet's record and (for
+/// invoices issued through NWC) the stored invoice.
+fn describe(
+    hash: &str,
+    tx: Option<&WalletTx>,
+    issued: Option<&IssuedInvoice>,
+) -> LookupInvoiceResponse {
+    let t = now();
+    let state = match tx.map(|t| t.status) {
+        Some(PaymentStatus::Succeeded) => TransactionState::Settled,
+        Some(PaymentStatus::Failed) => TransactionState::Failed,
+        _ if issued.is_some_and(|i| i.expires_at <= t) => TransactionState::Expired,
+        _ => TransactionState::Pending,
+    };
+    let incoming = tx.map(|t| t.incoming).unwrap_or(true);
+    LookupInvoiceResponse {
+        transaction_type: Some(if incoming {
+            TransactionType::Incoming
+        } else {
+            TransactionType::Outgoing
+        }),
+        state: Some(state),
+        invoice: issued.map(|i| i.invoice.clone()),
+        description: issued.and_then(|i| i.description.clone()),
+        description_hash: issued.and_then(|i| i.description_hash.clone()),
+        preimage: tx.and_then(|t| t.preimage.clone()),
+        payment_hash: hash.to_owned(),
+        amount: tx
+            .map(|t| t.amount_msat)
+            .or(issued.map(|i| i.amount_msat))
+            .unwrap_or(0),
+        fees_paid: tx.map(|t| t.fee_msat).unwrap_or(0),
+        created_at: Timestamp::from(
+            issued
+                .map(|i| i.created_at)
+                .or(tx.map(|t| t.updated_at))
+                .unwrap_or(t),
+        ),
+        expires_at: issued.map(|i| Timestamp::from(i.expires_at)),
+        settled_at: (state == TransactionState::Settled)
+            .then(|| Timestamp::from(tx.map(|t| t.updated_at).unwrap_or(t))),
+        metadata: None,
+    }
+}

@@ -1,0 +1,507 @@
+//! Persistent NWC state: connections, budget reservations, handled requests
+//! and the invoices issued through `make_invoice`.
+//!
+//! One SQLite file (`<data_dir>/nwc.sqlite`, 0600) through the same rusqlite
+//! that bdk_wallet and ldk-node link, so no second `libsqlite3-sys`. Budget
+//! checks and reservations run inside one `IMMEDIATE` transaction, so two
+//! concurrent payments on one connection cannot both fit into the same
+//! remaining budget.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use bdk_wallet::rusqlite::{self, params, Connection, OptionalExtension, TransactionBehavior};
+use nostr::{PublicKey, SecretKey};
+
+use super::{now, BudgetRenewal, NwcConnection, NwcError};
+use crate::fsutil::restrict_to_owner;
+
+/// What happened to a request event the service has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestState {
+    /// First sighting: the caller must execute it.
+    New,
+    /// Another task is executing it right now.
+    InFlight,
+    /// Already answered; the stored signed response event (JSON).
+    Answered(String),
+}
+
+/// The NWC database.
+pub struct NwcStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for NwcStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NwcStore")
+    }
+}
+
+fn row_to_connection(r: &rusqlite::Row<'_>) -> rusqlite::Result<(NwcConnection, String)> {
+    let renewal: String = r.get(6)?;
+    Ok((
+        NwcConnection {
+            id: r.get::<_, i64>(0)?,
+            name: r.get(1)?,
+            client_pubkey: PublicKey::from_hex(&r.get::<_, String>(2)?)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            permissions: r
+                .get::<_, String>(4)?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            budget_msat: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+            renewal: renewal.parse().unwrap_or(BudgetRenewal::Never),
+            max_payment_msat: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            expires_at: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            revoked: r.get::<_, i64>(9)? != 0,
+            created_at: r.get::<_, i64>(10)? as u64,
+        },
+        r.get::<_, String>(3)?,
+    ))
+}
+
+const CONNECTION_COLUMNS: &str =
+    "id, name, client_pubkey, client_secret, permissions, budget_msat, \
+     renewal, max_payment_msat, expires_at, revoked, created_at";
+
+impl NwcStore {
+    /// Opens (or creates, mode 0600) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, NwcError> {
+        let conn = Connection::open(path)?;
+        restrict_to_owner(path).map_err(|source| NwcError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS nwc_connections (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                name TEXT NOT NULL,
+                client_pubkey TEXT NOT NULL UNIQUE,
+                client_secret TEXT NOT NULL,
+                permissions TEXT NOT NULL,
+                budget_msat INTEGER,
+                renewal TEXT NOT NULL,
+                max_payment_msat INTEGER,
+                expires_at INTEGER,
+                revoked INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS nwc_spends (
+                request_id TEXT PRIMARY KEY,
+                connection_id INTEGER NOT NULL,
+                payment_hash TEXT NOT NULL,
+                amount_msat INTEGER NOT NULL,
+                state TEXT NOT NULL,
+                created_at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS nwc_spends_conn ON nwc_spends (connection_id, created_at);
+             CREATE INDEX IF NOT EXISTS nwc_spends_hash ON nwc_spends (payment_hash);
+             CREATE TABLE IF NOT EXISTS nwc_requests (
+                event_id TEXT PRIMARY KEY,
+                connection_id INTEGER,
+                response TEXT,
+                created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS nwc_invoices (
+                payment_hash TEXT PRIMARY KEY,
+                invoice TEXT NOT NULL,
+                description TEXT,
+                description_hash TEXT,
+                amount_msat INTEGER NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL
+             );",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a new connection; `conn.id` and `conn.created_at` are ignored.
+    pub fn insert_connection(
+        &self,
+        conn: &NwcConnection,
+        secret: &SecretKey,
+    ) -> Result<NwcConnection, NwcError> {
+        let db = self.lock();
+        let created_at = now();
+        db.execute(
+            "INSERT INTO nwc_connections (name, client_pubkey, client_secret, permissions, budget_msat,
+                renewal, max_payment_msat, expires_at, revoked, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+            params![
+                conn.name,
+                conn.client_pubkey.to_hex(),
+                secret.to_secret_hex(),
+                conn.permissions.join(" "),
+                conn.budget_msat.map(|v| v as i64),
+                conn.renewal.as_str(),
+                conn.max_payment_msat.map(|v| v as i64),
+                conn.expires_at.map(|v| v as i64),
+                created_at as i64,
+            ],
+        )?;
+        Ok(NwcConnection {
+            id: db.last_insert_rowid(),
+            created_at,
+            revoked: false,
+            ..conn.clone()
+        })
+    }
+
+    /// Every connection with its client secret (hex), oldest first.
+    pub fn list_connections(&self) -> Result<Vec<(NwcConnection, String)>, NwcError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM nwc_connections ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], row_to_connection)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The connection of app key `pubkey`.
+    pub fn connection_by_pubkey(
+        &self,
+        pubkey: &PublicKey,
+    ) -> Result<Option<NwcConnection>, NwcError> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                &format!(
+                    "SELECT {CONNECTION_COLUMNS} FROM nwc_connections WHERE client_pubkey = ?1"
+                ),
+                [pubkey.to_hex()],
+                row_to_connection,
+            )
+            .optional()?
+            .map(|(c, _)| c))
+    }
+
+    /// Marks a connection revoked; returns whether it existed.
+    pub fn revoke(&self, id: i64) -> Result<bool, NwcError> {
+        let db = self.lock();
+        Ok(db.execute("UPDATE nwc_connections SET revoked = 1 WHERE id = ?1", [id])? == 1)
+    }
+
+    /// Changes a connection's expiry (e.g. to end it at a given time).
+    pub fn set_expiry(&self, id: i64, expires_at: Option<u64>) -> Result<bool, NwcError> {
+        let db = self.lock();
+        Ok(db.execute(
+            "UPDATE nwc_connections SET expires_at = ?2 WHERE id = ?1",
+            params![id, expires_at.map(|v| v as i64)],
+        )? == 1)
+    }
+
+    /// Amount counted against `conn`'s budget in the current renewal window
+    /// (settled and still reserved spends).
+    pub fn spent_in_window(&self, conn: &NwcConnection) -> Result<u64, NwcError> {
+        let db = self.lock();
+        spent(&db, conn)
+    }
+
+    /// Atomically checks that `amount_msat` fits into `conn`'s remaining
+    /// budget and reserves it under `request_id` for the payment with
+    /// `payment_hash` (hex). `Ok(false)` when it does not fit.
+    pub fn reserve(
+        &self,
+        conn: &NwcConnection,
+        request_id: &str,
+        payment_hash: &str,
+        amount_msat: u64,
+    ) -> Result<bool, NwcError> {
+        let mut db = self.lock();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(budget) = conn.budget_msat {
+            let used = spent(&tx, conn)?;
+            if used.saturating_add(amount_msat) > budget {
+                return Ok(false);
+            }
+        }
+        tx.execute(
+            "INSERT INTO nwc_spends (request_id, connection_id, payment_hash, amount_msat, state, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5)",
+            params![request_id, conn.id, payment_hash, amount_msat as i64, now() as i64],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The payment of request `request_id` went through: the reservation
+    /// becomes the amount plus the routing fee. Only a pending reservation
+    /// changes, so settling twice (the request handler and the Lightning
+    /// event) counts the fee once.
+    pub fn settle(&self, request_id: &str, fee_msat: u64) -> Result<(), NwcError> {
+        let db = self.lock();
+        db.execute(
+            "UPDATE nwc_spends SET state = 'settled', amount_msat = amount_msat + ?2
+             WHERE request_id = ?1 AND state = 'reserved'",
+            params![request_id, fee_msat as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The payment of request `request_id` failed: its pending reservation
+    /// no longer counts.
+    pub fn release(&self, request_id: &str) -> Result<(), NwcError> {
+        let db = self.lock();
+        db.execute(
+            "DELETE FROM nwc_spends WHERE request_id = ?1 AND state = 'reserved'",
+            [request_id],
+        )?;
+        Ok(())
+    }
+
+    /// Resolves pending reservations for `payment_hash` (hex) from the
+    /// Lightning outcome, for payments whose request handler gave up waiting
+    /// (or did not survive a restart): `Some(fee)` settles, `None` releases.
+    pub fn resolve_by_hash(
+        &self,
+        payment_hash: &str,
+        fee_msat: Option<u64>,
+    ) -> Result<(), NwcError> {
+        let db = self.lock();
+        match fee_msat {
+            Some(fee) => db.execute(
+                "UPDATE nwc_spends SET state = 'settled', amount_msat = amount_msat + ?2
+                 WHERE payment_hash = ?1 AND state = 'reserved'",
+                params![payment_hash, fee as i64],
+            )?,
+            None => db.execute(
+                "DELETE FROM nwc_spends WHERE payment_hash = ?1 AND state = 'reserved'",
+                [payment_hash],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Claims request `event_id` for execution, or reports that it was seen.
+    pub fn begin_request(
+        &self,
+        event_id: &str,
+        connection_id: Option<i64>,
+    ) -> Result<RequestState, NwcError> {
+        let mut db = self.lock();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: Option<Option<String>> = tx
+            .query_row(
+                "SELECT response FROM nwc_requests WHERE event_id = ?1",
+                [event_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let state = match existing {
+            Some(Some(resp)) => RequestState::Answered(resp),
+            Some(None) => RequestState::InFlight,
+            None => {
+                tx.execute(
+                    "INSERT INTO nwc_requests (event_id, connection_id, response, created_at)
+                     VALUES (?1, ?2, NULL, ?3)",
+                    params![event_id, connection_id, now() as i64],
+                )?;
+                RequestState::New
+            }
+        };
+        tx.commit()?;
+        Ok(state)
+    }
+
+    /// Stores the signed response event (JSON) of request `event_id`.
+    pub fn finish_request(&self, event_id: &str, response_json: &str) -> Result<(), NwcError> {
+        let db = self.lock();
+        db.execute(
+            "UPDATE nwc_requests SET response = ?2 WHERE event_id = ?1",
+            params![event_id, response_json],
+        )?;
+        Ok(())
+    }
+
+    /// Remembers an invoice issued through `make_invoice`, for `lookup_invoice`.
+    pub fn insert_invoice(&self, inv: &IssuedInvoice) -> Result<(), NwcError> {
+        let db = self.lock();
+        db.execute(
+            "INSERT OR REPLACE INTO nwc_invoices
+                (payment_hash, invoice, description, description_hash, amount_msat, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                inv.payment_hash,
+                inv.invoice,
+                inv.description,
+                inv.description_hash,
+                inv.amount_msat as i64,
+                inv.created_at as i64,
+                inv.expires_at as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// An invoice issued through `make_invoice`, by payment hash (hex).
+    pub fn invoice(&self, payment_hash: &str) -> Result<Option<IssuedInvoice>, NwcError> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                "SELECT payment_hash, invoice, description, description_hash, amount_msat, created_at, expires_at
+                 FROM nwc_invoices WHERE payment_hash = ?1",
+                [payment_hash],
+                |r| {
+                    Ok(IssuedInvoice {
+                        payment_hash: r.get(0)?,
+                        invoice: r.get(1)?,
+                        description: r.get(2)?,
+                        description_hash: r.get(3)?,
+                        amount_msat: r.get::<_, i64>(4)? as u64,
+                        created_at: r.get::<_, i64>(5)? as u64,
+                        expires_at: r.get::<_, i64>(6)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+/// An invoice issued through NWC `make_invoice`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedInvoice {
+    /// Payment hash, hex.
+    pub payment_hash: String,
+    /// The BOLT11 string.
+    pub invoice: String,
+    /// Text description, if any.
+    pub description: Option<String>,
+    /// Description hash (hex), if any.
+    pub description_hash: Option<String>,
+    /// Amount in millisatoshis.
+    pub amount_msat: u64,
+    /// Unix time of creation.
+    pub created_at: u64,
+    /// Unix time of expiry.
+    pub expires_at: u64,
+}
+
+fn spent(db: &Connection, conn: &NwcConnection) -> Result<u64, NwcError> {
+    let since = conn.renewal.window_start(conn.created_at, now());
+    let total: i64 = db.query_row(
+        "SELECT COALESCE(SUM(amount_msat), 0) FROM nwc_spends
+         WHERE connection_id = ?1 AND created_at >= ?2",
+        params![conn.id, since as i64],
+        |r| r.get(0),
+    )?;
+    Ok(total as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nwc::BudgetRenewal;
+    use nostr::Keys;
+
+    fn conn(store: &NwcStore, budget: Option<u64>) -> NwcConnection {
+        let app = Keys::generate();
+        let c = NwcConnection {
+            id: 0,
+            name: "t".into(),
+            client_pubkey: app.public_key(),
+            permissions: vec!["pay_invoice".into()],
+            budget_msat: budget,
+            renewal: BudgetRenewal::Daily,
+            max_payment_msat: None,
+            expires_at: None,
+            revoked: false,
+            created_at: 0,
+        };
+        store.insert_connection(&c, app.secret_key()).unwrap()
+    }
+
+    #[test]
+    fn reservations_count_until_released_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nwc.sqlite");
+        let store = NwcStore::open(&path).unwrap();
+        let c = conn(&store, Some(10_000));
+        assert!(store.reserve(&c, "r1", "h1", 6_000).unwrap());
+        assert!(
+            !store.reserve(&c, "r2", "h2", 5_000).unwrap(),
+            "over budget"
+        );
+        assert!(
+            store.reserve(&c, "r3", "h3", 4_000).unwrap(),
+            "exactly fits"
+        );
+        store.release("r3").unwrap();
+        store.settle("r1", 100).unwrap();
+        store.settle("r1", 100).unwrap();
+        assert_eq!(store.spent_in_window(&c).unwrap(), 6_100);
+        // Another connection has its own budget.
+        let other = conn(&store, Some(1_000));
+        assert!(store.reserve(&other, "r4", "h4", 1_000).unwrap());
+        drop(store);
+        let store = NwcStore::open(&path).unwrap();
+        assert_eq!(store.spent_in_window(&c).unwrap(), 6_100);
+        assert!(!store.reserve(&c, "r5", "h5", 4_000).unwrap());
+        // A pending reservation resolved from the Lightning event.
+        assert!(store.reserve(&c, "r6", "h6", 3_000).unwrap());
+        store.resolve_by_hash("h6", None).unwrap();
+        assert_eq!(store.spent_in_window(&c).unwrap(), 6_100);
+        assert!(store.reserve(&c, "r7", "h7", 3_000).unwrap());
+        store.resolve_by_hash("h7", Some(50)).unwrap();
+        store.release("r7").unwrap(); // too late: already settled
+        assert_eq!(store.spent_in_window(&c).unwrap(), 9_150);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+
+    #[test]
+    fn requests_are_claimed_once_and_answered_from_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
+        assert_eq!(store.begin_request("e1", None).unwrap(), RequestState::New);
+        assert_eq!(
+            store.begin_request("e1", None).unwrap(),
+            RequestState::InFlight
+        );
+        store.finish_request("e1", "{\"id\":\"x\"}").unwrap();
+        assert_eq!(
+            store.begin_request("e1", None).unwrap(),
+            RequestState::Answered("{\"id\":\"x\"}".into())
+        );
+        assert_eq!(store.begin_request("e2", None).unwrap(), RequestState::New);
+    }
+
+    #[test]
+    fn revoked_and_expired_connections_are_inactive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
+        let c = conn(&store, None);
+        let t = crate::nwc::now();
+        assert!(store
+            .connection_by_pubkey(&c.client_pubkey)
+            .unwrap()
+            .unwrap()
+            .is_active(t));
+        store.set_expiry(c.id, Some(t)).unwrap();
+        assert!(!store
+            .connection_by_pubkey(&c.client_pubkey)
+            .unwrap()
+            .unwrap()
+            .is_active(t));
+        store.set_expiry(c.id, None).unwrap();
+        assert!(store.revoke(c.id).unwrap());
+        let c = store
+            .connection_by_pubkey(&c.client_pubkey)
+            .unwrap()
+            .unwrap();
+        assert!(c.revoked && !c.is_active(t));
+        assert!(!store.revoke(999).unwrap());
+    }
+}
