@@ -3,24 +3,22 @@
 //! offer, close cooperatively (balances add up) and by force; events are
 //! recorded once and survive a restart.
 
+mod support;
+
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::{Address, Amount, Network};
-use cairn_payments::lightning::{
-    BitcoindRpc, InvoiceDescription, LightningConfig, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS,
-};
-use cairn_payments::Seed;
+use bitcoin::{Address, Amount};
+use cairn_payments::lightning::{InvoiceDescription, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
 use cairn_testchain::TestChain;
 use ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use ldk_node::Event;
+use support::{ln_node, next_event, sync_until, WAIT};
 use tokio::sync::broadcast;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
-const WAIT: Duration = Duration::from_secs(60);
 const FUNDING: u64 = 1_000_000;
 const CHANNEL: u64 = 400_000;
 
@@ -56,73 +54,6 @@ async fn bounded<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
         .context("test timed out")?
 }
 
-fn free_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-fn node(dir: &std::path::Path, chain: &TestChain) -> Result<LightningNode> {
-    let (seed, _) = Seed::load_or_create(dir)?;
-    let cfg = LightningConfig {
-        network: Network::Regtest,
-        data_dir: dir.to_path_buf(),
-        listening_address: free_port()?,
-        bitcoind: BitcoindRpc {
-            host: "127.0.0.1".into(),
-            port: chain.rpc_port(),
-            user: chain.rpc_user().into(),
-            password: chain.rpc_password().into(),
-        },
-    };
-    Ok(LightningNode::build(&cfg, &seed)?)
-}
-
-/// Polls `cond` (syncing both nodes first) until it holds or `WAIT` passes.
-async fn sync_until(
-    what: &str,
-    nodes: &[&LightningNode],
-    mut cond: impl FnMut() -> bool,
-) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        for n in nodes {
-            n.sync_wallets()?;
-        }
-        if cond() {
-            return Ok(());
-        }
-        if start.elapsed() > WAIT {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// Waits for an event matching `pred`, syncing `nodes` meanwhile.
-async fn next_event(
-    what: &str,
-    rx: &mut broadcast::Receiver<Event>,
-    nodes: &[&LightningNode],
-    pred: impl Fn(&Event) -> bool,
-) -> Result<Event> {
-    let start = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-            Ok(Ok(ev)) if pred(&ev) => return Ok(ev),
-            Ok(Ok(ev)) => eprintln!("while waiting for {what}: skipped {ev:?}"),
-            Ok(Err(e)) => bail!("event channel: {e}"),
-            Err(_) => {
-                for n in nodes {
-                    n.sync_wallets()?;
-                }
-            }
-        }
-        if start.elapsed() > WAIT {
-            bail!("timed out waiting for {what}");
-        }
-    }
-}
-
 async fn mine(chain: &TestChain, n: u32) -> Result<()> {
     let to = chain.internal_address().await?;
     chain.mine(n, &to).await?;
@@ -151,8 +82,8 @@ async fn open_pair() -> Result<Pair> {
     let chain = TestChain::start().await?;
     let dir_a = TestDir::new()?;
     let dir_b = TestDir::new()?;
-    let a = node(dir_a.path(), &chain)?;
-    let b = node(dir_b.path(), &chain)?;
+    let a = ln_node(dir_a.path(), &chain)?;
+    let b = ln_node(dir_b.path(), &chain)?;
     ensure!(a.node_id() != b.node_id(), "two seeds, two node ids");
     a.start()?;
     b.start()?;
@@ -380,7 +311,7 @@ async fn two_nodes_open_pay_both_ways_and_close() -> Result<()> {
         // Restart A: nothing is handled twice, the payments are still known.
         a.stop().await?;
         drop(a);
-        let a = node(dir_a.path(), &chain)?;
+        let a = ln_node(dir_a.path(), &chain)?;
         a.start()?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(a.handled_events()?.len(), handled.len());

@@ -3,18 +3,16 @@
 //! and apps played by the `nwc` 0.44 client (NIP-04) and by hand-built
 //! requests (NIP-44, replays, expired requests, unknown encryption).
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::{Amount, Network};
-use cairn_payments::lightning::{
-    BitcoindRpc, InvoiceDescription, LightningConfig, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS,
-};
+use bitcoin::Amount;
+use cairn_payments::lightning::{InvoiceDescription, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
 use cairn_payments::nwc::{BudgetRenewal, NewConnection, NwcService, NwcServiceConfig};
-use cairn_payments::Seed;
 use cairn_testchain::TestChain;
 use ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use ldk_node::Event as LdkEvent;
@@ -27,77 +25,12 @@ use nostr::nips::{nip04, nip44};
 use nostr::{Event, EventBuilder, Filter, Keys, Kind, Tag, TagKind, Timestamp};
 use nostr_sdk::{Client, RelayPoolNotification};
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
+use support::{ln_node, next_event, sync_until, WAIT};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
-const WAIT: Duration = Duration::from_secs(60);
 const NET_WAIT: Duration = Duration::from_secs(15);
 const FUNDING: u64 = 1_000_000;
 const CHANNEL: u64 = 400_000;
-
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn ln_node(dir: &std::path::Path, chain: &TestChain) -> Result<LightningNode> {
-    let (seed, _) = Seed::load_or_create(dir)?;
-    let cfg = LightningConfig {
-        network: Network::Regtest,
-        data_dir: dir.to_path_buf(),
-        listening_address: free_port()?,
-        bitcoind: BitcoindRpc {
-            host: "127.0.0.1".into(),
-            port: chain.rpc_port(),
-            user: chain.rpc_user().into(),
-            password: chain.rpc_password().into(),
-        },
-    };
-    Ok(LightningNode::build(&cfg, &seed)?)
-}
-
-async fn sync_until(
-    what: &str,
-    nodes: &[&LightningNode],
-    mut cond: impl FnMut() -> bool,
-) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        for n in nodes {
-            n.sync_wallets()?;
-        }
-        if cond() {
-            return Ok(());
-        }
-        if start.elapsed() > WAIT {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-async fn next_event(
-    what: &str,
-    rx: &mut broadcast::Receiver<LdkEvent>,
-    nodes: &[&LightningNode],
-    pred: impl Fn(&LdkEvent) -> bool,
-) -> Result<LdkEvent> {
-    let start = Instant::now();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-            Ok(Ok(ev)) if pred(&ev) => return Ok(ev),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => bail!("event channel: {e}"),
-            Err(_) => {
-                for n in nodes {
-                    n.sync_wallets()?;
-                }
-            }
-        }
-        if start.elapsed() > WAIT {
-            bail!("timed out waiting for {what}");
-        }
-    }
-}
 
 /// Opens a confirmed private channel A → B.
 async fn open_channel(chain: &TestChain, a: &LightningNode, b: &LightningNode) -> Result<()> {
