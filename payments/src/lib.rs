@@ -18,6 +18,7 @@
 
 pub mod entropy;
 pub mod events;
+pub mod keyfile;
 pub mod lightning;
 pub mod nwc;
 pub mod wallet;

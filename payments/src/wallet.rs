@@ -17,7 +17,7 @@ use bdk_bitcoind_rpc::Emitter;
 use bdk_wallet::chain::ChainPosition;
 use bdk_wallet::rusqlite::Connection;
 use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, Wallet};
-use bitcoin::{Address, Amount, FeeRate, Network, Transaction, Txid};
+use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, Txid};
 use cairn_identity::anchor::{ChainError, RpcConfig, Seed, SeedError, SeedOrigin};
 
 use crate::fsutil::restrict_to_owner;
@@ -26,6 +26,9 @@ use crate::fsutil::restrict_to_owner;
 pub const PAYMENTS_ACCOUNT: u32 = 0;
 /// Name of the wallet's SQLite file inside the data directory.
 pub const WALLET_DB_FILE_NAME: &str = "payments_wallet.sqlite";
+/// Feerate used with [`FeeChoice::Target`] when the node has no estimate and
+/// none was given: Bitcoin Core's minimum relay feerate.
+pub const DEFAULT_FALLBACK_FEE_RATE: FeeRate = FeeRate::from_sat_per_vb_u32(1);
 
 /// On-chain wallet failures. Messages never contain keys or descriptors.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,9 @@ pub enum WalletError {
     /// Signing did not complete.
     #[error("the wallet could not sign every input")]
     Sign,
+    /// A selected outpoint is not an unspent output of this wallet.
+    #[error("{0} is not an unspent output of this wallet")]
+    UnknownUtxo(OutPoint),
     /// A blocking task panicked or was cancelled.
     #[error("wallet task failed: {0}")]
     Task(String),
@@ -79,6 +85,77 @@ impl WalletBalance {
     pub fn total(&self) -> Amount {
         self.confirmed + self.pending
     }
+}
+
+/// How the fee of a payment is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeChoice {
+    /// An explicit feerate (e.g. from `--fee-rate` in sat/vB).
+    Rate(FeeRate),
+    /// Bitcoin Core's `estimatesmartfee` for confirmation within `blocks`,
+    /// or `fallback` when the node has no estimate yet (a fresh node, regtest).
+    Target {
+        /// Confirmation target in blocks (1–1008).
+        blocks: u16,
+        /// Feerate when there is no estimate.
+        fallback: FeeRate,
+    },
+}
+
+impl FeeChoice {
+    /// A confirmation target with [`DEFAULT_FALLBACK_FEE_RATE`] as fallback.
+    pub fn target(blocks: u16) -> Self {
+        Self::Target {
+            blocks,
+            fallback: DEFAULT_FALLBACK_FEE_RATE,
+        }
+    }
+}
+
+/// How much to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAmount {
+    /// Exactly this much; change goes back to the wallet.
+    Exact(Amount),
+    /// Everything the spendable coins (or the selected ones) hold, minus the
+    /// fee, with no change output ("send max").
+    All,
+}
+
+/// Coin control and fee of a payment, for [`OnchainWallet::send_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The fee.
+    pub fee: FeeChoice,
+    /// When not empty, spend exactly these outputs of the wallet and no
+    /// others (every one is spent, even if fewer would do).
+    pub utxos: Vec<OutPoint>,
+    /// Outputs the wallet must not spend (ignored for those in `utxos`).
+    pub avoid: Vec<OutPoint>,
+}
+
+impl SendOptions {
+    /// The wallet picks the coins; the fee is `fee`.
+    pub fn new(fee: FeeChoice) -> Self {
+        Self {
+            fee,
+            utxos: Vec::new(),
+            avoid: Vec::new(),
+        }
+    }
+}
+
+/// An unspent output of the wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Utxo {
+    /// Where it is.
+    pub outpoint: OutPoint,
+    /// What it holds.
+    pub value: Amount,
+    /// Change (internal keychain) rather than a receive address.
+    pub is_change: bool,
+    /// Block height of the confirmation, `None` while unconfirmed.
+    pub confirmation_height: Option<u32>,
 }
 
 /// One transaction touching the wallet.
@@ -277,12 +354,35 @@ impl OnchainWallet {
         amount: Amount,
         fee_rate: FeeRate,
     ) -> Result<Txid, WalletError> {
+        self.send_with(
+            address,
+            SendAmount::Exact(amount),
+            SendOptions::new(FeeChoice::Rate(fee_rate)),
+        )
+        .await
+    }
+
+    /// Pays `amount` to `address` with coin control (`options.utxos`,
+    /// `options.avoid`) and a chosen fee, broadcasts it and records it as
+    /// pending. Sync first so the wallet knows its coins.
+    pub async fn send_with(
+        &self,
+        address: Address,
+        amount: SendAmount,
+        options: SendOptions,
+    ) -> Result<Txid, WalletError> {
         let network = self.network;
         self.blocking(move |inner, client| {
             if !address.as_unchecked().is_valid_for_network(network) {
                 return Err(WalletError::WrongNetwork(network));
             }
-            let tx = inner.build_signed(&address, amount, fee_rate)?;
+            let fee_rate = match options.fee {
+                FeeChoice::Rate(rate) => rate,
+                FeeChoice::Target { blocks, fallback } => {
+                    estimate_fee_rate(client, blocks)?.unwrap_or(fallback)
+                }
+            };
+            let tx = inner.build_signed(&address, amount, fee_rate, &options)?;
             let txid = client.send_raw_transaction(&tx).map_err(ChainError::from)?;
             let t = inner.tick();
             inner.wallet.apply_unconfirmed_txs([(tx, t)]);
@@ -290,6 +390,34 @@ impl OnchainWallet {
             Ok(txid)
         })
         .await
+    }
+
+    /// The feerate Bitcoin Core estimates for confirmation within `blocks`,
+    /// `None` when it has no estimate.
+    pub async fn estimate_fee_rate(&self, blocks: u16) -> Result<Option<FeeRate>, WalletError> {
+        self.blocking(move |_, client| estimate_fee_rate(client, blocks))
+            .await
+    }
+
+    /// The wallet's unspent outputs (confirmed and unconfirmed), as of the
+    /// last sync, largest first.
+    pub fn utxos(&self) -> Vec<Utxo> {
+        let inner = self.lock();
+        let mut out: Vec<Utxo> = inner
+            .wallet
+            .list_unspent()
+            .map(|o| Utxo {
+                outpoint: o.outpoint,
+                value: o.txout.value,
+                is_change: o.keychain == KeychainKind::Internal,
+                confirmation_height: match o.chain_position {
+                    ChainPosition::Confirmed { anchor, .. } => Some(anchor.block_id.height),
+                    ChainPosition::Unconfirmed { .. } => None,
+                },
+            })
+            .collect();
+        out.sort_by_key(|u| std::cmp::Reverse(u.value));
+        out
     }
 
     /// Every transaction touching the wallet, newest first (unconfirmed on top).
@@ -370,13 +498,41 @@ impl Inner {
     fn build_signed(
         &mut self,
         address: &Address,
-        amount: Amount,
+        amount: SendAmount,
         fee_rate: FeeRate,
+        options: &SendOptions,
     ) -> Result<Transaction, WalletError> {
+        // bdk ignores unknown outpoints in `unspendable` but refuses unknown
+        // ones in `add_utxos`; check first to name the bad one.
+        if let Some(bad) = options
+            .utxos
+            .iter()
+            .find(|op| self.wallet.get_utxo(**op).is_none_or(|o| o.is_spent))
+        {
+            return Err(WalletError::UnknownUtxo(*bad));
+        }
         let mut builder = self.wallet.build_tx();
-        builder
-            .add_recipient(address.script_pubkey(), amount)
-            .fee_rate(fee_rate);
+        builder.fee_rate(fee_rate);
+        if !options.avoid.is_empty() {
+            builder.unspendable(options.avoid.clone());
+        }
+        if !options.utxos.is_empty() {
+            builder
+                .add_utxos(&options.utxos)
+                .map_err(|e| WalletError::Build(e.to_string()))?
+                .manually_selected_only();
+        }
+        match amount {
+            SendAmount::Exact(amount) => {
+                builder.add_recipient(address.script_pubkey(), amount);
+            }
+            SendAmount::All => {
+                builder.drain_to(address.script_pubkey());
+                if options.utxos.is_empty() {
+                    builder.drain_wallet();
+                }
+            }
+        }
         let mut psbt = builder
             .finish()
             .map_err(|e| WalletError::Build(e.to_string()))?;
@@ -394,6 +550,19 @@ impl Inner {
     }
 }
 
+/// `estimatesmartfee` (economical mode, as Core's wallet defaults to).
+fn estimate_fee_rate(client: &Client, blocks: u16) -> Result<Option<FeeRate>, WalletError> {
+    let est = client
+        .estimate_smart_fee(blocks, None)
+        .map_err(ChainError::from)?;
+    Ok(est.fee_rate.map(fee_rate_from_btc_per_kvb))
+}
+
+/// Bitcoin Core reports feerates in BTC per 1,000 vB; 1 vB is 4 weight units.
+fn fee_rate_from_btc_per_kvb(per_kvb: Amount) -> FeeRate {
+    FeeRate::from_sat_per_kwu(per_kvb.to_sat() / 4)
+}
+
 fn open_private(path: &Path) -> Result<Connection, WalletError> {
     let conn = Connection::open(path).map_err(store_err)?;
     restrict_to_owner(path).map_err(|source| WalletError::Io {
@@ -401,4 +570,19 @@ fn open_private(path: &Path) -> Result<Connection, WalletError> {
         source,
     })?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_feerates_convert_to_sat_per_vb() {
+        // 0.00002 BTC/kvB = 2,000 sat per 1,000 vB = 2 sat/vB.
+        let rate = fee_rate_from_btc_per_kvb(Amount::from_sat(2_000));
+        assert_eq!(rate.to_sat_per_vb_floor(), 2);
+        assert_eq!(rate.to_sat_per_kwu(), 500);
+        let rate = fee_rate_from_btc_per_kvb(Amount::from_sat(12_345));
+        assert_eq!(rate.to_sat_per_vb_ceil(), 13);
+    }
 }

@@ -8,14 +8,14 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::Amount;
 use cairn_payments::lightning::{InvoiceDescription, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
-use cairn_payments::nwc::{BudgetRenewal, NewConnection, NwcService, NwcServiceConfig};
+use cairn_payments::nwc::{
+    BudgetRenewal, NewConnection, NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION,
+};
 use cairn_testchain::TestChain;
 use ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
-use ldk_node::Event as LdkEvent;
 use nostr::nips::nip44::Version;
 use nostr::nips::nip47::{
     LookupInvoiceRequest, MakeInvoiceRequest, NostrWalletConnectURI, PayInvoiceRequest,
@@ -25,64 +25,12 @@ use nostr::nips::{nip04, nip44};
 use nostr::{Event, EventBuilder, Filter, Keys, Kind, Tag, TagKind, Timestamp};
 use nostr_sdk::{Client, RelayPoolNotification};
 use serde_json::{json, Value};
-use support::{ln_node, next_event, sync_until, WAIT};
+use support::{ln_node, open_channel, sync_until, WAIT};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 const NET_WAIT: Duration = Duration::from_secs(15);
 const FUNDING: u64 = 1_000_000;
 const CHANNEL: u64 = 400_000;
-
-/// Opens a confirmed private channel A → B.
-async fn open_channel(chain: &TestChain, a: &LightningNode, b: &LightningNode) -> Result<()> {
-    let mut ev_a = a.subscribe();
-    let mut ev_b = b.subscribe();
-    for n in [a, b] {
-        chain
-            .fund(&n.funding_address()?, Amount::from_sat(FUNDING))
-            .await?;
-    }
-    sync_until("on-chain funds", &[a, b], || {
-        a.balances().spendable_onchain_balance_sats == FUNDING
-            && b.balances().spendable_onchain_balance_sats == FUNDING
-    })
-    .await?;
-    a.open_channel(
-        b.node_id(),
-        b.listening_address().context("B listens")?,
-        CHANNEL,
-        None,
-    )?;
-    next_event("ChannelPending", &mut ev_a, &[], |e| {
-        matches!(e, LdkEvent::ChannelPending { .. })
-    })
-    .await?;
-    let start = Instant::now();
-    while chain
-        .rpc("getrawmempool", vec![])
-        .await?
-        .as_array()
-        .map_or(0, |m| m.len())
-        == 0
-    {
-        ensure!(start.elapsed() < WAIT, "funding tx never broadcast");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let to = chain.internal_address().await?;
-    chain.mine(6, &to).await?;
-    next_event("ChannelReady on A", &mut ev_a, &[a, b], |e| {
-        matches!(e, LdkEvent::ChannelReady { .. })
-    })
-    .await?;
-    next_event("ChannelReady on B", &mut ev_b, &[a, b], |e| {
-        matches!(e, LdkEvent::ChannelReady { .. })
-    })
-    .await?;
-    sync_until("usable channel", &[a, b], || {
-        a.list_channels().iter().any(|c| c.is_usable)
-            && b.list_channels().iter().any(|c| c.is_usable)
-    })
-    .await
-}
 
 /// An app speaking raw NIP-47 over nostr-sdk: builds, signs and publishes
 /// requests itself, so it can pick the encryption, add tags and replay.
@@ -108,6 +56,17 @@ impl RawApp {
 
     /// A signed request event; `enc` is the `encryption` tag value (`None`: no tag).
     fn request(&self, body: &Value, enc: Option<&str>, extra: Vec<Tag>) -> Result<Event> {
+        self.request_at(body, enc, extra, Timestamp::now())
+    }
+
+    /// Like [`Self::request`], dated `created_at`.
+    fn request_at(
+        &self,
+        body: &Value,
+        enc: Option<&str>,
+        extra: Vec<Tag>,
+        created_at: Timestamp,
+    ) -> Result<Event> {
         let plain = body.to_string();
         let content = match enc {
             Some("nip44_v2") => {
@@ -122,6 +81,7 @@ impl RawApp {
         tags.extend(extra);
         Ok(EventBuilder::new(Kind::WalletConnectRequest, content)
             .tags(tags)
+            .custom_created_at(created_at)
             .sign_with_keys(&self.keys)?)
     }
 
@@ -239,7 +199,7 @@ async fn run() -> Result<()> {
     let b = ln_node(dir_b.path(), &chain)?;
     a.start()?;
     b.start()?;
-    open_channel(&chain, &a, &b).await?;
+    open_channel(&chain, &a, &b, FUNDING, CHANNEL).await?;
 
     let relay = cairn_node::start(cairn_node::Settings {
         bind: "127.0.0.1:0".parse()?,
@@ -505,6 +465,36 @@ async fn run() -> Result<()> {
     assert_eq!(a_outbound(&a), outbound, "expired request never paid");
     assert_eq!(b_received(&b, &inv.payment_hash().to_byte_array()), 0);
 
+    // --- outside the replay record's reach: a request dated before the
+    // retention window (its id may have been pruned) or too far ahead (it
+    // would outlive the window) is never executed ---
+    let inv = invoice(&b, 1_000, "too old")?;
+    let now_s = Timestamp::now().as_secs();
+    for created_at in [
+        now_s - REQUEST_RETENTION.as_secs() - 60,
+        now_s + MAX_CLOCK_SKEW.as_secs() + 60,
+    ] {
+        let req = app1.request_at(
+            &json!({"method": "pay_invoice", "params": {"invoice": inv.to_string()}}),
+            Some("nip44_v2"),
+            vec![],
+            Timestamp::from(created_at),
+        )?;
+        assert!(service.handle_request(&req).await.is_none());
+    }
+    assert_eq!(a_outbound(&a), outbound, "stale requests never paid");
+    assert_eq!(b_received(&b, &inv.payment_hash().to_byte_array()), 0);
+    // Slightly old but inside the window: executed.
+    let req = app1.request_at(
+        &json!({"method": "pay_invoice", "params": {"invoice": inv.to_string()}}),
+        Some("nip44_v2"),
+        vec![],
+        Timestamp::from(now_s - 3_600),
+    )?;
+    let resp = service.handle_request(&req).await.context("answered")?;
+    assert!(app1.decrypt(&resp)?["result"]["preimage"].is_string());
+    assert_eq!(b_received(&b, &inv.payment_hash().to_byte_array()), 1);
+
     // --- budget and per-payment maximum ---
     let (c2, uri2) = service.create_connection(NewConnection {
         name: "small".into(),
@@ -629,7 +619,7 @@ async fn run() -> Result<()> {
     let txs = body["result"]["transactions"]
         .as_array()
         .context("transactions")?;
-    assert_eq!(txs.len(), 4, "{body}"); // 1_000 + 1_500 + 2_000 (c1) + 3_000 (c2)
+    assert_eq!(txs.len(), 5, "{body}"); // 1_000 + 1_500 + 2_000 + 1_000 (c1) + 3_000 (c2)
     assert!(txs
         .iter()
         .all(|t| t["state"] == "settled" && t["type"] == "outgoing"));

@@ -103,7 +103,45 @@ pub trait WalletBackend: Send + Sync + 'static {
     async fn balance_msat(&self) -> Result<u64, BackendError>;
     /// Node public key (hex) and network name.
     fn info(&self) -> (String, String);
+
+    /// The outcome of an outgoing payment with `payment_hash` (hex) sent
+    /// earlier, possibly before a restart, waiting up to `wait` while it is
+    /// pending. `Ok(None)` when the wallet never sent one (so paying now
+    /// cannot pay twice); `Err(Pending)` when it is still in flight.
+    async fn sent_payment_outcome(
+        &self,
+        payment_hash: &str,
+        wait: Duration,
+    ) -> Result<Option<PaymentOutcome>, BackendError> {
+        let start = tokio::time::Instant::now();
+        loop {
+            match self.lookup(payment_hash).await? {
+                Some(tx) if !tx.incoming => match tx.status {
+                    PaymentStatus::Succeeded => {
+                        return Ok(Some(PaymentOutcome {
+                            preimage: tx.preimage.unwrap_or_default(),
+                            fee_msat: tx.fee_msat,
+                        }))
+                    }
+                    PaymentStatus::Failed => {
+                        return Err(BackendError::PaymentFailed(
+                            "no route or the recipient refused".into(),
+                        ))
+                    }
+                    PaymentStatus::Pending if start.elapsed() >= wait => {
+                        return Err(BackendError::Pending)
+                    }
+                    PaymentStatus::Pending => {}
+                },
+                _ => return Ok(None),
+            }
+            tokio::time::sleep(OUTCOME_POLL_INTERVAL).await;
+        }
+    }
 }
+
+/// How often [`WalletBackend::sent_payment_outcome`] looks at a pending payment.
+const OUTCOME_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 fn to_wallet_tx(p: &PaymentDetails) -> Option<WalletTx> {
     let PaymentKind::Bolt11 { hash, preimage, .. } = &p.kind else {

@@ -12,7 +12,14 @@
 //! - [`NwcStore`] keeps connections (permissions, budget with renewal period,
 //!   per-payment maximum, expiry, revocation), budget reservations and every
 //!   handled request id with its response, so a replayed request is answered
-//!   with the stored response and never executed twice.
+//!   with the stored response and never executed twice. Request ids are kept
+//!   for [`REQUEST_RETENTION`]; older requests are refused as expired, so a
+//!   pruned id cannot be replayed.
+//! - A request cut short by a restart (seen, never answered) is resumed when
+//!   it is replayed: the wallet's payment record says whether the invoice was
+//!   already paid, so it is never paid twice, and the reply carries the final
+//!   outcome. On start, reservations left open are settled or released from
+//!   that record.
 //! - [`WalletBackend`] is the small interface to the wallet, implemented for
 //!   [`crate::lightning::LightningNode`].
 
@@ -25,7 +32,10 @@ use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use backend::{BackendError, IncomingInvoice, PaymentOutcome, WalletBackend, WalletTx};
-pub use service::{NwcService, NwcServiceConfig, SERVICE_KEY_FILE_NAME, STORE_FILE_NAME};
+pub use service::{
+    NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION, SERVICE_KEY_FILE_NAME,
+    STORE_FILE_NAME,
+};
 pub use store::{IssuedInvoice, NwcStore, RequestState};
 
 /// Methods this service implements, as NIP-47 names them.

@@ -1,7 +1,9 @@
 //! The NWC service: relay I/O, request handling and notifications.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bitcoin::hashes::Hash as _;
 use ldk_node::lightning_invoice::Bolt11Invoice;
@@ -22,15 +24,15 @@ use nostr::{
 use nostr_sdk::{Client, RelayPoolNotification};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::backend::{BackendError, WalletBackend, WalletTx};
+use super::backend::{BackendError, WalletBackend, WalletTx, DEFAULT_PAYMENT_TIMEOUT};
 use super::store::{IssuedInvoice, NwcStore, RequestState};
 use super::{
     now, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS, SUPPORTED_NOTIFICATIONS,
 };
-use crate::fsutil::restrict_to_owner;
+use crate::keyfile::KeyFileError;
 use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS};
 
 /// File of the wallet-service secret key (hex), in the data directory.
@@ -40,7 +42,17 @@ pub const STORE_FILE_NAME: &str = "nwc.sqlite";
 /// Kind of NIP-44 notifications (nostr 0.44 names only the NIP-04 one, 23196).
 const NOTIFICATION_KIND_NIP44: u16 = 23197;
 /// How long `start` waits for the relay connection.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long handled request ids are kept for replay protection. Requests
+/// whose `created_at` is older are refused as expired, so a pruned id can
+/// never be executed again.
+pub const REQUEST_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// How far in the future a request's `created_at` may be. Bounding it keeps
+/// the retention argument sound: a request is pruned only once its
+/// `created_at` is older than [`REQUEST_RETENTION`] for sure.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(600);
+/// How often the service prunes handled request ids.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3_600);
 
 /// Where the service keeps its files and which relay it uses.
 #[derive(Debug, Clone)]
@@ -63,6 +75,26 @@ struct Inner<B> {
     backend: Arc<B>,
     relay_url: RelayUrl,
     client: Client,
+    /// Request ids this process is executing right now. A request the
+    /// database marks in flight but that is not here was cut short by a
+    /// restart: its replay resumes it instead of being ignored.
+    active: Mutex<HashSet<String>>,
+}
+
+/// Removes a request id from [`Inner::active`] when its handler ends, also
+/// when the handler is aborted (the service stopped mid-payment).
+struct ActiveGuard<'a> {
+    active: &'a Mutex<HashSet<String>>,
+    id: String,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// The NIP-47 wallet service over a [`WalletBackend`].
@@ -81,35 +113,10 @@ impl<B: WalletBackend> std::fmt::Debug for NwcService<B> {
 }
 
 fn load_or_create_key(path: &Path) -> Result<Keys, NwcError> {
-    let io = |source| NwcError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let sk = SecretKey::from_hex(text.trim())
-                .map_err(|_| NwcError::BadServiceKey(path.to_path_buf()))?;
-            restrict_to_owner(path).map_err(io)?;
-            Ok(Keys::new(sk))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write as _;
-            let keys = Keys::generate();
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                opts.mode(0o600);
-            }
-            let mut f = opts.open(path).map_err(io)?;
-            f.write_all(keys.secret_key().to_secret_hex().as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(io)?;
-            Ok(keys)
-        }
-        Err(e) => Err(io(e)),
-    }
+    crate::keyfile::load_or_create_keys(path).map_err(|e| match e {
+        KeyFileError::Io { path, source } => NwcError::Io { path, source },
+        KeyFileError::Invalid(path) => NwcError::BadServiceKey(path),
+    })
 }
 
 fn nip47_error(code: ErrorCode, message: impl Into<String>) -> NIP47Error {
@@ -135,6 +142,7 @@ impl<B: WalletBackend> NwcService<B> {
                 backend,
                 relay_url,
                 client,
+                active: Mutex::new(HashSet::new()),
             }),
             tasks: Mutex::new(Vec::new()),
         })
@@ -223,6 +231,10 @@ impl<B: WalletBackend> NwcService<B> {
     /// service, publishes the info event and starts answering.
     pub async fn start(&self) -> Result<(), NwcError> {
         let inner = &self.inner;
+        // Before any request is handled: settle or release what an earlier
+        // run left reserved, and forget request ids past the retention.
+        inner.reconcile_reservations().await;
+        inner.prune();
         inner.client.add_relay(inner.relay_url.clone()).await?;
         inner
             .client
@@ -237,7 +249,12 @@ impl<B: WalletBackend> NwcService<B> {
         inner.client.send_event(&self.info_event()?).await?;
         let me = Arc::clone(inner);
         let task = tokio::spawn(async move {
+            // Request handlers live in this set, so stopping the service
+            // (aborting this task) aborts them too instead of leaving them
+            // running against a wallet that is shutting down.
+            let mut handlers = JoinSet::new();
             loop {
+                while handlers.try_join_next().is_some() {}
                 match notifications.recv().await {
                     Ok(RelayPoolNotification::Event { event, .. })
                         if event.kind == Kind::WalletConnectRequest =>
@@ -245,7 +262,7 @@ impl<B: WalletBackend> NwcService<B> {
                         let me = Arc::clone(&me);
                         // One task per request: a slow payment must not hold
                         // up get_balance from another app.
-                        tokio::spawn(async move {
+                        handlers.spawn(async move {
                             if let Some(resp) = me.handle_request(&event).await {
                                 if let Err(e) = me.client.send_event(&resp).await {
                                     warn!(error = %e, "cannot publish an NWC response");
@@ -262,10 +279,19 @@ impl<B: WalletBackend> NwcService<B> {
                 }
             }
         });
+        let me = Arc::clone(inner);
+        let pruner = tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_INTERVAL);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                me.prune();
+            }
+        });
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+            .extend([task, pruner]);
         info!(pubkey = %inner.keys.public_key(), relay = %inner.relay_url, "NWC service started");
         Ok(())
     }
@@ -277,6 +303,9 @@ impl<B: WalletBackend> NwcService<B> {
     pub fn spawn_notifications(&self, mut events: broadcast::Receiver<LdkEvent>) {
         let me = Arc::clone(&self.inner);
         let task = tokio::spawn(async move {
+            // Outcomes that arrived before `events` was subscribed (e.g.
+            // right after the node restarted) are only in the payment record.
+            me.reconcile_reservations().await;
             loop {
                 let (kind, hash) = match events.recv().await {
                     Ok(LdkEvent::PaymentReceived { payment_hash, .. }) => {
@@ -348,12 +377,63 @@ impl<B: WalletBackend> NwcService<B> {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             t.abort();
+            // Wait until it is gone, so that no task holds the wallet after
+            // `stop` returns (the caller may stop the node next).
+            let _ = t.await;
         }
         self.inner.client.shutdown().await;
     }
 }
 
 impl<B: WalletBackend> Inner<B> {
+    /// Resolves the budget reservations an earlier run left open from the
+    /// wallet's payment record: settled when the payment succeeded, released
+    /// when it failed or was never sent; still-pending ones stay reserved
+    /// (the Lightning event or a replay of the request resolves them).
+    async fn reconcile_reservations(&self) {
+        let pending = match self.store.pending_reservations() {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot list NWC reservations");
+                return;
+            }
+        };
+        for (request_id, hash) in pending {
+            let handled_now = self
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&request_id);
+            if handled_now {
+                // Its handler (in this process) resolves it.
+                continue;
+            }
+            let done = match self
+                .backend
+                .sent_payment_outcome(&hash, Duration::ZERO)
+                .await
+            {
+                Ok(Some(o)) => self.store.settle(&request_id, o.fee_msat),
+                // The process stopped between reserving and sending.
+                Ok(None) | Err(BackendError::PaymentFailed(_)) => self.store.release(&request_id),
+                Err(_) => Ok(()),
+            };
+            if let Err(e) = done {
+                warn!(error = %e, "cannot resolve an NWC reservation");
+            }
+        }
+    }
+
+    /// Forgets handled request ids that no acceptable request can carry any more.
+    fn prune(&self) {
+        let horizon = REQUEST_RETENTION.as_secs() + MAX_CLOCK_SKEW.as_secs();
+        match self.store.prune_requests(now().saturating_sub(horizon)) {
+            Ok(0) => {}
+            Ok(n) => debug!(pruned = n, "pruned old NWC request ids"),
+            Err(e) => warn!(error = %e, "cannot prune NWC request ids"),
+        }
+    }
+
     fn encrypt(&self, enc: Encryption, to: &PublicKey, plain: &str) -> Option<String> {
         let sk = self.keys.secret_key();
         match enc {
@@ -387,6 +467,17 @@ impl<B: WalletBackend> Inner<B> {
             debug!(id = %event.id, "NWC request expired; not executed");
             return None;
         }
+        let t = now();
+        let created = event.created_at.as_secs();
+        if created.saturating_add(REQUEST_RETENTION.as_secs()) < t
+            || created > t.saturating_add(MAX_CLOCK_SKEW.as_secs())
+        {
+            // Older than the replay record reaches back (or dated so far
+            // ahead that it would outlive it): executing it could repeat a
+            // request whose id was already pruned.
+            debug!(id = %event.id, "NWC request outside the accepted time window; not executed");
+            return None;
+        }
         // No tag means a NIP-04 client (NIP-47 before the encryption tag).
         let requested: Option<Vec<String>> = event
             .tags
@@ -415,30 +506,49 @@ impl<B: WalletBackend> Inner<B> {
                 return None;
             }
         };
-        match self
-            .store
-            .begin_request(&request_id, conn.as_ref().map(|c| c.id))
-        {
-            Ok(RequestState::New) => {}
-            Ok(RequestState::Answered(json)) => {
-                debug!(id = %request_id, "replayed NWC request; answering from the record");
-                return Event::from_json(json).ok();
-            }
-            Ok(RequestState::InFlight) => return None,
-            Err(e) => {
-                warn!(error = %e, "NWC store unavailable");
-                return None;
-            }
-        }
+        let (_guard, resume) = {
+            // Claim in the database and in memory under one lock, so two
+            // copies of a request cannot both decide they are the first.
+            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let resume = match self
+                .store
+                .begin_request(&request_id, conn.as_ref().map(|c| c.id))
+            {
+                Ok(RequestState::New) => false,
+                Ok(RequestState::Answered(json)) => {
+                    debug!(id = %request_id, "replayed NWC request; answering from the record");
+                    return Event::from_json(json).ok();
+                }
+                Ok(RequestState::InFlight) if active.contains(&request_id) => return None,
+                Ok(RequestState::InFlight) => {
+                    // Seen before but never answered: an earlier run stopped
+                    // while handling it, or its payment was still pending.
+                    debug!(id = %request_id, "resuming an unanswered NWC request");
+                    true
+                }
+                Err(e) => {
+                    warn!(error = %e, "NWC store unavailable");
+                    return None;
+                }
+            };
+            active.insert(request_id.clone());
+            (
+                ActiveGuard {
+                    active: &self.active,
+                    id: request_id.clone(),
+                },
+                resume,
+            )
+        };
 
-        let (enc, body) = match enc {
+        let (enc, body, settled) = match enc {
             Ok(enc) => {
                 let Some(plain) = self.decrypt(enc, &event.pubkey, &event.content) else {
                     debug!(id = %request_id, "undecryptable NWC request");
                     return None;
                 };
-                let body = self.execute(event, conn.as_ref(), &plain).await;
-                (enc, body)
+                let (body, settled) = self.execute(event, conn.as_ref(), &plain, resume).await;
+                (enc, body, settled)
             }
             Err(()) => {
                 // Unknown scheme: answer in NIP-44, the scheme NIP-47 prefers.
@@ -454,7 +564,7 @@ impl<B: WalletBackend> Inner<B> {
                 );
                 let mut body = error_body(&method, &err);
                 body["error"]["code"] = json!("UNSUPPORTED_ENCRYPTION");
-                (Encryption::Nip44, body)
+                (Encryption::Nip44, body, true)
             }
         };
 
@@ -463,14 +573,27 @@ impl<B: WalletBackend> Inner<B> {
             .tags([Tag::public_key(event.pubkey), Tag::event(event.id)])
             .sign_with_keys(&self.keys)
             .ok()?;
-        if let Err(e) = self.store.finish_request(&request_id, &response.as_json()) {
-            warn!(error = %e, "cannot record an NWC response");
+        // A payment still in flight is answered "pending" but not recorded:
+        // a replay of the request then reports the final outcome (without
+        // paying again) instead of the stale "pending".
+        if settled {
+            if let Err(e) = self.store.finish_request(&request_id, &response.as_json()) {
+                warn!(error = %e, "cannot record an NWC response");
+            }
         }
         Some(response)
     }
 
-    /// Runs the decrypted request and returns the response body.
-    async fn execute(&self, event: &Event, conn: Option<&NwcConnection>, plain: &str) -> Value {
+    /// Runs the decrypted request and returns the response body and whether
+    /// it is final (`false` only for a payment whose outcome is unknown).
+    /// `resume`: the request was seen by an earlier run that did not answer it.
+    async fn execute(
+        &self,
+        event: &Event,
+        conn: Option<&NwcConnection>,
+        plain: &str,
+        resume: bool,
+    ) -> (Value, bool) {
         let raw: Value = serde_json::from_str(plain).unwrap_or(Value::Null);
         let method_name = raw
             .get("method")
@@ -478,40 +601,57 @@ impl<B: WalletBackend> Inner<B> {
             .unwrap_or("")
             .to_owned();
         let Some(conn) = conn.filter(|c| c.is_active(now())) else {
-            return error_body(
-                &method_name,
-                &nip47_error(
-                    ErrorCode::Unauthorized,
-                    "no active wallet connection for this key",
+            return (
+                error_body(
+                    &method_name,
+                    &nip47_error(
+                        ErrorCode::Unauthorized,
+                        "no active wallet connection for this key",
+                    ),
                 ),
+                true,
             );
         };
         if !SUPPORTED_METHODS.contains(&method_name.as_str()) {
-            return error_body(
-                &method_name,
-                &nip47_error(ErrorCode::NotImplemented, "method not implemented"),
+            return (
+                error_body(
+                    &method_name,
+                    &nip47_error(ErrorCode::NotImplemented, "method not implemented"),
+                ),
+                true,
             );
         }
         if !conn.allows(&method_name) {
-            return error_body(
-                &method_name,
-                &nip47_error(
-                    ErrorCode::Restricted,
-                    "this connection may not use this method",
+            return (
+                error_body(
+                    &method_name,
+                    &nip47_error(
+                        ErrorCode::Restricted,
+                        "this connection may not use this method",
+                    ),
                 ),
+                true,
             );
         }
         let request = match Request::from_value(raw) {
             Ok(r) => r,
             Err(e) => {
-                return error_body(
-                    &method_name,
-                    &nip47_error(ErrorCode::Other, format!("bad request: {e}")),
+                return (
+                    error_body(
+                        &method_name,
+                        &nip47_error(ErrorCode::Other, format!("bad request: {e}")),
+                    ),
+                    true,
                 )
             }
         };
+        let mut settled = true;
         let result = match request.params {
-            RequestParams::PayInvoice(p) => self.pay_invoice(conn, &event.id.to_hex(), p).await,
+            RequestParams::PayInvoice(p) => {
+                let (result, known) = self.pay_invoice(conn, &event.id.to_hex(), p, resume).await;
+                settled = known;
+                result
+            }
             RequestParams::MakeInvoice(p) => self.make_invoice(p).await,
             RequestParams::LookupInvoice(p) => self.lookup_invoice(p).await,
             RequestParams::ListTransactions(p) => self.list_transactions(p).await,
@@ -527,65 +667,111 @@ impl<B: WalletBackend> Inner<B> {
                 "method not implemented",
             )),
         };
-        match result {
+        let body = match result {
             Ok(r) => json!({ "result_type": method_name, "result": r }),
             Err(e) => error_body(&method_name, &e),
-        }
+        };
+        (body, settled)
     }
 
+    /// Pays (or, for a resumed request, finds the outcome of) an invoice.
+    /// The flag is `false` when the outcome is still unknown.
     async fn pay_invoice(
         &self,
         conn: &NwcConnection,
         request_id: &str,
         p: PayInvoiceRequest,
-    ) -> Result<ResponseResult, NIP47Error> {
-        let invoice: Bolt11Invoice = p
-            .invoice
-            .trim()
-            .parse()
-            .map_err(|_| nip47_error(ErrorCode::Other, "not a BOLT11 invoice"))?;
-        let amount = invoice
-            .amount_milli_satoshis()
-            .or(p.amount)
-            .ok_or_else(|| nip47_error(ErrorCode::Other, "invoice has no amount; give one"))?;
+        resume: bool,
+    ) -> (Result<ResponseResult, NIP47Error>, bool) {
+        let invoice: Bolt11Invoice = match p.invoice.trim().parse() {
+            Ok(i) => i,
+            Err(_) => {
+                return (
+                    Err(nip47_error(ErrorCode::Other, "not a BOLT11 invoice")),
+                    true,
+                )
+            }
+        };
+        let Some(amount) = invoice.amount_milli_satoshis().or(p.amount) else {
+            return (
+                Err(nip47_error(
+                    ErrorCode::Other,
+                    "invoice has no amount; give one",
+                )),
+                true,
+            );
+        };
         if conn.max_payment_msat.is_some_and(|max| amount > max) {
-            return Err(nip47_error(
-                ErrorCode::QuotaExceeded,
-                "payment is above this connection's per-payment maximum",
-            ));
+            return (
+                Err(nip47_error(
+                    ErrorCode::QuotaExceeded,
+                    "payment is above this connection's per-payment maximum",
+                )),
+                true,
+            );
         }
         let payment_hash = hex::encode(invoice.payment_hash().to_byte_array());
-        match self.store.reserve(conn, request_id, &payment_hash, amount) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(nip47_error(
-                    ErrorCode::QuotaExceeded,
-                    "payment would exceed this connection's budget",
-                ))
+        // A resumed request may have paid before the restart: the wallet's
+        // own payment record decides, so the invoice is never paid twice.
+        let earlier = if resume {
+            match self
+                .backend
+                .sent_payment_outcome(&payment_hash, DEFAULT_PAYMENT_TIMEOUT)
+                .await
+            {
+                Ok(None) => None,
+                other => Some(other),
             }
-            Err(e) => return Err(nip47_error(ErrorCode::Internal, e.to_string())),
-        }
-        let outcome = self
-            .backend
-            .pay_invoice(
-                &invoice,
-                invoice.amount_milli_satoshis().is_none().then_some(amount),
-            )
-            .await;
+        } else {
+            None
+        };
+        let outcome = match earlier {
+            Some(known) => known.and_then(|o| o.ok_or(BackendError::Pending)),
+            None => {
+                match self.store.reserve(conn, request_id, &payment_hash, amount) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return (
+                            Err(nip47_error(
+                                ErrorCode::QuotaExceeded,
+                                "payment would exceed this connection's budget",
+                            )),
+                            true,
+                        )
+                    }
+                    Err(e) => return (Err(nip47_error(ErrorCode::Internal, e.to_string())), true),
+                }
+                self.backend
+                    .pay_invoice(
+                        &invoice,
+                        invoice.amount_milli_satoshis().is_none().then_some(amount),
+                    )
+                    .await
+            }
+        };
         let bookkeeping = match &outcome {
             Ok(o) => self.store.settle(request_id, o.fee_msat),
-            // Unknown outcome: the money may still move, so it stays reserved.
-            Err(BackendError::Pending) => Ok(()),
-            Err(_) => self.store.release(request_id),
+            Err(BackendError::PaymentFailed(_) | BackendError::BadRequest(_)) => {
+                self.store.release(request_id)
+            }
+            // Unknown outcome (still pending, or the wallet could not say):
+            // the money may still move, so it stays reserved.
+            Err(BackendError::Pending | BackendError::Internal(_)) => Ok(()),
         };
         if let Err(e) = bookkeeping {
             warn!(error = %e, "NWC budget bookkeeping failed");
         }
-        let o = outcome.map_err(backend_error)?;
-        Ok(ResponseResult::PayInvoice(PayInvoiceResponse {
-            preimage: o.preimage,
-            fees_paid: Some(o.fee_msat),
-        }))
+        let known = matches!(
+            outcome,
+            Ok(_) | Err(BackendError::PaymentFailed(_) | BackendError::BadRequest(_))
+        );
+        let result = outcome.map_err(backend_error).map(|o| {
+            ResponseResult::PayInvoice(PayInvoiceResponse {
+                preimage: o.preimage,
+                fees_paid: Some(o.fee_msat),
+            })
+        });
+        (result, known)
     }
 
     async fn make_invoice(&self, p: MakeInvoiceRequest) -> Result<ResponseResult, NIP47Error> {

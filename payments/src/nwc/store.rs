@@ -218,6 +218,18 @@ impl NwcStore {
     ) -> Result<bool, NwcError> {
         let mut db = self.lock();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A request resumed after a restart already holds its reservation
+        // (or its settled spend): it must not count twice.
+        let held: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM nwc_spends WHERE request_id = ?1",
+                [request_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if held.is_some() {
+            return Ok(true);
+        }
         if let Some(budget) = conn.budget_msat {
             let used = spent(&tx, conn)?;
             if used.saturating_add(amount_msat) > budget {
@@ -279,6 +291,43 @@ impl NwcStore {
             )?,
         };
         Ok(())
+    }
+
+    /// Reservations whose payment outcome is not recorded yet, as
+    /// `(request_id, payment_hash)`; oldest first.
+    pub fn pending_reservations(&self) -> Result<Vec<(String, String)>, NwcError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT request_id, payment_hash FROM nwc_spends
+             WHERE state = 'reserved' ORDER BY created_at, rowid",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The state (`"reserved"` or `"settled"`) and amount (msat) of the
+    /// spend recorded for request `request_id`, if any.
+    pub fn spend(&self, request_id: &str) -> Result<Option<(String, u64)>, NwcError> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                "SELECT state, amount_msat FROM nwc_spends WHERE request_id = ?1",
+                [request_id],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    /// Forgets the handled requests first seen before unix time
+    /// `seen_before`; returns how many. Only safe together with refusing
+    /// requests whose `created_at` is that old (see `NwcService`), or a
+    /// pruned request could be replayed and executed again.
+    pub fn prune_requests(&self, seen_before: u64) -> Result<usize, NwcError> {
+        let db = self.lock();
+        Ok(db.execute(
+            "DELETE FROM nwc_requests WHERE created_at < ?1",
+            [seen_before as i64],
+        )?)
     }
 
     /// Claims request `event_id` for execution, or reports that it was seen.
@@ -476,6 +525,53 @@ mod tests {
             RequestState::Answered("{\"id\":\"x\"}".into())
         );
         assert_eq!(store.begin_request("e2", None).unwrap(), RequestState::New);
+    }
+
+    #[test]
+    fn old_requests_are_pruned_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
+        store.begin_request("old", None).unwrap();
+        store.finish_request("old", "{}").unwrap();
+        store.begin_request("recent", None).unwrap();
+        store.finish_request("recent", "{}").unwrap();
+        let t = crate::nwc::now();
+        store
+            .lock()
+            .execute(
+                "UPDATE nwc_requests SET created_at = ?1 WHERE event_id = 'old'",
+                [(t - 100) as i64],
+            )
+            .unwrap();
+        assert_eq!(store.prune_requests(t - 50).unwrap(), 1);
+        assert_eq!(store.begin_request("old", None).unwrap(), RequestState::New);
+        assert_eq!(
+            store.begin_request("recent", None).unwrap(),
+            RequestState::Answered("{}".into())
+        );
+        assert_eq!(store.prune_requests(t - 50).unwrap(), 0);
+    }
+
+    #[test]
+    fn reserving_again_for_the_same_request_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
+        let c = conn(&store, Some(10_000));
+        assert!(store.reserve(&c, "r1", "h1", 6_000).unwrap());
+        assert!(
+            store.reserve(&c, "r1", "h1", 6_000).unwrap(),
+            "already held"
+        );
+        assert_eq!(store.spent_in_window(&c).unwrap(), 6_000);
+        assert_eq!(
+            store.pending_reservations().unwrap(),
+            vec![("r1".to_string(), "h1".to_string())]
+        );
+        assert_eq!(store.spend("r1").unwrap(), Some(("reserved".into(), 6_000)));
+        store.settle("r1", 10).unwrap();
+        assert!(store.pending_reservations().unwrap().is_empty());
+        assert_eq!(store.spend("r1").unwrap(), Some(("settled".into(), 6_010)));
+        assert_eq!(store.spend("r2").unwrap(), None);
     }
 
     #[test]

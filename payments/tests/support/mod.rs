@@ -1,11 +1,14 @@
-//! Helpers shared by the Lightning and NWC tests: building a node on
-//! testchain and bounded waits that keep both nodes synced.
+//! Helpers shared by the Lightning, NWC and restart tests: building a node on
+//! testchain, opening a channel, and bounded waits that keep both nodes synced.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use bitcoin::Network;
+use anyhow::{bail, ensure, Context, Result};
+use bitcoin::{Amount, Network};
 use cairn_payments::lightning::{BitcoindRpc, LightningConfig, LightningNode};
 use cairn_payments::Seed;
 use cairn_testchain::TestChain;
@@ -21,11 +24,21 @@ pub fn free_port() -> Result<SocketAddr> {
 }
 
 pub fn ln_node(dir: &std::path::Path, chain: &TestChain) -> Result<LightningNode> {
+    ln_node_at(dir, chain, free_port()?)
+}
+
+/// A node listening on `listening_address`: a node restarted on its old
+/// address is found again by peers that remember it.
+pub fn ln_node_at(
+    dir: &std::path::Path,
+    chain: &TestChain,
+    listening_address: SocketAddr,
+) -> Result<LightningNode> {
     let (seed, _) = Seed::load_or_create(dir)?;
     let cfg = LightningConfig {
         network: Network::Regtest,
         data_dir: dir.to_path_buf(),
-        listening_address: free_port()?,
+        listening_address,
         bitcoind: BitcoindRpc {
             host: "127.0.0.1".into(),
             port: chain.rpc_port(),
@@ -80,4 +93,64 @@ pub async fn next_event(
             bail!("timed out waiting for {what}");
         }
     }
+}
+
+/// Funds both nodes with `funding` sat and opens a confirmed, usable private
+/// channel of `channel` sat from `a` to `b`.
+pub async fn open_channel(
+    chain: &TestChain,
+    a: &LightningNode,
+    b: &LightningNode,
+    funding: u64,
+    channel: u64,
+) -> Result<()> {
+    let mut ev_a = a.subscribe();
+    let mut ev_b = b.subscribe();
+    for n in [a, b] {
+        chain
+            .fund(&n.funding_address()?, Amount::from_sat(funding))
+            .await?;
+    }
+    sync_until("on-chain funds", &[a, b], || {
+        a.balances().spendable_onchain_balance_sats == funding
+            && b.balances().spendable_onchain_balance_sats == funding
+    })
+    .await?;
+    a.open_channel(
+        b.node_id(),
+        b.listening_address().context("B listens")?,
+        channel,
+        None,
+    )?;
+    next_event("ChannelPending", &mut ev_a, &[], |e| {
+        matches!(e, Event::ChannelPending { .. })
+    })
+    .await?;
+    // The funding transaction must reach the mempool before the blocks.
+    let start = Instant::now();
+    while chain
+        .rpc("getrawmempool", vec![])
+        .await?
+        .as_array()
+        .map_or(0, |m| m.len())
+        == 0
+    {
+        ensure!(start.elapsed() < WAIT, "funding tx never broadcast");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let to = chain.internal_address().await?;
+    chain.mine(6, &to).await?;
+    next_event("ChannelReady on A", &mut ev_a, &[a, b], |e| {
+        matches!(e, Event::ChannelReady { .. })
+    })
+    .await?;
+    next_event("ChannelReady on B", &mut ev_b, &[a, b], |e| {
+        matches!(e, Event::ChannelReady { .. })
+    })
+    .await?;
+    sync_until("usable channel", &[a, b], || {
+        a.list_channels().iter().any(|c| c.is_usable)
+            && b.list_channels().iter().any(|c| c.is_usable)
+    })
+    .await
 }
