@@ -2,11 +2,13 @@
 //!
 //! An epoch commits to the log and the state tree as they stood when it closed.
 //! Its header hash goes into one OP_RETURN output; the anchor transaction also
-//! spends the previous anchor's change output, and the header names that
-//! previous anchor's txid, so the anchors form a chain in both directions.
+//! spends the previous anchor's change output, so the anchors form a chain on
+//! Bitcoin. The header names the previous epoch by its **header hash**, not by
+//! its anchor txid: an anchor's txid changes when it is fee-bumped (RBF) or
+//! re-anchored after a reorg, while the header it carries does not, so a link
+//! by header hash is known at close time and can never go stale.
 
 use bitcoin::{
-    hashes::Hash as _,
     opcodes::all::OP_RETURN,
     script::{Instruction, PushBytesBuf},
     Script, ScriptBuf, Transaction, Txid,
@@ -15,10 +17,12 @@ use nostr::{Event, EventBuilder, Kind, Tag, TagKind};
 
 use crate::{hash::Tag as HashTag, kinds, Hash};
 
-/// The only header version defined so far.
-pub const HEADER_VERSION: u8 = 1;
+/// The header version this code writes and reads. Version 1 linked epochs by
+/// the previous anchor's txid, which fee bumps and re-anchoring invalidate; it
+/// is withdrawn and rejected (the field's meaning changed, its size did not).
+pub const HEADER_VERSION: u8 = 2;
 
-/// Encoded header length: version (1) + epoch (8) + previous txid (32) + log size (8) + two roots (64).
+/// Encoded header length: version (1) + epoch (8) + previous header hash (32) + log size (8) + two roots (64).
 pub const HEADER_LEN: usize = 113;
 
 /// Magic prefix of the OP_RETURN payload. Short, because every byte is paid for.
@@ -79,8 +83,8 @@ pub struct EpochHeader {
     pub version: u8,
     /// Epoch number: 0 for the first anchored epoch, then +1 per anchored epoch.
     pub epoch: u64,
-    /// Txid of the previous epoch's anchor transaction; all zeros for epoch 0.
-    pub prev_anchor_txid: Txid,
+    /// Header hash of the previous epoch; all zeros for epoch 0.
+    pub prev_header_hash: Hash,
     /// Number of leaves in the log at the end of the epoch.
     pub log_size: u64,
     /// Log root at `log_size`.
@@ -90,14 +94,13 @@ pub struct EpochHeader {
 }
 
 impl EpochHeader {
-    /// Fixed encoding: `version || epoch (u64 BE) || prev_anchor_txid (32 bytes, in
-    /// transaction byte order, i.e. as in an outpoint — the reverse of the usual hex
-    /// display) || log_size (u64 BE) || log_root || state_root`.
+    /// Fixed encoding: `version || epoch (u64 BE) || prev_header_hash (32)
+    /// || log_size (u64 BE) || log_root || state_root`.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0] = self.version;
         out[1..9].copy_from_slice(&self.epoch.to_be_bytes());
-        out[9..41].copy_from_slice(self.prev_anchor_txid.as_byte_array());
+        out[9..41].copy_from_slice(&self.prev_header_hash);
         out[41..49].copy_from_slice(&self.log_size.to_be_bytes());
         out[49..81].copy_from_slice(&self.log_root);
         out[81..113].copy_from_slice(&self.state_root);
@@ -119,7 +122,7 @@ impl EpochHeader {
         Ok(Self {
             version: bytes[0],
             epoch: u64_at(1),
-            prev_anchor_txid: Txid::from_byte_array(arr32(9..41)),
+            prev_header_hash: arr32(9..41),
             log_size: u64_at(41),
             log_root: arr32(49..81),
             state_root: arr32(81..113),
@@ -159,17 +162,14 @@ impl EpochHeader {
 
     /// Checks the fields that tie this header to the previous one. Log
     /// append-only-ness between the two sizes is shown separately with a
-    /// consistency proof.
-    pub fn verify_successor_of(
-        &self,
-        prev: &EpochHeader,
-        prev_anchor_txid: &Txid,
-    ) -> Result<(), EpochError> {
+    /// consistency proof. Neither header's anchor txid plays a part, so the
+    /// link holds however often either anchor was fee-bumped or re-anchored.
+    pub fn verify_successor_of(&self, prev: &EpochHeader) -> Result<(), EpochError> {
         if prev.epoch.checked_add(1) != Some(self.epoch) {
             return Err(EpochError::BrokenChain("epoch number is not previous + 1"));
         }
-        if &self.prev_anchor_txid != prev_anchor_txid {
-            return Err(EpochError::BrokenChain("previous anchor txid differs"));
+        if self.prev_header_hash != prev.hash() {
+            return Err(EpochError::BrokenChain("previous header hash differs"));
         }
         if self.log_size <= prev.log_size {
             // Empty epochs are skipped, so every anchored epoch adds at least one leaf.
@@ -277,7 +277,7 @@ pub fn find_anchor(tx: &Transaction) -> Result<(usize, Hash), EpochError> {
 
 #[cfg(test)]
 mod tests {
-    use bitcoin::{absolute::LockTime, transaction::Version, Amount, TxOut};
+    use bitcoin::{absolute::LockTime, hashes::Hash as _, transaction::Version, Amount, TxOut};
     use nostr::Keys;
 
     use super::*;
@@ -286,7 +286,7 @@ mod tests {
         EpochHeader {
             version: HEADER_VERSION,
             epoch: 7,
-            prev_anchor_txid: Txid::from_byte_array([0xab; 32]),
+            prev_header_hash: [0xab; 32],
             log_size: 1_000_000,
             log_root: [1; 32],
             state_root: [2; 32],
@@ -312,7 +312,7 @@ mod tests {
     fn encoding_is_fixed_and_round_trips() {
         let h = header();
         let bytes = h.to_bytes();
-        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[0], 2);
         assert_eq!(&bytes[1..9], &7u64.to_be_bytes());
         assert_eq!(&bytes[9..41], &[0xab; 32]);
         assert_eq!(&bytes[41..49], &1_000_000u64.to_be_bytes());
@@ -321,12 +321,15 @@ mod tests {
             EpochHeader::from_bytes(&bytes[..112]),
             Err(EpochError::HeaderLength(112))
         );
-        let mut v2 = bytes;
-        v2[0] = 2;
-        assert_eq!(
-            EpochHeader::from_bytes(&v2),
-            Err(EpochError::UnsupportedVersion(2))
-        );
+        // Version 1 (linked by anchor txid) is withdrawn, not reinterpreted.
+        for version in [0, 1, 3] {
+            let mut other = bytes;
+            other[0] = version;
+            assert_eq!(
+                EpochHeader::from_bytes(&other),
+                Err(EpochError::UnsupportedVersion(version))
+            );
+        }
     }
 
     #[test]
@@ -396,22 +399,27 @@ mod tests {
     #[test]
     fn successor_rules() {
         let prev = header();
-        let prev_txid = Txid::from_byte_array([0xcd; 32]);
         let mut next = EpochHeader {
             epoch: 8,
-            prev_anchor_txid: prev_txid,
+            prev_header_hash: prev.hash(),
             log_size: prev.log_size + 5,
             ..prev
         };
-        next.verify_successor_of(&prev, &prev_txid).unwrap();
+        next.verify_successor_of(&prev).unwrap();
         let mut skipped = next;
         skipped.epoch = 9;
-        assert!(skipped.verify_successor_of(&prev, &prev_txid).is_err());
-        assert!(next
-            .verify_successor_of(&prev, &Txid::from_byte_array([0; 32]))
-            .is_err());
+        assert!(skipped.verify_successor_of(&prev).is_err());
+        let mut other_prev = prev;
+        other_prev.state_root[0] ^= 1;
+        assert_eq!(
+            next.verify_successor_of(&other_prev),
+            Err(EpochError::BrokenChain("previous header hash differs"))
+        );
+        let mut unlinked = next;
+        unlinked.prev_header_hash = [0; 32];
+        assert!(unlinked.verify_successor_of(&prev).is_err());
         next.log_size = prev.log_size;
-        assert!(next.verify_successor_of(&prev, &prev_txid).is_err());
+        assert!(next.verify_successor_of(&prev).is_err());
     }
 
     #[test]

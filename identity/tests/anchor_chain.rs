@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::consensus::encode::deserialize_hex;
-use bitcoin::hashes::Hash as _;
 use bitcoin::{Address, Amount, Network, OutPoint, Transaction, Txid};
 use cairn_identity::anchor::{
     AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health, RpcConfig, Seed,
@@ -46,7 +45,7 @@ fn payload(epoch: u64) -> Vec<u8> {
     EpochHeader {
         version: HEADER_VERSION,
         epoch,
-        prev_anchor_txid: Txid::all_zeros(),
+        prev_header_hash: [0; 32],
         log_size: epoch * 10,
         log_root: [epoch as u8; 32],
         state_root: [0xab; 32],

@@ -106,7 +106,7 @@ async fn fixture() -> anyhow::Result<Fixture> {
     };
     node.rotate(&mut alice_history, &alice, &alice2, ALICE, ctx1);
     let bob_history = node.bind(&bob, BOB, "bob", ctx1);
-    let header = node.header(1, Txid::from_byte_array([0x42; 32]));
+    let header = node.header(1, [0x42; 32]);
 
     // The anchor: spends a coin of testchain's one-key wallet, really signed.
     let wallet = InternalWallet::new();
@@ -574,11 +574,11 @@ fn field_mutations(f: &Fixture, view: &HeaderChain) -> anyhow::Result<()> {
     ));
 
     // epoch header: every field.
-    mutations.push(("header version", Box::new(|b| b.epoch_header.version = 2)));
+    mutations.push(("header version", Box::new(|b| b.epoch_header.version = 1)));
     mutations.push(("header epoch", Box::new(|b| b.epoch_header.epoch += 1)));
     mutations.push((
-        "header prev anchor",
-        Box::new(|b| b.epoch_header.prev_anchor_txid = Txid::all_zeros()),
+        "header prev header hash",
+        Box::new(|b| b.epoch_header.prev_header_hash = [0; 32]),
     ));
     mutations.push((
         "header log size",

@@ -11,7 +11,10 @@ use cairn_identity::{
     binding::{
         proof_post_op, revoke_op, rotate_op, veto_op, BindingOp, OpContext, PendingRecovery, Status,
     },
-    bundle::{verify, BundleError, ProofBundle, VerifiedIdentity, VerifyPolicy},
+    bundle::{
+        verify, verify_absence, AbsenceBundle, BundleError, ProofBundle, VerifiedIdentity,
+        VerifyPolicy,
+    },
     state::state_key,
 };
 use nostr::Keys;
@@ -216,5 +219,60 @@ fn node_cannot_commit_to_an_unjustified_key() {
     assert!(matches!(
         verify(&bundle, &view, &policy),
         Err(BundleError::Transition { index: 1, .. })
+    ));
+}
+
+/// An absence bundle (§11.5) for an id nobody bound verifies, survives its
+/// JSON form, and cannot be turned into one for a bound id or id 0.
+#[test]
+fn absence_of_an_unbound_id_verifies_and_cannot_be_relabelled() {
+    let mut node = RegistryNode::new();
+    let mut h = History::default();
+    let e = post(false, &Keys::generate(), &h, "carol", 1);
+    node.accept(&mut h, e, ctx(0, 100));
+    let (bound, view) = node.bundle_offline(&h, UID, 0);
+    let unbound = UID + 1;
+    let absence = AbsenceBundle {
+        x_uid: unbound,
+        state_proof: node
+            .state
+            .prove_at(&bound.epoch_header.state_root, &state_key(unbound))
+            .unwrap(),
+        epoch_header: bound.epoch_header,
+        anchor_tx: bound.anchor_tx.clone(),
+        block_height: bound.block_height,
+        merkle_block: bound.merkle_block.clone(),
+    };
+    let policy = VerifyPolicy::new(Network::Regtest);
+    let json = serde_json::to_value(&absence).unwrap();
+    assert_eq!(json["x_uid"], unbound.to_string());
+    let back: AbsenceBundle = serde_json::from_value(json.clone()).unwrap();
+    // (Compared in JSON: a decoded partial Merkle tree pads its flag bits to
+    // whole bytes, one built in memory does not.)
+    assert_eq!(serde_json::to_value(&back).unwrap(), json);
+    let v = verify_absence(&back, &view, &policy).unwrap();
+    assert_eq!(
+        (v.x_uid, v.epoch, v.block_height),
+        (unbound, bound.epoch_header, bound.block_height)
+    );
+
+    let mut relabelled = absence.clone();
+    relabelled.x_uid = UID;
+    assert!(matches!(
+        verify_absence(&relabelled, &view, &policy),
+        Err(BundleError::StateProof(_))
+    ));
+    let mut zero = absence.clone();
+    zero.x_uid = 0;
+    assert!(matches!(
+        verify_absence(&zero, &view, &policy),
+        Err(BundleError::Record(_))
+    ));
+    // The anchor part is checked as for any bundle: another header is not anchored.
+    let mut other_header = absence;
+    other_header.epoch_header.log_size += 1;
+    assert!(matches!(
+        verify_absence(&other_header, &view, &policy),
+        Err(BundleError::Anchor(_))
     ));
 }

@@ -14,7 +14,7 @@ mod bundle_support;
 
 use std::time::{Duration, Instant};
 
-use bitcoin::{hashes::Hash as _, MerkleBlock, Network, Transaction, Txid};
+use bitcoin::{MerkleBlock, Network, Transaction};
 use bundle_support::{anchor_chain, anchor_tx, History, RegistryNode, ANCHOR_HEIGHT};
 use cairn_identity::{
     binding::OpContext,
@@ -64,7 +64,7 @@ fn bundle_size_and_verification_time() {
         node.rotate(&mut alice_h, &alice, &alice2, 11, ctx1);
         let bob_h = node.bind(&bob, 22, "bob", ctx1);
         filler(&mut node, 3 * n / 4..n);
-        let header = node.header(1, Txid::from_byte_array([0x42; 32]));
+        let header = node.header(1, [0x42; 32]);
         let tx = anchor_tx(&header);
         let (merkle_block, view) = anchor_chain(&tx, BLOCK_TXS);
 

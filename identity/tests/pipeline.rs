@@ -3,9 +3,7 @@
 //! anchor script commits to the header. Everything a verifier would check is
 //! then checked from the outputs alone.
 
-use bitcoin::{
-    absolute::LockTime, hashes::Hash as _, transaction::Version, Amount, Transaction, TxOut, Txid,
-};
+use bitcoin::{absolute::LockTime, transaction::Version, Amount, Transaction, TxOut};
 use cairn_identity::{
     binding::{
         log_entry, proof_post_op, rotate_op, BindingOp, LogEntryKind, OpContext, Registry,
@@ -71,11 +69,11 @@ impl Node {
         index
     }
 
-    fn close_epoch(&self, epoch: u64, prev: Txid) -> (EpochHeader, Transaction) {
+    fn close_epoch(&self, epoch: u64, prev: Option<&EpochHeader>) -> (EpochHeader, Transaction) {
         let header = EpochHeader {
             version: HEADER_VERSION,
             epoch,
-            prev_anchor_txid: prev,
+            prev_header_hash: prev.map_or([0; 32], EpochHeader::hash),
             log_size: self.log.size().unwrap(),
             log_root: self.log.root().unwrap(),
             state_root: self.state.root(),
@@ -119,7 +117,7 @@ fn operations_to_anchor_and_back() {
     )
     .unwrap();
     node.accept_attested(&b_bind, ctx0, &bob);
-    let (h0, tx0) = node.close_epoch(0, Txid::all_zeros());
+    let (h0, _tx0) = node.close_epoch(0, None);
 
     // Epoch 1: alice rotates.
     let ctx1 = OpContext {
@@ -133,8 +131,8 @@ fn operations_to_anchor_and_back() {
     )
     .unwrap();
     let rot_index = node.accept(&rot, ctx1);
-    let (h1, tx1) = node.close_epoch(1, tx0.compute_txid());
-    h1.verify_successor_of(&h0, &tx0.compute_txid()).unwrap();
+    let (h1, tx1) = node.close_epoch(1, Some(&h0));
+    h1.verify_successor_of(&h0).unwrap();
 
     // A verifier holding only h1 and tx1: the anchor commits to h1 ...
     assert_eq!(find_anchor(&tx1).unwrap().1, h1.hash());

@@ -1,421 +1,43 @@
-//! The X proof-post check against a local fake X server.
-//!
-//! The fake serves `GET /tweet-result` and `GET /oembed` on 127.0.0.1 with the
-//! response shapes X's public endpoints really send (modelled on captured
-//! answers: the syndication post object with `__typename`, `user`,
-//! `entities.urls`, `edit_control`, `isEdited`…; tombstones; 404 HTML pages;
-//! oEmbed JSON with the `<blockquote class="twitter-tweet">` embed).
+//! The X proof-post check against a local fake X server
+//! ([`cairn_identity::x::fake`], which serves the response shapes X's public
+//! endpoints really send, and scripted odd ones).
 
 use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{
-    extract::{Query, State},
-    http::{header, StatusCode},
-    response::{IntoResponse, Response},
-    routing::get,
-    Router,
-};
+use cairn_identity::x::fake::{snowflake, Edit, FakeX, Post, Reply};
 use cairn_identity::x::{
     syndication_token, Challenge, CheckPolicy, ClaimField, Endpoint, ProofChecker, ProofClaim,
     ProofError, PublicXClient, RetryPolicy, VerifiedPost, XClient, XClientConfig,
 };
 use nostr::{nips::nip19::ToBech32, Keys};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 /// Every test finishes well within this, or fails.
 const TEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// When challenges in these tests are issued (2026-09-21T...Z).
 const ISSUED_AT: u64 = 1_790_000_000;
-const SNOWFLAKE_EPOCH_MS: u64 = 1_288_834_974_657;
 
 const ALICE_UID: u64 = 1_047_412_980_948_713_472;
 const ALICE: &str = "alice_cairn";
 const MALLORY_UID: u64 = 250_188_760;
 const MALLORY: &str = "mallory";
 
-// ---------------------------------------------------------------- fake X ----
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-enum Ep {
-    Syndication,
-    OEmbed,
-}
-
-#[derive(Clone, Debug)]
-struct Reply {
-    status: u16,
-    body: String,
-    content_type: &'static str,
-    delay: Duration,
-}
-
-impl Reply {
-    fn json(value: Value) -> Self {
-        Self {
-            status: 200,
-            body: value.to_string(),
-            content_type: "application/json; charset=utf-8",
-            delay: Duration::ZERO,
-        }
-    }
-
-    /// What X sends for an unknown id: an HTML error page.
-    fn not_found() -> Self {
-        Self {
-            status: 404,
-            body: "<!DOCTYPE html><html><body>Sorry, that page does not exist</body></html>".into(),
-            content_type: "text/html; charset=utf-8",
-            delay: Duration::ZERO,
-        }
-    }
-
-    fn status(status: u16) -> Self {
-        Self {
-            status,
-            body: String::new(),
-            content_type: "text/plain",
-            delay: Duration::ZERO,
-        }
-    }
-
-    fn delayed(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
-    }
-}
-
-#[derive(Default)]
-struct FakeState {
-    /// Replies per (endpoint, post id), served in order; the last one repeats.
-    replies: HashMap<(Ep, String), Vec<Reply>>,
-    hits: HashMap<(Ep, String), usize>,
-    /// Query parameters of every request, in arrival order.
-    queries: Vec<(Ep, HashMap<String, String>)>,
-}
-
-#[derive(Clone)]
-struct FakeX {
-    addr: SocketAddr,
-    state: Arc<Mutex<FakeState>>,
-}
-
-impl FakeX {
-    async fn start() -> Self {
-        let state = Arc::new(Mutex::new(FakeState::default()));
-        let app = Router::new()
-            .route("/tweet-result", get(tweet_result))
-            .route("/oembed", get(oembed))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Self { addr, state }
-    }
-
-    fn set(&self, ep: Ep, id: u64, replies: Vec<Reply>) {
-        let mut state = self.state.lock().unwrap();
-        state.replies.insert((ep, id.to_string()), replies);
-    }
-
-    /// Serves `post` on both endpoints.
-    fn publish(&self, post: &Post) {
-        self.set(
-            Ep::Syndication,
-            post.id,
-            vec![Reply::json(post.syndication_json())],
-        );
-        self.set(Ep::OEmbed, post.id, vec![Reply::json(post.oembed_json())]);
-    }
-
-    fn hits(&self, ep: Ep, id: u64) -> usize {
-        let state = self.state.lock().unwrap();
-        state.hits.get(&(ep, id.to_string())).copied().unwrap_or(0)
-    }
-
-    fn queries(&self, ep: Ep) -> Vec<HashMap<String, String>> {
-        let state = self.state.lock().unwrap();
-        state
-            .queries
-            .iter()
-            .filter(|(e, _)| *e == ep)
-            .map(|(_, q)| q.clone())
-            .collect()
-    }
-
-    fn config(&self) -> XClientConfig {
-        let base = url::Url::parse(&format!("http://{}/", self.addr)).unwrap();
-        XClientConfig {
-            oembed_base: base.clone(),
-            syndication_base: base,
-            request_timeout: Duration::from_millis(1_000),
-            retry: RetryPolicy {
-                attempts: 3,
-                base_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(20),
-            },
-            user_agent: "cairn-test".into(),
-        }
-    }
-
-    fn checker(&self) -> ProofChecker<PublicXClient> {
-        self.checker_with(self.config(), CheckPolicy::default())
-    }
-
-    fn checker_with(
-        &self,
-        config: XClientConfig,
-        policy: CheckPolicy,
-    ) -> ProofChecker<PublicXClient> {
-        ProofChecker::new(PublicXClient::new(config).unwrap(), policy)
-    }
-}
-
-async fn serve(
-    state: &Arc<Mutex<FakeState>>,
-    ep: Ep,
-    id: String,
-    query: HashMap<String, String>,
-) -> Response {
-    let reply = {
-        let mut s = state.lock().unwrap();
-        s.queries.push((ep, query));
-        let hit = {
-            let counter = s.hits.entry((ep, id.clone())).or_default();
-            *counter += 1;
-            *counter
-        };
-        s.replies
-            .get(&(ep, id))
-            .map(|replies| replies[(hit - 1).min(replies.len() - 1)].clone())
-            .unwrap_or_else(Reply::not_found)
-    };
-    if !reply.delay.is_zero() {
-        tokio::time::sleep(reply.delay).await;
-    }
-    (
-        StatusCode::from_u16(reply.status).unwrap(),
-        [(header::CONTENT_TYPE, reply.content_type)],
-        reply.body,
-    )
-        .into_response()
-}
-
-async fn tweet_result(
-    State(state): State<Arc<Mutex<FakeState>>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let id = query.get("id").cloned().unwrap_or_default();
-    serve(&state, Ep::Syndication, id, query).await
-}
-
-async fn oembed(
-    State(state): State<Arc<Mutex<FakeState>>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    // X resolves the post by the id at the end of `url`; the handle does not matter.
-    let id = query
-        .get("url")
-        .and_then(|u| u.rsplit_once("/status/"))
-        .map(|(_, id)| id.to_owned())
-        .unwrap_or_default();
-    serve(&state, Ep::OEmbed, id, query).await
-}
-
 // ------------------------------------------------------------- fixtures ----
 
-#[derive(Clone)]
-enum Edit {
-    /// Posts from before edits existed carry no `edit_control`.
-    Absent,
-    /// The shape on an initial version: `edit_control.edit_tweet_ids`.
-    Initial(Vec<String>),
-    /// The shape on a later version: `initial_tweet_id` + `edit_control_initial`.
-    Later(Vec<String>),
-}
-
-#[derive(Clone)]
-struct Post {
-    id: u64,
-    /// The text as X stores it in the syndication `text` field (escaped, t.co links).
-    raw_text: String,
-    created_at: u64,
-    user_id: String,
-    screen_name: String,
-    name: String,
-    protected: bool,
-    /// (t.co url, expanded_url, display_url)
-    urls: Vec<(String, String, String)>,
-    edit: Edit,
+/// Alice's post with `raw_text`, made 90 s after the challenge was issued.
+fn alice_post(raw_text: impl Into<String>) -> Post {
+    let mut post = Post::new(ALICE_UID, ALICE, "", ISSUED_AT + 90, 4097);
+    post.raw_text = raw_text.into();
+    post.name = "Alice".into();
+    post
 }
 
 fn ids(chain: &[u64]) -> Vec<String> {
     chain.iter().map(u64::to_string).collect()
-}
-
-fn snowflake(created_at_secs: u64, seq: u64) -> u64 {
-    ((created_at_secs * 1000 - SNOWFLAKE_EPOCH_MS) << 22) | seq
-}
-
-fn iso8601(secs: u64) -> String {
-    // Howard Hinnant's civil_from_days.
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-impl Post {
-    fn new(raw_text: impl Into<String>) -> Self {
-        let created_at = ISSUED_AT + 90;
-        Self {
-            id: snowflake(created_at, 4097),
-            raw_text: raw_text.into(),
-            created_at,
-            user_id: ALICE_UID.to_string(),
-            screen_name: ALICE.into(),
-            name: "Alice".into(),
-            protected: false,
-            urls: Vec::new(),
-            edit: Edit::Absent,
-        }
-    }
-
-    /// The syndication answer, shaped like a captured `tweet-result` response.
-    fn syndication_json(&self) -> Value {
-        let urls: Vec<Value> = self
-            .urls
-            .iter()
-            .map(|(url, expanded, display)| {
-                let start = self.raw_text.find(url.as_str()).unwrap_or(0);
-                json!({
-                    "display_url": display,
-                    "expanded_url": expanded,
-                    "indices": [start, start + url.len()],
-                    "url": url,
-                })
-            })
-            .collect();
-        let mut post = json!({
-            "__typename": "Tweet",
-            "lang": "en",
-            "favorite_count": 0,
-            "possibly_sensitive": false,
-            "created_at": iso8601(self.created_at),
-            "display_text_range": [0, self.raw_text.chars().count()],
-            "entities": {"hashtags": [], "urls": urls, "user_mentions": [], "symbols": []},
-            "id_str": self.id.to_string(),
-            "text": self.raw_text,
-            "user": {
-                "id_str": self.user_id,
-                "name": self.name,
-                "profile_image_url_https": "https://pbs.twimg.com/profile_images/1/a_normal.jpg",
-                "screen_name": self.screen_name,
-                "verified": false,
-                "is_blue_verified": false,
-                "profile_image_shape": "Circle",
-            },
-            "conversation_count": 0,
-            "news_action_type": "conversation",
-            "isEdited": false,
-            "isStaleEdit": false,
-        });
-        if self.protected {
-            post["user"]["protected"] = json!(true);
-        }
-        let editable_until = (self.created_at + 3600) * 1000;
-        match &self.edit {
-            Edit::Absent => {}
-            Edit::Initial(ids) => {
-                post["edit_control"] = json!({
-                    "edit_tweet_ids": ids,
-                    "editable_until_msecs": editable_until.to_string(),
-                    "is_edit_eligible": true,
-                    "edits_remaining": (6 - ids.len()).to_string(),
-                });
-                post["isEdited"] = json!(ids.len() > 1);
-                post["isStaleEdit"] = json!(ids.last() != Some(&self.id.to_string()));
-            }
-            Edit::Later(ids) => {
-                post["edit_control"] = json!({
-                    "initial_tweet_id": ids[0],
-                    "edit_control_initial": {
-                        "edit_tweet_ids": ids,
-                        "editable_until_msecs": editable_until.to_string(),
-                        "is_edit_eligible": true,
-                        "edits_remaining": (6 - ids.len()).to_string(),
-                    },
-                });
-                post["isEdited"] = json!(true);
-                post["isStaleEdit"] = json!(ids.last() != Some(&self.id.to_string()));
-            }
-        }
-        post
-    }
-
-    /// The oEmbed answer, shaped like `publish.twitter.com/oembed?omit_script=true`.
-    fn oembed_json(&self) -> Value {
-        // oEmbed re-escapes the decoded text for HTML and shows links by display_url.
-        let mut body = html_escape(&decode_for_fixture(&self.raw_text));
-        for (url, _, display) in &self.urls {
-            body = body.replace(url, &format!("<a href=\"{url}\">{display}</a>"));
-        }
-        let body = body.replace('\n', "<br>");
-        let html = format!(
-            "<blockquote class=\"twitter-tweet\"><p lang=\"en\" dir=\"ltr\">{body}</p>&mdash; {} (@{}) \
-             <a href=\"https://twitter.com/{}/status/{}?ref_src=twsrc%5Etfw\">September 21, 2026</a></blockquote>\n",
-            self.name, self.screen_name, self.screen_name, self.id
-        );
-        json!({
-            "url": format!("https://twitter.com/{}/status/{}", self.screen_name, self.id),
-            "author_name": self.name,
-            "author_url": format!("https://twitter.com/{}", self.screen_name),
-            "html": html,
-            "width": 550,
-            "height": null,
-            "type": "rich",
-            "cache_age": "3153600000",
-            "provider_name": "Twitter",
-            "provider_url": "https://twitter.com",
-            "version": "1.0",
-        })
-    }
-}
-
-fn decode_for_fixture(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&")
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 fn challenge() -> Challenge {
@@ -463,9 +85,9 @@ macro_rules! timed_test {
 // ---------------------------------------------------------------- tests ----
 
 timed_test!(valid_post_verifies, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
 
     let verified = check(&fake, &c, post.id).await.expect("valid proof");
@@ -486,7 +108,7 @@ timed_test!(valid_post_verifies, async {
     );
 
     // The requests carry what X's embed widget sends.
-    let syndication = fake.queries(Ep::Syndication);
+    let syndication = fake.queries(Endpoint::Syndication);
     assert_eq!(syndication.len(), 1);
     assert_eq!(syndication[0]["id"], post.id.to_string());
     assert_eq!(
@@ -494,7 +116,7 @@ timed_test!(valid_post_verifies, async {
         syndication_token(&post.id.to_string()).unwrap()
     );
     assert!(syndication[0]["features"].contains("tfw_tweet_edit_backend:on"));
-    let oembed = fake.queries(Ep::OEmbed);
+    let oembed = fake.queries(Endpoint::OEmbed);
     assert_eq!(
         oembed[0]["url"],
         format!("https://twitter.com/{ALICE}/status/{}", post.id)
@@ -510,9 +132,9 @@ timed_test!(valid_post_verifies, async {
 
 timed_test!(shared_dyn_client_works, async {
     // The node holds one client behind `Arc<dyn XClient>`.
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
     let client: Arc<dyn XClient> = Arc::new(PublicXClient::new(fake.config()).unwrap());
     let checker = ProofChecker::new(client, CheckPolicy::default());
@@ -521,9 +143,9 @@ timed_test!(shared_dyn_client_works, async {
 });
 
 timed_test!(handle_is_compared_case_insensitively, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.screen_name = "Alice_Cairn".into();
     fake.publish(&post);
     let verified = check(&fake, &c, post.id).await.expect("valid proof");
@@ -532,7 +154,7 @@ timed_test!(handle_is_compared_case_insensitively, async {
 });
 
 timed_test!(deleted_post_404, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     let id = snowflake(ISSUED_AT + 10, 1);
     // Nothing published: both endpoints answer 404 with an HTML page.
@@ -547,15 +169,15 @@ timed_test!(deleted_post_404, async {
     );
     assert!(!err.is_transient());
     // A 404 is an answer, not an outage: no retries.
-    assert_eq!(fake.hits(Ep::Syndication, id), 1);
+    assert_eq!(fake.hits(Endpoint::Syndication, id), 1);
 });
 
 timed_test!(deleted_post_tombstone, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.set(
-        Ep::Syndication,
+        Endpoint::Syndication,
         post.id,
         vec![Reply::json(json!({
             "__typename": "TweetTombstone",
@@ -566,7 +188,7 @@ timed_test!(deleted_post_tombstone, async {
             }}
         }))],
     );
-    fake.set(Ep::OEmbed, post.id, vec![Reply::not_found()]);
+    fake.set(Endpoint::OEmbed, post.id, vec![Reply::not_found()]);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert_eq!(
         err,
@@ -580,11 +202,11 @@ timed_test!(deleted_post_tombstone, async {
 
 timed_test!(deleted_between_endpoints_is_deleted, async {
     // Syndication still has it cached, oEmbed already says 404.
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
-    fake.set(Ep::OEmbed, post.id, vec![Reply::not_found()]);
+    fake.set(Endpoint::OEmbed, post.id, vec![Reply::not_found()]);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert!(
         matches!(
@@ -599,13 +221,17 @@ timed_test!(deleted_between_endpoints_is_deleted, async {
 });
 
 timed_test!(suspended_author_is_deleted, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     let mut body = post.syndication_json();
     body.as_object_mut().unwrap().remove("user");
-    fake.set(Ep::Syndication, post.id, vec![Reply::json(body)]);
-    fake.set(Ep::OEmbed, post.id, vec![Reply::json(post.oembed_json())]);
+    fake.set(Endpoint::Syndication, post.id, vec![Reply::json(body)]);
+    fake.set(
+        Endpoint::OEmbed,
+        post.id,
+        vec![Reply::json(post.oembed_json())],
+    );
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert!(
         matches!(
@@ -620,18 +246,18 @@ timed_test!(suspended_author_is_deleted, async {
 });
 
 timed_test!(protected_account_oembed_403, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     // Protected posts are withheld from signed-out readers on both endpoints.
     fake.set(
-        Ep::Syndication,
+        Endpoint::Syndication,
         post.id,
         vec![Reply::json(
             json!({"__typename": "TweetTombstone", "tombstone": {}}),
         )],
     );
-    fake.set(Ep::OEmbed, post.id, vec![Reply::status(403)]);
+    fake.set(Endpoint::OEmbed, post.id, vec![Reply::status(403)]);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert_eq!(
         err,
@@ -643,9 +269,9 @@ timed_test!(protected_account_oembed_403, async {
 });
 
 timed_test!(protected_account_flag_in_syndication, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.protected = true;
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
@@ -659,10 +285,10 @@ timed_test!(protected_account_flag_in_syndication, async {
 });
 
 timed_test!(wrong_author, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     // Mallory posts Alice's challenge text from her own account.
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.user_id = MALLORY_UID.to_string();
     post.screen_name = MALLORY.into();
     fake.publish(&post);
@@ -680,9 +306,9 @@ timed_test!(wrong_author, async {
 
 timed_test!(wrong_author_even_with_the_claimed_handle, async {
     // The handle was recycled: same name, different account id.
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.user_id = MALLORY_UID.to_string();
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
@@ -693,9 +319,9 @@ timed_test!(wrong_author_even_with_the_claimed_handle, async {
 });
 
 timed_test!(renamed_account_is_a_handle_mismatch, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.screen_name = "alice_renamed".into();
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
@@ -710,17 +336,21 @@ timed_test!(renamed_account_is_a_handle_mismatch, async {
 });
 
 timed_test!(endpoints_must_agree_on_the_author, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     let mut other = post.clone();
     other.screen_name = MALLORY.into();
     fake.set(
-        Ep::Syndication,
+        Endpoint::Syndication,
         post.id,
         vec![Reply::json(post.syndication_json())],
     );
-    fake.set(Ep::OEmbed, post.id, vec![Reply::json(other.oembed_json())]);
+    fake.set(
+        Endpoint::OEmbed,
+        post.id,
+        vec![Reply::json(other.oembed_json())],
+    );
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert_eq!(
         err,
@@ -733,9 +363,9 @@ timed_test!(endpoints_must_agree_on_the_author, async {
 });
 
 timed_test!(missing_nonce, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(format!("Verifying my Nostr key for Cairn: {}", c.npub));
+    let post = alice_post(format!("Verifying my Nostr key for Cairn: {}", c.npub));
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert_eq!(
@@ -748,7 +378,7 @@ timed_test!(missing_nonce, async {
 });
 
 timed_test!(stale_nonce_from_another_challenge, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     let old = Challenge::with_nonce(
         [7; 16],
@@ -756,20 +386,20 @@ timed_test!(stale_nonce_from_another_challenge, async {
         ISSUED_AT - 10,
         Duration::from_secs(3600),
     );
-    let post = Post::new(old.proof_text());
+    let post = alice_post(old.proof_text());
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert!(matches!(err, ProofError::MissingNonce { .. }), "{err:?}");
 });
 
 timed_test!(missing_key, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     let other = Keys::generate();
     let text = c
         .proof_text()
         .replace(&c.npub, &other.public_key().to_bech32().unwrap());
-    let post = Post::new(text);
+    let post = alice_post(text);
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert_eq!(
@@ -783,10 +413,10 @@ timed_test!(missing_key, async {
 });
 
 timed_test!(edited_post_uses_latest_version, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut original = Post::new(format!("Verifying my Nostr key for Cairn: {}", c.npub));
-    let mut latest = Post::new(format!("{} (typo fixed)", c.proof_text()));
+    let mut original = alice_post(format!("Verifying my Nostr key for Cairn: {}", c.npub));
+    let mut latest = alice_post(format!("{} (typo fixed)", c.proof_text()));
     latest.created_at = original.created_at + 120;
     latest.id = snowflake(latest.created_at, 77);
     let chain = ids(&[original.id, latest.id]);
@@ -804,14 +434,14 @@ timed_test!(edited_post_uses_latest_version, async {
         assert_eq!(verified.text, format!("{} (typo fixed)", c.proof_text()));
         assert_eq!(verified.created_at, latest.created_at);
     }
-    assert_eq!(fake.hits(Ep::Syndication, latest.id), 2);
+    assert_eq!(fake.hits(Endpoint::Syndication, latest.id), 2);
 });
 
 timed_test!(edit_that_removed_the_nonce_fails, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut original = Post::new(c.proof_text());
-    let mut latest = Post::new(format!("Verifying my Nostr key for Cairn: {}", c.npub));
+    let mut original = alice_post(c.proof_text());
+    let mut latest = alice_post(format!("Verifying my Nostr key for Cairn: {}", c.npub));
     latest.created_at = original.created_at + 60;
     latest.id = snowflake(latest.created_at, 5);
     let chain = ids(&[original.id, latest.id]);
@@ -830,12 +460,12 @@ timed_test!(edit_that_removed_the_nonce_fails, async {
 });
 
 timed_test!(old_post_edited_to_add_the_nonce_is_too_old, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut original = Post::new("gm");
+    let mut original = alice_post("gm");
     original.created_at = ISSUED_AT - 1800;
     original.id = snowflake(original.created_at, 9);
-    let mut latest = Post::new(c.proof_text());
+    let mut latest = alice_post(c.proof_text());
     latest.created_at = ISSUED_AT + 60;
     latest.id = snowflake(latest.created_at, 9);
     let chain = ids(&[original.id, latest.id]);
@@ -855,13 +485,13 @@ timed_test!(old_post_edited_to_add_the_nonce_is_too_old, async {
 });
 
 timed_test!(html_entities_are_decoded, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     let raw = format!(
         "Me &amp; my key &lt;3 &gt; &quot;Cairn&quot; isn&#39;t magic. {}",
         c.proof_text()
     );
-    let post = Post::new(raw);
+    let post = alice_post(raw);
     fake.publish(&post);
     let verified = check(&fake, &c, post.id).await.expect("valid proof");
     let expected = format!("Me & my key <3 > \"Cairn\" isn't magic. {}", c.proof_text());
@@ -873,7 +503,7 @@ timed_test!(html_entities_are_decoded, async {
 });
 
 timed_test!(tco_links_are_expanded, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     // The user posted a link carrying npub and nonce; X replaced it by t.co,
     // so only the expanded URL proves anything.
@@ -881,7 +511,8 @@ timed_test!(tco_links_are_expanded, async {
         "https://cairn.example/verify?key={}&nonce={}",
         c.npub, c.nonce
     );
-    let mut post = Post::new("My Cairn proof: https://t.co/Zx81QkP0aB and https://t.co/Qw12Er34Ty");
+    let mut post =
+        alice_post("My Cairn proof: https://t.co/Zx81QkP0aB and https://t.co/Qw12Er34Ty");
     post.urls = vec![
         (
             "https://t.co/Zx81QkP0aB".into(),
@@ -903,9 +534,9 @@ timed_test!(tco_links_are_expanded, async {
 });
 
 timed_test!(post_older_than_challenge_is_too_old, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.created_at = ISSUED_AT - 600;
     post.id = snowflake(post.created_at, 3);
     fake.publish(&post);
@@ -918,9 +549,9 @@ timed_test!(post_older_than_challenge_is_too_old, async {
 
 timed_test!(snowflake_time_overrides_a_fresh_created_at, async {
     // created_at says "after the challenge" but the id was minted an hour before.
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.id = snowflake(ISSUED_AT - 3600, 3);
     fake.publish(&post);
     let err = check(&fake, &c, post.id).await.unwrap_err();
@@ -931,9 +562,9 @@ timed_test!(snowflake_time_overrides_a_fresh_created_at, async {
 });
 
 timed_test!(small_clock_skew_is_tolerated, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let mut post = Post::new(c.proof_text());
+    let mut post = alice_post(c.proof_text());
     post.created_at = ISSUED_AT - 30;
     post.id = snowflake(post.created_at, 3);
     fake.publish(&post);
@@ -943,9 +574,9 @@ timed_test!(small_clock_skew_is_tolerated, async {
 });
 
 timed_test!(expired_challenge_fetches_nothing, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
     let later = c.expires_at + 1;
     let err = fake
@@ -960,11 +591,11 @@ timed_test!(expired_challenge_fetches_nothing, async {
             now: later
         }
     );
-    assert_eq!(fake.hits(Ep::Syndication, post.id), 0);
+    assert_eq!(fake.hits(Endpoint::Syndication, post.id), 0);
 });
 
 timed_test!(malformed_claims_are_rejected_before_fetching, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
     let cases = [
         (
@@ -1007,16 +638,16 @@ timed_test!(malformed_claims_are_rejected_before_fetching, async {
             field: ClaimField::Nonce
         }
     );
-    assert!(fake.queries(Ep::Syndication).is_empty());
+    assert!(fake.queries(Endpoint::Syndication).is_empty());
 });
 
 timed_test!(timeout_is_retried_then_unavailable, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
     fake.set(
-        Ep::Syndication,
+        Endpoint::Syndication,
         post.id,
         vec![Reply::json(post.syndication_json()).delayed(Duration::from_secs(5))],
     );
@@ -1042,16 +673,16 @@ timed_test!(timeout_is_retried_then_unavailable, async {
         started.elapsed() < Duration::from_secs(2),
         "gave up promptly"
     );
-    assert_eq!(fake.hits(Ep::Syndication, post.id), 2);
+    assert_eq!(fake.hits(Endpoint::Syndication, post.id), 2);
 });
 
 timed_test!(server_errors_then_success, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
     fake.set(
-        Ep::Syndication,
+        Endpoint::Syndication,
         post.id,
         vec![
             Reply::status(503),
@@ -1060,22 +691,22 @@ timed_test!(server_errors_then_success, async {
         ],
     );
     fake.set(
-        Ep::OEmbed,
+        Endpoint::OEmbed,
         post.id,
         vec![Reply::status(429), Reply::json(post.oembed_json())],
     );
     let verified = check(&fake, &c, post.id).await.expect("retries succeed");
     assert!(verified.oembed_confirmed);
-    assert_eq!(fake.hits(Ep::Syndication, post.id), 3);
-    assert_eq!(fake.hits(Ep::OEmbed, post.id), 2);
+    assert_eq!(fake.hits(Endpoint::Syndication, post.id), 3);
+    assert_eq!(fake.hits(Endpoint::OEmbed, post.id), 2);
 });
 
 timed_test!(server_errors_forever_give_a_clear_error, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
-    fake.set(Ep::Syndication, post.id, vec![Reply::status(500)]);
+    fake.set(Endpoint::Syndication, post.id, vec![Reply::status(500)]);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert_eq!(
         err,
@@ -1085,7 +716,7 @@ timed_test!(server_errors_forever_give_a_clear_error, async {
             reason: "HTTP 500".into()
         }
     );
-    assert_eq!(fake.hits(Ep::Syndication, post.id), 3);
+    assert_eq!(fake.hits(Endpoint::Syndication, post.id), 3);
     let message = err.to_string();
     assert_eq!(
         message,
@@ -1097,11 +728,11 @@ timed_test!(server_errors_forever_give_a_clear_error, async {
 });
 
 timed_test!(rate_limited_forever_is_unavailable, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
-    fake.set(Ep::Syndication, post.id, vec![Reply::status(429)]);
+    fake.set(Endpoint::Syndication, post.id, vec![Reply::status(429)]);
     let err = check(&fake, &c, post.id).await.unwrap_err();
     assert!(
         matches!(err, ProofError::Unavailable { attempts: 3, ref reason, .. } if reason.contains("429")),
@@ -1144,11 +775,11 @@ timed_test!(connection_refused_is_unavailable, async {
 });
 
 timed_test!(oembed_outage_is_tolerated_unless_required, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
-    fake.set(Ep::OEmbed, post.id, vec![Reply::status(500)]);
+    fake.set(Endpoint::OEmbed, post.id, vec![Reply::status(500)]);
 
     let verified = check(&fake, &c, post.id)
         .await
@@ -1177,12 +808,12 @@ timed_test!(oembed_outage_is_tolerated_unless_required, async {
 });
 
 timed_test!(garbage_answer_is_an_unexpected_response, async {
-    let fake = FakeX::start().await;
+    let fake = FakeX::start().await.unwrap();
     let c = challenge();
-    let post = Post::new(c.proof_text());
+    let post = alice_post(c.proof_text());
     fake.publish(&post);
     fake.set(
-        Ep::Syndication,
+        Endpoint::Syndication,
         post.id,
         vec![Reply {
             status: 200,

@@ -2,20 +2,28 @@
 //! (`/.well-known/nostr.json`), mounted only when `[identity] enabled`.
 //!
 //! Errors are JSON `{"error": "<code>", "message": "<text>"}` with a matching
-//! HTTP status. Internal failures are logged and answered with a generic
+//! HTTP status; a 429 also carries `Retry-After` (seconds).
+//!
+//! Challenges are stored until they expire, so issuing them is limited: per
+//! client IP by a token bucket (the relay's [`RateLimiter`], as for its own
+//! EVENT and REQ limits, keyed by the TCP peer address), and in total by the
+//! service's cap on outstanding challenges. Internal failures are logged and answered with a generic
 //! message, so nothing about the database, the wallet or the RPC
 //! credentials leaks into responses.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use cairn_identity::service::{IdentityDb, IdentityService, Publisher, ServiceError};
+use cairn_relay::ratelimit::RateLimiter;
 use cairn_relay::store::Database;
 use cairn_relay::Relay;
 use nostr::nips::nip19::FromBech32;
@@ -24,6 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::identity_settings::IdentitySettings;
 use crate::settings::Settings;
 
 /// Publishes the service's events on the node's own relay. Holds the relay
@@ -54,24 +63,36 @@ pub async fn open_service(
         Some(Database::Postgres(pool)) => IdentityDb::Postgres(pool),
         None => anyhow::bail!("the identity service needs an SQL store"),
     };
-    let config = settings.identity.service_config(&settings.data_dir)?;
+    let config = settings
+        .identity
+        .service_config(&settings.bitcoin, &settings.data_dir)?;
     let publisher: Arc<dyn Publisher> = Arc::new(RelayPublisher(Arc::downgrade(relay)));
     IdentityService::open(config, db, Some(publisher))
         .await
         .context("cannot start the identity service")
 }
 
+/// Per-IP buckets for `POST /identity/v1/challenges`.
+type ChallengeLimiter = Arc<RateLimiter<IpAddr>>;
+
 /// The identity routes (with permissive CORS: browsers verify too).
-pub fn router(service: Arc<IdentityService>) -> Router {
+/// Needs a server with `ConnectInfo<SocketAddr>` for the per-IP limit.
+pub fn router(service: Arc<IdentityService>, settings: &IdentitySettings) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(Any);
+        .allow_headers(Any)
+        .expose_headers([header::RETRY_AFTER]);
+    let limiter: ChallengeLimiter = Arc::new(RateLimiter::new(settings.challenges_per_ip));
     Router::new()
-        .route("/identity/v1/challenges", post(create_challenge))
+        .route(
+            "/identity/v1/challenges",
+            post(create_challenge).layer(Extension(limiter)),
+        )
         .route("/identity/v1/bindings", post(submit_binding))
         .route("/identity/v1/handles/{handle}", get(by_handle))
         .route("/identity/v1/keys/{key}", get(by_key))
+        .route("/identity/v1/absence/{x_uid}", get(absence))
         .route("/identity/v1/epochs/{epoch}", get(epoch))
         .route("/identity/v1/status", get(status))
         .route("/.well-known/nostr.json", get(nip05))
@@ -89,6 +110,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// 429 with `Retry-After` in whole seconds (rounded up, at least 1).
+fn too_many(code: &'static str, message: String, retry_after: Duration) -> Response {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, secs.max(1).into());
+    response
+}
+
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         use ServiceError as E;
@@ -104,6 +135,8 @@ impl From<ServiceError> for ApiError {
             E::Mismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "proof_mismatch"),
             E::Refused(_) => (StatusCode::CONFLICT, "refused"),
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::Known(_) => (StatusCode::CONFLICT, "bound"),
+            E::TooManyChallenges { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_challenges"),
             _ => {
                 tracing::error!(error = %e, "identity request failed");
                 return ApiError(
@@ -147,12 +180,29 @@ struct ChallengeRequest {
 /// `POST /identity/v1/challenges` `{"npub"}` → nonce and the text to post.
 async fn create_challenge(
     State(service): State<Arc<IdentityService>>,
+    Extension(limiter): Extension<ChallengeLimiter>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    // Limited before the body is looked at: malformed requests count too.
+    if let Err(wait) = limiter.acquire(&peer.ip()) {
+        return Ok(too_many(
+            "rate_limited",
+            "too many challenges requested from this address".into(),
+            wait,
+        ));
+    }
     let Json(req) = body.map_err(bad_json)?;
     let key = parse_key(&req.npub)?;
-    let issued = service.issue_challenge(&key).await?;
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    match service.issue_challenge(&key).await {
+        Ok(issued) => Ok((StatusCode::CREATED, Json(issued)).into_response()),
+        Err(e @ ServiceError::TooManyChallenges { retry_after_secs }) => Ok(too_many(
+            "too_many_challenges",
+            e.to_string(),
+            Duration::from_secs(retry_after_secs),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -207,6 +257,22 @@ async fn by_key(
 ) -> Result<Response, ApiError> {
     let key = parse_key(&key)?;
     Ok(Json(service.lookup_key(&key).await?).into_response())
+}
+
+/// `GET /identity/v1/absence/{x_uid}`: proof that `x_uid` has no record
+/// (protocol §11.5), against the latest epoch anchored in a block.
+async fn absence(
+    State(service): State<Arc<IdentityService>>,
+    Path(x_uid): Path<String>,
+) -> Result<Response, ApiError> {
+    let x_uid = x_uid.parse::<u64>().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "x_uid must be a decimal X user id".into(),
+        )
+    })?;
+    Ok(Json(service.absence(x_uid).await?).into_response())
 }
 
 /// `GET /identity/v1/epochs/{n}` and `/identity/v1/epochs/latest`.

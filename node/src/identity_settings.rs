@@ -4,42 +4,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use bitcoin::{FeeRate, Network};
+use bitcoin::FeeRate;
 use cairn_identity::anchor::{AnchorPolicy, RpcConfig};
 use cairn_identity::binding::{RegistryConfig, DEFAULT_RECOVERY_DELAY_BLOCKS};
-use cairn_identity::service::ServiceConfig;
+use cairn_identity::service::{ServiceConfig, DEFAULT_MAX_OUTSTANDING_CHALLENGES};
 use cairn_identity::x::client::{DEFAULT_OEMBED_BASE, DEFAULT_SYNDICATION_BASE};
 use cairn_identity::x::{CheckPolicy, XClientConfig};
+use cairn_relay::config::Rate;
 use serde::{Deserialize, Serialize};
 
-/// Bitcoin network of the anchoring wallet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdentityNetwork {
-    /// Bitcoin mainnet.
-    Bitcoin,
-    /// Testnet3.
-    Testnet,
-    /// Signet.
-    Signet,
-    /// Regtest.
-    Regtest,
-}
-
-impl From<IdentityNetwork> for Network {
-    fn from(n: IdentityNetwork) -> Self {
-        match n {
-            IdentityNetwork::Bitcoin => Network::Bitcoin,
-            IdentityNetwork::Testnet => Network::Testnet,
-            IdentityNetwork::Signet => Network::Signet,
-            IdentityNetwork::Regtest => Network::Regtest,
-        }
-    }
-}
+use crate::bitcoin_settings::BitcoinSettings;
 
 /// The identity witness and registry (off by default: a plain relay needs
 /// neither X nor Bitcoin).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentitySettings {
     /// Serve `/identity/v1/…` and NIP-05, witness X proofs, anchor epochs.
@@ -56,16 +34,14 @@ pub struct IdentitySettings {
     pub anchor_sync_interval_secs: u64,
     /// Seconds an issued challenge stays valid.
     pub challenge_ttl_secs: u64,
+    /// Challenges one client IP may ask for (`POST /identity/v1/challenges`):
+    /// `per_second` refill, up to `burst`. Over it: 429 with `Retry-After`.
+    pub challenges_per_ip: Rate,
+    /// Most challenges outstanding (issued, unused, unexpired) at once,
+    /// across all clients. Over it: 429 with `Retry-After`.
+    pub max_outstanding_challenges: u64,
     /// Blocks between an accepted `recover` and its effect (the veto window).
     pub recovery_delay_blocks: u32,
-    /// Network of the anchoring wallet.
-    pub network: IdentityNetwork,
-    /// Bitcoin Core JSON-RPC URL.
-    pub bitcoind_rpc_url: String,
-    /// Bitcoin Core RPC user.
-    pub bitcoind_rpc_user: String,
-    /// Bitcoin Core RPC password (never logged or shown).
-    pub bitcoind_rpc_password: String,
     /// Lowest anchor feerate, sat/vB (also used when the node has no estimate).
     pub fee_floor_sat_per_vb: u64,
     /// Highest anchor feerate, sat/vB, fee bumps included.
@@ -87,11 +63,11 @@ impl Default for IdentitySettings {
             epoch_interval_secs: 3600,
             anchor_sync_interval_secs: 30,
             challenge_ttl_secs: 3600,
+            // A person binding an account needs one or two; a client that
+            // keeps asking gets ten at once, then one every 50 s.
+            challenges_per_ip: Rate::new(0.02, 10.0),
+            max_outstanding_challenges: DEFAULT_MAX_OUTSTANDING_CHALLENGES,
             recovery_delay_blocks: DEFAULT_RECOVERY_DELAY_BLOCKS,
-            network: IdentityNetwork::Bitcoin,
-            bitcoind_rpc_url: "http://127.0.0.1:8332".to_owned(),
-            bitcoind_rpc_user: String::new(),
-            bitcoind_rpc_password: String::new(),
             fee_floor_sat_per_vb: anchor.fee_floor.to_sat_per_vb_ceil(),
             fee_cap_sat_per_vb: anchor.fee_cap.to_sat_per_vb_ceil(),
             bump_after_blocks: anchor.bump_after_blocks,
@@ -100,40 +76,30 @@ impl Default for IdentitySettings {
     }
 }
 
-impl std::fmt::Debug for IdentitySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentitySettings")
-            .field("enabled", &self.enabled)
-            .field("x_oembed_base", &self.x_oembed_base)
-            .field("x_syndication_base", &self.x_syndication_base)
-            .field("epoch_interval_secs", &self.epoch_interval_secs)
-            .field("network", &self.network)
-            .field("bitcoind_rpc_url", &self.bitcoind_rpc_url)
-            .field("bitcoind_rpc_user", &self.bitcoind_rpc_user)
-            .field("bitcoind_rpc_password", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
 impl IdentitySettings {
-    /// The service configuration, with files under `data_dir`.
-    pub fn service_config(&self, data_dir: &Path) -> anyhow::Result<ServiceConfig> {
+    /// The service configuration, with files under `data_dir`, on the
+    /// network and Bitcoin Core node of `[bitcoin]`.
+    pub fn service_config(
+        &self,
+        bitcoin: &BitcoinSettings,
+        data_dir: &Path,
+    ) -> anyhow::Result<ServiceConfig> {
         let url = |name: &str, value: &str| {
             url::Url::parse(value).with_context(|| format!("identity.{name} is not a URL"))
         };
         anyhow::ensure!(
+            self.challenges_per_ip.per_second > 0.0 && self.challenges_per_ip.burst >= 1.0,
+            "identity.challenges_per_ip: need per_second > 0 and burst >= 1"
+        );
+        anyhow::ensure!(
             self.fee_floor_sat_per_vb >= 1 && self.fee_floor_sat_per_vb <= self.fee_cap_sat_per_vb,
             "identity: need 1 <= fee_floor_sat_per_vb <= fee_cap_sat_per_vb"
         );
-        let mut rpc = RpcConfig::new(
-            &self.bitcoind_rpc_url,
-            &self.bitcoind_rpc_user,
-            &self.bitcoind_rpc_password,
-        );
+        let mut rpc = RpcConfig::new(&bitcoin.rpc_url, &bitcoin.rpc_user, &bitcoin.rpc_password);
         rpc.timeout = Duration::from_secs(10);
         Ok(ServiceConfig {
             data_dir: data_dir.to_path_buf(),
-            network: self.network.into(),
+            network: bitcoin.network.into(),
             rpc,
             anchor_policy: AnchorPolicy {
                 fee_floor: FeeRate::from_sat_per_vb(self.fee_floor_sat_per_vb)
@@ -157,6 +123,7 @@ impl IdentitySettings {
             epoch_interval: Duration::from_secs(self.epoch_interval_secs.max(1)),
             anchor_sync_interval: Duration::from_secs(self.anchor_sync_interval_secs.max(1)),
             challenge_ttl: Duration::from_secs(self.challenge_ttl_secs.max(1)),
+            max_outstanding_challenges: self.max_outstanding_challenges,
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -40,6 +40,17 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// [`RateLimiter::check`] at a given instant (for tests).
     pub fn check_at(&self, key: &K, now: Instant) -> bool {
+        self.acquire_at(key, now).is_ok()
+    }
+
+    /// Take one token for `key`; when the bucket is empty, how long until
+    /// it holds one again (what an HTTP `Retry-After` should say).
+    pub fn acquire(&self, key: &K) -> Result<(), Duration> {
+        self.acquire_at(key, Instant::now())
+    }
+
+    /// [`RateLimiter::acquire`] at a given instant (for tests).
+    pub fn acquire_at(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= SWEEP_AT && !buckets.contains_key(key) {
             self.sweep(&mut buckets, now);
@@ -54,9 +65,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            let missing = 1.0 - bucket.tokens;
+            Err(Duration::from_secs_f64(
+                missing / rate.per_second.max(f64::MIN_POSITIVE),
+            ))
         }
     }
 
@@ -82,8 +96,6 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -97,6 +109,23 @@ mod tests {
         // Half a second refills one token at 2/s.
         assert!(limiter.check_at(&"a", t0 + Duration::from_millis(500)));
         assert!(!limiter.check_at(&"a", t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn an_empty_bucket_says_when_it_refills() {
+        let limiter = RateLimiter::new(Rate::new(0.5, 1.0));
+        let t0 = Instant::now();
+        assert_eq!(limiter.acquire_at(&"a", t0), Ok(()));
+        // Empty at 0.5 tokens/s: the next token is 2 s away, then 1 s.
+        assert_eq!(limiter.acquire_at(&"a", t0), Err(Duration::from_secs(2)));
+        assert_eq!(
+            limiter.acquire_at(&"a", t0 + Duration::from_secs(1)),
+            Err(Duration::from_secs(1))
+        );
+        assert_eq!(
+            limiter.acquire_at(&"a", t0 + Duration::from_secs(2)),
+            Ok(())
+        );
     }
 
     #[test]

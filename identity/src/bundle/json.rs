@@ -7,6 +7,8 @@ use nostr::Event;
 use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{codec::strip_witness, LogPath, ProofBundle, BUNDLE_VERSION};
+use bitcoin::{MerkleBlock, Transaction};
+
 use crate::{epoch::EpochHeader, state::StateProof, Hash};
 
 #[derive(Serialize, Deserialize)]
@@ -51,8 +53,41 @@ impl From<LogPathJson> for LogPath {
     }
 }
 
+/// The hex fields every bundle kind carries for its anchor: header,
+/// transaction (without witness) and Merkle block.
+pub(super) struct AnchorHex {
+    pub epoch_header: String,
+    pub anchor_tx: String,
+    pub merkle_block: String,
+}
+
+impl AnchorHex {
+    pub(super) fn encode(header: &EpochHeader, tx: &Transaction, mb: &MerkleBlock) -> Self {
+        Self {
+            epoch_header: hex::encode(header.to_bytes()),
+            anchor_tx: hex::encode(serialize(&strip_witness(tx))),
+            merkle_block: hex::encode(serialize(mb)),
+        }
+    }
+
+    pub(super) fn decode<E: serde::de::Error>(
+        &self,
+    ) -> Result<(EpochHeader, Transaction, MerkleBlock), E> {
+        let bytes =
+            |field: &str, s: &str| hex::decode(s).map_err(|e| E::custom(format!("{field}: {e}")));
+        let header = EpochHeader::from_bytes(&bytes("epoch_header", &self.epoch_header)?)
+            .map_err(|e| E::custom(format!("epoch_header: {e}")))?;
+        let tx: Transaction = deserialize(&bytes("anchor_tx", &self.anchor_tx)?)
+            .map_err(|e| E::custom(format!("anchor_tx: {e}")))?;
+        let mb = deserialize(&bytes("merkle_block", &self.merkle_block)?)
+            .map_err(|e| E::custom(format!("merkle_block: {e}")))?;
+        Ok((header, strip_witness(&tx), mb))
+    }
+}
+
 impl Serialize for ProofBundle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let anchor = AnchorHex::encode(&self.epoch_header, &self.anchor_tx, &self.merkle_block);
         BundleJson {
             version: BUNDLE_VERSION,
             record: hex::encode(&self.record),
@@ -61,10 +96,10 @@ impl Serialize for ProofBundle {
             op_path: (&self.op_path).into(),
             attestation_paths: self.attestation_paths.iter().map(Into::into).collect(),
             state_proof: hex::encode(self.state_proof.to_bytes()),
-            epoch_header: hex::encode(self.epoch_header.to_bytes()),
-            anchor_tx: hex::encode(serialize(&strip_witness(&self.anchor_tx))),
+            epoch_header: anchor.epoch_header,
+            anchor_tx: anchor.anchor_tx,
             block_height: self.block_height,
-            merkle_block: hex::encode(serialize(&self.merkle_block)),
+            merkle_block: anchor.merkle_block,
         }
         .serialize(s)
     }
@@ -82,8 +117,12 @@ impl<'de> Deserialize<'de> for ProofBundle {
         let bytes = |field: &str, s: &str| {
             hex::decode(s).map_err(|e| D::Error::custom(format!("{field}: {e}")))
         };
-        let anchor_tx: bitcoin::Transaction = deserialize(&bytes("anchor_tx", &j.anchor_tx)?)
-            .map_err(|e| D::Error::custom(format!("anchor_tx: {e}")))?;
+        let (epoch_header, anchor_tx, merkle_block) = AnchorHex {
+            epoch_header: j.epoch_header,
+            anchor_tx: j.anchor_tx,
+            merkle_block: j.merkle_block,
+        }
+        .decode()?;
         Ok(Self {
             record: bytes("record", &j.record)?,
             ops: j.ops,
@@ -92,12 +131,10 @@ impl<'de> Deserialize<'de> for ProofBundle {
             attestation_paths: j.attestation_paths.into_iter().map(Into::into).collect(),
             state_proof: StateProof::from_bytes(&bytes("state_proof", &j.state_proof)?)
                 .map_err(|e| D::Error::custom(format!("state_proof: {e}")))?,
-            epoch_header: EpochHeader::from_bytes(&bytes("epoch_header", &j.epoch_header)?)
-                .map_err(|e| D::Error::custom(format!("epoch_header: {e}")))?,
-            anchor_tx: strip_witness(&anchor_tx),
+            epoch_header,
+            anchor_tx,
             block_height: j.block_height,
-            merkle_block: deserialize(&bytes("merkle_block", &j.merkle_block)?)
-                .map_err(|e| D::Error::custom(format!("merkle_block: {e}")))?,
+            merkle_block,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! any byte changed in it makes decoding or verification fail. The format and
 //! the verification algorithm are normative in `docs/identity-protocol.md` §11.
 
+mod absence;
 mod chain;
 mod codec;
 mod error;
@@ -19,6 +20,7 @@ mod record;
 mod rpc;
 mod verify;
 
+pub use absence::{verify_absence, AbsenceBundle, VerifiedAbsence, ABSENCE_VERSION};
 pub use chain::{ChainView, ChainViewError, Checkpoint, HeaderChain, HeaderChainError};
 pub use codec::{DecodeError, BUNDLE_MAGIC, BUNDLE_VERSION, MAX_BUNDLE_LEN};
 pub use error::BundleError;

@@ -295,8 +295,54 @@ pub fn verify<C: ChainView + ?Sized>(
         )
         .map_err(BundleError::StateProof)?;
 
+    // 5–8. The header is anchored in a block of the verifier's chain.
+    let anchored = verify_anchored(
+        header,
+        &bundle.anchor_tx,
+        bundle.block_height,
+        &bundle.merkle_block,
+        chain,
+        policy,
+    )?;
+
+    Ok(VerifiedIdentity {
+        x_uid: record.x_uid,
+        handle: record.handle,
+        key: record.key,
+        status: record.status,
+        seq: record.seq,
+        head: record.head,
+        witnesses,
+        epoch: *header,
+        header_hash: header.hash(),
+        anchor_txid: anchored.txid,
+        block_hash: anchored.block_hash,
+        block_height: anchored.block_height,
+        confirmations: anchored.confirmations,
+    })
+}
+
+/// Where a header's anchor was found (steps 8–12 of §11.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Anchored {
+    pub txid: Txid,
+    pub block_hash: BlockHash,
+    pub block_height: u32,
+    pub confirmations: u32,
+}
+
+/// Checks that `tx` anchors `header`, is in the block of `mb`, that block
+/// has valid proof of work and sits at `block_height` on the verifier's
+/// chain with enough confirmations. Shared by every bundle kind.
+pub(super) fn verify_anchored<C: ChainView + ?Sized>(
+    header: &EpochHeader,
+    tx: &bitcoin::Transaction,
+    block_height: u32,
+    mb: &bitcoin::MerkleBlock,
+    chain: &C,
+    policy: &VerifyPolicy,
+) -> Result<Anchored, BundleError> {
     // 5. Anchor transaction commits to the header.
-    let tx = &bundle.anchor_tx;
     let stripped = strip_witness(tx);
     if stripped.base_size() == 64 || bitcoin::consensus::serialize(&stripped).len() == 64 {
         return Err(BundleError::SixtyFourByteTransaction);
@@ -308,7 +354,6 @@ pub fn verify<C: ChainView + ?Sized>(
     let txid = tx.compute_txid();
 
     // 6. The transaction is in the block: well-formed partial tree, exactly this txid, root in header.
-    let mb = &bundle.merkle_block;
     let (mut matches, mut indexes) = (Vec::new(), Vec::new());
     mb.extract_matches(&mut matches, &mut indexes)
         .map_err(BundleError::MerkleBlock)?;
@@ -335,9 +380,9 @@ pub fn verify<C: ChainView + ?Sized>(
     let height = chain
         .height_of(&block_hash)?
         .ok_or(BundleError::NotOnChain(block_hash))?;
-    if height != bundle.block_height {
+    if height != block_height {
         return Err(BundleError::HeightMismatch {
-            claimed: bundle.block_height,
+            claimed: block_height,
             actual: height,
         });
     }
@@ -350,17 +395,8 @@ pub fn verify<C: ChainView + ?Sized>(
         });
     }
 
-    Ok(VerifiedIdentity {
-        x_uid: record.x_uid,
-        handle: record.handle,
-        key: record.key,
-        status: record.status,
-        seq: record.seq,
-        head: record.head,
-        witnesses,
-        epoch: *header,
-        header_hash: header.hash(),
-        anchor_txid: txid,
+    Ok(Anchored {
+        txid,
         block_hash,
         block_height: height,
         confirmations,

@@ -138,6 +138,21 @@ impl IdentityDb {
         ))
     }
 
+    /// Unused challenges still valid at `now`: how many, and the earliest
+    /// expiry among them.
+    pub async fn outstanding_challenges(
+        &self,
+        now: u64,
+    ) -> Result<(u64, Option<u64>), sqlx::Error> {
+        // `expires_at` is indexed, so this reads only the last TTL's rows.
+        const SQL: &str = "SELECT COUNT(*), MIN(expires_at) FROM identity_challenges \
+                           WHERE expires_at >= $1 AND used = 0";
+        let (n, oldest): (i64, Option<i64>) = on_pool!(self, pool => {
+            sqlx::query_as(SQL).bind(to_i(now)).fetch_one(pool).await?
+        });
+        Ok((to_u(n), oldest.map(to_u)))
+    }
+
     /// Deletes unused challenges that expired before `now`; returns how many.
     pub async fn purge_challenges(&self, now: u64) -> Result<u64, sqlx::Error> {
         const SQL: &str = "DELETE FROM identity_challenges WHERE used = 0 AND expires_at < $1";

@@ -16,15 +16,15 @@
 //! [`crate::state::StateStore`] instead. The anchoring wallet and the anchor
 //! records stay in the wallet's own file (see [`crate::anchor`]).
 //!
-//! # Epochs and the previous anchor
+//! # Linking epochs
 //!
-//! An epoch header names the previous epoch's anchor txid, so an epoch can
-//! close only once the previous epoch has a transaction. While the previous
-//! epoch waits (no funds, no node), the next one stays open and
-//! [`EpochClose::Deferred`] says why; operations keep being accepted into it.
-//! The txid named is the one current at close time: a later fee bump of the
-//! previous anchor changes its txid but not the header (the spend of the
-//! previous change output still links the two anchors on chain).
+//! An epoch header names the previous epoch by its header hash, which is
+//! fixed the moment that epoch closes. Its anchor txid is not: a fee bump
+//! (RBF) or re-anchoring after a reorg replaces the transaction, so a header
+//! naming a txid could later point at a transaction that never confirmed.
+//! Linking by header hash also means an epoch never waits for the previous
+//! one's transaction: epochs close on schedule and the anchorer anchors them
+//! in order (each anchor spending the previous one's change) once it can.
 
 pub mod db;
 
@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bitcoin::consensus::deserialize;
-use bitcoin::hashes::Hash as _;
 use bitcoin::{BlockHash, MerkleBlock, Network, Txid};
 use nostr::nips::nip19::ToBech32;
 use nostr::{Event, JsonUtil, Keys, PublicKey};
@@ -54,7 +53,7 @@ use crate::binding::{
     log_entry, BindingError, BindingOp, Identity, IdentityStatus, LogEntryKind, OpContext, OpKind,
     Registry, RegistryConfig, RegistryError, Status, WitnessAttestation,
 };
-use crate::bundle::ProofBundle;
+use crate::bundle::{AbsenceBundle, ProofBundle};
 use crate::epoch::{EpochHeader, HEADER_VERSION};
 use crate::log::{LogError, MemoryLogStore, MerkleLog};
 use crate::state::{state_key, MemoryStateStore, SparseMerkleTree, StateError};
@@ -100,7 +99,14 @@ pub struct ServiceConfig {
     pub anchor_sync_interval: Duration,
     /// How long an issued challenge is accepted.
     pub challenge_ttl: Duration,
+    /// Most challenges that may be outstanding (issued, unused, unexpired)
+    /// at once, across all clients: bounds the challenge table whatever
+    /// per-client limits the caller applies.
+    pub max_outstanding_challenges: u64,
 }
+
+/// Default [`ServiceConfig::max_outstanding_challenges`].
+pub const DEFAULT_MAX_OUTSTANDING_CHALLENGES: u64 = 10_000;
 
 /// Why a request to the service failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +144,15 @@ pub enum ServiceError {
     /// Nothing known under that name.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// An absence proof was asked for an `x_uid` that has a record.
+    #[error("x_uid {0} has a record; look it up instead")]
+    Known(u64),
+    /// The cap on outstanding challenges is reached.
+    #[error("too many outstanding challenges; retry in {retry_after_secs} s")]
+    TooManyChallenges {
+        /// Seconds until the oldest outstanding challenge expires.
+        retry_after_secs: u64,
+    },
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -233,8 +248,8 @@ pub struct EpochView {
     pub header: String,
     /// Its hash (what the OP_RETURN carries), hex.
     pub header_hash: String,
-    /// Previous anchor txid (display hex; zeros for epoch 0).
-    pub prev_anchor_txid: String,
+    /// Header hash of the previous epoch, hex (zeros for epoch 0).
+    pub prev_header_hash: String,
     /// Log size.
     pub log_size: u64,
     /// Log root, hex.
@@ -386,8 +401,6 @@ pub struct ServiceStatus {
     pub open_epoch: u64,
     /// Operations accepted into it so far.
     pub open_epoch_operations: usize,
-    /// Why the open epoch cannot close yet, if it cannot.
-    pub deferred: Option<String>,
     /// Log size.
     pub log_size: u64,
     /// Identities known.
@@ -401,11 +414,6 @@ pub struct ServiceStatus {
 pub enum EpochClose {
     /// No operation was accepted since the last close.
     Skipped,
-    /// The previous epoch has no anchor transaction yet.
-    Deferred {
-        /// The epoch waiting for its anchor.
-        waiting_for: u64,
-    },
     /// The epoch closed and was handed to the anchorer.
     Closed {
         /// Its number.
@@ -537,12 +545,17 @@ impl Core {
         Ok(accepted)
     }
 
-    /// Closes the open epoch at the current height and returns its header.
-    fn close(&mut self, prev_anchor_txid: Txid) -> Result<EpochHeader, ServiceError> {
+    /// Closes the open epoch at the current height and returns its header,
+    /// linked to the previous epoch by that epoch's header hash.
+    fn close(&mut self) -> Result<EpochHeader, ServiceError> {
+        let prev_header_hash = self
+            .epochs
+            .last()
+            .map_or([0; 32], |prev| prev.header.hash());
         let header = EpochHeader {
             version: HEADER_VERSION,
             epoch: self.open_epoch(),
-            prev_anchor_txid,
+            prev_header_hash,
             log_size: self.log.size()?,
             log_root: self.log.root()?,
             state_root: self.state.root(),
@@ -622,7 +635,7 @@ impl Core {
                 .map_err(|e| corrupt(format!("epoch {} header: {e}", stored.epoch)))?;
             let header = EpochHeader::from_bytes(&bytes)
                 .map_err(|e| corrupt(format!("epoch {} header: {e}", stored.epoch)))?;
-            let replayed = core.close(header.prev_anchor_txid)?;
+            let replayed = core.close()?;
             if replayed != header {
                 return Err(corrupt(format!(
                     "epoch {} header does not match the replayed log and state",
@@ -660,6 +673,9 @@ pub struct IdentityService {
     /// Best block height from the wallet's last sync.
     tip: AtomicU32,
     publisher: Option<Arc<dyn Publisher>>,
+    /// Serializes challenge issuance, so that counting the outstanding
+    /// challenges and storing a new one cannot interleave past the cap.
+    issuing: Mutex<()>,
     /// Anchor records as of the last sync or close: lookups read these
     /// instead of waiting for the wallet, which a slow sync may hold.
     records: std::sync::Mutex<HashMap<u64, AnchorRecord>>,
@@ -830,6 +846,7 @@ impl IdentityService {
             core: Mutex::new(core),
             tip,
             publisher,
+            issuing: Mutex::new(()),
             records: std::sync::Mutex::new(HashMap::new()),
             proofs: std::sync::Mutex::new(HashMap::new()),
         });
@@ -859,12 +876,21 @@ impl IdentityService {
         }
     }
 
-    /// Issues a challenge for `pubkey` and stores it.
+    /// Issues a challenge for `pubkey` and stores it, unless
+    /// [`ServiceConfig::max_outstanding_challenges`] are already outstanding.
     pub async fn issue_challenge(
         &self,
         pubkey: &PublicKey,
     ) -> Result<IssuedChallenge, ServiceError> {
+        let _issuing = self.issuing.lock().await;
         let now = unix_now();
+        let (outstanding, oldest_expiry) = self.db.outstanding_challenges(now).await?;
+        if outstanding >= self.config.max_outstanding_challenges {
+            return Err(ServiceError::TooManyChallenges {
+                // A challenge is valid through its `expires_at` second.
+                retry_after_secs: oldest_expiry.map_or(1, |e| (e + 1).saturating_sub(now).max(1)),
+            });
+        }
         let challenge = Challenge::issue(pubkey, now, self.config.challenge_ttl);
         self.db
             .insert_challenge(&ChallengeRow {
@@ -1018,27 +1044,17 @@ impl IdentityService {
         })
     }
 
-    /// Closes the open epoch if it has operations and the previous epoch
-    /// has an anchor transaction, stores it and hands it to the anchorer.
+    /// Closes the open epoch if it has operations, stores it and hands it
+    /// to the anchorer (which queues it behind any epoch still waiting for
+    /// a transaction).
     pub async fn close_epoch(&self) -> Result<EpochClose, ServiceError> {
         self.refresh_anchor_txids().await?;
         let mut core = self.core.lock().await;
         if core.open_ops == 0 {
             return Ok(EpochClose::Skipped);
         }
-        let prev = match core.epochs.last() {
-            None => Txid::all_zeros(),
-            Some(last) => match last.anchor_txid {
-                Some(txid) => txid,
-                None => {
-                    return Ok(EpochClose::Deferred {
-                        waiting_for: last.header.epoch,
-                    })
-                }
-            },
-        };
         core.advance(self.tip.load(Ordering::Relaxed))?;
-        let header = core.close(prev)?;
+        let header = core.close()?;
         let closed = ClosedEpoch {
             header,
             close_height: core.height,
@@ -1191,12 +1207,8 @@ impl IdentityService {
                     }
                 }
                 _ = epochs.tick() => {
-                    match self.close_epoch().await {
-                        Ok(EpochClose::Deferred { waiting_for }) => {
-                            info!(waiting_for, "epoch close deferred until the previous epoch is anchored");
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!(error = %e, "closing the identity epoch failed"),
+                    if let Err(e) = self.close_epoch().await {
+                        warn!(error = %e, "closing the identity epoch failed");
                     }
                 }
             }
@@ -1374,6 +1386,58 @@ impl IdentityService {
         Ok(Some(bundle))
     }
 
+    /// Proof that `x_uid` has no record, against the latest epoch whose
+    /// anchor is in a block (protocol §11.5).
+    pub async fn absence(&self, x_uid: u64) -> Result<AbsenceBundle, ServiceError> {
+        if x_uid == 0 {
+            return Err(ServiceError::BadRequest("x_uid must be non-zero".into()));
+        }
+        if self.core.lock().await.registry.get(x_uid).is_some() {
+            return Err(ServiceError::Known(x_uid));
+        }
+        let confirmed = {
+            let records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            records
+                .values()
+                .filter_map(|r| match (r.state, &r.tx) {
+                    (
+                        AnchorState::Confirmed {
+                            height, block_hash, ..
+                        },
+                        Some(tx),
+                    ) => Some((r.epoch, height, block_hash, tx.clone())),
+                    _ => None,
+                })
+                .max_by_key(|(epoch, ..)| *epoch)
+        };
+        let (epoch, height, block_hash, tx) =
+            confirmed.ok_or(ServiceError::NotFound("anchored epoch"))?;
+        let merkle_block = self.merkle_block(tx.compute_txid(), block_hash).await?;
+        let core = self.core.lock().await;
+        let header = core
+            .epochs
+            .get(epoch as usize)
+            .ok_or(ServiceError::NotFound("anchored epoch"))?
+            .header;
+        let state_proof = core.state.prove_at(&header.state_root, &state_key(x_uid))?;
+        // A record is never removed, so absent now means absent then too.
+        if state_proof
+            .verify(&header.state_root, &state_key(x_uid))
+            .map_err(|e| ServiceError::Corrupt(format!("state proof: {e}")))?
+            .is_some()
+        {
+            return Err(ServiceError::Known(x_uid));
+        }
+        Ok(AbsenceBundle {
+            x_uid,
+            state_proof,
+            epoch_header: header,
+            anchor_tx: tx,
+            block_height: height,
+            merkle_block,
+        })
+    }
+
     fn cached_record(&self, epoch: u64) -> Option<AnchorRecord> {
         self.records
             .lock()
@@ -1446,7 +1510,7 @@ impl IdentityService {
             epoch: h.epoch,
             header: hex::encode(h.to_bytes()),
             header_hash: hex::encode(h.hash()),
-            prev_anchor_txid: h.prev_anchor_txid.to_string(),
+            prev_header_hash: hex::encode(h.prev_header_hash),
             log_size: h.log_size,
             log_root: hex::encode(h.log_root),
             state_root: hex::encode(h.state_root),
@@ -1472,19 +1536,10 @@ impl IdentityService {
         let anchor = self.anchorer.status().await?;
         let (health, message) = health_view(&anchor.health);
         let core = self.core.lock().await;
-        let deferred = match core.epochs.last() {
-            Some(last) if core.open_ops > 0 && last.anchor_txid.is_none() => Some(format!(
-                "epoch {} waits until epoch {} has an anchor transaction",
-                core.open_epoch(),
-                last.header.epoch
-            )),
-            _ => None,
-        };
         Ok(ServiceStatus {
             witness: self.witness.public_key().to_bech32().unwrap_or_default(),
             open_epoch: core.open_epoch(),
             open_epoch_operations: core.open_ops,
-            deferred,
             log_size: core.log.size()?,
             identities: core.history.len(),
             anchoring: AnchoringStatus {
@@ -1579,7 +1634,7 @@ mod tests {
             },
         )
         .unwrap();
-        let header = core.close(Txid::all_zeros()).unwrap();
+        let header = core.close().unwrap();
         let row = |h: &EpochHeader| EpochRow {
             epoch: 0,
             header: hex::encode(h.to_bytes()),

@@ -15,6 +15,8 @@
 pub mod challenge;
 pub mod check;
 pub mod client;
+#[cfg(feature = "fake-x")]
+pub mod fake;
 pub mod text;
 pub mod token;
 

@@ -21,6 +21,7 @@ use cairn_identity::{
     hash::sha256,
     log::{MemoryLogStore, MerkleLog},
     state::{state_key, MemoryStateStore, SparseMerkleTree},
+    Hash,
 };
 use nostr::{Event, Keys};
 
@@ -175,7 +176,7 @@ impl RegistryNode {
         x_uid: u64,
         epoch: u64,
     ) -> (ProofBundle, HeaderChain) {
-        let header = self.header(epoch, Txid::from_byte_array([0x42; 32]));
+        let header = self.header(epoch, [0x42; 32]);
         let tx = anchor_tx(&header);
         let (merkle_block, view) = anchor_chain(&tx, 2_500);
         let bundle = ProofBundle::assemble(
@@ -199,11 +200,11 @@ impl RegistryNode {
         self.registry.get(x_uid).unwrap().clone()
     }
 
-    pub fn header(&self, epoch: u64, prev_anchor_txid: Txid) -> EpochHeader {
+    pub fn header(&self, epoch: u64, prev_header_hash: Hash) -> EpochHeader {
         EpochHeader {
             version: HEADER_VERSION,
             epoch,
-            prev_anchor_txid,
+            prev_header_hash,
             log_size: self.log.size().unwrap(),
             log_root: self.log.root().unwrap(),
             state_root: self.state.root(),

@@ -5,9 +5,14 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use bitcoin::Txid;
 use cairn_e2e::{Backend, WsClient};
 use cairn_identity::binding::{revoke_op, rotate_op};
-use cairn_identity::bundle::{BundleError, ProofBundle};
+use cairn_identity::bundle::{
+    verify_absence, AbsenceBundle, BundleError, ProofBundle, RpcChainView, VerifiedAbsence,
+    VerifyPolicy,
+};
+use cairn_identity::epoch::EpochHeader;
 use cairn_identity::service::EpochClose;
 use cairn_testchain::TestChain;
 use nostr::{Keys, ToBech32};
@@ -19,6 +24,7 @@ use crate::support::*;
 
 const ALICE_UID: u64 = 1_047_412_980_948_713_472;
 const BOB_UID: u64 = 250_188_760;
+const CAROL_UID: u64 = 783_214;
 
 async fn lookup_handle(node: &IdNode, handle: &str) -> Result<Value> {
     let (status, v) = node.get(&format!("/identity/v1/handles/{handle}")).await?;
@@ -301,8 +307,8 @@ async fn rotation_revocation_moved_and_refusals() -> Result<()> {
         let (_, e1) = node.get("/identity/v1/epochs/1").await?;
         let (_, e0) = node.get("/identity/v1/epochs/0").await?;
         assert_eq!(
-            e1["prev_anchor_txid"], e0["anchor"]["txid"],
-            "epochs chain by txid"
+            e1["prev_header_hash"], e0["header_hash"],
+            "epochs chain by header hash"
         );
 
         // Revocation by the current key.
@@ -421,26 +427,35 @@ async fn empty_wallet_queues_epochs_until_funded() -> Result<()> {
         assert_eq!(status["anchoring"]["queued_epochs"], json!([0]));
         assert!(status["anchoring"]["message"].as_str().is_some());
 
-        // The next epoch waits for the previous one's anchor; bindings go on.
+        // The next epoch still closes on schedule (it links to epoch 0 by
+        // header hash, which needs no transaction) and queues behind it.
         let bob = User::new(BOB_UID, "bob");
         bind(&node, &x, &bob, 2).await?;
-        assert_eq!(
-            node.close_epoch().await?,
-            EpochClose::Deferred { waiting_for: 0 }
-        );
+        match node.close_epoch().await? {
+            EpochClose::Closed {
+                epoch: 1,
+                txid: None,
+                queued: Some(_),
+            } => {}
+            other => anyhow::bail!("expected epoch 1 queued, got {other:?}"),
+        }
         let (_, status) = node.get("/identity/v1/status").await?;
-        assert!(status["deferred"].as_str().is_some(), "{status}");
+        assert_eq!(status["anchoring"]["queued_epochs"], json!([0, 1]));
+        assert_eq!(status["open_epoch"], 2, "{status}");
         assert_eq!(
             lookup_handle(&node, "alice_cairn").await?["status"],
             "pending"
         );
 
-        // Funding: the queued epoch is anchored on the next sync, then the next one closes.
+        // Funding: both queued epochs are anchored, in order, on the next sync.
         node.fund(&chain, 200_000).await?;
         let (_, status) = node.get("/identity/v1/status").await?;
         assert_eq!(status["anchoring"]["queued_epochs"], json!([]), "{status}");
         assert_eq!(status["anchoring"]["health"], "ok", "{status}");
-        closed_with_txid(&node.close_epoch().await?, 1)?;
+        let (_, e0) = node.get("/identity/v1/epochs/0").await?;
+        let (_, e1) = node.get("/identity/v1/epochs/1").await?;
+        assert_eq!(e1["prev_header_hash"], e0["header_hash"]);
+        assert!(e0["anchor"]["txid"].is_string() && e1["anchor"]["txid"].is_string());
         mine(&chain, CONFIRMATIONS).await?;
         node.sync().await?;
         for handle in ["alice_cairn", "bob"] {
@@ -569,11 +584,11 @@ async fn background_job_closes_anchors_and_confirms() -> Result<()> {
     case(async {
         let chain = TestChain::start().await?;
         let x = FakeX::start().await?;
-        let dir = tempfile::tempdir()?;
-        let mut settings = identity_settings(dir.path(), None, &chain, &x);
-        settings.identity.epoch_interval_secs = 1;
-        settings.identity.anchor_sync_interval_secs = 1;
-        let node = IdNode::start_with(settings, dir, None).await?;
+        let node = IdNode::start_tuned(&chain, &x, |s| {
+            s.identity.epoch_interval_secs = 1;
+            s.identity.anchor_sync_interval_secs = 1;
+        })
+        .await?;
         node.fund(&chain, 200_000).await?;
         let alice = User::new(ALICE_UID, "alice_cairn");
         bind(&node, &x, &alice, 1).await?;
@@ -641,6 +656,186 @@ async fn reorg_drops_the_anchor_then_it_confirms_and_verifies_again() -> Result<
             "a block of the new chain"
         );
         verify_bundle(&chain, &node, &v).await?;
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Item of the identity issue: an epoch header must never name a transaction
+/// that is not in the chain. Epoch 0's anchor is fee-bumped (new txid) after
+/// epoch 1 was anchored on top of it (so epoch 1's anchor is rebuilt too),
+/// then epoch 2 closes. Headers link by header hash, so every link still
+/// holds, the anchors still spend each other's change, and every bundle
+/// verifies against the replacement transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fee_bumped_anchors_keep_epochs_linked_and_bundles_valid() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start_tuned(&chain, &x, |s| s.identity.bump_after_blocks = 2).await?;
+        node.fund(&chain, 200_000).await?;
+        let users = [
+            User::new(ALICE_UID, "alice_cairn"),
+            User::new(BOB_UID, "bob"),
+            User::new(CAROL_UID, "carol"),
+        ];
+        let anchor_txid = |e: &Value| -> Result<Txid> {
+            Ok(e["anchor"]["txid"]
+                .as_str()
+                .context("anchor txid")?
+                .parse()?)
+        };
+        bind(&node, &x, &users[0], 1).await?;
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+        bind(&node, &x, &users[1], 2).await?;
+        closed_with_txid(&node.close_epoch().await?, 1)?;
+        let first = [
+            anchor_txid(&node.get("/identity/v1/epochs/0").await?.1)?,
+            anchor_txid(&node.get("/identity/v1/epochs/1").await?.1)?,
+        ];
+
+        // Two blocks without them: epoch 0's anchor is replaced by a fee
+        // bump, and epoch 1's is rebuilt on the replacement's change.
+        mine_empty(&chain, 2).await?;
+        node.sync().await?;
+        let bumped = [
+            anchor_txid(&node.get("/identity/v1/epochs/0").await?.1)?,
+            anchor_txid(&node.get("/identity/v1/epochs/1").await?.1)?,
+        ];
+        assert_ne!(bumped[0], first[0], "epoch 0 was fee-bumped");
+        assert_ne!(bumped[1], first[1], "epoch 1 was rebuilt");
+
+        bind(&node, &x, &users[2], 3).await?;
+        closed_with_txid(&node.close_epoch().await?, 2)?;
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+
+        let mut headers = Vec::new();
+        let mut txids = Vec::new();
+        for n in 0..3 {
+            let (status, e) = node.get(&format!("/identity/v1/epochs/{n}")).await?;
+            assert_eq!(status, StatusCode::OK, "{e}");
+            let bytes = hex::decode(e["header"].as_str().context("header")?)?;
+            let header = EpochHeader::from_bytes(&bytes)?;
+            assert_eq!(
+                e["prev_header_hash"].as_str(),
+                Some(hex::encode(header.prev_header_hash).as_str())
+            );
+            assert_eq!(e["anchor"]["state"], "confirmed", "{e}");
+            headers.push(header);
+            txids.push(anchor_txid(&e)?);
+        }
+        assert_eq!(&txids[..2], &bumped[..], "the replacements confirmed");
+        assert_eq!(headers[0].prev_header_hash, [0; 32]);
+        headers[1].verify_successor_of(&headers[0])?;
+        headers[2].verify_successor_of(&headers[1])?;
+        // On chain, each anchor spends the one before it (its change output).
+        for n in 1..3 {
+            let raw = chain
+                .rpc(
+                    "getrawtransaction",
+                    vec![json!(txids[n].to_string()), json!(false)],
+                )
+                .await?;
+            let tx: bitcoin::Transaction =
+                bitcoin::consensus::encode::deserialize_hex(raw.as_str().context("hex")?)?;
+            assert!(
+                tx.input
+                    .iter()
+                    .any(|i| i.previous_output.txid == txids[n - 1]),
+                "anchor {n} spends anchor {}",
+                n - 1
+            );
+        }
+
+        for (n, user) in users.iter().enumerate() {
+            let v = lookup_handle(&node, &user.handle).await?;
+            assert_eq!(v["status"], "final", "{v}");
+            let verified = verify_bundle(&chain, &node, &v).await?;
+            assert_eq!(verified.epoch, headers[n]);
+            assert_eq!(verified.anchor_txid, txids[n]);
+        }
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Verifies an absence bundle against the chain's own RPC.
+async fn verify_absence_rpc(
+    chain: &TestChain,
+    bundle: AbsenceBundle,
+) -> Result<VerifiedAbsence, BundleError> {
+    let (url, user, pass) = (
+        chain.rpc_url().to_owned(),
+        chain.rpc_user().to_owned(),
+        chain.rpc_password().to_owned(),
+    );
+    let mut policy = VerifyPolicy::new(bitcoin::Network::Regtest);
+    policy.min_confirmations = CONFIRMATIONS;
+    tokio::task::spawn_blocking(move || {
+        let view =
+            RpcChainView::new(&url, &user, &pass, Duration::from_secs(10)).expect("RPC client");
+        verify_absence(&bundle, &view, &policy)
+    })
+    .await
+    .expect("verifier task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_x_uid_gets_a_verifiable_absence_proof() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+
+        // Nothing anchored yet: nothing to prove against.
+        let (status, body) = node.get(&format!("/identity/v1/absence/{BOB_UID}")).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        bind(&node, &x, &alice, 1).await?;
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+
+        let (status, body) = node.get(&format!("/identity/v1/absence/{BOB_UID}")).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["x_uid"], BOB_UID.to_string());
+        let bundle: AbsenceBundle = serde_json::from_value(body)?;
+        let verified = verify_absence_rpc(&chain, bundle.clone()).await?;
+        assert_eq!(verified.x_uid, BOB_UID);
+        assert_eq!(verified.epoch.epoch, 0);
+        assert!(verified.confirmations >= CONFIRMATIONS);
+
+        // The same proof relabelled for the bound id does not verify.
+        let mut forged = bundle.clone();
+        forged.x_uid = ALICE_UID;
+        let err = verify_absence_rpc(&chain, forged).await.unwrap_err();
+        assert!(matches!(err, BundleError::StateProof(_)), "{err:?}");
+        // Nor does it against a header other than the anchored one.
+        let mut moved = bundle;
+        moved.epoch_header.log_size += 1;
+        let err = verify_absence_rpc(&chain, moved).await.unwrap_err();
+        assert!(matches!(err, BundleError::Anchor(_)), "{err:?}");
+
+        // Known ids are looked up instead; bad ids are refused.
+        let (status, body) = node
+            .get(&format!("/identity/v1/absence/{ALICE_UID}"))
+            .await?;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"], "bound");
+        let (status, _) = node.get("/identity/v1/absence/alice").await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        // Once bob binds (even before his epoch is anchored) he is known.
+        let bob = User::new(BOB_UID, "bob");
+        bind(&node, &x, &bob, 2).await?;
+        let (status, body) = node.get(&format!("/identity/v1/absence/{BOB_UID}")).await?;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
         node.finish().await?;
         chain.stop().await?;
         Ok(())

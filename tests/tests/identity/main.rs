@@ -5,5 +5,6 @@
 mod cli;
 mod fake_x;
 mod flow;
+mod limits;
 mod support;
 mod two_nodes;

@@ -10,7 +10,7 @@ use cairn_e2e::{within, PgDatabase};
 use cairn_identity::binding::proof_post_op;
 use cairn_identity::bundle::{verify, ProofBundle, RpcChainView, VerifiedIdentity, VerifyPolicy};
 use cairn_identity::service::{EpochClose, IdentityService};
-use cairn_node::identity_settings::IdentityNetwork;
+use cairn_node::bitcoin_settings::{BitcoinNetwork, BitcoinSettings};
 use cairn_node::{RunningNode, Settings};
 use cairn_testchain::TestChain;
 use nostr::{Event, EventId, Keys};
@@ -37,6 +37,12 @@ pub fn identity_settings(
     x: &FakeX,
 ) -> Settings {
     let mut s = cairn_e2e::test_settings(dir.to_path_buf(), database_url);
+    s.bitcoin = BitcoinSettings {
+        network: BitcoinNetwork::Regtest,
+        rpc_url: chain.rpc_url().to_owned(),
+        rpc_user: chain.rpc_user().to_owned(),
+        rpc_password: chain.rpc_password().to_owned(),
+    };
     let id = &mut s.identity;
     id.enabled = true;
     id.x_oembed_base = x.base();
@@ -45,13 +51,12 @@ pub fn identity_settings(
     // Tests close epochs and sync anchors themselves.
     id.epoch_interval_secs = 3600;
     id.anchor_sync_interval_secs = 3600;
-    id.network = IdentityNetwork::Regtest;
-    id.bitcoind_rpc_url = chain.rpc_url().to_owned();
-    id.bitcoind_rpc_user = chain.rpc_user().to_owned();
-    id.bitcoind_rpc_password = chain.rpc_password().to_owned();
     id.confirmations = CONFIRMATIONS;
     id.bump_after_blocks = 50;
     id.recovery_delay_blocks = 5;
+    // Every test client is 127.0.0.1; tests of the limit itself lower it.
+    id.challenges_per_ip.per_second = 100.0;
+    id.challenges_per_ip.burst = 100.0;
     s
 }
 
@@ -79,6 +84,18 @@ impl IdNode {
         };
         let settings = identity_settings(dir.path(), pg.as_ref().map(|p| p.url.clone()), chain, x);
         Self::start_with(settings, dir, pg).await
+    }
+
+    /// Starts a SQLite-backed node after `tune` adjusted its settings.
+    pub async fn start_tuned(
+        chain: &TestChain,
+        x: &FakeX,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut settings = identity_settings(dir.path(), None, chain, x);
+        tune(&mut settings);
+        Self::start_with(settings, dir, None).await
     }
 
     pub async fn start_with(
@@ -181,6 +198,20 @@ impl IdNode {
 pub async fn mine(chain: &TestChain, n: u32) -> Result<()> {
     let addr = chain.internal_address().await?;
     within("mine", chain.mine(n, &addr)).await??;
+    Ok(())
+}
+
+/// Mines `n` blocks that leave the mempool's transactions out (so an
+/// anchor stays unconfirmed long enough to be fee-bumped).
+pub async fn mine_empty(chain: &TestChain, n: u32) -> Result<()> {
+    let addr = chain.internal_address().await?;
+    for _ in 0..n {
+        within(
+            "generateblock",
+            chain.rpc("generateblock", vec![json!(addr.to_string()), json!([])]),
+        )
+        .await??;
+    }
     Ok(())
 }
 
