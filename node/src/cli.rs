@@ -480,7 +480,8 @@ fn parse_public_key(s: &str) -> Result<PublicKey> {
         .map_err(|_| anyhow!("`{s}` is not an npub or a 64-hex-digit public key"))
 }
 
-fn npub(key: &PublicKey) -> String {
+/// `npub1…` of `key` (hex if encoding fails).
+pub fn npub(key: &PublicKey) -> String {
     key.to_bech32().unwrap_or_else(|_| key.to_hex())
 }
 
@@ -1145,7 +1146,7 @@ impl VerifyOptions {
 
 /// RPC user and password from `--rpc-user` with `--rpc-password-file`, or
 /// from a `.cookie` file.
-fn rpc_credentials(
+pub fn rpc_credentials(
     user: &Option<String>,
     password_file: &Option<PathBuf>,
     cookie_file: &Option<PathBuf>,

@@ -42,6 +42,23 @@ enum Command {
     /// offline. Exits 1, naming the broken link, when the bundle does not
     /// verify; 2 when it could not be checked (node or chain view unreachable).
     Verify(cairn_node::cli::VerifyArgs),
+    /// The node's on-chain wallet: balance, address, send, history, seed.
+    ///
+    /// Talks to the running node's admin API (token in <data_dir>/admin.token);
+    /// `cairn wallet seed` reads the data directory and works offline.
+    Wallet(cairn_node::wallet_cli::WalletArgs),
+    /// The node's Lightning node: info, channels, open, close, invoice, pay,
+    /// offer, pay-offer, payments.
+    Ln(cairn_node::ln_cli::LnArgs),
+    /// Nostr Wallet Connect: create (`new`), list and revoke app connections.
+    Nwc(cairn_node::nwc_cli::NwcArgs),
+    /// Private messages (NIP-17) with payments: `send @alice "lunch" --pay 5000sat`, `inbox`.
+    ///
+    /// `send` verifies the handle's binding against your chain view, pays
+    /// through your node and sends the invoice and receipt inside the
+    /// message; `inbox` shows each payment as paid only when your node
+    /// received it. See docs/payments-in-messages.md.
+    Msg(cairn_node::msg_cli::MsgArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +91,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Verify(args) => {
             cairn_node::cli::exit_with(runtime.block_on(cairn_node::cli::run_verify(args)))
+        }
+        Command::Wallet(args) => {
+            cairn_node::cli::exit_with(runtime.block_on(cairn_node::wallet_cli::run_wallet(args)))
+        }
+        Command::Ln(args) => {
+            cairn_node::cli::exit_with(runtime.block_on(cairn_node::ln_cli::run_ln(args)))
+        }
+        Command::Nwc(args) => {
+            cairn_node::cli::exit_with(runtime.block_on(cairn_node::nwc_cli::run_nwc(args)))
+        }
+        Command::Msg(args) => {
+            cairn_node::cli::exit_with(runtime.block_on(cairn_node::msg_cli::run_msg(args)))
         }
     }
 }

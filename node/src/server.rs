@@ -48,6 +48,8 @@ pub struct RunningNode {
     writer: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
     identity: Option<Arc<cairn_identity::service::IdentityService>>,
+    payments: Option<crate::payments_runtime::PaymentsRuntime>,
+    zaps: Option<crate::zaps_runtime::ZapsRuntime>,
 }
 
 impl RunningNode {
@@ -71,8 +73,29 @@ impl RunningNode {
         self.identity.as_ref()
     }
 
-    /// Stop accepting, let connections finish in-flight writes and close,
-    /// commit queued writes, and close the database.
+    /// The wallet, Lightning node and NWC service, when `[payments] enabled`
+    /// and they are running (see [`crate::payments_runtime`]).
+    pub fn payments(&self) -> Option<&Arc<crate::payments_runtime::Payments>> {
+        self.payments.as_ref().and_then(|p| p.slot().get())
+    }
+
+    /// The payments slot, when `[payments] enabled`: filled once payments run,
+    /// also after a start that succeeded only on a retry.
+    pub fn payments_slot(&self) -> Option<&Arc<crate::payments_runtime::PaymentsSlot>> {
+        self.payments.as_ref().map(|p| p.slot())
+    }
+
+    /// The zap service, when name payments are served and it runs.
+    pub fn zaps(
+        &self,
+    ) -> Option<&Arc<cairn_payments::zap::ZapService<cairn_payments::lightning::LightningNode>>>
+    {
+        self.zaps.as_ref().and_then(|z| z.cell().get())
+    }
+
+    /// Stop payments (NWC leaves the relay while it still runs), stop
+    /// accepting, let connections finish in-flight writes and close, commit
+    /// queued writes, and close the database.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let Self {
             addr: _,
@@ -82,7 +105,16 @@ impl RunningNode {
             writer,
             jobs,
             identity,
+            payments,
+            zaps,
         } = self;
+        // Zaps use the Lightning node: stop them first.
+        if let Some(zaps) = zaps {
+            zaps.stop().await;
+        }
+        if let Some(payments) = payments {
+            payments.stop().await;
+        }
         relay.begin_shutdown();
         server
             .await
@@ -162,8 +194,44 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .route("/", get(root).options(preflight))
         .with_state(state);
     if let Some(service) = &identity {
-        app = app.merge(crate::identity_routes::router(Arc::clone(service)));
+        app = app.merge(crate::identity_routes::router(
+            Arc::clone(service),
+            &settings.identity,
+        ));
     }
+    let nwc_relay_url = settings
+        .payments
+        .nwc_relay_url
+        .clone()
+        .unwrap_or_else(|| relay.public_url().to_owned());
+    let mut payments = if settings.payments.enabled {
+        let token = crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?;
+        let runtime =
+            crate::payments_runtime::PaymentsRuntime::open(&settings, &nwc_relay_url).await;
+        app = app.merge(crate::admin_routes::router(
+            Arc::clone(runtime.slot()),
+            token,
+        ));
+        tracing::info!("admin API at http://{addr}/admin/v1/ (token in the data directory)");
+        Some(runtime)
+    } else {
+        None
+    };
+    // Payments to verified names (LNURL-pay, zaps): a wallet and names.
+    let zaps = match (&payments, &identity) {
+        (Some(runtime), Some(service)) => crate::zap_routes::mount(
+            &settings,
+            relay.public_url(),
+            Arc::clone(service),
+            Arc::clone(runtime.slot()),
+        )?
+        .map(|(routes, zaps)| {
+            app = std::mem::take(&mut app).merge(routes);
+            tracing::info!("LNURL-pay and zaps at http://{addr}/.well-known/lnurlp/<name>");
+            zaps
+        }),
+        _ => None,
+    };
     let shutdown = relay.shutdown_token().clone();
     // Without TCP_NODELAY a reply split over several writes waits for the
     // client's delayed ACK (~40 ms): every REQ with more than a few results
@@ -181,6 +249,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     });
+    // NWC connects to the relay, which serves from here on.
+    if let Some(payments) = &mut payments {
+        payments.start_services(&settings, &nwc_relay_url).await;
+    }
     Ok(RunningNode {
         addr,
         relay,
@@ -189,6 +261,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         writer,
         jobs,
         identity,
+        payments,
+        zaps,
     })
 }
 

@@ -9,7 +9,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::bitcoin_settings::BitcoinSettings;
 pub use crate::identity_settings::IdentitySettings;
+pub use crate::payments_settings::PaymentsSettings;
+pub use crate::zap_settings::ZapSettings;
 
 /// Default listening address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:7777";
@@ -27,7 +30,10 @@ const SETTING_NAMES: &[&str] = &[
     "database_url",
     "expiration_purge_interval_secs",
     "relay",
+    "bitcoin",
     "identity",
+    "payments",
+    "zaps",
 ];
 
 /// All settings of a Cairn node.
@@ -44,8 +50,14 @@ pub struct Settings {
     pub expiration_purge_interval_secs: u64,
     /// The relay: NIP-11 identity, limits, rate limits, inbox policy.
     pub relay: RelayConfig,
+    /// The Bitcoin network and node shared by anchoring and payments.
+    pub bitcoin: BitcoinSettings,
     /// The identity witness and registry (off by default).
     pub identity: IdentitySettings,
+    /// Wallet, Lightning node, NWC and admin API (off by default).
+    pub payments: PaymentsSettings,
+    /// Payments to verified names: LNURL-pay, zaps, on-chain (off by default).
+    pub zaps: ZapSettings,
 }
 
 impl Default for Settings {
@@ -56,7 +68,10 @@ impl Default for Settings {
             database_url: None,
             expiration_purge_interval_secs: 60,
             relay: RelayConfig::default(),
+            bitcoin: BitcoinSettings::default(),
             identity: IdentitySettings::default(),
+            payments: PaymentsSettings::default(),
+            zaps: ZapSettings::default(),
         }
     }
 }

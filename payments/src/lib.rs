@@ -20,8 +20,10 @@ pub mod entropy;
 pub mod events;
 pub mod keyfile;
 pub mod lightning;
+pub mod message_payment;
 pub mod nwc;
 pub mod wallet;
+pub mod zap;
 
 mod fsutil;
 

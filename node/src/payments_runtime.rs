@@ -1,0 +1,357 @@
+//! The payments runtime of a node with `[payments] enabled`: the on-chain
+//! wallet, the Lightning node, the NWC service on the node's own relay, and
+//! their background jobs, started by [`crate::server::start`] and stopped by
+//! `RunningNode::shutdown` before the relay.
+//!
+//! Start order: the seed (`<data_dir>/seed`, 0600, shared with identity
+//! anchoring) → the on-chain wallet (BIP86 account 0) → the Lightning node
+//! (built and started; ldk-node syncs itself every few seconds) → the NWC
+//! service (opened; it connects to the relay once the server is serving, then
+//! publishes its 13194 info event) → NWC notifications from the Lightning event
+//! stream and a periodic on-chain wallet sync.
+//!
+//! **When Bitcoin Core is unreachable at start** the node does not fail
+//! because of payments: the relay keeps working, the admin API
+//! answers every request with 503 and the reason (e.g. "payments are not
+//! running: Lightning node: …"), and the start is retried every
+//! `start_retry_interval_secs` until it succeeds or the node shuts down. Why: a
+//! relay is useful on its own, and Bitcoin Core often comes up after Cairn (or
+//! is restarted under it); failing the whole node would take messaging down
+//! with the wallet. A wrong configuration (bad RPC URL, seed file readable by
+//! others) fails the same way, visibly, rather than silently.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use bitcoin::{FeeRate, Network};
+use cairn_payments::lightning::LightningNode;
+use cairn_payments::nwc::{NwcService, NwcServiceConfig};
+use cairn_payments::wallet::OnchainWallet;
+use cairn_payments::Seed;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Settings;
+
+/// The node's wallet, Lightning node and NWC service, running.
+pub struct Payments {
+    wallet: Arc<OnchainWallet>,
+    lightning: Arc<LightningNode>,
+    nwc: Arc<NwcService<LightningNode>>,
+    network: Network,
+    default_fee_rate: FeeRate,
+    wallet_sync_interval: Duration,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Payments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payments")
+            .field("network", &self.network)
+            .field("lightning", &self.lightning)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Payments {
+    /// Opens the wallet, builds and starts the Lightning node and opens the
+    /// NWC service (not yet connected: see [`Self::start_services`]). Must
+    /// run on a multi-threaded tokio runtime (ldk-node blocks in place).
+    pub async fn open(settings: &Settings, nwc_relay_url: &str) -> anyhow::Result<Arc<Self>> {
+        let cfg = &settings.payments;
+        let data_dir = settings.data_dir.clone();
+        let wallet_config = cfg.wallet_config(&settings.bitcoin, &data_dir);
+        let ln_config = cfg.lightning_config(&settings.bitcoin, &data_dir)?;
+        let default_fee_rate = cfg.default_fee_rate()?;
+        check_bitcoin_core(settings).await?;
+        // File and SQLite I/O, and one RPC call on the very first start.
+        let (wallet, seed) = tokio::task::spawn_blocking(move || {
+            let wallet = OnchainWallet::open(&wallet_config).context("on-chain wallet")?;
+            let (seed, _) = Seed::load_or_create(&wallet_config.data_dir).context("seed")?;
+            anyhow::Ok((wallet, seed))
+        })
+        .await
+        .context("wallet task failed")??;
+        let lightning =
+            Arc::new(LightningNode::build(&ln_config, &seed).context("Lightning node")?);
+        lightning
+            .start()
+            .context("Lightning node (is Bitcoin Core reachable at [bitcoin] rpc_url?)")?;
+        let nwc = match NwcService::open(
+            &NwcServiceConfig {
+                data_dir: data_dir.clone(),
+                relay_url: nwc_relay_url.to_owned(),
+            },
+            Arc::clone(&lightning),
+        ) {
+            Ok(nwc) => Arc::new(nwc),
+            Err(e) => {
+                let _ = lightning.stop().await;
+                return Err(anyhow::Error::new(e).context("NWC service"));
+            }
+        };
+        tracing::info!(
+            node_id = %lightning.node_id(),
+            listen = %cfg.lightning_listen,
+            nwc_pubkey = %nwc.service_pubkey(),
+            "payments started"
+        );
+        Ok(Arc::new(Self {
+            wallet: Arc::new(wallet),
+            lightning,
+            nwc,
+            network: settings.bitcoin.network.into(),
+            default_fee_rate,
+            wallet_sync_interval: Duration::from_secs(cfg.wallet_sync_interval_secs.max(1)),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Connects the NWC service to its relay (which must be serving by now),
+    /// and starts the NWC notifications and the periodic wallet sync. A relay
+    /// that cannot be reached is logged: Lightning and the admin API work
+    /// without NWC.
+    pub async fn start_services(self: &Arc<Self>) {
+        if let Err(e) = self.nwc.start().await {
+            tracing::error!(error = %e, "NWC service could not connect to its relay; NWC is off");
+        }
+        self.nwc.spawn_notifications(self.lightning.subscribe());
+        let me = Arc::clone(self);
+        let sync = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.wallet_sync_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    _ = me.stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match me.wallet.sync().await {
+                    Ok(()) if failing => {
+                        tracing::info!("on-chain wallet sync works again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    // Once per outage, not every interval.
+                    Err(e) if !failing => {
+                        tracing::warn!(error = %e, "on-chain wallet sync failed");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sync);
+    }
+
+    /// Stops the jobs, disconnects NWC from the relay and stops the Lightning node.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.nwc.stop().await;
+        if let Err(e) = self.lightning.stop().await {
+            tracing::warn!(error = %e, "stopping the Lightning node");
+        }
+        tracing::info!("payments stopped");
+    }
+
+    /// The on-chain wallet (BIP86 account 0).
+    pub fn wallet(&self) -> &Arc<OnchainWallet> {
+        &self.wallet
+    }
+
+    /// The Lightning node.
+    pub fn lightning(&self) -> &Arc<LightningNode> {
+        &self.lightning
+    }
+
+    /// The NWC service.
+    pub fn nwc(&self) -> &Arc<NwcService<LightningNode>> {
+        &self.nwc
+    }
+
+    /// The Bitcoin network.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// Feerate of on-chain sends that name none (`[payments] default_fee_rate_sat_per_vb`).
+    pub fn default_fee_rate(&self) -> FeeRate {
+        self.default_fee_rate
+    }
+}
+
+/// Bound on the reachability check of Bitcoin Core.
+const CHAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fails unless Bitcoin Core answers `getblockcount` with these credentials.
+///
+/// Checked before anything is created: the on-chain wallet dates a brand-new
+/// seed from the current tip, but a seed that already exists (say, created by
+/// a start that then failed to reach the node) must be scanned from genesis.
+/// Not creating the seed while the chain is unreachable keeps that scan away.
+async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
+    let b = &settings.bitcoin;
+    let shown = crate::server::redact_url(&b.rpc_url);
+    let http = reqwest::Client::builder()
+        .timeout(CHAIN_CHECK_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let resp = http
+        .post(&b.rpc_url)
+        .basic_auth(&b.rpc_user, Some(&b.rpc_password))
+        .json(&serde_json::json!({
+            "jsonrpc": "1.0", "id": "cairn", "method": "getblockcount", "params": []
+        }))
+        .send()
+        .await
+        // Without the URL: it may hold credentials.
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "Bitcoin Core at {shown} is unreachable: {}",
+                e.without_url()
+            )
+        })?;
+    match resp.status() {
+        s if s.is_success() => Ok(()),
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => anyhow::bail!(
+            "Bitcoin Core at {shown} refused the RPC credentials ([bitcoin] rpc_user, rpc_password)"
+        ),
+        s => anyhow::bail!("Bitcoin Core at {shown} answered {s}"),
+    }
+}
+
+/// Where the node keeps its [`Payments`] once they run, and why they do not
+/// yet. Shared by the node and the admin routes, so a start that succeeds
+/// on a later retry is seen by both.
+#[derive(Debug, Default)]
+pub struct PaymentsSlot {
+    running: OnceLock<Arc<Payments>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl PaymentsSlot {
+    /// The running payments, if any.
+    pub fn get(&self) -> Option<&Arc<Payments>> {
+        self.running.get()
+    }
+
+    /// The running payments, or why they are not running.
+    pub fn running(&self) -> Result<&Arc<Payments>, String> {
+        self.get().ok_or_else(|| {
+            let reason = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "starting".to_owned());
+            format!("payments are not running: {reason}")
+        })
+    }
+
+    fn set(&self, payments: Arc<Payments>) {
+        let _ = self.running.set(payments);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn set_error(&self, e: &anyhow::Error) {
+        // `{:#}`: the chain of causes, which names what failed. No secret
+        // reaches it: the seed, keys and RPC password are never in errors.
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+    }
+}
+
+/// The payments part of a running node: the slot and the task that retries
+/// a failed start.
+#[derive(Debug)]
+pub struct PaymentsRuntime {
+    slot: Arc<PaymentsSlot>,
+    retry_stop: CancellationToken,
+    retry: Option<JoinHandle<()>>,
+}
+
+impl PaymentsRuntime {
+    /// First attempt to open payments; a failure is recorded, not returned
+    /// (see the module documentation).
+    pub async fn open(settings: &Settings, nwc_relay_url: &str) -> Self {
+        let slot = Arc::new(PaymentsSlot::default());
+        match Payments::open(settings, nwc_relay_url).await {
+            Ok(p) => slot.set(p),
+            Err(e) => {
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "payments could not start; the relay runs without them and the start is retried"
+                );
+                slot.set_error(&e);
+            }
+        }
+        Self {
+            slot,
+            retry_stop: CancellationToken::new(),
+            retry: None,
+        }
+    }
+
+    /// The shared slot (for the admin routes).
+    pub fn slot(&self) -> &Arc<PaymentsSlot> {
+        &self.slot
+    }
+
+    /// Once the server serves: starts the services of running payments, or
+    /// the retry loop of a failed start.
+    pub async fn start_services(&mut self, settings: &Settings, nwc_relay_url: &str) {
+        if let Some(p) = self.slot.get() {
+            p.start_services().await;
+            return;
+        }
+        let slot = Arc::clone(&self.slot);
+        let stop = self.retry_stop.clone();
+        let settings = settings.clone();
+        let relay_url = nwc_relay_url.to_owned();
+        let every = Duration::from_secs(settings.payments.start_retry_interval_secs.max(1));
+        self.retry = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                match Payments::open(&settings, &relay_url).await {
+                    Ok(p) => {
+                        if stop.is_cancelled() {
+                            p.stop().await;
+                            return;
+                        }
+                        p.start_services().await;
+                        slot.set(p);
+                        tracing::info!("payments started after a retry");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "payments still cannot start");
+                        slot.set_error(&e);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Stops the retry loop and the payments, if running.
+    pub async fn stop(self) {
+        self.retry_stop.cancel();
+        if let Some(retry) = self.retry {
+            let _ = retry.await;
+        }
+        if let Some(p) = self.slot.get() {
+            p.stop().await;
+        }
+    }
+}

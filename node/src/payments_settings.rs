@@ -1,0 +1,137 @@
+//! The `[payments]` settings section: the node's on-chain wallet, Lightning
+//! node and Nostr Wallet Connect service, on the network and Bitcoin Core node
+//! of `[bitcoin]`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+use bitcoin::FeeRate;
+use cairn_identity::anchor::RpcConfig;
+use cairn_payments::lightning::{BitcoindRpc, LightningConfig};
+use cairn_payments::wallet::WalletConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::bitcoin_settings::BitcoinSettings;
+
+/// Default Lightning peer-to-peer listening address.
+pub const DEFAULT_LIGHTNING_LISTEN: &str = "0.0.0.0:9735";
+/// Bound on one Bitcoin Core RPC call of the on-chain wallet.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Payments (off by default: a plain relay holds no money).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsSettings {
+    /// Run the wallet, the Lightning node, NWC and the admin API.
+    pub enabled: bool,
+    /// Address the Lightning node accepts peer connections on.
+    pub lightning_listen: SocketAddr,
+    /// Relay the NWC service listens on and names in connection URIs.
+    /// Unset: this node's own relay (its `[relay] public_url`).
+    pub nwc_relay_url: Option<String>,
+    /// Seconds between syncs of the on-chain wallet with Bitcoin Core.
+    pub wallet_sync_interval_secs: u64,
+    /// Seconds between attempts to start payments when the first one failed
+    /// (e.g. Bitcoin Core was unreachable).
+    pub start_retry_interval_secs: u64,
+    /// Feerate of on-chain sends that name none, sat/vB.
+    pub default_fee_rate_sat_per_vb: u64,
+}
+
+impl Default for PaymentsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            lightning_listen: DEFAULT_LIGHTNING_LISTEN
+                .parse()
+                .expect("valid default Lightning address"),
+            nwc_relay_url: None,
+            wallet_sync_interval_secs: 30,
+            start_retry_interval_secs: 30,
+            default_fee_rate_sat_per_vb: 2,
+        }
+    }
+}
+
+impl PaymentsSettings {
+    /// The on-chain wallet's configuration (files under `data_dir`).
+    pub fn wallet_config(&self, bitcoin: &BitcoinSettings, data_dir: &Path) -> WalletConfig {
+        let mut rpc = RpcConfig::new(&bitcoin.rpc_url, &bitcoin.rpc_user, &bitcoin.rpc_password);
+        rpc.timeout = RPC_TIMEOUT;
+        WalletConfig {
+            network: bitcoin.network.into(),
+            data_dir: data_dir.to_path_buf(),
+            rpc,
+        }
+    }
+
+    /// The Lightning node's configuration: `[bitcoin] rpc_url` split into
+    /// the host and port ldk-node wants.
+    pub fn lightning_config(
+        &self,
+        bitcoin: &BitcoinSettings,
+        data_dir: &Path,
+    ) -> anyhow::Result<LightningConfig> {
+        let url = url::Url::parse(&bitcoin.rpc_url).context("bitcoin.rpc_url is not a URL")?;
+        ensure!(
+            url.scheme() == "http",
+            "bitcoin.rpc_url must be http:// for the Lightning node"
+        );
+        let host = url
+            .host_str()
+            .context("bitcoin.rpc_url has no host")?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url
+            .port_or_known_default()
+            .context("bitcoin.rpc_url has no port")?;
+        Ok(LightningConfig {
+            network: bitcoin.network.into(),
+            data_dir: data_dir.to_path_buf(),
+            listening_address: self.lightning_listen,
+            bitcoind: BitcoindRpc {
+                host,
+                port,
+                user: bitcoin.rpc_user.clone(),
+                password: bitcoin.rpc_password.clone(),
+            },
+        })
+    }
+
+    /// The default feerate of on-chain sends.
+    pub fn default_fee_rate(&self) -> anyhow::Result<FeeRate> {
+        FeeRate::from_sat_per_vb(self.default_fee_rate_sat_per_vb.max(1))
+            .context("payments.default_fee_rate_sat_per_vb is too large")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lightning_config_splits_the_rpc_url() {
+        let bitcoin = BitcoinSettings {
+            rpc_url: "http://10.0.0.5:18443/".into(),
+            rpc_user: "u".into(),
+            rpc_password: "p".into(),
+            ..BitcoinSettings::default()
+        };
+        let cfg = PaymentsSettings::default()
+            .lightning_config(&bitcoin, Path::new("/tmp/x"))
+            .unwrap();
+        assert_eq!(cfg.bitcoind.host, "10.0.0.5");
+        assert_eq!(cfg.bitcoind.port, 18443);
+        assert_eq!(cfg.listening_address.port(), 9735);
+        let https = BitcoinSettings {
+            rpc_url: "https://node".into(),
+            ..BitcoinSettings::default()
+        };
+        assert!(PaymentsSettings::default()
+            .lightning_config(&https, Path::new("/tmp/x"))
+            .is_err());
+    }
+}

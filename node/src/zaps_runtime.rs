@@ -1,0 +1,84 @@
+//! The zap service of a node that serves name payments: opened on the
+//! Lightning node once payments run (which may be only after a retry, see
+//! [`crate::payments_runtime`]), stopped before payments stop.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cairn_payments::lightning::{LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
+use cairn_payments::zap::{ZapService, ZapServiceConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::payments_runtime::PaymentsSlot;
+use crate::settings::Settings;
+
+/// How often the runtime looks whether payments run yet.
+const WAIT_FOR_PAYMENTS: Duration = Duration::from_millis(500);
+
+/// The zap service, once open.
+pub type ZapCell = Arc<OnceLock<Arc<ZapService<LightningNode>>>>;
+
+/// Opens and starts the zap service when payments run; stops it.
+#[derive(Debug)]
+pub struct ZapsRuntime {
+    cell: ZapCell,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ZapsRuntime {
+    /// Starts waiting for payments in `slot`; receipts also go to `own_relay_url`.
+    pub fn start(settings: &Settings, slot: Arc<PaymentsSlot>, own_relay_url: &str) -> Self {
+        let cell: ZapCell = Arc::default();
+        let stop = CancellationToken::new();
+        let config = ZapServiceConfig {
+            data_dir: settings.data_dir.clone(),
+            own_relay_url: own_relay_url.to_owned(),
+            invoice_expiry_secs: DEFAULT_INVOICE_EXPIRY_SECS,
+        };
+        let task = tokio::spawn({
+            let cell = Arc::clone(&cell);
+            let stop = stop.clone();
+            async move {
+                let payments = loop {
+                    if let Some(p) = slot.get() {
+                        break Arc::clone(p);
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(WAIT_FOR_PAYMENTS) => {}
+                    }
+                };
+                let lightning = Arc::clone(payments.lightning());
+                // Subscribe before the catch-up sweep inside `start`, so a
+                // payment arriving in between is not missed.
+                let events = lightning.subscribe();
+                match ZapService::open(&config, lightning) {
+                    Ok(service) => {
+                        service.start(events);
+                        let _ = cell.set(Arc::new(service));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "zap service could not start; zaps are off")
+                    }
+                }
+            }
+        });
+        Self { cell, stop, task }
+    }
+
+    /// Where the routes find the service.
+    pub fn cell(&self) -> &ZapCell {
+        &self.cell
+    }
+
+    /// Stops waiting, and the service if it runs.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        if let Some(service) = self.cell.get() {
+            service.stop().await;
+        }
+    }
+}
