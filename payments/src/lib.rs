@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chain_source;
 pub mod entropy;
 pub mod events;
 pub mod keyfile;

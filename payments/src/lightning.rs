@@ -3,7 +3,8 @@
 //! [`LightningNode::build`] configures ldk-node's `Builder` from a
 //! [`LightningConfig`] (network, listening address, storage under
 //! `<data_dir>/lightning`, Bitcoin Core RPC as chain source) and the node's
-//! seed ([`crate::entropy`]). [`LightningNode::start`] starts it and an event
+//! seed ([`crate::entropy`]); [`LightningNode::build_on`] takes any
+//! [`ChainSource`] (Bitcoin Core RPC or Esplora) instead. [`LightningNode::start`] starts it and an event
 //! loop that records every ldk-node event once in an [`EventStore`] before
 //! acknowledging it (`event_handled`), and forwards new events to subscribers.
 //!
@@ -30,6 +31,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::chain_source::ChainSource;
 use crate::entropy::lightning_seed_bytes;
 use crate::events::{EventStore, EventStoreError, HandledEvent, EVENTS_DB_FILE_NAME};
 use cairn_identity::anchor::{Seed, SeedError};
@@ -145,25 +147,48 @@ impl std::fmt::Debug for LightningNode {
 }
 
 impl LightningNode {
-    /// Builds the node (not started). Must run inside a multi-threaded tokio runtime.
+    /// Builds the node (not started) on Bitcoin Core's RPC (`config.bitcoind`).
+    /// Must run inside a multi-threaded tokio runtime.
     pub fn build(config: &LightningConfig, seed: &Seed) -> Result<Self, LightningError> {
-        let dir = config.data_dir.join(LIGHTNING_DIR_NAME);
+        Self::build_on(
+            config.network,
+            &config.data_dir,
+            config.listening_address,
+            &ChainSource::BitcoindRpc(config.bitcoind.clone()),
+            seed,
+        )
+    }
+
+    /// Builds the node (not started) on `source`: Bitcoin Core RPC or
+    /// Esplora (ldk-node's default background sync intervals either way).
+    /// Must run inside a multi-threaded tokio runtime.
+    pub fn build_on(
+        network: Network,
+        data_dir: &std::path::Path,
+        listening_address: SocketAddr,
+        source: &ChainSource,
+        seed: &Seed,
+    ) -> Result<Self, LightningError> {
+        let dir = data_dir.join(LIGHTNING_DIR_NAME);
         std::fs::create_dir_all(&dir).map_err(|source| LightningError::Storage {
             path: dir.clone(),
             source,
         })?;
         let mut builder = Builder::new();
         builder
-            .set_network(config.network)
+            .set_network(network)
             .set_storage_dir_path(dir.to_string_lossy().into_owned())
-            .set_entropy_seed_bytes(lightning_seed_bytes(seed, config.network)?)
-            .set_chain_source_bitcoind_rpc(
-                config.bitcoind.host.clone(),
-                config.bitcoind.port,
-                config.bitcoind.user.clone(),
-                config.bitcoind.password.clone(),
-            )
-            .set_listening_addresses(vec![SocketAddress::from(config.listening_address)])?;
+            .set_entropy_seed_bytes(lightning_seed_bytes(seed, network)?);
+        match source {
+            ChainSource::BitcoindRpc(rpc) => builder.set_chain_source_bitcoind_rpc(
+                rpc.host.clone(),
+                rpc.port,
+                rpc.user.clone(),
+                rpc.password.clone(),
+            ),
+            ChainSource::Esplora { url } => builder.set_chain_source_esplora(url.clone(), None),
+        };
+        builder.set_listening_addresses(vec![SocketAddress::from(listening_address)])?;
         let node = Arc::new(builder.build()?);
         let events = Arc::new(EventStore::open(&dir.join(EVENTS_DB_FILE_NAME))?);
         let (new_events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);

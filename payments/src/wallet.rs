@@ -1,12 +1,14 @@
 //! The payments on-chain wallet: bdk_wallet 2.x on BIP86 account 0 of the
 //! node's seed, persisted in `<data_dir>/payments_wallet.sqlite` (mode 0600),
-//! synced from Bitcoin Core through `bdk_bitcoind_rpc::Emitter`.
+//! synced from Bitcoin Core through `bdk_bitcoind_rpc::Emitter`, or from an
+//! Esplora server through `bdk_esplora` (see [`crate::chain_source`]).
 //!
 //! The identity anchor chain lives in a different bdk wallet on BIP86 account
 //! 1, so nothing this wallet builds can spend an anchor output.
 //!
-//! Every method that talks to the node is `async` and runs the blocking RPC
-//! client on tokio's blocking pool.
+//! Every method that talks to the node is `async`: the blocking RPC client
+//! runs on tokio's blocking pool; the Esplora client is async, and only the
+//! wallet database work goes to the blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,12 +16,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Client, RpcApi};
 use bdk_bitcoind_rpc::Emitter;
+use bdk_esplora::esplora_client::AsyncClient;
+use bdk_esplora::EsploraAsyncExt;
 use bdk_wallet::chain::ChainPosition;
 use bdk_wallet::rusqlite::Connection;
 use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, Wallet};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, Txid};
 use cairn_identity::anchor::{ChainError, RpcConfig, Seed, SeedError, SeedOrigin};
 
+use crate::chain_source::{esplora_client, esplora_error, ChainSource};
 use crate::fsutil::restrict_to_owner;
 
 /// BIP86 account of the payments wallet (the anchor chain uses account 1).
@@ -29,6 +34,10 @@ pub const WALLET_DB_FILE_NAME: &str = "payments_wallet.sqlite";
 /// Feerate used with [`FeeChoice::Target`] when the node has no estimate and
 /// none was given: Bitcoin Core's minimum relay feerate.
 pub const DEFAULT_FALLBACK_FEE_RATE: FeeRate = FeeRate::from_sat_per_vb_u32(1);
+/// Esplora full scan: stop after this many consecutive unused addresses.
+const ESPLORA_STOP_GAP: usize = 20;
+/// Esplora requests in flight at once during a sync.
+const ESPLORA_PARALLEL_REQUESTS: usize = 4;
 
 /// On-chain wallet failures. Messages never contain keys or descriptors.
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +210,23 @@ struct Inner {
     /// Strictly increasing mempool clock (bdk orders conflicting unconfirmed
     /// transactions by when they were seen).
     clock: u64,
+    /// Esplora only: whether this process has done a full scan (every
+    /// keychain up to the stop gap); later syncs check revealed addresses only.
+    scanned: bool,
+}
+
+/// The chain backend the wallet talks to.
+#[derive(Clone)]
+enum Backend {
+    Rpc(Arc<Client>),
+    Esplora(AsyncClient),
 }
 
 /// The payments on-chain wallet.
 #[derive(Clone)]
 pub struct OnchainWallet {
     inner: Arc<Mutex<Inner>>,
-    client: Arc<Client>,
+    backend: Backend,
     network: Network,
 }
 
@@ -249,23 +268,48 @@ fn store_err(e: impl std::fmt::Display) -> WalletError {
 }
 
 impl OnchainWallet {
-    /// Opens the wallet, creating the seed (0600) and the wallet file (0600)
-    /// on first use. Blocking (file and SQLite I/O); no RPC call is made.
+    /// Opens the wallet on Bitcoin Core's RPC, creating the seed (0600) and
+    /// the wallet file (0600) on first use. Blocking (file and SQLite I/O,
+    /// and one `getblockcount` for a brand-new seed).
     pub fn open(config: &WalletConfig) -> Result<Self, WalletError> {
-        let dir = &config.data_dir;
+        let client = client(&config.rpc)?;
+        Self::open_with(
+            config.network,
+            &config.data_dir,
+            Backend::Rpc(Arc::new(client)),
+        )
+    }
+
+    /// Opens the wallet on `source` (Bitcoin Core RPC or Esplora). Blocking
+    /// like [`Self::open`]; with Esplora no request is made here (the first
+    /// [`Self::sync`] does a full scan).
+    pub fn open_on(
+        network: Network,
+        data_dir: &Path,
+        source: &ChainSource,
+    ) -> Result<Self, WalletError> {
+        let backend = match source {
+            ChainSource::BitcoindRpc(rpc) => Backend::Rpc(Arc::new(client(&rpc.rpc_config())?)),
+            ChainSource::Esplora { url } => Backend::Esplora(esplora_client(url)?),
+        };
+        Self::open_with(network, data_dir, backend)
+    }
+
+    fn open_with(network: Network, dir: &Path, backend: Backend) -> Result<Self, WalletError> {
+        let dir = &dir.to_path_buf();
         std::fs::create_dir_all(dir).map_err(|source| WalletError::Io {
             path: dir.clone(),
             source,
         })?;
         let (seed, origin) = Seed::load_or_create(dir)?;
-        let (external, internal) = seed.bip86_descriptors(config.network, PAYMENTS_ACCOUNT)?;
+        let (external, internal) = seed.bip86_descriptors(network, PAYMENTS_ACCOUNT)?;
         let db_path = dir.join(WALLET_DB_FILE_NAME);
         let mut conn = open_private(&db_path)?;
         let loaded = Wallet::load()
             .descriptor(KeychainKind::External, Some(external.clone()))
             .descriptor(KeychainKind::Internal, Some(internal.clone()))
             .extract_keys()
-            .check_network(config.network)
+            .check_network(network)
             .load_wallet(&mut conn)
             .map_err(|e| match e {
                 bdk_wallet::LoadWithPersistError::InvalidChangeSet(
@@ -273,22 +317,21 @@ impl OnchainWallet {
                 ) => WalletError::Mismatch,
                 other => store_err(other),
             })?;
-        let client = client(&config.rpc)?;
         let (wallet, start_height) = match loaded {
             Some(w) => (w, 0),
             None => {
                 // A seed made just now cannot have received coins before the
                 // current tip; an older seed may have, so scan from genesis.
-                let start = if origin == SeedOrigin::Created {
-                    client
+                // (Esplora scans by address, so it needs no start height.)
+                let start = match &backend {
+                    Backend::Rpc(client) if origin == SeedOrigin::Created => client
                         .get_block_count()
                         .map(|h| h as u32)
-                        .map_err(ChainError::from)?
-                } else {
-                    0
+                        .map_err(ChainError::from)?,
+                    _ => 0,
                 };
                 let w = Wallet::create(external, internal)
-                    .network(config.network)
+                    .network(network)
                     .create_wallet(&mut conn)
                     .map_err(store_err)?;
                 (w, start)
@@ -300,9 +343,10 @@ impl OnchainWallet {
                 conn,
                 start_height,
                 clock: 0,
+                scanned: false,
             })),
-            client: Arc::new(client),
-            network: config.network,
+            backend,
+            network,
         })
     }
 
@@ -310,12 +354,13 @@ impl OnchainWallet {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `f` with the wallet (and the RPC client) on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
+        client: Arc<Client>,
         f: impl FnOnce(&mut Inner, &Client) -> Result<T, WalletError> + Send + 'static,
     ) -> Result<T, WalletError> {
         let inner = Arc::clone(&self.inner);
-        let client = Arc::clone(&self.client);
         tokio::task::spawn_blocking(move || {
             let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard, &client)
@@ -324,9 +369,63 @@ impl OnchainWallet {
         .map_err(|e| WalletError::Task(e.to_string()))?
     }
 
+    /// Runs `f` with the wallet on the blocking pool (SQLite writes).
+    async fn with_inner<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, WalletError> + Send + 'static,
+    ) -> Result<T, WalletError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| WalletError::Task(e.to_string()))?
+    }
+
     /// Brings the wallet up to the node's best chain and mempool.
     pub async fn sync(&self) -> Result<(), WalletError> {
-        self.blocking(|inner, client| inner.sync(client)).await
+        match &self.backend {
+            Backend::Rpc(client) => {
+                self.blocking(Arc::clone(client), |inner, client| inner.sync(client))
+                    .await
+            }
+            Backend::Esplora(client) => self.sync_esplora(client).await,
+        }
+    }
+
+    /// Esplora: a full scan (up to the stop gap) the first time in this
+    /// process, then a sync of the revealed addresses and of the unconfirmed
+    /// transactions the wallet expects. The wallet lock is not held while
+    /// requests are in flight.
+    async fn sync_esplora(&self, client: &AsyncClient) -> Result<(), WalletError> {
+        let full = !self.lock().scanned;
+        let update: bdk_wallet::Update = if full {
+            let request = self.lock().wallet.start_full_scan().build();
+            client
+                .full_scan(request, ESPLORA_STOP_GAP, ESPLORA_PARALLEL_REQUESTS)
+                .await
+                .map_err(|e| esplora_error(&e))?
+                .into()
+        } else {
+            let request = self.lock().wallet.start_sync_with_revealed_spks().build();
+            client
+                .sync(request, ESPLORA_PARALLEL_REQUESTS)
+                .await
+                .map_err(|e| esplora_error(&e))?
+                .into()
+        };
+        self.with_inner(move |inner| {
+            inner
+                .wallet
+                .apply_update(update)
+                .map_err(|e| ChainError::Other(format!("chain update does not connect: {e}")))?;
+            if full {
+                inner.scanned = true;
+            }
+            inner.persist()
+        })
+        .await
     }
 
     /// A fresh receive address (revealed and persisted, so never handed out twice).
@@ -372,10 +471,18 @@ impl OnchainWallet {
         options: SendOptions,
     ) -> Result<Txid, WalletError> {
         let network = self.network;
-        self.blocking(move |inner, client| {
-            if !address.as_unchecked().is_valid_for_network(network) {
-                return Err(WalletError::WrongNetwork(network));
+        if !address.as_unchecked().is_valid_for_network(network) {
+            return Err(WalletError::WrongNetwork(network));
+        }
+        let client = match &self.backend {
+            Backend::Rpc(client) => Arc::clone(client),
+            Backend::Esplora(esplora) => {
+                return self
+                    .send_with_esplora(esplora, address, amount, options)
+                    .await
             }
+        };
+        self.blocking(client, move |inner, client| {
             let fee_rate = match options.fee {
                 FeeChoice::Rate(rate) => rate,
                 FeeChoice::Target { blocks, fallback } => {
@@ -392,11 +499,45 @@ impl OnchainWallet {
         .await
     }
 
-    /// The feerate Bitcoin Core estimates for confirmation within `blocks`,
-    /// `None` when it has no estimate.
+    async fn send_with_esplora(
+        &self,
+        client: &AsyncClient,
+        address: Address,
+        amount: SendAmount,
+        options: SendOptions,
+    ) -> Result<Txid, WalletError> {
+        let fee_rate = match options.fee {
+            FeeChoice::Rate(rate) => rate,
+            FeeChoice::Target { blocks, fallback } => {
+                esplora_fee_rate(client, blocks).await?.unwrap_or(fallback)
+            }
+        };
+        let tx = self
+            .with_inner(move |inner| inner.build_signed(&address, amount, fee_rate, &options))
+            .await?;
+        client.broadcast(&tx).await.map_err(|e| esplora_error(&e))?;
+        let txid = tx.compute_txid();
+        self.with_inner(move |inner| {
+            let t = inner.tick();
+            inner.wallet.apply_unconfirmed_txs([(tx, t)]);
+            inner.persist()
+        })
+        .await?;
+        Ok(txid)
+    }
+
+    /// The feerate the chain source estimates for confirmation within
+    /// `blocks`, `None` when it has no estimate.
     pub async fn estimate_fee_rate(&self, blocks: u16) -> Result<Option<FeeRate>, WalletError> {
-        self.blocking(move |_, client| estimate_fee_rate(client, blocks))
-            .await
+        match &self.backend {
+            Backend::Rpc(client) => {
+                self.blocking(Arc::clone(client), move |_, client| {
+                    estimate_fee_rate(client, blocks)
+                })
+                .await
+            }
+            Backend::Esplora(client) => esplora_fee_rate(client, blocks).await,
+        }
     }
 
     /// The wallet's unspent outputs (confirmed and unconfirmed), as of the
@@ -556,6 +697,22 @@ fn estimate_fee_rate(client: &Client, blocks: u16) -> Result<Option<FeeRate>, Wa
         .estimate_smart_fee(blocks, None)
         .map_err(ChainError::from)?;
     Ok(est.fee_rate.map(fee_rate_from_btc_per_kvb))
+}
+
+/// Esplora's `/fee-estimates` (sat/vB by confirmation target) for `blocks`:
+/// the estimate of the largest target not above it, as ldk-node reads them.
+async fn esplora_fee_rate(
+    client: &AsyncClient,
+    blocks: u16,
+) -> Result<Option<FeeRate>, WalletError> {
+    let estimates = client
+        .get_fee_estimates()
+        .await
+        .map_err(|e| esplora_error(&e))?;
+    Ok(
+        bdk_esplora::esplora_client::convert_fee_rate(usize::from(blocks), estimates)
+            .map(|sat_per_vb| FeeRate::from_sat_per_kwu((f64::from(sat_per_vb) * 250.0) as u64)),
+    )
 }
 
 /// Bitcoin Core reports feerates in BTC per 1,000 vB; 1 vB is 4 weight units.

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::bitcoind::Bitcoind;
 use crate::error::RpcError;
+use crate::esplora::EsploraServer;
 use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
 use crate::rpc::RpcServer;
 use crate::wallet::InternalWallet;
@@ -45,6 +46,9 @@ pub enum HarnessError {
     /// The internal wallet could not pay the requested amount.
     #[error("cannot fund {0}")]
     Funding(Amount),
+    /// The backend does not offer this (e.g. the Esplora facade over a real bitcoind).
+    #[error("not available: {0}")]
+    Unsupported(&'static str),
 }
 
 /// A block in the active chain.
@@ -73,6 +77,8 @@ pub struct TestChain {
     password: String,
     http: reqwest::Client,
     next_id: AtomicU64,
+    /// The Esplora facade, started by the first [`TestChain::esplora_url`].
+    esplora: tokio::sync::Mutex<Option<EsploraServer>>,
 }
 
 impl std::fmt::Debug for TestChain {
@@ -143,6 +149,7 @@ impl TestChain {
             password,
             http,
             next_id: AtomicU64::new(0),
+            esplora: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -186,6 +193,23 @@ impl TestChain {
     /// RPC password (random per chain).
     pub fn rpc_password(&self) -> &str {
         &self.password
+    }
+
+    /// Base URL of an Esplora REST facade over this chain (see
+    /// [`crate::esplora`]), started on the first call, e.g. `http://127.0.0.1:41234`.
+    /// In-process only: with a real bitcoind there is no Esplora server, and
+    /// this fails with [`HarnessError::Unsupported`].
+    pub async fn esplora_url(&self) -> Result<String, HarnessError> {
+        let Backend::InProcess { node, .. } = &self.backend else {
+            return Err(HarnessError::Unsupported(
+                "the Esplora facade serves only the in-process chain, not a real bitcoind",
+            ));
+        };
+        let mut slot = self.esplora.lock().await;
+        if slot.is_none() {
+            *slot = Some(EsploraServer::start(node.clone()).await?);
+        }
+        Ok(slot.as_ref().map(EsploraServer::url).unwrap_or_default())
     }
 
     /// Whether this chain is a real `bitcoind`.
@@ -387,6 +411,9 @@ impl TestChain {
         match &mut self.backend {
             Backend::InProcess { server, .. } => {
                 server.stop();
+                if let Some(mut e) = self.esplora.get_mut().take() {
+                    e.stop();
+                }
                 Ok(())
             }
             Backend::Bitcoind(b) => b.wait_or_kill(Duration::from_secs(15)).await,

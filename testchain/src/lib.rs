@@ -29,6 +29,7 @@
 pub mod bitcoind;
 pub mod chain;
 pub mod error;
+pub mod esplora;
 pub mod format;
 pub mod harness;
 pub mod mempool;
