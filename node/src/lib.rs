@@ -10,6 +10,7 @@ pub mod cli_amounts;
 pub mod identity_routes;
 pub mod identity_settings;
 pub mod ln_cli;
+pub mod msg_claims;
 pub mod msg_cli;
 pub mod nwc_cli;
 pub mod payments_runtime;

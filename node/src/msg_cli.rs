@@ -14,7 +14,7 @@
 //!
 //! Every step is a library function so tests drive the same code as the binary.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,8 +25,10 @@ use cairn_identity::binding::Status;
 use cairn_identity::bundle::{VerifiedIdentity, DEFAULT_MIN_CONFIRMATIONS};
 use cairn_identity::service::Standing;
 use cairn_payments::message_payment::{
-    check_lnurl_invoice, check_preimage, parse_preimage, LightningLookup, LightningState,
-    MessagePayment, NodeReport, OnchainRequest, PaymentRequest, Verification, WalletTxLookup,
+    check_description_hash, check_lnurl_invoice, check_preimage, parse_preimage, LightningLookup,
+    LightningState, MessagePayment, MessagePaymentError, NodeReport, OnchainRequest,
+    PaymentRequest, Receipt, TxOutputs, Verification, WalletTxLookup, LIGHTNING, ONCHAIN,
+    PAYMENT_TAG, RECEIPT_TAG,
 };
 use nostr::nips::nip59::UnwrappedGift;
 use nostr::{
@@ -42,6 +44,8 @@ use crate::cli::{
     KeyArgs, NodeClient, Subject, VerifyOptions,
 };
 use crate::cli_amounts::Amount;
+use crate::msg_claims::{Claim, ClaimOutcome, ClaimStore, CLAIMS_FILE};
+use crate::server::redact_url;
 use crate::settings::Settings;
 
 /// Bound on each HTTP request (LNURL, the payee's node).
@@ -195,6 +199,22 @@ struct SendArgs {
     /// Pay on-chain, to an address the recipient's node gives, instead of Lightning.
     #[arg(long, requires = "pay")]
     onchain: bool,
+    /// Send with a payment already made instead of paying (e.g. after a
+    /// `msg send` that paid but could not deliver): `preimage:<hex>` with
+    /// --invoice, or `txid:<txid>` with --bip21. Nothing is paid.
+    #[arg(long, value_name = "preimage:HEX|txid:TXID", conflicts_with = "pay")]
+    receipt: Option<String>,
+    /// The paid BOLT11 invoice (with --receipt preimage:…).
+    #[arg(
+        long,
+        value_name = "BOLT11",
+        requires = "receipt",
+        conflicts_with = "bip21"
+    )]
+    invoice: Option<String>,
+    /// The paid BIP21 URI (with --receipt txid:…).
+    #[arg(long, value_name = "URI", requires = "receipt")]
+    bip21: Option<String>,
     /// The recipient's key (npub or hex). Needed when the handle's binding
     /// does not verify; must equal the bound key when it does.
     #[arg(long, value_name = "NPUB")]
@@ -224,6 +244,10 @@ struct InboxArgs {
     /// Most gift wraps to fetch from each relay.
     #[arg(long, default_value_t = DEFAULT_INBOX_LIMIT)]
     limit: usize,
+    /// Your LNURL-pay name (repeatable; default: [zaps] names of your node).
+    /// Only invoices of these names' LNURL-pay prove a Lightning payment.
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
 }
 
 /// Runs `cairn msg …`, printing to stdout.
@@ -245,11 +269,17 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                 a.to.as_deref()
                     .map(|t| PublicKey::parse(t).map_err(|_| anyhow!("--to `{t}` is not a key")))
                     .transpose()?;
+            let existing = a
+                .receipt
+                .as_deref()
+                .map(|r| existing_payment(r, a.invoice.as_deref(), a.bip21.as_deref()))
+                .transpose()?;
             let request = SendRequest {
                 recipient: a.recipient,
                 text: a.text,
                 to,
                 payment,
+                existing,
             };
             let ctx = SendContext {
                 keys,
@@ -274,6 +304,16 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                 None => own_relay_url(&settings),
             };
             let relays = reading_relays(&keys, &relay).await;
+            let names = if a.names.is_empty() {
+                settings.zaps.names.clone()
+            } else {
+                a.names.clone()
+            };
+            let lnurl_base = match &a.node {
+                Some(url) => http_url(url)?,
+                None => crate::admin_client::local_base_url(settings.bind),
+            };
+            let lnurl_metadata = lnurl_metadata(&http_client()?, &lnurl_base, &names).await;
             let admin = admin_args.client();
             let (admin, why) = match admin {
                 Ok(c) => (Some(c), None),
@@ -288,6 +328,8 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                 limit: a.limit,
                 bitcoin: (!settings.bitcoin.rpc_user.is_empty())
                     .then(|| BitcoinRpc::from_settings(&settings)),
+                lnurl_metadata,
+                claims_file: Some(settings.data_dir.join(CLAIMS_FILE)),
             };
             let messages = inbox(&ctx).await?;
             println!("{}", render_inbox(&messages, &ctx.keys.public_key()));
@@ -334,6 +376,8 @@ pub struct SendRequest {
     pub to: Option<PublicKey>,
     /// `--pay`.
     pub payment: Option<PayRequest>,
+    /// `--receipt`: a payment already made, sent instead of paying.
+    pub existing: Option<MessagePayment>,
 }
 
 /// Who a message goes to, and why that key.
@@ -446,13 +490,21 @@ pub struct SentMessage {
     pub copied_to: Vec<String>,
 }
 
-/// `cairn msg send`: resolve, pay, send. Nothing is paid when the recipient
-/// does not resolve; when the payment fails nothing is sent.
+/// `cairn msg send`: resolve, pay (or take `existing`, paying nothing),
+/// send. Nothing is paid when the recipient does not resolve; when the
+/// payment fails nothing is sent; when sending fails after paying, the error
+/// carries the payment's proof and the `--receipt` command to re-send it.
 pub async fn send(ctx: &SendContext, request: &SendRequest) -> Result<SentMessage> {
     let recipient = resolve_recipient(ctx, &request.recipient, request.to).await?;
-    let payment = match &request.payment {
-        None => None,
-        Some(pay) => {
+    let node_relay = ws_url(&ctx.node_url)?;
+    let payment = match (&request.payment, &request.existing) {
+        (Some(_), Some(_)) => bail!("--pay and --receipt exclude each other"),
+        (None, None) => None,
+        (None, Some(existing)) => {
+            check_existing(ctx, &recipient, existing).await?;
+            Some(existing.clone())
+        }
+        (Some(pay), None) => {
             let name = recipient.handle.as_deref().ok_or_else(|| {
                 anyhow!("--pay needs an @handle: its LNURL-pay name is where the money goes")
             })?;
@@ -475,15 +527,22 @@ pub async fn send(ctx: &SendContext, request: &SendRequest) -> Result<SentMessag
         &request.text,
         payment.as_ref(),
     );
-    let node_relay = ws_url(&ctx.node_url)?;
-    let (delivered_to, copied_to) = deliver(
+    let delivered = deliver(
         &ctx.keys,
         recipient.key,
         rumor.clone(),
         &node_relay,
         ctx.own_relay.as_deref().unwrap_or(&node_relay),
     )
-    .await?;
+    .await;
+    let (delivered_to, copied_to) = match (delivered, &payment) {
+        (Ok(d), _) => d,
+        // Paid but not delivered: without the proof the user could only pay again.
+        (Err(e), Some(p)) => {
+            return Err(e.context(paid_not_sent(p, &request.recipient, &request.text)))
+        }
+        (Err(e), None) => return Err(e),
+    };
     Ok(SentMessage {
         recipient,
         payment,
@@ -491,6 +550,106 @@ pub async fn send(ctx: &SendContext, request: &SendRequest) -> Result<SentMessag
         delivered_to,
         copied_to,
     })
+}
+
+/// The error context when a payment was made but the message not delivered:
+/// the proof, and the command that sends it without paying again.
+pub fn paid_not_sent(p: &MessagePayment, recipient: &str, text: &str) -> String {
+    let (proof, flags) = match (&p.request, &p.receipt) {
+        (PaymentRequest::Lightning(i), Some(Receipt::Preimage(pre))) => (
+            format!(
+                "payment hash {}, preimage {}",
+                i.payment_hash(),
+                hex::encode(pre)
+            ),
+            format!("--receipt preimage:{} --invoice {i}", hex::encode(pre)),
+        ),
+        (PaymentRequest::Onchain(r), Some(Receipt::Txid(t))) => (
+            format!("txid {t}"),
+            format!("--receipt txid:{t} --bip21 '{r}'"),
+        ),
+        _ => (p.reference(), String::new()),
+    };
+    format!(
+        "the payment WAS MADE ({proof}) but the message was not sent; do not pay again. \
+         Send it with this payment: cairn msg send {} {} {flags}",
+        shell_quote(recipient),
+        shell_quote(text)
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// `--receipt kind:value` with `--invoice`/`--bip21`, read with the same
+/// grammar as a rumor's tags.
+pub fn existing_payment(
+    receipt: &str,
+    invoice: Option<&str>,
+    bip21: Option<&str>,
+) -> Result<MessagePayment> {
+    let (kind, value) = receipt
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--receipt is preimage:<hex> or txid:<txid>"))?;
+    let (method, request) = match (invoice, bip21) {
+        (Some(i), None) => (LIGHTNING, i),
+        (None, Some(u)) => (ONCHAIN, u),
+        _ => bail!("--receipt needs --invoice (Lightning) or --bip21 (on-chain)"),
+    };
+    let tags = [
+        nostr::Tag::custom(nostr::TagKind::custom(PAYMENT_TAG), [method, request]),
+        nostr::Tag::custom(nostr::TagKind::custom(RECEIPT_TAG), [kind, value]),
+    ];
+    MessagePayment::from_tags(&tags)
+        .context("--receipt")?
+        .ok_or_else(|| anyhow!("--receipt: no payment"))
+}
+
+/// Checks a payment given with `--receipt` before sending it: consistent
+/// (the preimage hashes to the invoice's hash), for the network, and — for
+/// Lightning to a handle — an invoice of the handle's LNURL-pay, the only
+/// kind the recipient's inbox accepts.
+async fn check_existing(
+    ctx: &SendContext,
+    recipient: &Recipient,
+    p: &MessagePayment,
+) -> Result<()> {
+    p.check_receipt(ctx.verify.network).context("--receipt")?;
+    if let (PaymentRequest::Lightning(invoice), Some(name)) = (&p.request, &recipient.handle) {
+        let metadata =
+            lnurl_metadata(&http_client()?, &ctx.node_url, std::slice::from_ref(name)).await;
+        ensure!(
+            metadata
+                .iter()
+                .any(|m| check_description_hash(invoice, m).is_ok()),
+            "--invoice is not an invoice of @{name}'s LNURL-pay on {}",
+            ctx.node_url
+        );
+    }
+    Ok(())
+}
+
+/// The LNURL-pay metadata (LUD-06) of each of `names` on the node at
+/// `node_url`; names whose LNURL does not answer are left out (logged).
+pub async fn lnurl_metadata(
+    http: &reqwest::Client,
+    node_url: &str,
+    names: &[String],
+) -> Vec<String> {
+    let base = node_url.trim_end_matches('/');
+    let mut out = Vec::new();
+    for name in names {
+        let url = format!("{base}/.well-known/lnurlp/{name}");
+        match get_json(http, &url, "LNURL-pay").await {
+            Ok(v) => match v["metadata"].as_str() {
+                Some(m) => out.push(m.to_owned()),
+                None => tracing::warn!("{url} gave no LNURL metadata"),
+            },
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    out
 }
 
 /// The kind-14 rumor: `p` tag of the recipient, then the payment tags.
@@ -676,7 +835,9 @@ pub async fn pay_lightning(
         .context("your node could not pay")?;
     ensure!(
         paid["status"] == "succeeded",
-        "the payment {} is still pending; the message is not sent (check `cairn ln payments`)",
+        "the payment {} is still pending and may still settle: do not pay again. \
+         The message is not sent; once `cairn ln payments` shows it succeeded, send it \
+         with --receipt preimage:<its preimage> --invoice {invoice}",
         paid["payment_hash"].as_str().unwrap_or("?")
     );
     let preimage = parse_preimage(paid["preimage"].as_str().unwrap_or_default())
@@ -831,8 +992,14 @@ pub struct InboxContext {
     /// Most gift wraps per relay.
     pub limit: usize,
     /// The user's Bitcoin Core RPC (`[bitcoin]` of the node): confirmations
-    /// and the outputs of on-chain payments. Without it, the wallet's word.
+    /// and the outputs of on-chain payments. Without it no on-chain payment
+    /// is shown as paid (nothing shows which address it paid).
     pub bitcoin: Option<BitcoinRpc>,
+    /// The LNURL-pay metadata of the user's own names: only invoices
+    /// committing to one of them prove a Lightning payment.
+    pub lnurl_metadata: Vec<String>,
+    /// Where claims (payment → first message) persist; `None`: this run only.
+    pub claims_file: Option<PathBuf>,
 }
 
 /// A Bitcoin Core JSON-RPC endpoint.
@@ -849,7 +1016,7 @@ pub struct BitcoinRpc {
 impl std::fmt::Debug for BitcoinRpc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BitcoinRpc")
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .finish_non_exhaustive()
     }
 }
@@ -873,10 +1040,17 @@ impl BitcoinRpc {
             .json(&body)
             .send()
             .await
-            .with_context(|| format!("{method}: cannot reach Bitcoin Core at {}", self.url))?
+            // reqwest's errors quote the URL, which may hold user:password@.
+            .map_err(|e| {
+                anyhow!(
+                    "{method}: cannot reach Bitcoin Core at {}: {}",
+                    redact_url(&self.url),
+                    e.without_url()
+                )
+            })?
             .json()
             .await
-            .with_context(|| format!("{method}: not a JSON-RPC answer"))?;
+            .map_err(|e| anyhow!("{method}: not a JSON-RPC answer: {}", e.without_url()))?;
         if !resp["error"].is_null() {
             bail!(
                 "{method}: {}",
@@ -894,15 +1068,15 @@ impl BitcoinRpc {
             .ok_or_else(|| anyhow!("getblockcount: not a height"))
     }
 
-    /// What transaction `txid` (confirmed at `height`, or in the mempool)
-    /// pays to `address`.
-    async fn paid_to(
+    /// The outputs of transaction `txid` (confirmed at `height`, or in the
+    /// mempool), split by whether they pay `address`.
+    async fn outputs(
         &self,
         http: &reqwest::Client,
         txid: &Txid,
         height: Option<u32>,
         address: &Address,
-    ) -> Result<u64> {
+    ) -> Result<TxOutputs> {
         let mut params = vec![json!(txid.to_string()), json!(false)];
         if let Some(h) = height {
             // Without -txindex Bitcoin Core finds a confirmed transaction only in its block.
@@ -919,12 +1093,13 @@ impl BitcoinRpc {
             "getrawtransaction: another transaction"
         );
         let script = address.script_pubkey();
-        Ok(tx
-            .output
-            .iter()
-            .filter(|o| o.script_pubkey == script)
-            .map(|o| o.value.to_sat())
-            .sum())
+        let (to, others): (Vec<_>, Vec<_>) =
+            tx.output.iter().partition(|o| o.script_pubkey == script);
+        Ok(TxOutputs {
+            // Consensus caps every output (and so their sum) at 21M BTC.
+            to_address_sat: to.iter().map(|o| o.value.to_sat()).sum(),
+            others_sat: others.iter().map(|o| o.value.to_sat()).collect(),
+        })
     }
 }
 
@@ -933,6 +1108,8 @@ impl BitcoinRpc {
 pub struct InboxMessage {
     /// The rumor's id.
     pub id: EventId,
+    /// The gift wrap it came in (the first seen, when it came in several).
+    pub wrap_id: EventId,
     /// Its author (the seal's signer, checked equal).
     pub sender: PublicKey,
     /// The keys it is addressed to (`p` tags).
@@ -977,12 +1154,28 @@ pub struct Inbox {
 pub async fn inbox(ctx: &InboxContext) -> Result<Inbox> {
     let me = ctx.keys.public_key();
     let wraps = fetch_gift_wraps(ctx).await?;
-    let mut by_rumor: BTreeMap<EventId, (Timestamp, InboxMessage)> = BTreeMap::new();
+    let mut claims = match &ctx.claims_file {
+        Some(path) => ClaimStore::load(path)?,
+        None => ClaimStore::in_memory(),
+    };
+    let now = Timestamp::now().as_secs();
+    // Rumor id → (when its wrap was first seen, the message).
+    let mut by_rumor: BTreeMap<EventId, (u64, InboxMessage)> = BTreeMap::new();
     let mut refused = Vec::new();
     for wrap in &wraps {
         match open_gift_wrap(&ctx.keys, wrap).await {
             Ok(m) => {
-                by_rumor.entry(m.id).or_insert((m.created_at, m));
+                // Only wraps whose payment can be claimed need remembering.
+                let seen = match &m.payment {
+                    Some(_) if m.sender != me => claims.first_seen(wrap.id, now),
+                    _ => now,
+                };
+                match by_rumor.get(&m.id) {
+                    Some((s, _)) if *s <= seen => {}
+                    _ => {
+                        by_rumor.insert(m.id, (seen, m));
+                    }
+                }
             }
             Err(reason) => refused.push(Undecryptable {
                 wrap_id: wrap.id,
@@ -990,12 +1183,13 @@ pub async fn inbox(ctx: &InboxContext) -> Result<Inbox> {
             }),
         }
     }
-    let mut messages: Vec<InboxMessage> = by_rumor.into_values().map(|(_, m)| m).collect();
-    messages.sort_by_key(|m| (m.created_at, m.id));
-    let mut checker = PaymentChecker::new(ctx).await;
-    // One payment proves one message: later claims of the same payment are replays.
-    let mut claimed: HashMap<String, EventId> = HashMap::new();
-    for m in &mut messages {
+    // Claims go in the order the wraps were first seen; the rumor's
+    // created_at (chosen by the sender) only breaks ties between wraps first
+    // seen in the same run.
+    let mut messages: Vec<(u64, InboxMessage)> = by_rumor.into_values().collect();
+    messages.sort_by_key(|(seen, m)| (*seen, m.created_at, m.id));
+    let mut checker = PaymentChecker::new(ctx).await?;
+    for (_, m) in &mut messages {
         let Some(view) = m.payment.as_mut() else {
             continue;
         };
@@ -1015,18 +1209,27 @@ pub async fn inbox(ctx: &InboxContext) -> Result<Inbox> {
             continue;
         }
         let verification = checker.verify(&p).await;
-        view.verification = match claimed.get(&p.reference()) {
-            Some(first) if verification.is_paid() => Verification::Unconfirmed {
-                method: p.request.method(),
-                amount_msat: p.request.amount_msat().unwrap_or(0),
-                reason: format!("this payment was already claimed by message {first}"),
-            },
-            _ => verification,
+        view.verification = if verification.is_paid() {
+            // One payment proves one message: later claims of it are replays.
+            let claim = Claim {
+                wrap: m.wrap_id,
+                rumor: m.id,
+            };
+            match claims.claim(&p.claim_key(), claim) {
+                ClaimOutcome::Ours => verification,
+                ClaimOutcome::Taken(first) => {
+                    Verification::Unverified(MessagePaymentError::AlreadyClaimed {
+                        by: first.wrap.to_hex(),
+                    })
+                }
+            }
+        } else {
+            verification
         };
-        if view.verification.is_paid() {
-            claimed.insert(p.reference(), m.id);
-        }
     }
+    claims.save().context("saving payment claims")?;
+    let mut messages: Vec<InboxMessage> = messages.into_iter().map(|(_, m)| m).collect();
+    messages.sort_by_key(|m| (m.created_at, m.id));
     Ok(Inbox { messages, refused })
 }
 
@@ -1120,6 +1323,7 @@ pub async fn open_gift_wrap(
     };
     Ok(InboxMessage {
         id: rumor.id.ok_or("the rumor has no id")?,
+        wrap_id: wrap.id,
         sender: rumor.pubkey,
         recipients,
         created_at: rumor.created_at,
@@ -1137,6 +1341,7 @@ struct PaymentChecker<'a> {
     tip: Option<u32>,
     bitcoin: Option<&'a BitcoinRpc>,
     http: reqwest::Client,
+    lnurl_metadata: &'a [String],
 }
 
 #[derive(Debug, Deserialize)]
@@ -1156,7 +1361,7 @@ struct LnPayment {
 }
 
 impl<'a> PaymentChecker<'a> {
-    async fn new(ctx: &'a InboxContext) -> Self {
+    async fn new(ctx: &'a InboxContext) -> Result<Self> {
         let mut checker = Self {
             admin: None,
             unavailable: ctx
@@ -1167,10 +1372,11 @@ impl<'a> PaymentChecker<'a> {
             wallet: None,
             tip: None,
             bitcoin: ctx.bitcoin.as_ref(),
-            http: http_client().unwrap_or_default(),
+            http: http_client()?,
+            lnurl_metadata: &ctx.lnurl_metadata,
         };
         let Some(admin) = &ctx.admin else {
-            return checker;
+            return Ok(checker);
         };
         match node_network(admin).await {
             Ok(n) => {
@@ -1179,7 +1385,7 @@ impl<'a> PaymentChecker<'a> {
             }
             Err(e) => checker.unavailable = format!("{e:#}"),
         }
-        checker
+        Ok(checker)
     }
 
     async fn verify(&mut self, p: &MessagePayment) -> Verification {
@@ -1190,7 +1396,7 @@ impl<'a> PaymentChecker<'a> {
                 PaymentRequest::Onchain(r) => self.onchain_report(admin, p, r).await,
             },
         };
-        p.verify_inbound(self.network, &report)
+        p.verify_inbound(self.network, self.lnurl_metadata, &report)
     }
 
     async fn lightning_report(&self, admin: &AdminClient, p: &MessagePayment) -> NodeReport {
@@ -1265,9 +1471,9 @@ impl<'a> PaymentChecker<'a> {
         };
         // The wallet's total could come from another of its addresses; the
         // transaction's outputs tell whether it pays the address of the URI.
-        let paid_to_address_sat = match (self.bitcoin, request.address(self.network)) {
+        let outputs = match (self.bitcoin, request.address(self.network)) {
             (Some(rpc), Ok(address)) => rpc
-                .paid_to(&self.http, &txid, tx.confirmation_height, &address)
+                .outputs(&self.http, &txid, tx.confirmation_height, &address)
                 .await
                 .map_err(|e| tracing::warn!("cannot read transaction {txid}: {e:#}"))
                 .ok(),
@@ -1277,7 +1483,7 @@ impl<'a> PaymentChecker<'a> {
             received_sat: tx.received_sat,
             sent_sat: tx.sent_sat,
             confirmations,
-            paid_to_address_sat,
+            outputs,
         }))
     }
 }
@@ -1325,6 +1531,20 @@ pub fn ws_url(node_url: &str) -> Result<String> {
     };
     url.set_scheme(scheme)
         .map_err(|_| anyhow!("cannot turn {node_url} into a relay URL"))?;
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `http(s)://host[:port]` of a Cairn node given as `ws(s)://…` (or already http).
+pub fn http_url(node_url: &str) -> Result<String> {
+    let mut url =
+        url::Url::parse(node_url).with_context(|| format!("invalid node URL `{node_url}`"))?;
+    let scheme = match url.scheme() {
+        "http" | "ws" => "http",
+        "https" | "wss" => "https",
+        other => bail!("the node URL must be http(s):// or ws(s)://, not {other}://"),
+    };
+    url.set_scheme(scheme)
+        .map_err(|_| anyhow!("cannot turn {node_url} into an HTTP URL"))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
@@ -1394,6 +1614,168 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn test_invoice(preimage: &[u8; 32]) -> String {
+        use bitcoin::hashes::{sha256, Hash};
+        use bitcoin::secp256k1::{Secp256k1, SecretKey};
+        use cairn_payments::ldk_node::lightning_invoice::{
+            Currency, InvoiceBuilder, PaymentSecret,
+        };
+        let key = SecretKey::from_slice(&[7u8; 32]).unwrap();
+        InvoiceBuilder::new(Currency::Regtest)
+            .description_hash(sha256::Hash::hash(b"[]"))
+            .payment_hash(sha256::Hash::hash(preimage))
+            .payment_secret(PaymentSecret([42u8; 32]))
+            .current_timestamp()
+            .min_final_cltv_expiry_delta(144)
+            .amount_milli_satoshis(5_000_000)
+            .build_signed(|hash| Secp256k1::new().sign_ecdsa_recoverable(hash, &key))
+            .unwrap()
+            .to_string()
+    }
+
+    const BIP21: &str = "bitcoin:bcrt1q6rz28mcfaxtmd6v789l9rrlrusdprr9pz3cppk?amount=0.0002";
+
+    #[test]
+    fn receipt_flags_parse_and_exclude_paying() {
+        let preimage = hex::encode([9u8; 32]);
+        let receipt = format!("preimage:{preimage}");
+        let inv = test_invoice(&[9u8; 32]);
+        let MsgCommand::Send(a) = parse(&[
+            "send",
+            "@alice",
+            "hi",
+            "--receipt",
+            &receipt,
+            "--invoice",
+            &inv,
+        ])
+        .unwrap() else {
+            panic!("not send")
+        };
+        let p = existing_payment(
+            a.receipt.as_deref().unwrap(),
+            a.invoice.as_deref(),
+            a.bip21.as_deref(),
+        )
+        .unwrap();
+        assert_eq!(p.receipt, Some(Receipt::Preimage([9u8; 32])));
+        assert!(parse(&["send", "@a", "hi", "--receipt", &receipt, "--pay", "1sat"]).is_err());
+        assert!(
+            parse(&["send", "@a", "hi", "--invoice", &inv]).is_err(),
+            "needs --receipt"
+        );
+        assert!(parse(&[
+            "send",
+            "@a",
+            "hi",
+            "--receipt",
+            &receipt,
+            "--invoice",
+            &inv,
+            "--bip21",
+            BIP21
+        ])
+        .is_err());
+
+        let txid = "ab".repeat(32);
+        let onchain = existing_payment(&format!("txid:{txid}"), None, Some(BIP21)).unwrap();
+        assert_eq!(onchain.txid().map(|t| t.to_string()), Some(txid.clone()));
+        // Wrong pairings and malformed values are refused by the tag grammar.
+        assert!(existing_payment(&format!("txid:{txid}"), Some(&inv), None).is_err());
+        assert!(existing_payment(&receipt, None, None).is_err());
+        assert!(existing_payment("preimage:abcd", Some(&inv), None).is_err());
+        assert!(
+            existing_payment(&preimage, Some(&inv), None).is_err(),
+            "no kind:"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_paid_message_that_cannot_be_delivered_prints_its_proof() {
+        let recipient = npub(&Keys::generate().public_key());
+        let ctx = SendContext {
+            keys: Keys::generate(),
+            // Nothing listens there: no relay accepts the message.
+            node_url: "http://127.0.0.1:9".into(),
+            verify: VerifyOptions {
+                chain: ChainSource::HeadersFile {
+                    path: "/nonexistent".into(),
+                    checkpoint: None,
+                },
+                network: Network::Regtest,
+                min_confirmations: 1,
+                trusted_witnesses: vec![],
+            },
+            admin: None,
+            own_relay: None,
+        };
+        let txid = "cd".repeat(32);
+        let request = SendRequest {
+            recipient: recipient.clone(),
+            text: "rent, it's late".into(),
+            to: None,
+            payment: None,
+            existing: Some(existing_payment(&format!("txid:{txid}"), None, Some(BIP21)).unwrap()),
+        };
+        let err = format!("{:#}", send(&ctx, &request).await.unwrap_err());
+        assert!(err.contains("WAS MADE"), "{err}");
+        assert!(
+            err.contains(&format!("--receipt txid:{txid} --bip21 '{BIP21}'")),
+            "{err}"
+        );
+        assert!(err.contains(r"'rent, it'\''s late'"), "{err}");
+        assert!(err.contains("no relay accepted the message"), "{err}");
+
+        // Lightning: the hash, the preimage and the invoice to re-send with.
+        let inv = test_invoice(&[4u8; 32]);
+        let p = existing_payment(
+            &format!("preimage:{}", hex::encode([4u8; 32])),
+            Some(&inv),
+            None,
+        )
+        .unwrap();
+        let text = paid_not_sent(&p, "@alice", "lunch");
+        assert!(text.contains(&p.reference()), "{text}");
+        assert!(
+            text.contains(&format!(
+                "--receipt preimage:{} --invoice {inv}",
+                hex::encode([4u8; 32])
+            )),
+            "{text}"
+        );
+
+        // Without a payment, the plain delivery error.
+        let plain = SendRequest {
+            existing: None,
+            ..request
+        };
+        let err = format!("{:#}", send(&ctx, &plain).await.unwrap_err());
+        assert!(!err.contains("WAS MADE"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bitcoin_rpc_errors_do_not_show_the_password() {
+        let rpc = BitcoinRpc {
+            url: "http://rpcuser:hunter2@127.0.0.1:9".into(),
+            user: "rpcuser".into(),
+            password: "hunter2".into(),
+        };
+        let err = format!("{:#}", rpc.tip(&http_client().unwrap()).await.unwrap_err());
+        assert!(err.contains("cannot reach Bitcoin Core"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(!format!("{rpc:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn http_urls_from_relay_urls() {
+        assert_eq!(
+            http_url("ws://127.0.0.1:7777/").unwrap(),
+            "http://127.0.0.1:7777"
+        );
+        assert_eq!(http_url("wss://r.example").unwrap(), "https://r.example");
+        assert!(http_url("ftp://x").is_err());
     }
 
     #[test]

@@ -141,6 +141,25 @@ pub enum MessagePaymentError {
     /// The node recorded another preimage for this payment hash.
     #[error("the preimage your node recorded differs from the receipt's")]
     PreimageDiffers,
+    /// The invoice is not one your LNURL-pay gave: its description hash is
+    /// not SHA-256 of your LNURL metadata. Other invoices of your node (zaps,
+    /// NWC, admin) may have public preimages, so they prove nothing about
+    /// who paid.
+    #[error("the invoice is not one of your LNURL-pay invoices (its description hash is not SHA-256 of your LNURL metadata)")]
+    NotYourLnurlInvoice,
+    /// The transaction's outputs do not show that it pays the URI's address
+    /// and that the address is your wallet's.
+    #[error("cannot tell that the transaction pays your wallet at the URI's address: {0}")]
+    AddressUnchecked(String),
+    /// The payment was already claimed by another message (gift wrap).
+    #[error("this payment was already claimed by gift wrap {by}")]
+    AlreadyClaimed {
+        /// The id of the gift wrap that claimed it first.
+        by: String,
+    },
+    /// An amount larger than all bitcoin (21 million BTC).
+    #[error("the amount is larger than 21 million BTC")]
+    AmountTooLarge,
 }
 
 /// How a payment is made.
@@ -229,12 +248,21 @@ impl OnchainRequest {
         if amount == Amount::ZERO {
             return Err(bad("the amount is zero"));
         }
+        if amount > Amount::MAX_MONEY {
+            return Err(bad("the amount is larger than 21 million BTC"));
+        }
         Ok(Self { address, amount })
     }
 
     /// The amount asked for.
     pub fn amount(&self) -> Amount {
         self.amount
+    }
+
+    /// The amount in millisatoshis; amounts above 21 million BTC (which a
+    /// URI from [`new`](Self::new) may carry) are refused rather than overflowing.
+    pub fn amount_msat(&self) -> Result<u64, MessagePaymentError> {
+        sat_to_msat(self.amount.to_sat())
     }
 
     /// The address, checked to be for `network`.
@@ -272,8 +300,8 @@ impl OnchainRequest {
         }
         if self.amount.to_sat() != amount_sat {
             return Err(MessagePaymentError::AmountMismatch {
-                expected_msat: amount_sat * 1000,
-                found_msat: self.amount.to_sat() * 1000,
+                expected_msat: sat_to_msat(amount_sat)?,
+                found_msat: self.amount_msat()?,
             });
         }
         Ok(checked)
@@ -313,7 +341,7 @@ impl PaymentRequest {
     pub fn amount_msat(&self) -> Option<u64> {
         match self {
             Self::Lightning(i) => i.amount_milli_satoshis(),
-            Self::Onchain(r) => Some(r.amount.to_sat() * 1000),
+            Self::Onchain(r) => r.amount_msat().ok(),
         }
     }
 }
@@ -455,7 +483,7 @@ impl MessagePayment {
             }
             (PaymentRequest::Onchain(request), Receipt::Txid(_)) => {
                 request.address(network)?;
-                Ok(request.amount.to_sat() * 1000)
+                request.amount_msat()
             }
             (_, r) => Err(MessagePaymentError::ReceiptMismatch {
                 method,
@@ -489,13 +517,37 @@ impl MessagePayment {
         }
     }
 
+    /// What one payment can be claimed by only once: the Lightning payment
+    /// hash, or the on-chain address (a fresh one per request).
+    pub fn claim_key(&self) -> String {
+        match &self.request {
+            PaymentRequest::Lightning(i) => format!("lightning:{}", i.payment_hash()),
+            PaymentRequest::Onchain(r) => format!("onchain:{}", r.address_text()),
+        }
+    }
+
     /// Verifies the payment as received by the holder of the node that made
-    /// `report`: [`check_receipt`](Self::check_receipt), then the node's word.
-    pub fn verify_inbound(&self, network: Network, report: &NodeReport) -> Verification {
+    /// `report`: [`check_receipt`](Self::check_receipt); for Lightning, that
+    /// the invoice commits to one of `lnurl_metadata` (the recipient's own
+    /// LNURL-pay metadata, LUD-06); then the node's word.
+    pub fn verify_inbound(
+        &self,
+        network: Network,
+        lnurl_metadata: &[String],
+        report: &NodeReport,
+    ) -> Verification {
         let amount_msat = match self.check_receipt(network) {
             Ok(a) => a,
             Err(e) => return Verification::Unverified(e),
         };
+        if let PaymentRequest::Lightning(invoice) = &self.request {
+            if !lnurl_metadata
+                .iter()
+                .any(|m| check_description_hash(invoice, m).is_ok())
+            {
+                return Verification::Unverified(MessagePaymentError::NotYourLnurlInvoice);
+            }
+        }
         let method = self.request.method();
         let result = match (&self.request, self.receipt, report) {
             (_, _, NodeReport::Unavailable(why)) => {
@@ -578,9 +630,43 @@ pub struct WalletTxLookup {
     pub sent_sat: u64,
     /// Confirmations (0: unconfirmed).
     pub confirmations: u32,
-    /// What it pays to the URI's address, when the caller could look at its
-    /// outputs; `None` leaves only `received_sat` to go by.
-    pub paid_to_address_sat: Option<u64>,
+    /// The transaction's outputs, when the caller could read them; without
+    /// them nothing shows that the URI's address was paid, so it is not PAID.
+    pub outputs: Option<TxOutputs>,
+}
+
+/// A transaction's outputs, split by whether they pay the URI's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxOutputs {
+    /// Total paid to the URI's address.
+    pub to_address_sat: u64,
+    /// Each other output's value.
+    pub others_sat: Vec<u64>,
+}
+
+/// Most other outputs [`address_is_owned`] examines (2^n subsets).
+const MAX_OTHER_OUTPUTS: usize = 16;
+
+/// Whether the outputs prove the URI's address is the wallet's: the wallet's
+/// `received_sat` is the sum of the outputs it owns, so when no set of the
+/// *other* outputs adds up to it, the address's outputs must be among them.
+/// Without this, a sender could name a foreign output (say the change) of a
+/// transaction that paid the recipient something else.
+fn address_is_owned(outputs: &TxOutputs, received_sat: u64) -> bool {
+    if outputs.to_address_sat == 0
+        || outputs.to_address_sat > received_sat
+        || outputs.others_sat.len() > MAX_OTHER_OUTPUTS
+    {
+        return false;
+    }
+    let n = outputs.others_sat.len();
+    !(0u32..(1 << n)).any(|mask| {
+        let sum: u128 = (0..n)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| u128::from(outputs.others_sat[i]))
+            .sum();
+        sum == u128::from(received_sat)
+    })
 }
 
 fn check_inbound_lightning(
@@ -636,12 +722,22 @@ fn check_inbound_onchain(
             state: "spending from your wallet".to_owned(),
         });
     }
-    let paid = w.paid_to_address_sat.unwrap_or(w.received_sat);
+    let outputs = w.outputs.as_ref().ok_or_else(|| {
+        MessagePaymentError::AddressUnchecked(
+            "its outputs could not be read (configure [bitcoin] RPC)".to_owned(),
+        )
+    })?;
+    let paid = outputs.to_address_sat;
     if paid < request.amount.to_sat() {
         return Err(MessagePaymentError::AmountMismatch {
             expected_msat: amount_msat,
-            found_msat: paid * 1000,
+            found_msat: paid.saturating_mul(1000),
         });
+    }
+    if !address_is_owned(outputs, w.received_sat) {
+        return Err(MessagePaymentError::AddressUnchecked(
+            "the outputs do not show that the address is your wallet's".to_owned(),
+        ));
     }
     Ok(w.confirmations)
 }
@@ -739,11 +835,7 @@ pub fn check_lnurl_invoice(
             found_msat: found,
         });
     }
-    let expected = sha256::Hash::hash(metadata.as_bytes());
-    match invoice.description() {
-        Bolt11InvoiceDescriptionRef::Hash(h) if h.0 == expected => {}
-        _ => return Err(MessagePaymentError::DescriptionHashMismatch),
-    }
+    check_description_hash(&invoice, metadata)?;
     // A little margin: an invoice about to expire would fail mid-payment.
     if invoice.would_expire(
         std::time::SystemTime::now()
@@ -754,6 +846,27 @@ pub fn check_lnurl_invoice(
         return Err(MessagePaymentError::InvoiceExpired);
     }
     Ok(invoice)
+}
+
+/// Checks that `invoice`'s description hash is SHA-256 of the LNURL
+/// `metadata` (LUD-06).
+pub fn check_description_hash(
+    invoice: &Bolt11Invoice,
+    metadata: &str,
+) -> Result<(), MessagePaymentError> {
+    let expected = sha256::Hash::hash(metadata.as_bytes());
+    match invoice.description() {
+        Bolt11InvoiceDescriptionRef::Hash(h) if h.0 == expected => Ok(()),
+        _ => Err(MessagePaymentError::DescriptionHashMismatch),
+    }
+}
+
+fn sat_to_msat(sat: u64) -> Result<u64, MessagePaymentError> {
+    if sat > Amount::MAX_MONEY.to_sat() {
+        return Err(MessagePaymentError::AmountTooLarge);
+    }
+    sat.checked_mul(1000)
+        .ok_or(MessagePaymentError::AmountTooLarge)
 }
 
 /// Checks that `preimage` hashes to `invoice`'s payment hash.
@@ -860,6 +973,10 @@ mod tests {
             .unwrap()
     }
 
+    fn meta() -> Vec<String> {
+        vec![METADATA.to_owned()]
+    }
+
     fn address() -> Address {
         Address::from_str("bcrt1q6rz28mcfaxtmd6v789l9rrlrusdprr9pz3cppk")
             .unwrap()
@@ -940,7 +1057,11 @@ mod tests {
     #[test]
     fn correct_lightning_receipt_confirmed_by_the_node_is_paid() {
         let (p, preimage) = lightning_paid(5_000_000);
-        let v = p.verify_inbound(Network::Regtest, &node_received(5_000_000, preimage));
+        let v = p.verify_inbound(
+            Network::Regtest,
+            &meta(),
+            &node_received(5_000_000, preimage),
+        );
         assert_eq!(
             v,
             Verification::Paid {
@@ -956,7 +1077,11 @@ mod tests {
     fn wrong_preimage_is_unverified_even_when_the_node_was_paid() {
         let (mut p, preimage) = lightning_paid(5_000_000);
         p.receipt = Some(Receipt::Preimage([8u8; 32]));
-        let v = p.verify_inbound(Network::Regtest, &node_received(5_000_000, preimage));
+        let v = p.verify_inbound(
+            Network::Regtest,
+            &meta(),
+            &node_received(5_000_000, preimage),
+        );
         assert!(
             matches!(
                 v,
@@ -971,7 +1096,11 @@ mod tests {
     #[test]
     fn amount_below_the_invoice_is_unverified() {
         let (p, preimage) = lightning_paid(5_000_000);
-        let v = p.verify_inbound(Network::Regtest, &node_received(4_000_000, preimage));
+        let v = p.verify_inbound(
+            Network::Regtest,
+            &meta(),
+            &node_received(4_000_000, preimage),
+        );
         assert_eq!(
             v,
             Verification::Unverified(MessagePaymentError::AmountMismatch {
@@ -989,7 +1118,11 @@ mod tests {
         assert_eq!(tags.len(), 1);
         let parsed = MessagePayment::from_tags(&tags).unwrap().unwrap();
         assert_eq!(
-            parsed.verify_inbound(Network::Regtest, &node_received(5_000_000, preimage)),
+            parsed.verify_inbound(
+                Network::Regtest,
+                &meta(),
+                &node_received(5_000_000, preimage)
+            ),
             Verification::Unverified(MessagePaymentError::MissingReceipt {
                 method: Method::Lightning
             })
@@ -1001,6 +1134,7 @@ mod tests {
         let (p, _) = lightning_paid(5_000_000);
         let v = p.verify_inbound(
             Network::Regtest,
+            &meta(),
             &NodeReport::Unavailable("no admin token".into()),
         );
         assert!(
@@ -1019,7 +1153,7 @@ mod tests {
     #[test]
     fn payments_the_node_does_not_have_as_received_are_unverified() {
         let (p, preimage) = lightning_paid(1_000);
-        let unknown = p.verify_inbound(Network::Regtest, &NodeReport::Lightning(None));
+        let unknown = p.verify_inbound(Network::Regtest, &meta(), &NodeReport::Lightning(None));
         assert!(
             matches!(
                 unknown,
@@ -1038,7 +1172,7 @@ mod tests {
                 amount_msat: Some(1_000),
                 preimage: None,
             }));
-            let v = p.verify_inbound(Network::Regtest, &report);
+            let v = p.verify_inbound(Network::Regtest, &meta(), &report);
             assert!(
                 matches!(
                     v,
@@ -1051,6 +1185,7 @@ mod tests {
         other[0] = 1;
         let differs = p.verify_inbound(
             Network::Regtest,
+            &meta(),
             &NodeReport::Lightning(Some(LightningLookup {
                 inbound: true,
                 state: LightningState::Succeeded,
@@ -1063,7 +1198,7 @@ mod tests {
             Verification::Unverified(MessagePaymentError::PreimageDiffers)
         );
         assert!(p
-            .verify_inbound(Network::Regtest, &node_received(1_000, preimage))
+            .verify_inbound(Network::Regtest, &meta(), &node_received(1_000, preimage))
             .is_paid());
     }
 
@@ -1191,7 +1326,11 @@ mod tests {
             received_sat,
             sent_sat,
             confirmations,
-            paid_to_address_sat: None,
+            // The payment to the URI's address and the payer's change.
+            outputs: Some(TxOutputs {
+                to_address_sat: received_sat,
+                others_sat: vec![77_777],
+            }),
         }))
     }
 
@@ -1201,7 +1340,7 @@ mod tests {
             OnchainRequest::new(address(), Amount::from_sat(5_000)),
             txid(),
         );
-        let v = p.verify_inbound(Network::Regtest, &wallet_tx(5_000, 0, 2));
+        let v = p.verify_inbound(Network::Regtest, &meta(), &wallet_tx(5_000, 0, 2));
         assert_eq!(
             v,
             Verification::Paid {
@@ -1219,7 +1358,7 @@ mod tests {
             OnchainRequest::new(address(), Amount::from_sat(5_000)),
             txid(),
         );
-        let too_little = p.verify_inbound(Network::Regtest, &wallet_tx(4_999, 0, 1));
+        let too_little = p.verify_inbound(Network::Regtest, &meta(), &wallet_tx(4_999, 0, 1));
         assert_eq!(
             too_little,
             Verification::Unverified(MessagePaymentError::AmountMismatch {
@@ -1229,28 +1368,32 @@ mod tests {
         );
         let to_other_address = p.verify_inbound(
             Network::Regtest,
+            &meta(),
             &NodeReport::Onchain(Some(WalletTxLookup {
                 received_sat: 10_000,
                 sent_sat: 0,
                 confirmations: 1,
-                paid_to_address_sat: Some(0),
+                outputs: Some(TxOutputs {
+                    to_address_sat: 0,
+                    others_sat: vec![10_000, 3_000],
+                }),
             })),
         );
         assert!(matches!(
             to_other_address,
             Verification::Unverified(MessagePaymentError::AmountMismatch { .. })
         ));
-        let own_spend = p.verify_inbound(Network::Regtest, &wallet_tx(9_000, 20_000, 1));
+        let own_spend = p.verify_inbound(Network::Regtest, &meta(), &wallet_tx(9_000, 20_000, 1));
         assert!(matches!(
             own_spend,
             Verification::Unverified(MessagePaymentError::NotReceived { .. })
         ));
-        let unknown = p.verify_inbound(Network::Regtest, &NodeReport::Onchain(None));
+        let unknown = p.verify_inbound(Network::Regtest, &meta(), &NodeReport::Onchain(None));
         assert!(matches!(
             unknown,
             Verification::Unverified(MessagePaymentError::UnknownToNode { .. })
         ));
-        let mainnet = p.verify_inbound(Network::Bitcoin, &wallet_tx(5_000, 0, 1));
+        let mainnet = p.verify_inbound(Network::Bitcoin, &meta(), &wallet_tx(5_000, 0, 1));
         assert!(matches!(
             mainnet,
             Verification::Unverified(MessagePaymentError::WrongNetwork {
@@ -1258,6 +1401,119 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn onchain_claims_need_the_outputs_and_an_address_of_the_wallet() {
+        let p = MessagePayment::onchain(
+            OnchainRequest::new(address(), Amount::from_sat(20_000)),
+            txid(),
+        );
+        let lookup = |received_sat, outputs| {
+            NodeReport::Onchain(Some(WalletTxLookup {
+                received_sat,
+                sent_sat: 0,
+                confirmations: 1,
+                outputs,
+            }))
+        };
+        // Without the outputs (no Bitcoin Core RPC): not paid.
+        let v = p.verify_inbound(Network::Regtest, &meta(), &lookup(20_000, None));
+        assert!(
+            matches!(
+                v,
+                Verification::Unverified(MessagePaymentError::AddressUnchecked(_))
+            ),
+            "{v:?}"
+        );
+        // The transaction paid the wallet 30 000 at another output; the
+        // claimed address got 20 000 but is someone else's (the change):
+        // the wallet's 30 000 is explained without it.
+        let foreign = Some(TxOutputs {
+            to_address_sat: 20_000,
+            others_sat: vec![30_000, 5_000],
+        });
+        let v = p.verify_inbound(Network::Regtest, &meta(), &lookup(30_000, foreign));
+        assert!(
+            matches!(
+                v,
+                Verification::Unverified(MessagePaymentError::AddressUnchecked(_))
+            ),
+            "{v:?}"
+        );
+        // The wallet received both: 50 000 needs the address's output.
+        let both = Some(TxOutputs {
+            to_address_sat: 20_000,
+            others_sat: vec![30_000, 5_000],
+        });
+        assert!(p
+            .verify_inbound(Network::Regtest, &meta(), &lookup(50_000, both))
+            .is_paid());
+    }
+
+    #[test]
+    fn only_invoices_of_the_recipients_lnurl_prove_a_payment() {
+        // E.g. a zap invoice: its description hash commits to the zap
+        // request, and the zap receipt publishes its preimage.
+        let (p, preimage) = lightning_paid(5_000_000);
+        let report = node_received(5_000_000, preimage);
+        let other = vec![r#"[["text/plain","Payment to bob@elsewhere"]]"#.to_owned()];
+        for metadata in [&other, &Vec::new()] {
+            assert_eq!(
+                p.verify_inbound(Network::Regtest, metadata, &report),
+                Verification::Unverified(MessagePaymentError::NotYourLnurlInvoice)
+            );
+        }
+        let both = vec![other[0].clone(), METADATA.to_owned()];
+        assert!(p.verify_inbound(Network::Regtest, &both, &report).is_paid());
+    }
+
+    #[test]
+    fn claim_keys_are_the_payment_hash_or_the_address() {
+        let (p, preimage) = lightning_paid(1_000);
+        assert_eq!(
+            p.claim_key(),
+            format!("lightning:{}", sha256::Hash::hash(&preimage))
+        );
+        let a = MessagePayment::onchain(
+            OnchainRequest::new(address(), Amount::from_sat(5_000)),
+            txid(),
+        );
+        let b = MessagePayment::onchain(
+            OnchainRequest::new(address(), Amount::from_sat(6_000)),
+            Txid::from_str(&"cd".repeat(32)).unwrap(),
+        );
+        assert_eq!(a.claim_key(), b.claim_key(), "one claim per address");
+        assert_eq!(a.claim_key(), format!("onchain:{}", address()));
+    }
+
+    #[test]
+    fn amounts_above_all_bitcoin_are_refused_without_overflow() {
+        // 21M BTC parses; one satoshi more does not.
+        let max = format!("bitcoin:{}?amount=21000000", address());
+        let r = OnchainRequest::parse(&max).unwrap();
+        assert_eq!(r.amount_msat(), Ok(2_100_000_000_000_000_000));
+        for huge in ["21000000.00000001", "184467440737.09551615", "99999999999"] {
+            let uri = format!("bitcoin:{}?amount={huge}", address());
+            assert!(OnchainRequest::parse(&uri).is_err(), "{uri}");
+        }
+        // `new` takes any Amount: the msat conversions refuse it instead of wrapping.
+        let huge = OnchainRequest::new(address(), Amount::from_sat(u64::MAX));
+        assert_eq!(huge.amount_msat(), Err(MessagePaymentError::AmountTooLarge));
+        assert_eq!(
+            huge.check_answer(&address().to_string(), 1, Network::Regtest),
+            Err(MessagePaymentError::AmountTooLarge)
+        );
+        let p = MessagePayment::onchain(huge, txid());
+        assert_eq!(p.request.amount_msat(), None);
+        assert_eq!(
+            p.check_receipt(Network::Regtest),
+            Err(MessagePaymentError::AmountTooLarge)
+        );
+        assert_eq!(
+            p.verify_inbound(Network::Regtest, &meta(), &wallet_tx(u64::MAX, 0, 1)),
+            Verification::Unverified(MessagePaymentError::AmountTooLarge)
+        );
     }
 
     #[test]

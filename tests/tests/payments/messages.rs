@@ -4,15 +4,19 @@
 //! Lightning channel to it and on-chain funds. The sender messages @alice
 //! with a Lightning payment and with an on-chain payment, through the command
 //! code (`cairn_node::msg_cli`); Alice's inbox shows both as paid, verified
-//! by her node. A tampered receipt, a replayed one and an on-chain receipt
-//! naming another of her addresses are not shown as paid,
-//! and a handle whose binding does not verify is refused without `--to`.
+//! by her node. A tampered receipt, a replayed one (also backdated, in a
+//! later run: claims persist), an invoice of her node that is not her
+//! LNURL-pay's, and an on-chain receipt naming another of her addresses are
+//! not shown as paid; a payment made without a message is sent later with
+//! `--receipt` and shown as paid; and a handle whose binding does not verify
+//! is refused without `--to`.
 
 use anyhow::{ensure, Context, Result};
 use bitcoin::{Address, Amount, Network};
 use cairn_node::admin_client::AdminClient;
 use cairn_node::admin_token::token_path;
 use cairn_node::cli::{ChainSource, VerifyOptions};
+use cairn_node::msg_claims::CLAIMS_FILE;
 use cairn_node::msg_cli::{
     self, BitcoinRpc, Inbox, InboxContext, InboxMessage, PayRequest, SendContext, SendRequest,
     UnverifiedRecipient,
@@ -71,7 +75,13 @@ async fn address(admin: &AdminClient, path: &str) -> Result<Address> {
         .assume_checked())
 }
 
-fn inbox_of(keys: &Keys, node: &IdNode, admin: &AdminClient, chain: &TestChain) -> InboxContext {
+fn inbox_of(
+    keys: &Keys,
+    node: &IdNode,
+    admin: &AdminClient,
+    chain: &TestChain,
+    lnurl_metadata: &[String],
+) -> InboxContext {
     InboxContext {
         keys: keys.clone(),
         relays: vec![node.node().ws_url()],
@@ -84,6 +94,8 @@ fn inbox_of(keys: &Keys, node: &IdNode, admin: &AdminClient, chain: &TestChain) 
             user: chain.rpc_user().to_owned(),
             password: chain.rpc_password().to_owned(),
         }),
+        lnurl_metadata: lnurl_metadata.to_vec(),
+        claims_file: Some(node.dir.path().join(CLAIMS_FILE)),
     }
 }
 
@@ -156,6 +168,7 @@ async fn run() -> Result<()> {
         text: "hi carol".into(),
         to,
         payment: None,
+        existing: None,
     };
     let refused = msg_cli::send(&ctx, &plain("@carol", None))
         .await
@@ -251,6 +264,7 @@ async fn run() -> Result<()> {
             amount_msat: PAY_MSAT,
             onchain: false,
         }),
+        existing: None,
     };
     let sent = msg_cli::send(&ctx, &lunch).await?;
     assert_eq!(sent.recipient.key, alice.keys.public_key());
@@ -277,25 +291,105 @@ async fn run() -> Result<()> {
         request: paid.request.clone(),
         receipt: Some(Receipt::Preimage([0u8; 32])),
     };
-    // Rumor times have one-second resolution and order the claims: the replay
-    // must come after the original.
+    // Wraps first seen in the same inbox run are ordered by their rumor
+    // times (one-second resolution): the replay must come after the original.
     tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-    for (text, payment) in [("tampered", &tampered), ("replayed", &paid)] {
-        let rumor = msg_cli::build_rumor(
-            sender.public_key(),
-            alice.keys.public_key(),
-            text,
-            Some(payment),
-        );
-        msg_cli::deliver(
-            &sender,
-            alice.keys.public_key(),
-            rumor,
-            &alice_node.node().ws_url(),
-            &sender_node.node.ws_url(),
+    let rumor = msg_cli::build_rumor(
+        sender.public_key(),
+        alice.keys.public_key(),
+        "tampered",
+        Some(&tampered),
+    );
+    msg_cli::deliver(
+        &sender,
+        alice.keys.public_key(),
+        rumor,
+        &alice_node.node().ws_url(),
+        &sender_node.node.ws_url(),
+    )
+    .await?;
+    // The replay goes through `msg send --receipt`: nothing is paid again.
+    let replayed = SendRequest {
+        recipient: "@alice".into(),
+        text: "replayed".into(),
+        to: None,
+        payment: None,
+        existing: Some(paid.clone()),
+    };
+    msg_cli::send(&ctx, &replayed).await?;
+
+    // --- paid, message lost: `msg send --receipt preimage:… --invoice …` ---
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let unsent = msg_cli::pay_lightning(
+        &http,
+        sender_admin,
+        &alice_node.base,
+        "alice",
+        PAY_MSAT + 1_000,
+        Network::Regtest,
+    )
+    .await?;
+    let resent = SendRequest {
+        recipient: "@alice".into(),
+        text: "resent".into(),
+        to: None,
+        payment: None,
+        existing: Some(unsent.clone()),
+    };
+    let sent_again = msg_cli::send(&ctx, &resent).await?;
+    assert_eq!(sent_again.payment.as_ref(), Some(&unsent));
+
+    // --- a real payment to an invoice of Alice's node that is not her
+    // LNURL-pay's (as a zap's, whose preimage the zap receipt publishes) ---
+    let foreign: Value = alice_admin
+        .post(
+            "/admin/v1/lightning/invoices",
+            &json!({ "amount_msat": 2_000_000, "description": "coffee" }),
         )
         .await?;
-    }
+    let foreign_invoice = str_at(&foreign, "/invoice")?.to_owned();
+    let foreign_paid: Value = sender_admin
+        .post(
+            "/admin/v1/lightning/pay",
+            &json!({ "invoice": foreign_invoice }),
+        )
+        .await?;
+    ensure!(foreign_paid["status"] == "succeeded", "{foreign_paid}");
+    let foreign_payment = msg_cli::existing_payment(
+        &format!("preimage:{}", str_at(&foreign_paid, "/preimage")?),
+        Some(&foreign_invoice),
+        None,
+    )?;
+    // `msg send --receipt` refuses it: the inbox would not accept it.
+    let refused = msg_cli::send(
+        &ctx,
+        &SendRequest {
+            recipient: "@alice".into(),
+            text: "coffee".into(),
+            to: None,
+            payment: None,
+            existing: Some(foreign_payment.clone()),
+        },
+    )
+    .await
+    .expect_err("not an invoice of @alice's LNURL-pay");
+    ensure!(format!("{refused:#}").contains("LNURL-pay"), "{refused:#}");
+    let rumor = msg_cli::build_rumor(
+        sender.public_key(),
+        alice.keys.public_key(),
+        "coffee",
+        Some(&foreign_payment),
+    );
+    msg_cli::deliver(
+        &sender,
+        alice.keys.public_key(),
+        rumor,
+        &alice_node.node().ws_url(),
+        &sender_node.node.ws_url(),
+    )
+    .await?;
 
     // --- msg send @alice "rent" --pay 20000sat --onchain ---
     let rent = SendRequest {
@@ -306,6 +400,7 @@ async fn run() -> Result<()> {
             amount_msat: ONCHAIN_PAY_SAT * 1000,
             onchain: true,
         }),
+        existing: None,
     };
     let sent_rent = msg_cli::send(&ctx, &rent).await?;
     let txid = sent_rent
@@ -339,15 +434,18 @@ async fn run() -> Result<()> {
     // --- Alice's inbox ---
     // Read from her node's relay and the relays she lists there: each message
     // arrives twice and is shown once.
-    let mut ctx_alice = inbox_of(&alice.keys, &alice_node, &alice_admin, &chain);
+    // Her LNURL metadata, as `msg inbox` fetches it for her [zaps] names.
+    let metadata = msg_cli::lnurl_metadata(&http, &alice_node.base, &["alice".into()]).await;
+    assert_eq!(metadata.len(), 1, "{metadata:?}");
+    let mut ctx_alice = inbox_of(&alice.keys, &alice_node, &alice_admin, &chain, &metadata);
     ctx_alice.relays = msg_cli::reading_relays(&alice.keys, &alice_ws).await;
     assert_eq!(
         trimmed(&ctx_alice.relays),
         vec![alice_ws.clone(), sender_ws.clone()]
     );
-    let inbox = read_inbox(&ctx_alice, 5).await?;
+    let inbox = read_inbox(&ctx_alice, 7).await?;
     assert!(inbox.refused.is_empty(), "{:?}", inbox.refused);
-    assert_eq!(inbox.messages.len(), 5, "{inbox:#?}");
+    assert_eq!(inbox.messages.len(), 7, "{inbox:#?}");
     for m in &inbox.messages {
         assert_eq!(m.sender, sender.public_key());
         assert_eq!(m.recipients, vec![alice.keys.public_key()]);
@@ -368,10 +466,24 @@ async fn run() -> Result<()> {
         ),
         "{v:?}"
     );
-    let v = verification(message(&inbox, "replayed")?)?;
-    ensure!(
-        matches!(v, Verification::Unconfirmed { reason, .. } if reason.contains("already claimed")),
-        "{v:?}"
+    let lunch_wrap = message(&inbox, "lunch")?.wrap_id;
+    assert_eq!(
+        verification(message(&inbox, "replayed")?)?,
+        &Verification::Unverified(MessagePaymentError::AlreadyClaimed {
+            by: lunch_wrap.to_hex()
+        })
+    );
+    assert_eq!(
+        verification(message(&inbox, "resent")?)?,
+        &Verification::Paid {
+            method: Method::Lightning,
+            amount_msat: PAY_MSAT + 1_000,
+            confirmations: None
+        }
+    );
+    assert_eq!(
+        verification(message(&inbox, "coffee")?)?,
+        &Verification::Unverified(MessagePaymentError::NotYourLnurlInvoice)
     );
     match verification(message(&inbox, "rent")?)? {
         Verification::Paid {
@@ -396,6 +508,44 @@ async fn run() -> Result<()> {
     assert!(shown.contains("PAID 5000 sat (lightning"), "{shown}");
     assert!(shown.contains("UNVERIFIED: wrong preimage"), "{shown}");
     assert!(shown.contains("PAID 20000 sat (onchain"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "already claimed by gift wrap {}",
+            lunch_wrap.to_hex()
+        )),
+        "{shown}"
+    );
+
+    // --- a later run: a replay backdated before the original still loses,
+    // because claims persist and follow when the wraps were first seen ---
+    let lunch_at = message(&inbox, "lunch")?.created_at;
+    let mut backdated = msg_cli::build_rumor(
+        sender.public_key(),
+        alice.keys.public_key(),
+        "backdated",
+        Some(&paid),
+    );
+    backdated.created_at = nostr::Timestamp::from(lunch_at.as_secs() - 3_600);
+    backdated.id = None;
+    backdated.ensure_id();
+    msg_cli::deliver(
+        &sender,
+        alice.keys.public_key(),
+        backdated,
+        &alice_node.node().ws_url(),
+        &sender_node.node.ws_url(),
+    )
+    .await?;
+    let inbox = read_inbox(&ctx_alice, 8).await?;
+    assert_eq!(inbox.messages.len(), 8, "{inbox:#?}");
+    assert_eq!(
+        verification(message(&inbox, "backdated")?)?,
+        &Verification::Unverified(MessagePaymentError::AlreadyClaimed {
+            by: lunch_wrap.to_hex()
+        })
+    );
+    assert!(verification(message(&inbox, "lunch")?)?.is_paid());
+    assert!(verification(message(&inbox, "rent")?)?.is_paid());
 
     // Plain LUD-06, no zap request: no public receipt (kind 9735) of the
     // private payment on either relay.
@@ -410,10 +560,10 @@ async fn run() -> Result<()> {
     }
 
     // Without her node, nothing is shown as paid.
-    let mut offline = inbox_of(&alice.keys, &alice_node, &alice_admin, &chain);
+    let mut offline = inbox_of(&alice.keys, &alice_node, &alice_admin, &chain, &metadata);
     offline.admin = None;
     offline.admin_unavailable = Some("no admin token".into());
-    let inbox = read_inbox(&offline, 5).await?;
+    let inbox = read_inbox(&offline, 8).await?;
     ensure!(
         inbox
             .messages
@@ -425,7 +575,7 @@ async fn run() -> Result<()> {
     // --- the sender's copy to self, on the sender's own relay ---
     let own = InboxContext {
         relays: vec![sender_node.node.ws_url()],
-        ..inbox_of(&sender, &alice_node, sender_admin, &chain)
+        ..inbox_of(&sender, &alice_node, sender_admin, &chain, &[])
     };
     let copies = read_inbox(&own, 6).await?;
     let lunch_copy = message(&copies, "lunch")?;
