@@ -249,9 +249,14 @@ async fn sync(State(state): State<AdminState>) -> ApiResult {
 // ---------------------------------------------------------------------------
 // On-chain wallet.
 
+// The on-chain wallet's synchronous calls take its std mutex, which a sync
+// holds for as long as it talks to the chain source: they run on the blocking
+// pool so a long sync cannot park a runtime worker.
+
 async fn balance(State(state): State<AdminState>) -> ApiResult {
     let p = running(&state)?;
-    let onchain = p.wallet().balance();
+    let wallet = Arc::clone(p.wallet());
+    let onchain = blocking(move || Ok(wallet.balance())).await?;
     let ln = p.lightning().balances();
     ok(json!({
         "onchain": {
@@ -270,7 +275,8 @@ async fn balance(State(state): State<AdminState>) -> ApiResult {
 
 async fn address(State(state): State<AdminState>) -> ApiResult {
     let p = running(&state)?;
-    let addr = p.wallet().receive_address()?;
+    let wallet = Arc::clone(p.wallet());
+    let addr = blocking(move || Ok(wallet.receive_address()?)).await?;
     ok(json!({ "address": addr.to_string() }))
 }
 
@@ -314,9 +320,9 @@ async fn send(
 
 async fn transactions(State(state): State<AdminState>) -> ApiResult {
     let p = running(&state)?;
-    let txs: Vec<Value> = p
-        .wallet()
-        .transactions()
+    let wallet = Arc::clone(p.wallet());
+    let txs: Vec<Value> = blocking(move || Ok(wallet.transactions()))
+        .await?
         .into_iter()
         .map(|t| {
             json!({
@@ -502,10 +508,20 @@ async fn pay(
     let p = running(&state)?;
     let inv = Bolt11Invoice::from_str(req.invoice.trim())
         .map_err(|e| ApiError::bad_request(format!("invalid BOLT11 invoice: {e}")))?;
-    if inv.amount_milli_satoshis().is_none() && req.amount_msat.is_none() {
-        return Err(ApiError::bad_request(
-            "the invoice has no amount: give amount_msat",
-        ));
+    match (inv.amount_milli_satoshis(), req.amount_msat) {
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "the invoice has no amount: give amount_msat",
+            ))
+        }
+        // Paying the invoice's amount when the caller asked for another
+        // would surprise them either way: refuse instead of ignoring it.
+        (Some(inv_amount), Some(asked)) if inv_amount != asked => {
+            return Err(ApiError::bad_request(format!(
+                "amount_msat {asked} differs from the invoice's amount {inv_amount}"
+            )))
+        }
+        _ => {}
     }
     let ln = Arc::clone(p.lightning());
     let events = ln.subscribe();
@@ -750,11 +766,11 @@ fn connection_json(c: &NwcConnection, spent_msat: Option<u64>) -> Value {
 async fn nwc_connections(State(state): State<AdminState>) -> ApiResult {
     let p = running(&state)?;
     let store = p.nwc().store();
-    // The stored app secrets stay in the store: a URI is shown once, at creation.
+    // App secrets are not stored: a URI is shown once, at creation.
     let list = store
         .list_connections()?
         .into_iter()
-        .map(|(c, _secret)| {
+        .map(|c| {
             let spent = store.spent_in_window(&c).ok();
             connection_json(&c, spent)
         })

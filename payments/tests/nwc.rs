@@ -1,10 +1,14 @@
 //! The NWC service end to end: two real Lightning nodes on testchain (A is
 //! the wallet behind the service, B the payee), a real in-process Cairn relay,
 //! and apps played by the `nwc` 0.44 client (NIP-04) and by hand-built
-//! requests (NIP-44, replays, expired requests, unknown encryption).
+//! requests (NIP-44, replays, expired requests, unknown encryption, unknown
+//! keys). Two connections that both pay and look up see (and are notified
+//! about) their own payments only.
 
 mod support;
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,18 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 const NET_WAIT: Duration = Duration::from_secs(15);
 const FUNDING: u64 = 1_000_000;
 const CHANNEL: u64 = 400_000;
+
+/// Whether any of SQLite's files for the database at `db` contains `needle`.
+fn db_files_contain(db: &Path, needle: &str) -> Result<bool> {
+    let mut found = false;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(bytes) = std::fs::read(&path) {
+            found |= bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        }
+    }
+    Ok(found)
+}
 
 /// An app speaking raw NIP-47 over nostr-sdk: builds, signs and publishes
 /// requests itself, so it can pick the encryption, add tags and replay.
@@ -237,6 +253,16 @@ async fn run() -> Result<()> {
     observer
         .try_connect_relay(relay_url.as_str(), NET_WAIT)
         .await?;
+    // Every notification the service publishes, to count who gets them.
+    let mut service_notes = observer.notifications();
+    observer
+        .subscribe(
+            Filter::new()
+                .kinds([Kind::Custom(23197), Kind::WalletConnectNotification])
+                .author(service.service_pubkey()),
+            None,
+        )
+        .await?;
     let info = observer
         .fetch_events(
             Filter::new()
@@ -275,8 +301,37 @@ async fn run() -> Result<()> {
     )));
     assert!(uri1.contains("relay=") && uri1.contains("secret="));
     let listed = service.list_connections()?;
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].1, uri1);
+    assert_eq!(listed, vec![c1.clone()]);
+    // The app's secret is in the URI only, not in the database.
+    let secret1 = NostrWalletConnectURI::parse(&uri1)?.secret.to_secret_hex();
+    let db_path = dir_a.path().join(cairn_payments::nwc::STORE_FILE_NAME);
+    assert!(!db_files_contain(&db_path, &secret1)?);
+
+    // A key without a connection is refused, and its request is not recorded.
+    let stranger_uri = NostrWalletConnectURI::new(
+        service.service_pubkey(),
+        vec![nostr::RelayUrl::parse(&relay_url)?],
+        Keys::generate().secret_key().clone(),
+        None,
+    )
+    .to_string();
+    let stranger = RawApp::connect(&stranger_uri, &relay_url).await?;
+    let recorded = service.store().request_count()?;
+    let req = stranger.request(
+        &json!({"method": "get_balance", "params": {}}),
+        Some("nip44_v2"),
+        vec![],
+    )?;
+    let (_, body) = stranger.must_call(&req).await?;
+    assert_eq!(error_code(&body), Some("UNAUTHORIZED"), "{body}");
+    assert_eq!(body["result_type"], "get_balance");
+    let direct = service.handle_request(&req).await.context("answered")?;
+    assert_eq!(stranger.decrypt(&direct)?["error"]["code"], "UNAUTHORIZED");
+    assert_eq!(
+        service.store().request_count()?,
+        recorded,
+        "nothing recorded"
+    );
 
     // --- the off-the-shelf nwc client (NIP-04) ---
     let nwc = nwc::NWC::new(NostrWalletConnectURI::parse(&uri1)?);
@@ -313,6 +368,10 @@ async fn run() -> Result<()> {
         inv.payment_hash().to_byte_array()
     );
     assert_eq!(b_received(&b, &inv.payment_hash().to_byte_array()), 1);
+    assert!(
+        paid.fees_paid.unwrap_or(0) <= 10_000 + 10_000,
+        "fee within the cap"
+    );
     let spent_after_first = service.store().spent_in_window(&c1)?;
     assert_eq!(spent_after_first, 1_000_000 + paid.fees_paid.unwrap_or(0));
 
@@ -498,7 +557,11 @@ async fn run() -> Result<()> {
     // --- budget and per-payment maximum ---
     let (c2, uri2) = service.create_connection(NewConnection {
         name: "small".into(),
-        permissions: vec!["pay_invoice".into()],
+        permissions: vec![
+            "pay_invoice".into(),
+            "lookup_invoice".into(),
+            "list_transactions".into(),
+        ],
         budget_msat: Some(5_000_000),
         renewal: BudgetRenewal::Daily,
         max_payment_msat: Some(4_000_000),
@@ -516,10 +579,18 @@ async fn run() -> Result<()> {
             inv.payment_hash().to_byte_array(),
         ))
     };
-    let (r, h) = pay(3_000, "within budget")?;
+    // 3_000 sat plus the 40 sat fee reserve fit the 5_000 sat budget ...
+    let (r, c2_hash) = pay(3_000, "within budget")?;
     let (_, body) = app2.must_call(&r).await?;
     assert!(body["result"]["preimage"].is_string(), "{body}");
-    assert_eq!(b_received(&b, &h), 1);
+    assert_eq!(b_received(&b, &c2_hash), 1);
+    // ... 1_990 sat more would fit without the 29.9 sat fee reserve, not with it.
+    let spent_now = service.store().spent_in_window(&c2)?;
+    assert!(spent_now < 3_010_000, "{spent_now}");
+    let (r, h) = pay(1_990, "over budget with the fee reserve")?;
+    let (_, body) = app2.must_call(&r).await?;
+    assert_eq!(error_code(&body), Some("QUOTA_EXCEEDED"), "{body}");
+    assert_eq!(b_received(&b, &h), 0);
     let (r, h) = pay(3_000, "over budget")?;
     let (_, body) = app2.must_call(&r).await?;
     assert_eq!(error_code(&body), Some("QUOTA_EXCEEDED"), "{body}");
@@ -619,10 +690,54 @@ async fn run() -> Result<()> {
     let txs = body["result"]["transactions"]
         .as_array()
         .context("transactions")?;
-    assert_eq!(txs.len(), 5, "{body}"); // 1_000 + 1_500 + 2_000 + 1_000 (c1) + 3_000 (c2)
+    // c1's own: 1_000 + 1_500 + 2_000 + 1_000; not c2's 3_000.
+    assert_eq!(txs.len(), 4, "{body}");
     assert!(txs
         .iter()
         .all(|t| t["state"] == "settled" && t["type"] == "outgoing"));
+    let c2_hex = hex::encode(c2_hash);
+    assert!(txs.iter().all(|t| t["payment_hash"] != c2_hex.as_str()));
+    let (_, body) = app2
+        .must_call(&app2.request(
+            &json!({"method": "list_transactions", "params": {}}),
+            Some("nip44_v2"),
+            vec![],
+        )?)
+        .await?;
+    let txs = body["result"]["transactions"]
+        .as_array()
+        .context("transactions")?;
+    assert_eq!(txs.len(), 1, "{body}");
+    assert_eq!(txs[0]["payment_hash"], c2_hex.as_str());
+    // lookup_invoice: each connection finds its own, NOT_FOUND for the other's.
+    let lookup = |app: &RawApp, h: &str| {
+        app.request(
+            &json!({"method": "lookup_invoice", "params": {"payment_hash": h}}),
+            Some("nip44_v2"),
+            vec![],
+        )
+    };
+    let (_, body) = app2.must_call(&lookup(&app2, &c2_hex)?).await?;
+    assert_eq!(body["result"]["state"], "settled", "{body}");
+    assert!(body["result"]["preimage"].is_string(), "{body}");
+    let (_, body) = app1.must_call(&lookup(&app1, &c2_hex)?).await?;
+    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
+    assert!(body.get("result").is_none_or(Value::is_null), "{body}");
+    let (_, body) = app2.must_call(&lookup(&app2, &hash)?).await?;
+    assert_eq!(error_code(&body), Some("NOT_FOUND"), "{body}");
+    // get_info names the notifications each connection receives.
+    let (_, body) = app1
+        .must_call(&app1.request(
+            &json!({"method": "get_info", "params": {}}),
+            Some("nip44_v2"),
+            vec![],
+        )?)
+        .await?;
+    assert_eq!(
+        body["result"]["notifications"],
+        json!(["payment_received", "payment_sent"]),
+        "{body}"
+    );
 
     // B pays the invoice made through NWC: lookup says settled and the app
     // gets a payment_received notification.
@@ -659,6 +774,27 @@ async fn run() -> Result<()> {
     .await??;
     assert_eq!(looked.state, Some(TransactionState::Settled));
     assert!(looked.preimage.is_some() && looked.settled_at.is_some());
+
+    // Who was notified: every notification is addressed to the connection
+    // whose payment it is. c1: 4 sent + 1 received, c2: its one payment,
+    // each over NIP-44 and NIP-04; the others (and the stranger) nothing.
+    let mut notified: HashMap<nostr::PublicKey, usize> = HashMap::new();
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(quiet_until, service_notes.recv()).await {
+            Ok(Ok(RelayPoolNotification::Event { event, .. })) => {
+                for p in event.tags.public_keys() {
+                    *notified.entry(*p).or_default() += 1;
+                }
+            }
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert_eq!(notified.get(&c1.client_pubkey), Some(&10), "{notified:?}");
+    assert_eq!(notified.get(&c2.client_pubkey), Some(&2), "{notified:?}");
+    assert_eq!(notified.len(), 2, "{notified:?}");
+    assert!(!db_files_contain(&db_path, &secret1)?);
 
     // --- round-trip latency: 50 get_balance through the nwc client ---
     let mut times = Vec::with_capacity(50);

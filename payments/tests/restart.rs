@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bitcoin::hashes::{sha256, Hash};
 use cairn_payments::lightning::{LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
-use cairn_payments::nwc::{BudgetRenewal, NewConnection, NwcService, NwcServiceConfig};
+use cairn_payments::nwc::{
+    max_routing_fee_msat, BudgetRenewal, NewConnection, NwcService, NwcServiceConfig,
+};
 use cairn_testchain::TestChain;
 use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
 use ldk_node::lightning_types::payment::{PaymentHash, PaymentPreimage};
@@ -205,8 +207,8 @@ async fn payer_and_receiver_restart_mid_payment() -> Result<()> {
         );
         assert_eq!(
             service.store().spent_in_window(&conn)?,
-            15_000_000,
-            "both reserved"
+            15_000_000 + max_routing_fee_msat(10_000_000) + max_routing_fee_msat(5_000_000),
+            "both reserved, each with its routing-fee cap"
         );
 
         // A dies before either outcome is known: the handlers are cut short,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
 use ldk_node::lightning::ln::channelmanager::PaymentId;
+use ldk_node::lightning::routing::router::RouteParametersConfig;
 use ldk_node::lightning_invoice::Bolt11Invoice;
 use ldk_node::payment::{PaymentDetails, PaymentDirection, PaymentKind, PaymentStatus};
 use ldk_node::Event;
@@ -81,12 +82,13 @@ pub struct WalletTx {
 /// What the NWC service needs from a wallet.
 #[async_trait::async_trait]
 pub trait WalletBackend: Send + Sync + 'static {
-    /// Pays `invoice` (with `amount_msat` when the invoice has none) and waits
-    /// for the outcome.
+    /// Pays `invoice` (with `amount_msat` when the invoice has none), paying
+    /// at most `max_fee_msat` in routing fees, and waits for the outcome.
     async fn pay_invoice(
         &self,
         invoice: &Bolt11Invoice,
         amount_msat: Option<u64>,
+        max_fee_msat: u64,
     ) -> Result<PaymentOutcome, BackendError>;
     /// Issues an invoice.
     async fn make_invoice(
@@ -164,12 +166,18 @@ impl WalletBackend for LightningNode {
         &self,
         invoice: &Bolt11Invoice,
         amount_msat: Option<u64>,
+        max_fee_msat: u64,
     ) -> Result<PaymentOutcome, BackendError> {
         // Subscribe before sending so the outcome cannot slip past.
         let mut events = self.subscribe();
+        // The router never picks a route costing more than the budget holds
+        // for fees (ldk's own default would be 1% + 50 sat).
+        let route =
+            Some(RouteParametersConfig::default().with_max_total_routing_fee_msat(max_fee_msat));
+        let bolt11 = self.inner().bolt11_payment();
         let sent = match (invoice.amount_milli_satoshis(), amount_msat) {
-            (Some(_), _) => self.pay_bolt11(invoice),
-            (None, Some(a)) => self.pay_bolt11_amount(invoice, a),
+            (Some(_), _) => bolt11.send(invoice, route),
+            (None, Some(a)) => bolt11.send_using_amount(invoice, a, route),
             (None, None) => {
                 return Err(BackendError::BadRequest(
                     "invoice has no amount and none was given".into(),

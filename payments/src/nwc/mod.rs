@@ -8,7 +8,14 @@
 //!   with kind 23195 responses (NIP-44 v2, or NIP-04 when the request asks for
 //!   it or names no encryption) and sends `payment_received` / `payment_sent`
 //!   notifications (kind 23197 over NIP-44, and kind 23196 over NIP-04 for
-//!   older clients).
+//!   older clients). A notification goes only to the connection that issued
+//!   the invoice (`payment_received`, needs `make_invoice`) or sent the
+//!   payment (`payment_sent`, needs `pay_invoice`), never to other apps;
+//!   likewise `lookup_invoice` and `list_transactions` show a connection its
+//!   own invoices and payments only (see [`NwcConnection::notifications`]).
+//! - A payment reserves its amount plus the most it may cost in routing fees
+//!   ([`max_routing_fee_msat`]) against the budget, passes that cap to the
+//!   router, and counts the fee actually paid once it settles.
 //! - [`NwcStore`] keeps connections (permissions, budget with renewal period,
 //!   per-payment maximum, expiry, revocation), budget reservations and every
 //!   handled request id with its response, so a replayed request is answered
@@ -50,6 +57,23 @@ pub const SUPPORTED_METHODS: [&str; 6] = [
 
 /// Notification types this service sends.
 pub const SUPPORTED_NOTIFICATIONS: [&str; 2] = ["payment_received", "payment_sent"];
+
+/// Routing-fee cap of a payment through NWC, proportional part in parts
+/// per million of the amount (10_000 = 1%).
+pub const MAX_ROUTING_FEE_PPM: u64 = 10_000;
+/// Routing-fee cap of a payment through NWC, fixed part (10 sat), so small
+/// payments can still find a route.
+pub const MAX_ROUTING_FEE_BASE_MSAT: u64 = 10_000;
+
+/// The most a payment of `amount_msat` through NWC may cost in routing fees:
+/// 1% of the amount (rounded up) plus 10 sat. Reserved against the budget
+/// with the amount and passed to the router as its limit.
+pub fn max_routing_fee_msat(amount_msat: u64) -> u64 {
+    let proportional = (amount_msat as u128 * MAX_ROUTING_FEE_PPM as u128).div_ceil(1_000_000);
+    u64::try_from(proportional)
+        .unwrap_or(u64::MAX)
+        .saturating_add(MAX_ROUTING_FEE_BASE_MSAT)
+}
 
 /// NWC failures (outside the NIP-47 error codes sent to apps).
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +209,23 @@ impl NwcConnection {
     pub fn allows(&self, method: &str) -> bool {
         self.permissions.iter().any(|p| p == method)
     }
+
+    /// The notifications this connection receives, about its own payments
+    /// only: `payment_received` for invoices it issued (needs
+    /// `make_invoice`), `payment_sent` for payments it sent (needs
+    /// `pay_invoice`). NIP-47 has no separate notification permission; tying
+    /// them to the method that creates the payment means an app never
+    /// learns about a payment it could not have made itself.
+    pub fn notifications(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.allows("make_invoice") {
+            out.push("payment_received");
+        }
+        if self.allows("pay_invoice") {
+            out.push("payment_sent");
+        }
+        out
+    }
 }
 
 /// What a new connection may do.
@@ -226,5 +267,39 @@ mod tests {
         assert_eq!(BudgetRenewal::Never.window_start(created, 10_000_000), 0);
         assert_eq!("month".parse::<BudgetRenewal>(), Ok(BudgetRenewal::Monthly));
         assert!("fortnightly".parse::<BudgetRenewal>().is_err());
+    }
+
+    #[test]
+    fn the_routing_fee_cap_is_one_percent_plus_ten_sat() {
+        assert_eq!(max_routing_fee_msat(0), 10_000);
+        assert_eq!(max_routing_fee_msat(1_000_000), 10_000 + 10_000);
+        assert_eq!(max_routing_fee_msat(3_000_000), 30_000 + 10_000);
+        // Rounded up, never below 1%.
+        assert_eq!(max_routing_fee_msat(101), 2 + 10_000);
+        assert!(
+            max_routing_fee_msat(u64::MAX) > u64::MAX / 100,
+            "no overflow"
+        );
+    }
+
+    #[test]
+    fn notifications_follow_the_methods_that_create_payments() {
+        let mut c = NwcConnection {
+            id: 1,
+            name: "n".into(),
+            client_pubkey: nostr::Keys::generate().public_key(),
+            permissions: vec!["get_balance".into()],
+            budget_msat: None,
+            renewal: BudgetRenewal::Never,
+            max_payment_msat: None,
+            expires_at: None,
+            revoked: false,
+            created_at: 0,
+        };
+        assert!(c.notifications().is_empty());
+        c.permissions.push("pay_invoice".into());
+        assert_eq!(c.notifications(), vec!["payment_sent"]);
+        c.permissions.push("make_invoice".into());
+        assert_eq!(c.notifications(), vec!["payment_received", "payment_sent"]);
     }
 }

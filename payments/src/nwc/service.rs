@@ -30,7 +30,8 @@ use tracing::{debug, info, warn};
 use super::backend::{BackendError, WalletBackend, WalletTx, DEFAULT_PAYMENT_TIMEOUT};
 use super::store::{IssuedInvoice, NwcStore, RequestState};
 use super::{
-    now, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS, SUPPORTED_NOTIFICATIONS,
+    max_routing_fee_msat, now, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS,
+    SUPPORTED_NOTIFICATIONS,
 };
 use crate::keyfile::KeyFileError;
 use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS};
@@ -160,7 +161,8 @@ impl<B: WalletBackend> NwcService<B> {
 
     /// Creates a connection with a fresh app key and returns it with its
     /// `nostr+walletconnect://` URI (which holds the app's secret: show it
-    /// to the owner once, never log it).
+    /// to the owner once, never log it). The secret is not stored: the URI
+    /// cannot be shown again.
     pub fn create_connection(
         &self,
         new: NewConnection,
@@ -185,10 +187,7 @@ impl<B: WalletBackend> NwcService<B> {
             revoked: false,
             created_at: 0,
         };
-        let conn = self
-            .inner
-            .store
-            .insert_connection(&conn, app.secret_key())?;
+        let conn = self.inner.store.insert_connection(&conn)?;
         let uri = self.uri(app.secret_key().clone());
         Ok((conn, uri))
     }
@@ -203,19 +202,9 @@ impl<B: WalletBackend> NwcService<B> {
         .to_string()
     }
 
-    /// Every connection with its URI.
-    pub fn list_connections(&self) -> Result<Vec<(NwcConnection, String)>, NwcError> {
-        self.inner
-            .store
-            .list_connections()?
-            .into_iter()
-            .map(|(c, secret)| {
-                let sk = SecretKey::from_hex(&secret).map_err(|_| {
-                    NwcError::BadServiceKey(PathBuf::from(format!("connection {}", c.id)))
-                })?;
-                Ok((c, self.uri(sk)))
-            })
-            .collect()
+    /// Every connection (without URIs: their secrets are not kept).
+    pub fn list_connections(&self) -> Result<Vec<NwcConnection>, NwcError> {
+        self.inner.store.list_connections()
     }
 
     /// Revokes connection `id`: its requests are refused with `UNAUTHORIZED`.
@@ -336,7 +325,16 @@ impl<B: WalletBackend> NwcService<B> {
                         continue;
                     }
                     Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // The missed events may have settled or failed
+                        // payments whose handlers stopped waiting: resolve
+                        // their reservations from the payment record now
+                        // rather than leaving them held until a restart.
+                        // (Their notifications are lost.)
+                        warn!(skipped = n, "NWC notification listener lagged; reconciling");
+                        me.reconcile_reservations().await;
+                        continue;
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
                 if let Err(e) = me.notify(kind, &hex::encode(hash.0)).await {
@@ -500,20 +498,24 @@ impl<B: WalletBackend> Inner<B> {
 
         let request_id = event.id.to_hex();
         let conn = match self.store.connection_by_pubkey(&event.pubkey) {
-            Ok(c) => c,
+            Ok(c) => c.filter(|c| c.is_active(now())),
             Err(e) => {
                 warn!(error = %e, "NWC store unavailable");
                 return None;
             }
         };
+        let Some(conn) = conn else {
+            // Unknown, revoked or expired key: answered UNAUTHORIZED but not
+            // recorded, so no key without an active connection can grow the
+            // database. Nothing is executed, so answering a replay again is
+            // harmless.
+            return self.unauthorized(event, enc.ok());
+        };
         let (_guard, resume) = {
             // Claim in the database and in memory under one lock, so two
             // copies of a request cannot both decide they are the first.
             let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            let resume = match self
-                .store
-                .begin_request(&request_id, conn.as_ref().map(|c| c.id))
-            {
+            let resume = match self.store.begin_request(&request_id, conn.id) {
                 Ok(RequestState::New) => false,
                 Ok(RequestState::Answered(json)) => {
                     debug!(id = %request_id, "replayed NWC request; answering from the record");
@@ -547,17 +549,12 @@ impl<B: WalletBackend> Inner<B> {
                     debug!(id = %request_id, "undecryptable NWC request");
                     return None;
                 };
-                let (body, settled) = self.execute(event, conn.as_ref(), &plain, resume).await;
+                let (body, settled) = self.execute(event, &conn, &plain, resume).await;
                 (enc, body, settled)
             }
             Err(()) => {
                 // Unknown scheme: answer in NIP-44, the scheme NIP-47 prefers.
-                let method = [Encryption::Nip44, Encryption::Nip04]
-                    .into_iter()
-                    .find_map(|e| self.decrypt(e, &event.pubkey, &event.content))
-                    .and_then(|p| serde_json::from_str::<Value>(&p).ok())
-                    .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
-                    .unwrap_or_else(|| "get_info".into());
+                let method = self.guess_method(event, None);
                 let err = nip47_error(
                     ErrorCode::Other,
                     "encryption scheme not supported; use nip44_v2 or nip04",
@@ -568,11 +565,7 @@ impl<B: WalletBackend> Inner<B> {
             }
         };
 
-        let content = self.encrypt(enc, &event.pubkey, &body.to_string())?;
-        let response = EventBuilder::new(Kind::WalletConnectResponse, content)
-            .tags([Tag::public_key(event.pubkey), Tag::event(event.id)])
-            .sign_with_keys(&self.keys)
-            .ok()?;
+        let response = self.response(event, enc, &body)?;
         // A payment still in flight is answered "pending" but not recorded:
         // a replay of the request then reports the final outcome (without
         // paying again) instead of the stale "pending".
@@ -584,13 +577,60 @@ impl<B: WalletBackend> Inner<B> {
         Some(response)
     }
 
+    /// The signed response event to `event` carrying `body`.
+    fn response(&self, event: &Event, enc: Encryption, body: &Value) -> Option<Event> {
+        let content = self.encrypt(enc, &event.pubkey, &body.to_string())?;
+        EventBuilder::new(Kind::WalletConnectResponse, content)
+            .tags([Tag::public_key(event.pubkey), Tag::event(event.id)])
+            .sign_with_keys(&self.keys)
+            .ok()
+    }
+
+    /// The request's method, read with `enc` (or whichever scheme decrypts
+    /// it); `get_info` when unreadable.
+    fn guess_method(&self, event: &Event, enc: Option<Encryption>) -> String {
+        let schemes = match enc {
+            Some(e) => vec![e],
+            None => vec![Encryption::Nip44, Encryption::Nip04],
+        };
+        schemes
+            .into_iter()
+            .find_map(|e| self.decrypt(e, &event.pubkey, &event.content))
+            .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+            .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "get_info".into())
+    }
+
+    /// The UNAUTHORIZED answer to a request from a key without an active
+    /// connection (`None` when it cannot be read, like any unreadable request).
+    fn unauthorized(&self, event: &Event, enc: Option<Encryption>) -> Option<Event> {
+        let enc_used = enc.unwrap_or(Encryption::Nip44);
+        if enc.is_some()
+            && self
+                .decrypt(enc_used, &event.pubkey, &event.content)
+                .is_none()
+        {
+            debug!(id = %event.id, "undecryptable NWC request");
+            return None;
+        }
+        let method = self.guess_method(event, enc);
+        let body = error_body(
+            &method,
+            &nip47_error(
+                ErrorCode::Unauthorized,
+                "no active wallet connection for this key",
+            ),
+        );
+        self.response(event, enc_used, &body)
+    }
+
     /// Runs the decrypted request and returns the response body and whether
     /// it is final (`false` only for a payment whose outcome is unknown).
     /// `resume`: the request was seen by an earlier run that did not answer it.
     async fn execute(
         &self,
         event: &Event,
-        conn: Option<&NwcConnection>,
+        conn: &NwcConnection,
         plain: &str,
         resume: bool,
     ) -> (Value, bool) {
@@ -600,18 +640,6 @@ impl<B: WalletBackend> Inner<B> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
-        let Some(conn) = conn.filter(|c| c.is_active(now())) else {
-            return (
-                error_body(
-                    &method_name,
-                    &nip47_error(
-                        ErrorCode::Unauthorized,
-                        "no active wallet connection for this key",
-                    ),
-                ),
-                true,
-            );
-        };
         if !SUPPORTED_METHODS.contains(&method_name.as_str()) {
             return (
                 error_body(
@@ -652,9 +680,9 @@ impl<B: WalletBackend> Inner<B> {
                 settled = known;
                 result
             }
-            RequestParams::MakeInvoice(p) => self.make_invoice(p).await,
-            RequestParams::LookupInvoice(p) => self.lookup_invoice(p).await,
-            RequestParams::ListTransactions(p) => self.list_transactions(p).await,
+            RequestParams::MakeInvoice(p) => self.make_invoice(conn, p).await,
+            RequestParams::LookupInvoice(p) => self.lookup_invoice(conn, p).await,
+            RequestParams::ListTransactions(p) => self.list_transactions(conn, p).await,
             RequestParams::GetBalance => self
                 .backend
                 .balance_msat()
@@ -728,7 +756,11 @@ impl<B: WalletBackend> Inner<B> {
         let outcome = match earlier {
             Some(known) => known.and_then(|o| o.ok_or(BackendError::Pending)),
             None => {
-                match self.store.reserve(conn, request_id, &payment_hash, amount) {
+                let max_fee = max_routing_fee_msat(amount);
+                match self
+                    .store
+                    .reserve(conn, request_id, &payment_hash, amount, max_fee)
+                {
                     Ok(true) => {}
                     Ok(false) => {
                         return (
@@ -741,10 +773,19 @@ impl<B: WalletBackend> Inner<B> {
                     }
                     Err(e) => return (Err(nip47_error(ErrorCode::Internal, e.to_string())), true),
                 }
+                // Before paying, so the outcome's notification and lookups
+                // find their connection.
+                if let Err(e) = self.store.record_payment(conn.id, &payment_hash) {
+                    if let Err(e) = self.store.release(request_id) {
+                        warn!(error = %e, "cannot release an NWC budget reservation");
+                    }
+                    return (Err(nip47_error(ErrorCode::Internal, e.to_string())), true);
+                }
                 self.backend
                     .pay_invoice(
                         &invoice,
                         invoice.amount_milli_satoshis().is_none().then_some(amount),
+                        max_fee,
                     )
                     .await
             }
@@ -774,7 +815,11 @@ impl<B: WalletBackend> Inner<B> {
         (result, known)
     }
 
-    async fn make_invoice(&self, p: MakeInvoiceRequest) -> Result<ResponseResult, NIP47Error> {
+    async fn make_invoice(
+        &self,
+        conn: &NwcConnection,
+        p: MakeInvoiceRequest,
+    ) -> Result<ResponseResult, NIP47Error> {
         let description = match (&p.description_hash, &p.description) {
             (Some(h), _) => InvoiceDescription::Hash(
                 h.parse()
@@ -801,7 +846,7 @@ impl<B: WalletBackend> Inner<B> {
             expires_at: inv.expires_at,
         };
         self.store
-            .insert_invoice(&issued)
+            .insert_invoice(conn.id, &issued)
             .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
         Ok(ResponseResult::MakeInvoice(MakeInvoiceResponse {
             invoice: inv.invoice,
@@ -815,7 +860,13 @@ impl<B: WalletBackend> Inner<B> {
         }))
     }
 
-    async fn lookup_invoice(&self, p: LookupInvoiceRequest) -> Result<ResponseResult, NIP47Error> {
+    /// Looks up an invoice this connection issued or a payment it sent;
+    /// anything else is NOT_FOUND, whether or not the wallet knows it.
+    async fn lookup_invoice(
+        &self,
+        conn: &NwcConnection,
+        p: LookupInvoiceRequest,
+    ) -> Result<ResponseResult, NIP47Error> {
         let hash = match (&p.payment_hash, &p.invoice) {
             (Some(h), _) => h.to_lowercase(),
             (None, Some(inv)) => {
@@ -832,6 +883,13 @@ impl<B: WalletBackend> Inner<B> {
                 ))
             }
         };
+        let owned = self
+            .store
+            .is_owned_by(conn.id, &hash)
+            .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
+        if !owned {
+            return Err(nip47_error(ErrorCode::NotFound, "invoice not found"));
+        }
         let tx = self.backend.lookup(&hash).await.map_err(backend_error)?;
         let issued = self
             .store
@@ -847,13 +905,20 @@ impl<B: WalletBackend> Inner<B> {
         )))
     }
 
+    /// The invoices this connection issued and the payments it sent (not
+    /// the rest of the node's).
     async fn list_transactions(
         &self,
+        conn: &NwcConnection,
         p: ListTransactionsRequest,
     ) -> Result<ResponseResult, NIP47Error> {
+        let own = self
+            .store
+            .hashes_of(conn.id)
+            .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
         let txs = self.backend.list().await.map_err(backend_error)?;
         let mut out = Vec::new();
-        for tx in &txs {
+        for tx in txs.iter().filter(|t| own.contains(&t.payment_hash)) {
             let issued = self.store.invoice(&tx.payment_hash).ok().flatten();
             let d = describe(&tx.payment_hash, Some(tx), issued.as_ref());
             if !p.unpaid.unwrap_or(false) && d.state != Some(TransactionState::Settled) {
@@ -890,14 +955,39 @@ impl<B: WalletBackend> Inner<B> {
                 .iter()
                 .filter_map(|m| m.parse::<Method>().ok())
                 .collect(),
-            notifications: SUPPORTED_NOTIFICATIONS
-                .iter()
-                .map(|s| s.to_string())
+            notifications: conn
+                .notifications()
+                .into_iter()
+                .map(str::to_owned)
                 .collect(),
         })
     }
 
+    /// Sends notification `kind` about `payment_hash` to the connection
+    /// that issued the invoice (`payment_received`) or sent the payment
+    /// (`payment_sent`), if it is active and receives that kind (see
+    /// [`NwcConnection::notifications`]); nobody else hears of it.
     async fn notify(&self, kind: &str, payment_hash: &str) -> Result<(), NwcError> {
+        let owners = if kind == "payment_received" {
+            self.store
+                .invoice_owner(payment_hash)?
+                .into_iter()
+                .collect()
+        } else {
+            self.store.payment_owners(payment_hash)?
+        };
+        let t = now();
+        let mut recipients = Vec::new();
+        for id in owners {
+            if let Some(c) = self.store.connection_by_id(id)? {
+                if c.is_active(t) && c.notifications().contains(&kind) {
+                    recipients.push(c);
+                }
+            }
+        }
+        if recipients.is_empty() {
+            return Ok(());
+        }
         let Ok(Some(tx)) = self.backend.lookup(payment_hash).await else {
             return Ok(());
         };
@@ -915,11 +1005,7 @@ impl<B: WalletBackend> Inner<B> {
             payload["settled_at"] = json!(tx.updated_at);
         }
         let body = json!({ "notification_type": kind, "notification": payload }).to_string();
-        let t = now();
-        for (conn, _) in self.store.list_connections()? {
-            if !conn.is_active(t) {
-                continue;
-            }
+        for conn in recipients {
             for (enc, kind) in [
                 (Encryption::Nip44, Kind::Custom(NOTIFICATION_KIND_NIP44)),
                 (Encryption::Nip04, Kind::WalletConnectNotification),

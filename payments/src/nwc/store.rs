@@ -1,5 +1,12 @@
-//! Persistent NWC state: connections, budget reservations, handled requests
-//! and the invoices issued through `make_invoice`.
+//! Persistent NWC state: connections, budget reservations, handled requests,
+//! the invoices issued through `make_invoice` and the payments sent through
+//! `pay_invoice`, each with the connection that issued it (a connection sees
+//! and is notified about its own payments only).
+//!
+//! The app's secret key is never stored: only its public key is needed to
+//! authenticate requests, and the URI holding the secret is shown once, at
+//! creation. Databases from before this change have the old `client_secret`
+//! column dropped (and the freed pages wiped) when opened.
 //!
 //! One SQLite file (`<data_dir>/nwc.sqlite`, 0600) through the same rusqlite
 //! that bdk_wallet and ldk-node link, so no second `libsqlite3-sys`. Budget
@@ -11,7 +18,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use bdk_wallet::rusqlite::{self, params, Connection, OptionalExtension, TransactionBehavior};
-use nostr::{PublicKey, SecretKey};
+use std::collections::HashSet;
+
+use nostr::PublicKey;
 
 use super::{now, BudgetRenewal, NwcConnection, NwcError};
 use crate::fsutil::restrict_to_owner;
@@ -38,33 +47,67 @@ impl std::fmt::Debug for NwcStore {
     }
 }
 
-fn row_to_connection(r: &rusqlite::Row<'_>) -> rusqlite::Result<(NwcConnection, String)> {
-    let renewal: String = r.get(6)?;
-    Ok((
-        NwcConnection {
-            id: r.get::<_, i64>(0)?,
-            name: r.get(1)?,
-            client_pubkey: PublicKey::from_hex(&r.get::<_, String>(2)?)
-                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
-            permissions: r
-                .get::<_, String>(4)?
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
-            budget_msat: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-            renewal: renewal.parse().unwrap_or(BudgetRenewal::Never),
-            max_payment_msat: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-            expires_at: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-            revoked: r.get::<_, i64>(9)? != 0,
-            created_at: r.get::<_, i64>(10)? as u64,
-        },
-        r.get::<_, String>(3)?,
-    ))
+fn row_to_connection(r: &rusqlite::Row<'_>) -> rusqlite::Result<NwcConnection> {
+    let renewal: String = r.get(5)?;
+    Ok(NwcConnection {
+        id: r.get::<_, i64>(0)?,
+        name: r.get(1)?,
+        client_pubkey: PublicKey::from_hex(&r.get::<_, String>(2)?)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+        permissions: r
+            .get::<_, String>(3)?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        budget_msat: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        renewal: renewal.parse().unwrap_or(BudgetRenewal::Never),
+        max_payment_msat: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+        expires_at: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+        revoked: r.get::<_, i64>(8)? != 0,
+        created_at: r.get::<_, i64>(9)? as u64,
+    })
 }
 
-const CONNECTION_COLUMNS: &str =
-    "id, name, client_pubkey, client_secret, permissions, budget_msat, \
+const CONNECTION_COLUMNS: &str = "id, name, client_pubkey, permissions, budget_msat, \
      renewal, max_payment_msat, expires_at, revoked, created_at";
+
+/// Whether `table` has a column named `column`.
+fn has_column(db: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = db.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    for name in names {
+        if name? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Brings a database written by an earlier version up to the current schema.
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    if has_column(db, "nwc_connections", "client_secret")? {
+        // Blank the secrets, drop the column, then rewrite the file and the
+        // WAL so no freed page still holds one.
+        db.execute_batch(
+            "PRAGMA secure_delete = ON;
+             UPDATE nwc_connections SET client_secret = '';
+             ALTER TABLE nwc_connections DROP COLUMN client_secret;
+             VACUUM;
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )?;
+    }
+    if !has_column(db, "nwc_invoices", "connection_id")? {
+        // Invoices issued before are attributed to no connection: none sees them.
+        db.execute_batch("ALTER TABLE nwc_invoices ADD COLUMN connection_id INTEGER;")?;
+    }
+    if !has_column(db, "nwc_spends", "fee_reserve_msat")? {
+        // Older reservations hold the bare amount: settling adds the fee.
+        db.execute_batch(
+            "ALTER TABLE nwc_spends ADD COLUMN fee_reserve_msat INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    Ok(())
+}
 
 impl NwcStore {
     /// Opens (or creates, mode 0600) the database at `path`.
@@ -80,7 +123,6 @@ impl NwcStore {
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 name TEXT NOT NULL,
                 client_pubkey TEXT NOT NULL UNIQUE,
-                client_secret TEXT NOT NULL,
                 permissions TEXT NOT NULL,
                 budget_msat INTEGER,
                 renewal TEXT NOT NULL,
@@ -95,7 +137,8 @@ impl NwcStore {
                 payment_hash TEXT NOT NULL,
                 amount_msat INTEGER NOT NULL,
                 state TEXT NOT NULL,
-                created_at INTEGER NOT NULL
+                created_at INTEGER NOT NULL,
+                fee_reserve_msat INTEGER NOT NULL DEFAULT 0
              );
              CREATE INDEX IF NOT EXISTS nwc_spends_conn ON nwc_spends (connection_id, created_at);
              CREATE INDEX IF NOT EXISTS nwc_spends_hash ON nwc_spends (payment_hash);
@@ -112,8 +155,19 @@ impl NwcStore {
                 description_hash TEXT,
                 amount_msat INTEGER NOT NULL,
                 created_at INTEGER NOT NULL,
-                expires_at INTEGER NOT NULL
+                expires_at INTEGER NOT NULL,
+                connection_id INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS nwc_payments (
+                connection_id INTEGER NOT NULL,
+                payment_hash TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                PRIMARY KEY (connection_id, payment_hash)
              );",
+        )?;
+        migrate(&conn)?;
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS nwc_invoices_conn ON nwc_invoices (connection_id);",
         )?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -125,21 +179,16 @@ impl NwcStore {
     }
 
     /// Stores a new connection; `conn.id` and `conn.created_at` are ignored.
-    pub fn insert_connection(
-        &self,
-        conn: &NwcConnection,
-        secret: &SecretKey,
-    ) -> Result<NwcConnection, NwcError> {
+    pub fn insert_connection(&self, conn: &NwcConnection) -> Result<NwcConnection, NwcError> {
         let db = self.lock();
         let created_at = now();
         db.execute(
-            "INSERT INTO nwc_connections (name, client_pubkey, client_secret, permissions, budget_msat,
+            "INSERT INTO nwc_connections (name, client_pubkey, permissions, budget_msat,
                 renewal, max_payment_msat, expires_at, revoked, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
             params![
                 conn.name,
                 conn.client_pubkey.to_hex(),
-                secret.to_secret_hex(),
                 conn.permissions.join(" "),
                 conn.budget_msat.map(|v| v as i64),
                 conn.renewal.as_str(),
@@ -156,8 +205,8 @@ impl NwcStore {
         })
     }
 
-    /// Every connection with its client secret (hex), oldest first.
-    pub fn list_connections(&self) -> Result<Vec<(NwcConnection, String)>, NwcError> {
+    /// Every connection, oldest first.
+    pub fn list_connections(&self) -> Result<Vec<NwcConnection>, NwcError> {
         let db = self.lock();
         let mut stmt = db.prepare(&format!(
             "SELECT {CONNECTION_COLUMNS} FROM nwc_connections ORDER BY id"
@@ -180,8 +229,19 @@ impl NwcStore {
                 [pubkey.to_hex()],
                 row_to_connection,
             )
-            .optional()?
-            .map(|(c, _)| c))
+            .optional()?)
+    }
+
+    /// The connection with row id `id`.
+    pub fn connection_by_id(&self, id: i64) -> Result<Option<NwcConnection>, NwcError> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                &format!("SELECT {CONNECTION_COLUMNS} FROM nwc_connections WHERE id = ?1"),
+                [id],
+                row_to_connection,
+            )
+            .optional()?)
     }
 
     /// Marks a connection revoked; returns whether it existed.
@@ -206,16 +266,20 @@ impl NwcStore {
         spent(&db, conn)
     }
 
-    /// Atomically checks that `amount_msat` fits into `conn`'s remaining
-    /// budget and reserves it under `request_id` for the payment with
-    /// `payment_hash` (hex). `Ok(false)` when it does not fit.
+    /// Atomically checks that `amount_msat` plus the most the payment may
+    /// cost in routing fees (`max_fee_msat`) fits into `conn`'s remaining
+    /// budget and reserves both under `request_id` for the payment with
+    /// `payment_hash` (hex). `Ok(false)` when it does not fit. Settling
+    /// replaces the fee reserve with the fee actually paid.
     pub fn reserve(
         &self,
         conn: &NwcConnection,
         request_id: &str,
         payment_hash: &str,
         amount_msat: u64,
+        max_fee_msat: u64,
     ) -> Result<bool, NwcError> {
+        let total = amount_msat.saturating_add(max_fee_msat);
         let mut db = self.lock();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // A request resumed after a restart already holds its reservation
@@ -232,27 +296,37 @@ impl NwcStore {
         }
         if let Some(budget) = conn.budget_msat {
             let used = spent(&tx, conn)?;
-            if used.saturating_add(amount_msat) > budget {
+            if used.saturating_add(total) > budget {
                 return Ok(false);
             }
         }
         tx.execute(
-            "INSERT INTO nwc_spends (request_id, connection_id, payment_hash, amount_msat, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5)",
-            params![request_id, conn.id, payment_hash, amount_msat as i64, now() as i64],
+            "INSERT INTO nwc_spends
+                (request_id, connection_id, payment_hash, amount_msat, state, created_at, fee_reserve_msat)
+             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5, ?6)",
+            params![
+                request_id,
+                conn.id,
+                payment_hash,
+                total as i64,
+                now() as i64,
+                max_fee_msat as i64
+            ],
         )?;
         tx.commit()?;
         Ok(true)
     }
 
     /// The payment of request `request_id` went through: the reservation
-    /// becomes the amount plus the routing fee. Only a pending reservation
+    /// becomes the amount plus the routing fee actually paid (the fee
+    /// reserve is given back). Only a pending reservation
     /// changes, so settling twice (the request handler and the Lightning
     /// event) counts the fee once.
     pub fn settle(&self, request_id: &str, fee_msat: u64) -> Result<(), NwcError> {
         let db = self.lock();
         db.execute(
-            "UPDATE nwc_spends SET state = 'settled', amount_msat = amount_msat + ?2
+            "UPDATE nwc_spends SET state = 'settled',
+                amount_msat = amount_msat - fee_reserve_msat + ?2, fee_reserve_msat = 0
              WHERE request_id = ?1 AND state = 'reserved'",
             params![request_id, fee_msat as i64],
         )?;
@@ -281,7 +355,8 @@ impl NwcStore {
         let db = self.lock();
         match fee_msat {
             Some(fee) => db.execute(
-                "UPDATE nwc_spends SET state = 'settled', amount_msat = amount_msat + ?2
+                "UPDATE nwc_spends SET state = 'settled',
+                    amount_msat = amount_msat - fee_reserve_msat + ?2, fee_reserve_msat = 0
                  WHERE payment_hash = ?1 AND state = 'reserved'",
                 params![payment_hash, fee as i64],
             )?,
@@ -330,11 +405,13 @@ impl NwcStore {
         )?)
     }
 
-    /// Claims request `event_id` for execution, or reports that it was seen.
+    /// Claims request `event_id` of connection `connection_id` for
+    /// execution, or reports that it was seen. Only requests of a known
+    /// connection are recorded, so an unknown key cannot grow the database.
     pub fn begin_request(
         &self,
         event_id: &str,
-        connection_id: Option<i64>,
+        connection_id: i64,
     ) -> Result<RequestState, NwcError> {
         let mut db = self.lock();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -361,6 +438,13 @@ impl NwcStore {
         Ok(state)
     }
 
+    /// How many handled request ids the replay record holds.
+    pub fn request_count(&self) -> Result<u64, NwcError> {
+        let db = self.lock();
+        let n: i64 = db.query_row("SELECT COUNT(*) FROM nwc_requests", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// Stores the signed response event (JSON) of request `event_id`.
     pub fn finish_request(&self, event_id: &str, response_json: &str) -> Result<(), NwcError> {
         let db = self.lock();
@@ -371,13 +455,15 @@ impl NwcStore {
         Ok(())
     }
 
-    /// Remembers an invoice issued through `make_invoice`, for `lookup_invoice`.
-    pub fn insert_invoice(&self, inv: &IssuedInvoice) -> Result<(), NwcError> {
+    /// Remembers an invoice issued through `make_invoice` by connection
+    /// `connection_id`, for its `lookup_invoice` and notifications.
+    pub fn insert_invoice(&self, connection_id: i64, inv: &IssuedInvoice) -> Result<(), NwcError> {
         let db = self.lock();
         db.execute(
             "INSERT OR REPLACE INTO nwc_invoices
-                (payment_hash, invoice, description, description_hash, amount_msat, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                (payment_hash, invoice, description, description_hash, amount_msat, created_at,
+                 expires_at, connection_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 inv.payment_hash,
                 inv.invoice,
@@ -385,10 +471,75 @@ impl NwcStore {
                 inv.description_hash,
                 inv.amount_msat as i64,
                 inv.created_at as i64,
-                inv.expires_at as i64
+                inv.expires_at as i64,
+                connection_id
             ],
         )?;
         Ok(())
+    }
+
+    /// Records that connection `connection_id` sends the payment with
+    /// `payment_hash` (hex), for its `lookup_invoice`, `list_transactions`
+    /// and notifications. Recording twice is harmless.
+    pub fn record_payment(&self, connection_id: i64, payment_hash: &str) -> Result<(), NwcError> {
+        let db = self.lock();
+        db.execute(
+            "INSERT OR IGNORE INTO nwc_payments (connection_id, payment_hash, created_at)
+             VALUES (?1, ?2, ?3)",
+            params![connection_id, payment_hash, now() as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Payment hashes (hex) of the invoices connection `connection_id`
+    /// issued and the payments it sent.
+    pub fn hashes_of(&self, connection_id: i64) -> Result<HashSet<String>, NwcError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT payment_hash FROM nwc_invoices WHERE connection_id = ?1
+             UNION SELECT payment_hash FROM nwc_payments WHERE connection_id = ?1",
+        )?;
+        let rows = stmt.query_map([connection_id], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether connection `connection_id` issued the invoice or sent the
+    /// payment with `payment_hash` (hex).
+    pub fn is_owned_by(&self, connection_id: i64, payment_hash: &str) -> Result<bool, NwcError> {
+        let db = self.lock();
+        let found: Option<i64> = db
+            .query_row(
+                "SELECT 1 FROM nwc_invoices WHERE connection_id = ?1 AND payment_hash = ?2
+                 UNION SELECT 1 FROM nwc_payments WHERE connection_id = ?1 AND payment_hash = ?2",
+                params![connection_id, payment_hash],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// The connection that issued the invoice with `payment_hash` (hex), if any.
+    pub fn invoice_owner(&self, payment_hash: &str) -> Result<Option<i64>, NwcError> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                "SELECT connection_id FROM nwc_invoices WHERE payment_hash = ?1",
+                [payment_hash],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// The connections that sent the payment with `payment_hash` (hex)
+    /// (more than one only if one retried another's failed payment).
+    pub fn payment_owners(&self, payment_hash: &str) -> Result<Vec<i64>, NwcError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT connection_id FROM nwc_payments WHERE payment_hash = ?1 ORDER BY connection_id",
+        )?;
+        let rows = stmt.query_map([payment_hash], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// An invoice issued through `make_invoice`, by payment hash (hex).
@@ -465,7 +616,7 @@ mod tests {
             revoked: false,
             created_at: 0,
         };
-        store.insert_connection(&c, app.secret_key()).unwrap()
+        store.insert_connection(&c).unwrap()
     }
 
     #[test]
@@ -474,13 +625,13 @@ mod tests {
         let path = dir.path().join("nwc.sqlite");
         let store = NwcStore::open(&path).unwrap();
         let c = conn(&store, Some(10_000));
-        assert!(store.reserve(&c, "r1", "h1", 6_000).unwrap());
+        assert!(store.reserve(&c, "r1", "h1", 6_000, 0).unwrap());
         assert!(
-            !store.reserve(&c, "r2", "h2", 5_000).unwrap(),
+            !store.reserve(&c, "r2", "h2", 5_000, 0).unwrap(),
             "over budget"
         );
         assert!(
-            store.reserve(&c, "r3", "h3", 4_000).unwrap(),
+            store.reserve(&c, "r3", "h3", 4_000, 0).unwrap(),
             "exactly fits"
         );
         store.release("r3").unwrap();
@@ -489,16 +640,16 @@ mod tests {
         assert_eq!(store.spent_in_window(&c).unwrap(), 6_100);
         // Another connection has its own budget.
         let other = conn(&store, Some(1_000));
-        assert!(store.reserve(&other, "r4", "h4", 1_000).unwrap());
+        assert!(store.reserve(&other, "r4", "h4", 1_000, 0).unwrap());
         drop(store);
         let store = NwcStore::open(&path).unwrap();
         assert_eq!(store.spent_in_window(&c).unwrap(), 6_100);
-        assert!(!store.reserve(&c, "r5", "h5", 4_000).unwrap());
+        assert!(!store.reserve(&c, "r5", "h5", 4_000, 0).unwrap());
         // A pending reservation resolved from the Lightning event.
-        assert!(store.reserve(&c, "r6", "h6", 3_000).unwrap());
+        assert!(store.reserve(&c, "r6", "h6", 3_000, 0).unwrap());
         store.resolve_by_hash("h6", None).unwrap();
         assert_eq!(store.spent_in_window(&c).unwrap(), 6_100);
-        assert!(store.reserve(&c, "r7", "h7", 3_000).unwrap());
+        assert!(store.reserve(&c, "r7", "h7", 3_000, 0).unwrap());
         store.resolve_by_hash("h7", Some(50)).unwrap();
         store.release("r7").unwrap(); // too late: already settled
         assert_eq!(store.spent_in_window(&c).unwrap(), 9_150);
@@ -514,26 +665,26 @@ mod tests {
     fn requests_are_claimed_once_and_answered_from_the_record() {
         let dir = tempfile::tempdir().unwrap();
         let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
-        assert_eq!(store.begin_request("e1", None).unwrap(), RequestState::New);
+        assert_eq!(store.begin_request("e1", 1).unwrap(), RequestState::New);
         assert_eq!(
-            store.begin_request("e1", None).unwrap(),
+            store.begin_request("e1", 1).unwrap(),
             RequestState::InFlight
         );
         store.finish_request("e1", "{\"id\":\"x\"}").unwrap();
         assert_eq!(
-            store.begin_request("e1", None).unwrap(),
+            store.begin_request("e1", 1).unwrap(),
             RequestState::Answered("{\"id\":\"x\"}".into())
         );
-        assert_eq!(store.begin_request("e2", None).unwrap(), RequestState::New);
+        assert_eq!(store.begin_request("e2", 1).unwrap(), RequestState::New);
     }
 
     #[test]
     fn old_requests_are_pruned_and_recent_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
-        store.begin_request("old", None).unwrap();
+        store.begin_request("old", 1).unwrap();
         store.finish_request("old", "{}").unwrap();
-        store.begin_request("recent", None).unwrap();
+        store.begin_request("recent", 1).unwrap();
         store.finish_request("recent", "{}").unwrap();
         let t = crate::nwc::now();
         store
@@ -544,9 +695,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.prune_requests(t - 50).unwrap(), 1);
-        assert_eq!(store.begin_request("old", None).unwrap(), RequestState::New);
+        assert_eq!(store.begin_request("old", 1).unwrap(), RequestState::New);
         assert_eq!(
-            store.begin_request("recent", None).unwrap(),
+            store.begin_request("recent", 1).unwrap(),
             RequestState::Answered("{}".into())
         );
         assert_eq!(store.prune_requests(t - 50).unwrap(), 0);
@@ -557,9 +708,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
         let c = conn(&store, Some(10_000));
-        assert!(store.reserve(&c, "r1", "h1", 6_000).unwrap());
+        assert!(store.reserve(&c, "r1", "h1", 6_000, 0).unwrap());
         assert!(
-            store.reserve(&c, "r1", "h1", 6_000).unwrap(),
+            store.reserve(&c, "r1", "h1", 6_000, 0).unwrap(),
             "already held"
         );
         assert_eq!(store.spent_in_window(&c).unwrap(), 6_000);
@@ -599,5 +750,134 @@ mod tests {
             .unwrap();
         assert!(c.revoked && !c.is_active(t));
         assert!(!store.revoke(999).unwrap());
+    }
+
+    #[test]
+    fn the_fee_reserve_counts_until_the_actual_fee_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
+        let c = conn(&store, Some(10_000));
+        // 6_000 + up to 1_000 in fees: 7_000 held.
+        assert!(store.reserve(&c, "r1", "h1", 6_000, 1_000).unwrap());
+        assert_eq!(store.spent_in_window(&c).unwrap(), 7_000);
+        assert_eq!(store.spend("r1").unwrap(), Some(("reserved".into(), 7_000)));
+        // 2_500 + 600 would fit without the fee reserve of r1, not with it.
+        assert!(!store.reserve(&c, "r2", "h2", 2_500, 600).unwrap());
+        // Settled with a 40 msat fee: the unused reserve is given back.
+        store.settle("r1", 40).unwrap();
+        assert_eq!(store.spend("r1").unwrap(), Some(("settled".into(), 6_040)));
+        assert!(store.reserve(&c, "r2", "h2", 2_500, 600).unwrap());
+        // Resolving from the Lightning event does the same.
+        store.resolve_by_hash("h2", Some(7)).unwrap();
+        assert_eq!(store.spent_in_window(&c).unwrap(), 6_040 + 2_507);
+        // A payment that fits only without its fee reserve is refused.
+        assert!(!store.reserve(&c, "r3", "h3", 1_453, 1).unwrap());
+        assert!(store.reserve(&c, "r3", "h3", 1_452, 1).unwrap());
+    }
+
+    #[test]
+    fn invoices_and_payments_belong_to_the_connection_that_issued_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
+        let (a, b) = (conn(&store, None), conn(&store, None));
+        let inv = IssuedInvoice {
+            payment_hash: "aa".into(),
+            invoice: "lnbc".into(),
+            description: None,
+            description_hash: None,
+            amount_msat: 1,
+            created_at: 1,
+            expires_at: 2,
+        };
+        store.insert_invoice(a.id, &inv).unwrap();
+        store.record_payment(b.id, "bb").unwrap();
+        store.record_payment(b.id, "bb").unwrap();
+        assert!(store.is_owned_by(a.id, "aa").unwrap());
+        assert!(!store.is_owned_by(b.id, "aa").unwrap());
+        assert!(store.is_owned_by(b.id, "bb").unwrap());
+        assert!(!store.is_owned_by(a.id, "bb").unwrap());
+        assert_eq!(store.invoice_owner("aa").unwrap(), Some(a.id));
+        assert_eq!(store.invoice_owner("bb").unwrap(), None);
+        assert_eq!(store.payment_owners("bb").unwrap(), vec![b.id]);
+        assert!(store.payment_owners("aa").unwrap().is_empty());
+        assert_eq!(
+            store.hashes_of(a.id).unwrap(),
+            HashSet::from(["aa".to_string()])
+        );
+        assert_eq!(
+            store.hashes_of(b.id).unwrap(),
+            HashSet::from(["bb".to_string()])
+        );
+    }
+
+    /// Everything SQLite has on disk for `path` (the file and its WAL).
+    fn file_bytes(path: &Path) -> Vec<u8> {
+        let mut all = std::fs::read(path).unwrap();
+        let wal = path.with_extension("sqlite-wal");
+        if let Ok(w) = std::fs::read(wal) {
+            all.extend(w);
+        }
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn secrets_stored_by_an_older_version_are_wiped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nwc.sqlite");
+        let app = Keys::generate();
+        let secret = app.secret_key().to_secret_hex();
+        {
+            // The schema and rows as the previous version wrote them.
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE nwc_connections (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+                    client_pubkey TEXT NOT NULL UNIQUE, client_secret TEXT NOT NULL,
+                    permissions TEXT NOT NULL, budget_msat INTEGER, renewal TEXT NOT NULL,
+                    max_payment_msat INTEGER, expires_at INTEGER,
+                    revoked INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);
+                 CREATE TABLE nwc_spends (request_id TEXT PRIMARY KEY,
+                    connection_id INTEGER NOT NULL, payment_hash TEXT NOT NULL,
+                    amount_msat INTEGER NOT NULL, state TEXT NOT NULL,
+                    created_at INTEGER NOT NULL);
+                 CREATE TABLE nwc_invoices (payment_hash TEXT PRIMARY KEY,
+                    invoice TEXT NOT NULL, description TEXT, description_hash TEXT,
+                    amount_msat INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                    expires_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO nwc_connections (name, client_pubkey, client_secret, permissions,
+                    budget_msat, renewal, created_at)
+                 VALUES ('old', ?1, ?2, 'pay_invoice', 5000, 'never', 1)",
+                params![app.public_key().to_hex(), secret],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO nwc_spends VALUES ('r0', 1, 'h0', 1000, 'reserved', ?1)",
+                [now() as i64],
+            )
+            .unwrap();
+        }
+        assert!(contains(&file_bytes(&path), secret.as_bytes()));
+        let store = NwcStore::open(&path).unwrap();
+        let c = store
+            .connection_by_pubkey(&app.public_key())
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.name.as_str(), c.budget_msat), ("old", Some(5_000)));
+        // An old reservation has no fee reserve: settling adds the fee.
+        store.settle("r0", 3).unwrap();
+        assert_eq!(store.spent_in_window(&c).unwrap(), 1_003);
+        drop(store);
+        assert!(!contains(&file_bytes(&path), secret.as_bytes()));
+        // Opening again is a no-op.
+        let store = NwcStore::open(&path).unwrap();
+        assert_eq!(store.list_connections().unwrap().len(), 1);
     }
 }

@@ -238,6 +238,27 @@ async fn run() -> Result<()> {
             json!({ "amount_msat": 30_000_000, "description": "lunch" }),
         )
         .await?;
+    // An amount_msat that contradicts the invoice's amount: 400, nothing paid.
+    let refused = a
+        .admin
+        .post::<Value>(
+            "/admin/v1/lightning/pay",
+            &json!({ "invoice": str_at(&inv, "/invoice")?, "amount_msat": 29_000_000 }),
+        )
+        .await
+        .unwrap_err();
+    let refused = refused
+        .downcast_ref::<cairn_node::admin_client::AdminError>()
+        .context("an API error")?;
+    assert_eq!(refused.status, 400);
+    assert!(refused.message.contains("differs"), "{}", refused.message);
+    let listed: Vec<Value> = a.admin.get("/admin/v1/lightning/payments").await?;
+    assert!(
+        listed
+            .iter()
+            .all(|p| p["payment_hash"] != inv["payment_hash"]),
+        "{listed:?}"
+    );
     pay(&a, &inv).await?;
     let hash = str_at(&inv, "/payment_hash")?;
     let on_b = b
@@ -340,6 +361,10 @@ async fn run() -> Result<()> {
         .find(|l| l.starts_with("nostr+walletconnect://"))
         .context("the URI is printed")?;
     let uri = NostrWalletConnectURI::parse(uri)?;
+    // The URI's secret is not kept in the node's NWC database.
+    let nwc_db = std::fs::read(a.dir.path().join(cairn_payments::nwc::STORE_FILE_NAME))?;
+    let secret = uri.secret.to_secret_hex();
+    assert!(!nwc_db.windows(secret.len()).any(|w| w == secret.as_bytes()));
     assert_eq!(
         uri.relays
             .first()
