@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitcoin::{FeeRate, Network};
+use cairn_payments::chain_source::ChainSource;
 use cairn_payments::lightning::LightningNode;
 use cairn_payments::nwc::{NwcService, NwcServiceConfig};
 use cairn_payments::wallet::OnchainWallet;
@@ -32,6 +33,7 @@ use cairn_payments::Seed;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::payments_settings::ChainSourceKind;
 use crate::settings::Settings;
 
 /// The node's wallet, Lightning node and NWC service, running.
@@ -63,22 +65,40 @@ impl Payments {
         let cfg = &settings.payments;
         let data_dir = settings.data_dir.clone();
         let wallet_config = cfg.wallet_config(&settings.bitcoin, &data_dir);
-        let ln_config = cfg.lightning_config(&settings.bitcoin, &data_dir)?;
+        let source = cfg.chain_source(&settings.bitcoin)?;
         let default_fee_rate = cfg.default_fee_rate()?;
-        check_bitcoin_core(settings).await?;
-        // File and SQLite I/O, and one RPC call on the very first start.
+        check_chain_source(settings).await?;
+        // File and SQLite I/O, and one chain call on the very first start.
+        let wallet_source = source.clone();
         let (wallet, seed) = tokio::task::spawn_blocking(move || {
-            let wallet = OnchainWallet::open(&wallet_config).context("on-chain wallet")?;
+            let wallet = match wallet_source {
+                // `open` keeps the RPC client's bounded timeout.
+                ChainSource::BitcoindRpc(_) => OnchainWallet::open(&wallet_config),
+                ChainSource::Esplora { .. } => OnchainWallet::open_on(
+                    wallet_config.network,
+                    &wallet_config.data_dir,
+                    &wallet_source,
+                ),
+            }
+            .context("on-chain wallet")?;
             let (seed, _) = Seed::load_or_create(&wallet_config.data_dir).context("seed")?;
             anyhow::Ok((wallet, seed))
         })
         .await
         .context("wallet task failed")??;
-        let lightning =
-            Arc::new(LightningNode::build(&ln_config, &seed).context("Lightning node")?);
+        let lightning = Arc::new(
+            LightningNode::build_on(
+                settings.bitcoin.network.into(),
+                &data_dir,
+                cfg.lightning_listen,
+                &source,
+                &seed,
+            )
+            .context("Lightning node")?,
+        );
         lightning
             .start()
-            .context("Lightning node (is Bitcoin Core reachable at [bitcoin] rpc_url?)")?;
+            .context("Lightning node (is the chain source reachable?)")?;
         let nwc = match NwcService::open(
             &NwcServiceConfig {
                 data_dir: data_dir.clone(),
@@ -199,13 +219,40 @@ const CHAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// seed from the current tip, but a seed that already exists (say, created by
 /// a start that then failed to reach the node) must be scanned from genesis.
 /// Not creating the seed while the chain is unreachable keeps that scan away.
-async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
-    let b = &settings.bitcoin;
-    let shown = crate::server::redact_url(&b.rpc_url);
+async fn check_chain_source(settings: &Settings) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(CHAIN_CHECK_TIMEOUT)
         .build()
         .context("cannot build the HTTP client")?;
+    match settings.payments.chain_source {
+        ChainSourceKind::Bitcoind => check_bitcoin_core(&http, settings).await,
+        ChainSourceKind::Esplora => check_esplora(&http, &settings.payments.esplora_url).await,
+    }
+}
+
+/// `GET /blocks/tip/height` must answer a number.
+async fn check_esplora(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let shown = crate::server::redact_url(base);
+    let url = format!("{}/blocks/tip/height", base.trim_end_matches('/'));
+    let resp =
+        http.get(&url).send().await.map_err(|e| {
+            anyhow::anyhow!("Esplora at {shown} is unreachable: {}", e.without_url())
+        })?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| anyhow::anyhow!("Esplora at {shown}: {}", e.without_url()))?;
+    anyhow::ensure!(
+        status.is_success() && body.trim().parse::<u32>().is_ok(),
+        "Esplora at {shown} answered {status} to /blocks/tip/height"
+    );
+    Ok(())
+}
+
+async fn check_bitcoin_core(http: &reqwest::Client, settings: &Settings) -> anyhow::Result<()> {
+    let b = &settings.bitcoin;
+    let shown = crate::server::redact_url(&b.rpc_url);
     let resp = http
         .post(&b.rpc_url)
         .basic_auth(&b.rpc_user, Some(&b.rpc_password))

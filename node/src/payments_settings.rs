@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use bitcoin::FeeRate;
 use cairn_identity::anchor::RpcConfig;
-use cairn_payments::lightning::{BitcoindRpc, LightningConfig};
+use cairn_payments::chain_source::ChainSource;
+use cairn_payments::lightning::BitcoindRpc;
 use cairn_payments::wallet::WalletConfig;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,17 @@ use crate::bitcoin_settings::BitcoinSettings;
 pub const DEFAULT_LIGHTNING_LISTEN: &str = "0.0.0.0:9735";
 /// Bound on one Bitcoin Core RPC call of the on-chain wallet.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the payments wallets read the chain from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainSourceKind {
+    /// The Bitcoin Core JSON-RPC of `[bitcoin]`.
+    #[default]
+    Bitcoind,
+    /// An Esplora HTTP API at `esplora_url`.
+    Esplora,
+}
 
 /// Payments (off by default: a plain relay holds no money).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +50,13 @@ pub struct PaymentsSettings {
     pub start_retry_interval_secs: u64,
     /// Feerate of on-chain sends that name none, sat/vB.
     pub default_fee_rate_sat_per_vb: u64,
+    /// Chain source of the on-chain wallet and the Lightning node:
+    /// `bitcoind` (the `[bitcoin]` RPC) or `esplora`. Identity anchoring
+    /// always uses the RPC.
+    pub chain_source: ChainSourceKind,
+    /// Esplora API base URL (e.g. `https://blockstream.info/api`); required
+    /// when `chain_source = "esplora"`.
+    pub esplora_url: String,
 }
 
 impl Default for PaymentsSettings {
@@ -51,6 +70,8 @@ impl Default for PaymentsSettings {
             wallet_sync_interval_secs: 30,
             start_retry_interval_secs: 30,
             default_fee_rate_sat_per_vb: 2,
+            chain_source: ChainSourceKind::Bitcoind,
+            esplora_url: String::new(),
         }
     }
 }
@@ -67,13 +88,23 @@ impl PaymentsSettings {
         }
     }
 
-    /// The Lightning node's configuration: `[bitcoin] rpc_url` split into
-    /// the host and port ldk-node wants.
-    pub fn lightning_config(
-        &self,
-        bitcoin: &BitcoinSettings,
-        data_dir: &Path,
-    ) -> anyhow::Result<LightningConfig> {
+    /// The chain source of both payments wallets.
+    pub fn chain_source(&self, bitcoin: &BitcoinSettings) -> anyhow::Result<ChainSource> {
+        match self.chain_source {
+            ChainSourceKind::Bitcoind => Ok(ChainSource::BitcoindRpc(self.bitcoind_rpc(bitcoin)?)),
+            ChainSourceKind::Esplora => {
+                ensure!(
+                    !self.esplora_url.is_empty(),
+                    "payments.esplora_url is required when chain_source = \"esplora\""
+                );
+                url::Url::parse(&self.esplora_url).context("payments.esplora_url is not a URL")?;
+                Ok(ChainSource::esplora(&self.esplora_url))
+            }
+        }
+    }
+
+    /// `[bitcoin] rpc_url` split into the host and port ldk-node wants.
+    fn bitcoind_rpc(&self, bitcoin: &BitcoinSettings) -> anyhow::Result<BitcoindRpc> {
         let url = url::Url::parse(&bitcoin.rpc_url).context("bitcoin.rpc_url is not a URL")?;
         ensure!(
             url.scheme() == "http",
@@ -88,16 +119,11 @@ impl PaymentsSettings {
         let port = url
             .port_or_known_default()
             .context("bitcoin.rpc_url has no port")?;
-        Ok(LightningConfig {
-            network: bitcoin.network.into(),
-            data_dir: data_dir.to_path_buf(),
-            listening_address: self.lightning_listen,
-            bitcoind: BitcoindRpc {
-                host,
-                port,
-                user: bitcoin.rpc_user.clone(),
-                password: bitcoin.rpc_password.clone(),
-            },
+        Ok(BitcoindRpc {
+            host,
+            port,
+            user: bitcoin.rpc_user.clone(),
+            password: bitcoin.rpc_password.clone(),
         })
     }
 
@@ -113,25 +139,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lightning_config_splits_the_rpc_url() {
+    fn rpc_chain_source_splits_the_rpc_url() {
         let bitcoin = BitcoinSettings {
             rpc_url: "http://10.0.0.5:18443/".into(),
             rpc_user: "u".into(),
             rpc_password: "p".into(),
             ..BitcoinSettings::default()
         };
-        let cfg = PaymentsSettings::default()
-            .lightning_config(&bitcoin, Path::new("/tmp/x"))
-            .unwrap();
-        assert_eq!(cfg.bitcoind.host, "10.0.0.5");
-        assert_eq!(cfg.bitcoind.port, 18443);
-        assert_eq!(cfg.listening_address.port(), 9735);
+        let ChainSource::BitcoindRpc(rpc) =
+            PaymentsSettings::default().chain_source(&bitcoin).unwrap()
+        else {
+            panic!("expected the RPC chain source");
+        };
+        assert_eq!(rpc.host, "10.0.0.5");
+        assert_eq!(rpc.port, 18443);
         let https = BitcoinSettings {
             rpc_url: "https://node".into(),
             ..BitcoinSettings::default()
         };
-        assert!(PaymentsSettings::default()
-            .lightning_config(&https, Path::new("/tmp/x"))
-            .is_err());
+        assert!(PaymentsSettings::default().chain_source(&https).is_err());
+    }
+
+    #[test]
+    fn esplora_needs_a_url_and_ignores_the_rpc_url() {
+        let https = BitcoinSettings {
+            rpc_url: "https://node".into(),
+            ..BitcoinSettings::default()
+        };
+        let mut cfg = PaymentsSettings {
+            chain_source: ChainSourceKind::Esplora,
+            ..PaymentsSettings::default()
+        };
+        assert!(cfg.chain_source(&https).is_err());
+        cfg.esplora_url = "not a url".into();
+        assert!(cfg.chain_source(&https).is_err());
+        cfg.esplora_url = "https://blockstream.info/api/".into();
+        match cfg.chain_source(&https).unwrap() {
+            ChainSource::Esplora { url } => assert_eq!(url, "https://blockstream.info/api"),
+            other => panic!("expected Esplora, got {other:?}"),
+        }
+        assert!(matches!(
+            PaymentsSettings::default()
+                .chain_source(&BitcoinSettings::default())
+                .unwrap(),
+            ChainSource::BitcoindRpc(_)
+        ));
     }
 }

@@ -10,6 +10,7 @@
 mod ln_support;
 
 mod admin;
+mod esplora;
 mod flow;
 mod support;
 
