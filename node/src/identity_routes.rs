@@ -112,8 +112,14 @@ impl IntoResponse for ApiError {
 
 /// 429 with `Retry-After` in whole seconds (rounded up, at least 1).
 fn too_many(code: &'static str, message: String, retry_after: Duration) -> Response {
+    let response = ApiError(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+    with_retry_after(response, retry_after)
+}
+
+/// Adds `Retry-After` in whole seconds (rounded up, at least 1) to a 429
+/// (also used by the name-payment routes, whose error body differs).
+pub(crate) fn with_retry_after(mut response: Response, retry_after: Duration) -> Response {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, secs.max(1).into());

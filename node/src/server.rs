@@ -149,6 +149,7 @@ impl RunningNode {
 
 /// Open the database (running migrations), bind, and serve in the background.
 pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
+    crate::zap_routes::check_settings(&settings)?;
     create_data_dir(&settings)?;
     let database_url = settings.database_url();
     let store = cairn_relay::store::open(&database_url)

@@ -102,7 +102,13 @@ impl Settings {
             let top = key.split('.').next().unwrap_or_default();
             SETTING_NAMES.contains(&top)
         });
-        figment.merge(env).extract().map_err(Box::new)
+        let settings: Self = figment.merge(env).extract().map_err(Box::new)?;
+        // Checked here, before anything (payments included) starts.
+        settings
+            .zaps
+            .validate()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(settings)
     }
 
     /// The database URL in effect.

@@ -15,11 +15,19 @@
 //! are LUD-06 `{"status":"ERROR","reason":…}` with a matching HTTP status;
 //! internal failures are logged and answered generically. CORS is open:
 //! web clients call these endpoints directly.
+//!
+//! Each callback may create an inbound payment (and a zap row) and each
+//! on-chain request reveals an address, so both are limited per client IP
+//! by the relay's token bucket ([`RateLimiter`], keyed by the TCP peer as
+//! for identity challenges), and zap invoices also by a cap on how many are
+//! outstanding; over either: 429 with `Retry-After`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,11 +35,13 @@ use axum::{Json, Router};
 use bitcoin::hashes::{sha256, Hash};
 use cairn_identity::service::IdentityService;
 use cairn_payments::lightning::{InvoiceDescription, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
-use cairn_payments::zap::{ZapRequest, ZapService};
+use cairn_payments::zap::{ZapError, ZapRequest, ZapService};
+use cairn_relay::ratelimit::RateLimiter;
 use nostr::PublicKey;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::identity_routes::with_retry_after;
 use crate::payments_runtime::{Payments, PaymentsSlot};
 use crate::settings::Settings;
 use crate::zap_settings::ZapSettings;
@@ -50,6 +60,8 @@ pub struct ZapRoutes {
     /// `http(s)://host[:port]` clients reach this node at; `None`: taken from
     /// each request's `Host` header.
     pub public_base: Option<String>,
+    /// Per-IP buckets for the callback and on-chain routes (`[zaps] requests_per_ip`).
+    pub limiter: RateLimiter<IpAddr>,
 }
 
 /// `ws://…` → `http://…`, `wss://…` → `https://…` (no trailing slash): the
@@ -68,12 +80,37 @@ pub fn http_base_of(relay_url: &str) -> Option<String> {
     })
 }
 
-/// The name-payment routes.
+/// Checks `[zaps]` when the node starts, before payments do: the amounts
+/// and limits must make sense, and names listed on a node that cannot
+/// serve them get a warning (once per process) instead of silence.
+pub fn check_settings(settings: &Settings) -> anyhow::Result<()> {
+    settings.zaps.validate().map_err(anyhow::Error::msg)?;
+    let can_serve = settings.identity.enabled && settings.payments.enabled;
+    if !settings.zaps.names.is_empty() && !can_serve {
+        static WARNED: Once = Once::new();
+        WARNED.call_once(|| {
+            let missing = match (settings.identity.enabled, settings.payments.enabled) {
+                (false, false) => "[identity] and [payments] are",
+                (false, true) => "[identity] is",
+                _ => "[payments] is",
+            };
+            tracing::warn!(
+                "[zaps] names is set, but {missing} not enabled: LNURL-pay, zaps and \
+                 name payments are OFF (they need both identity and payments)"
+            );
+        });
+    }
+    Ok(())
+}
+
+/// The name-payment routes. Needs a server with `ConnectInfo<SocketAddr>`
+/// for the per-IP limit.
 pub fn router(state: Arc<ZapRoutes>) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::OPTIONS])
-        .allow_headers(Any);
+        .allow_headers(Any)
+        .expose_headers([header::RETRY_AFTER]);
     Router::new()
         .route("/.well-known/lnurlp/{name}", get(pay_request))
         .route("/lnurlp/{name}/callback", get(callback))
@@ -102,6 +139,7 @@ pub fn mount(
         zaps: Arc::clone(runtime.cell()),
         settings: settings.zaps.clone(),
         public_base,
+        limiter: RateLimiter::new(settings.zaps.requests_per_ip),
     }));
     Ok(Some((routes, runtime)))
 }
@@ -120,6 +158,14 @@ fn bad(reason: impl Into<String>) -> LnurlError {
     LnurlError(StatusCode::BAD_REQUEST, reason.into())
 }
 
+/// 429 with a LUD-06 body and `Retry-After`.
+fn too_many(reason: impl Into<String>, wait: Duration) -> Response {
+    with_retry_after(
+        LnurlError(StatusCode::TOO_MANY_REQUESTS, reason.into()).into_response(),
+        wait,
+    )
+}
+
 fn unavailable(reason: &str) -> LnurlError {
     LnurlError(StatusCode::SERVICE_UNAVAILABLE, reason.into())
 }
@@ -133,6 +179,15 @@ fn internal(what: &str, e: impl std::fmt::Display) -> LnurlError {
 }
 
 impl ZapRoutes {
+    /// Takes a token of `peer`'s bucket; the 429 when it is empty. Counted
+    /// before anything else is looked at: malformed requests count too.
+    fn limited(&self, peer: &SocketAddr) -> Option<Response> {
+        self.limiter
+            .acquire(&peer.ip())
+            .err()
+            .map(|wait| too_many("too many payment requests from this address", wait))
+    }
+
     /// The key behind `name` when this node takes payments for it.
     async fn resolve(&self, name: &str) -> Result<(String, PublicKey), LnurlError> {
         let name = name.to_ascii_lowercase();
@@ -215,7 +270,11 @@ async fn callback(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Response, LnurlError> {
+    if let Some(limited) = state.limited(&peer) {
+        return Ok(limited);
+    }
     let (name, key) = state.resolve(&name).await?;
     let amount: u64 = query
         .get("amount")
@@ -235,12 +294,16 @@ async fn callback(
         Some(json) => {
             let request =
                 ZapRequest::validate(json, amount, &key).map_err(|e| bad(e.to_string()))?;
-            state
-                .zaps()?
-                .create_invoice(&request, amount)
-                .await
-                .map_err(|e| internal("cannot issue a zap invoice", e))?
-                .invoice
+            match state.zaps()?.create_invoice(&request, amount).await {
+                Ok(invoice) => invoice.invoice,
+                Err(e @ ZapError::TooManyPending { retry_after_secs }) => {
+                    return Ok(too_many(
+                        e.to_string(),
+                        Duration::from_secs(retry_after_secs),
+                    ))
+                }
+                Err(e) => return Err(internal("cannot issue a zap invoice", e)),
+            }
         }
         None => {
             let base = state.base(&headers)?;
@@ -271,7 +334,11 @@ async fn onchain(
     State(state): State<Arc<ZapRoutes>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Response, LnurlError> {
+    if let Some(limited) = state.limited(&peer) {
+        return Ok(limited);
+    }
     state.resolve(&name).await?;
     let amount = match query.get("amount_sat") {
         None => None,
@@ -314,5 +381,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v[1][0], "text/identifier");
         assert_eq!(v[1][1], "alice@127.0.0.1:7777");
+    }
+
+    #[test]
+    fn start_check_refuses_inverted_amounts_and_allows_unserved_names() {
+        let mut settings = Settings::default();
+        settings.zaps.names = vec!["alice".into()];
+        // Names without identity/payments: a warning, not an error.
+        assert!(check_settings(&settings).is_ok());
+        settings.zaps.min_sendable_msat = 10_000;
+        settings.zaps.max_sendable_msat = 1_000;
+        let err = check_settings(&settings).unwrap_err().to_string();
+        assert!(err.contains("min_sendable_msat"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cairn_payments::lightning::{LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
-use cairn_payments::zap::{ZapService, ZapServiceConfig};
+use cairn_payments::zap::{RetryPolicy, ZapService, ZapServiceConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,9 @@ impl ZapsRuntime {
             data_dir: settings.data_dir.clone(),
             own_relay_url: own_relay_url.to_owned(),
             invoice_expiry_secs: DEFAULT_INVOICE_EXPIRY_SECS,
+            allow_private_relays: settings.zaps.allow_private_relays,
+            max_pending: settings.zaps.max_pending_zaps,
+            retry: RetryPolicy::default(),
         };
         let task = tokio::spawn({
             let cell = Arc::clone(&cell);

@@ -9,17 +9,24 @@
 //! - [`ZapService`] issues zap invoices, remembers them in
 //!   `<data_dir>/zaps.sqlite`, and publishes each receipt once the invoice is
 //!   paid — to the relays the request names and the node's own relay, once
-//!   per payment hash, also across restarts.
+//!   per payment hash, also across restarts. [`ReceiptPublisher`] records
+//!   each relay's delivery and retries the ones that missed it (same event).
+//! - [`RelayPolicy`] keeps strangers' relay URLs from making the node
+//!   connect to loopback, private or link-local addresses.
 
+mod delivery;
 mod receipt;
+mod relay_filter;
 mod request;
 mod service;
 mod store;
 
+pub use delivery::{ReceiptPublisher, RetryPolicy};
 pub use receipt::build_receipt;
+pub use relay_filter::{is_private_ip, RelayPolicy};
 pub use request::{ZapRequest, ZapRequestError, MAX_RECEIPT_RELAYS, MAX_ZAP_REQUEST_LEN};
 pub use service::{ZapService, ZapServiceConfig, ZAP_KEY_FILE_NAME, ZAP_STORE_FILE_NAME};
-pub use store::{PendingZap, ZapState, ZapStore};
+pub use store::{Delivery, DeliveryOutcome, PendingZap, ZapState, ZapStore};
 
 use std::path::PathBuf;
 
@@ -50,6 +57,12 @@ pub enum ZapError {
     /// The node's own relay URL is not valid.
     #[error("invalid relay URL {0:?}")]
     RelayUrl(String),
+    /// Too many zap invoices are outstanding (unpaid, unexpired).
+    #[error("too many unpaid zap invoices; try again in {retry_after_secs} s")]
+    TooManyPending {
+        /// Seconds until the first outstanding invoice expires.
+        retry_after_secs: u64,
+    },
     /// The wallet could not issue the invoice.
     #[error("wallet: {0}")]
     Wallet(#[from] crate::nwc::BackendError),

@@ -7,12 +7,13 @@ use std::time::Duration;
 use ldk_node::payment::PaymentStatus;
 use ldk_node::Event as LdkEvent;
 use nostr::{Event, JsonUtil, Keys, PublicKey, RelayUrl, Timestamp};
-use nostr_sdk::Client;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::delivery::{ReceiptPublisher, RetryPolicy, PUBLISH_TIMEOUT};
 use super::receipt::build_receipt;
+use super::relay_filter::RelayPolicy;
 use super::request::ZapRequest;
 use super::store::{PendingZap, ZapState, ZapStore};
 use super::ZapError;
@@ -27,10 +28,6 @@ pub const ZAP_STORE_FILE_NAME: &str = "zaps.sqlite";
 /// How often unpublished zaps are looked at again (missed events, relays
 /// that were down).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-/// How long publishing waits for a relay connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one publication (connect + send to every relay).
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long after its expiry an unpaid zap is kept before it is dropped
 /// from the sweep (a payment in flight at expiry may still settle).
 const EXPIRY_GRACE_SECS: u64 = 600;
@@ -45,6 +42,14 @@ pub struct ZapServiceConfig {
     pub own_relay_url: String,
     /// Expiry of zap invoices, seconds.
     pub invoice_expiry_secs: u32,
+    /// Also send receipts to relays on loopback, private, link-local or
+    /// CGNAT addresses named in requests (see [`RelayPolicy`]).
+    pub allow_private_relays: bool,
+    /// Most zap invoices outstanding (unpaid, unexpired) at once; more
+    /// requests get [`ZapError::TooManyPending`].
+    pub max_pending: u64,
+    /// When relays that missed a receipt are tried again.
+    pub retry: RetryPolicy,
 }
 
 struct Inner<B> {
@@ -53,6 +58,9 @@ struct Inner<B> {
     backend: Arc<B>,
     own_relay: RelayUrl,
     invoice_expiry_secs: u32,
+    policy: RelayPolicy,
+    max_pending: u64,
+    publisher: ReceiptPublisher,
 }
 
 struct Worker {
@@ -83,6 +91,10 @@ impl<B: WalletBackend> ZapService<B> {
         let store = ZapStore::open(&config.data_dir.join(ZAP_STORE_FILE_NAME))?;
         let own_relay = RelayUrl::parse(&config.own_relay_url)
             .map_err(|_| ZapError::RelayUrl(config.own_relay_url.clone()))?;
+        let policy = RelayPolicy {
+            allow_private: config.allow_private_relays,
+        };
+        let publisher = ReceiptPublisher::new(own_relay.clone(), policy.clone(), config.retry);
         Ok(Self {
             inner: Arc::new(Inner {
                 keys,
@@ -90,6 +102,9 @@ impl<B: WalletBackend> ZapService<B> {
                 backend,
                 own_relay,
                 invoice_expiry_secs: config.invoice_expiry_secs,
+                policy,
+                max_pending: config.max_pending,
+                publisher,
             }),
             worker: Mutex::new(None),
         })
@@ -106,12 +121,27 @@ impl<B: WalletBackend> ZapService<B> {
     }
 
     /// Issues an invoice for `amount_msat` whose description hash commits to
-    /// the (validated) zap request, and remembers the zap.
+    /// the (validated) zap request, and remembers the zap — unless
+    /// `max_pending` zap invoices are outstanding already. Relays the
+    /// [`RelayPolicy`] forbids by address alone are not remembered.
     pub async fn create_invoice(
         &self,
         request: &ZapRequest,
         amount_msat: u64,
     ) -> Result<IncomingInvoice, ZapError> {
+        let at = now();
+        let (pending, first_expiry) = self.inner.store.count_pending(at)?;
+        if pending >= self.inner.max_pending {
+            return Err(ZapError::TooManyPending {
+                retry_after_secs: first_expiry.map_or(60, |t| t.saturating_sub(at)).max(1),
+            });
+        }
+        let relays = request
+            .relays()
+            .iter()
+            .filter(|r| self.inner.policy.allows(r))
+            .map(|r| r.to_string())
+            .collect();
         let invoice = self
             .inner
             .backend
@@ -124,7 +154,7 @@ impl<B: WalletBackend> ZapService<B> {
         self.inner.store.insert(&PendingZap {
             payment_hash: invoice.payment_hash.clone(),
             request: request.json().to_owned(),
-            relays: request.relays().iter().map(|r| r.to_string()).collect(),
+            relays,
             invoice: invoice.invoice.clone(),
             amount_msat,
             created_at: invoice.created_at,
@@ -199,7 +229,13 @@ impl<B: WalletBackend> ZapService<B> {
 
 impl<B: WalletBackend> Inner<B> {
     async fn sweep(&self) -> usize {
-        let zaps = match self.store.unpublished() {
+        let window = self.publisher.retry().window.as_secs();
+        let zaps = self.store.unpublished().and_then(|mut z| {
+            // Published receipts some relays missed, due for another try.
+            z.extend(self.store.published_with_due_deliveries(now(), window)?);
+            Ok(z)
+        });
+        let zaps = match zaps {
             Ok(z) => z,
             Err(e) => {
                 warn!(error = %e, "zap store unavailable");
@@ -232,7 +268,7 @@ impl<B: WalletBackend> Inner<B> {
 
     async fn try_settle(&self, zap: &PendingZap) -> Result<bool, ZapError> {
         let receipt = match (zap.state, &zap.receipt) {
-            (ZapState::Paid, Some(receipt)) => receipt.clone(),
+            (ZapState::Paid | ZapState::Published, Some(receipt)) => receipt.clone(),
             (ZapState::Pending, _) => {
                 let tx = self.backend.lookup(&zap.payment_hash).await?;
                 match tx {
@@ -269,8 +305,12 @@ impl<B: WalletBackend> Inner<B> {
         };
         let event = Event::from_json(&receipt)
             .map_err(|e| super::ZapRequestError::NotAnEvent(e.to_string()))?;
-        let accepted = self.publish(&event, &zap.relays).await;
-        if accepted == 0 {
+        // Always the stored receipt: a retry sends the same event id.
+        let accepted = self
+            .publisher
+            .deliver(&self.store, zap, &event, now())
+            .await?;
+        if accepted == 0 || zap.state == ZapState::Published {
             return Ok(false);
         }
         let first = self.store.mark_published(&zap.payment_hash, now())?;
@@ -278,44 +318,5 @@ impl<B: WalletBackend> Inner<B> {
             info!(payment_hash = %zap.payment_hash, receipt = %event.id, relays = accepted, "zap receipt published");
         }
         Ok(first)
-    }
-
-    /// Sends `event` to the node's relay and `relays`; returns how many
-    /// accepted it. A fresh client each time: request relays are strangers'
-    /// choices and must not pile up in a long-lived pool.
-    async fn publish(&self, event: &Event, relays: &[String]) -> usize {
-        let client = Client::default();
-        let mut urls = vec![self.own_relay.clone()];
-        urls.extend(relays.iter().filter_map(|r| RelayUrl::parse(r).ok()));
-        urls.dedup();
-        for url in &urls {
-            let _ = client.add_relay(url.clone()).await;
-        }
-        let send = async {
-            let connected = client.try_connect(CONNECT_TIMEOUT).await;
-            if connected.success.is_empty() {
-                return 0;
-            }
-            match client
-                .send_event_to(connected.success.iter().cloned(), event)
-                .await
-            {
-                Ok(out) => {
-                    for (url, why) in &out.failed {
-                        debug!(relay = %url, reason = %why, "relay refused a zap receipt");
-                    }
-                    out.success.len()
-                }
-                Err(e) => {
-                    debug!(error = %e, "cannot send a zap receipt");
-                    0
-                }
-            }
-        };
-        let accepted = tokio::time::timeout(PUBLISH_TIMEOUT, send)
-            .await
-            .unwrap_or(0);
-        client.shutdown().await;
-        accepted
     }
 }

@@ -72,6 +72,41 @@ pub struct PendingZap {
     pub receipt: Option<String>,
 }
 
+/// The outcome of one attempt to give a receipt to one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The relay accepted it (at Unix time `at`).
+    Delivered {
+        /// When.
+        at: u64,
+    },
+    /// The relay is not one this node may connect to; never retried.
+    Dropped {
+        /// When.
+        at: u64,
+    },
+    /// Not accepted (unreachable, refused); try again at `retry_at`.
+    Failed {
+        /// Unix time of the next attempt.
+        retry_at: u64,
+    },
+}
+
+/// One relay's share of a receipt's publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The relay URL.
+    pub relay: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Unix time of the next attempt (of the last one, once settled).
+    pub next_attempt_at: u64,
+    /// The relay accepted the receipt.
+    pub delivered: bool,
+    /// The relay was dropped by the relay policy.
+    pub dropped: bool,
+}
+
 /// The zap database.
 pub struct ZapStore {
     conn: Mutex<Connection>,
@@ -126,7 +161,16 @@ impl ZapStore {
                 receipt TEXT,
                 published_at INTEGER
              );
-             CREATE INDEX IF NOT EXISTS zaps_state ON zaps (state);",
+             CREATE INDEX IF NOT EXISTS zaps_state ON zaps (state);
+             CREATE TABLE IF NOT EXISTS zap_deliveries (
+                payment_hash TEXT NOT NULL,
+                relay TEXT NOT NULL,
+                first_attempt_at INTEGER NOT NULL,
+                next_attempt_at INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                outcome TEXT,
+                PRIMARY KEY (payment_hash, relay)
+             );",
         )?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -215,6 +259,112 @@ impl ZapStore {
         )? == 1)
     }
 
+    /// Unpaid zaps whose invoice has not expired at `now` (what the cap on
+    /// outstanding zap invoices counts), and the earliest of their expiries.
+    pub fn count_pending(&self, now: u64) -> Result<(u64, Option<u64>), ZapError> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*), MIN(expires_at) FROM zaps WHERE state = 'pending' AND expires_at > ?1",
+            [now as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, Option<i64>>(1)?.map(|t| t as u64),
+                ))
+            },
+        )?)
+    }
+
+    /// Adds the relays a paid zap's receipt goes to (already known ones are
+    /// kept as they are), each due at `now`.
+    pub fn add_deliveries(&self, hash: &str, relays: &[String], now: u64) -> Result<(), ZapError> {
+        let db = self.lock();
+        for relay in relays {
+            db.execute(
+                "INSERT OR IGNORE INTO zap_deliveries
+                    (payment_hash, relay, first_attempt_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?3)",
+                params![hash, relay, now as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Relays of zap `hash` that have not taken its receipt, are due at
+    /// `now`, and were first tried less than `window_secs` ago.
+    pub fn due_deliveries(
+        &self,
+        hash: &str,
+        now: u64,
+        window_secs: u64,
+    ) -> Result<Vec<String>, ZapError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT relay FROM zap_deliveries
+             WHERE payment_hash = ?1 AND outcome IS NULL AND next_attempt_at <= ?2
+               AND first_attempt_at + ?3 > ?2
+             ORDER BY relay",
+        )?;
+        let rows = stmt.query_map(params![hash, now as i64, window_secs as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Published zaps with relays still to retry at `now` (see
+    /// [`Self::due_deliveries`]), oldest first.
+    pub fn published_with_due_deliveries(
+        &self,
+        now: u64,
+        window_secs: u64,
+    ) -> Result<Vec<PendingZap>, ZapError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(&format!(
+            "SELECT {COLUMNS} FROM zaps WHERE state = 'published' AND payment_hash IN (
+                SELECT payment_hash FROM zap_deliveries
+                WHERE outcome IS NULL AND next_attempt_at <= ?1 AND first_attempt_at + ?2 > ?1)
+             ORDER BY created_at"
+        ))?;
+        let rows = stmt.query_map(params![now as i64, window_secs as i64], row_to_zap)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records one attempt to give zap `hash`'s receipt to `relay`.
+    pub fn record_delivery(
+        &self,
+        hash: &str,
+        relay: &str,
+        outcome: DeliveryOutcome,
+    ) -> Result<(), ZapError> {
+        let (outcome, next) = match outcome {
+            DeliveryOutcome::Delivered { at } => (Some("delivered"), at),
+            DeliveryOutcome::Dropped { at } => (Some("dropped"), at),
+            DeliveryOutcome::Failed { retry_at } => (None, retry_at),
+        };
+        self.lock().execute(
+            "UPDATE zap_deliveries SET attempts = attempts + 1, outcome = ?3, next_attempt_at = ?4
+             WHERE payment_hash = ?1 AND relay = ?2 AND outcome IS NULL",
+            params![hash, relay, outcome, next as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Where the receipt of zap `hash` went, relay by relay.
+    pub fn deliveries(&self, hash: &str) -> Result<Vec<Delivery>, ZapError> {
+        let db = self.lock();
+        let mut stmt = db.prepare(
+            "SELECT relay, attempts, next_attempt_at, outcome FROM zap_deliveries
+             WHERE payment_hash = ?1 ORDER BY relay",
+        )?;
+        let rows = stmt.query_map([hash], |r| {
+            Ok(Delivery {
+                relay: r.get(0)?,
+                attempts: r.get::<_, i64>(1)? as u32,
+                next_attempt_at: r.get::<_, i64>(2)? as u64,
+                delivered: r.get::<_, Option<String>>(3)?.as_deref() == Some("delivered"),
+                dropped: r.get::<_, Option<String>>(3)?.as_deref() == Some("dropped"),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Deletes expired zaps: an unpaid request is of no further use, and
     /// anyone can ask for invoices, so they must not pile up. Returns how many.
     pub fn prune_expired(&self) -> Result<usize, ZapError> {
@@ -240,6 +390,25 @@ mod tests {
             state: ZapState::Pending,
             receipt: None,
         }
+    }
+
+    #[test]
+    fn pending_count_ignores_paid_and_expired_invoices() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ZapStore::open(&dir.path().join("zaps.sqlite")).unwrap();
+        assert_eq!(store.count_pending(0).unwrap(), (0, None));
+        for (hash, expires) in [("a", 100), ("b", 200), ("c", 300), ("d", 400)] {
+            store
+                .insert(&PendingZap {
+                    expires_at: expires,
+                    ..zap(hash)
+                })
+                .unwrap();
+        }
+        store.set_receipt("a", "R").unwrap();
+        store.mark_expired("d").unwrap();
+        assert_eq!(store.count_pending(150).unwrap(), (2, Some(200)));
+        assert_eq!(store.count_pending(250).unwrap(), (1, Some(300)));
     }
 
     #[test]
@@ -275,6 +444,38 @@ mod tests {
         assert!(!store.mark_published("aa", 21).unwrap(), "published once");
         assert_eq!(store.get("aa").unwrap().unwrap().state, ZapState::Published);
         assert!(store.unpublished().unwrap().is_empty());
+        // Per-relay delivery: only due, undelivered relays inside the window.
+        let relays = vec!["ws://a".to_owned(), "ws://b".to_owned()];
+        store.add_deliveries("aa", &relays, 100).unwrap();
+        assert_eq!(store.due_deliveries("aa", 100, 3600).unwrap(), relays);
+        store
+            .record_delivery("aa", "ws://a", DeliveryOutcome::Delivered { at: 100 })
+            .unwrap();
+        store
+            .record_delivery("aa", "ws://b", DeliveryOutcome::Failed { retry_at: 130 })
+            .unwrap();
+        // Adding again (a restart) keeps what happened.
+        store.add_deliveries("aa", &relays, 110).unwrap();
+        assert!(store.due_deliveries("aa", 129, 3600).unwrap().is_empty());
+        assert_eq!(store.due_deliveries("aa", 130, 3600).unwrap(), ["ws://b"]);
+        assert_eq!(
+            store
+                .published_with_due_deliveries(130, 3600)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store.due_deliveries("aa", 3700, 3600).unwrap().is_empty(),
+            "window over"
+        );
+        assert!(store
+            .published_with_due_deliveries(3700, 3600)
+            .unwrap()
+            .is_empty());
+        let d = store.deliveries("aa").unwrap();
+        assert!(d[0].delivered && d[0].attempts == 1);
+        assert!(!d[1].delivered && d[1].attempts == 1 && d[1].next_attempt_at == 130);
         assert_eq!(store.prune_expired().unwrap(), 1);
         assert!(store.get("bb").unwrap().is_none(), "expired zap forgotten");
         assert!(store.get("aa").unwrap().is_some(), "published zap kept");

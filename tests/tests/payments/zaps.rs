@@ -161,6 +161,11 @@ async fn run() -> Result<()> {
     let mut settings = identity_settings(dir.path(), None, &chain, &x);
     settings.payments = payments_settings(dir.path(), &chain)?.payments;
     settings.zaps.names = vec!["alice".into(), "carol".into()];
+    // Every relay in this test is on 127.0.0.1, which a production node
+    // refuses to send receipts to (SSRF guard): allow loopback here.
+    settings.zaps.allow_private_relays = true;
+    // Small, so the cap on unpaid zap invoices is reached below.
+    settings.zaps.max_pending_zaps = 3;
     let mut b = IdNode::start_with(settings, dir, None).await?;
     let alice = User::new(4201, "alice");
     let bob = User::new(4202, "bob");
@@ -217,11 +222,12 @@ async fn run() -> Result<()> {
     // --- a zap: a real 9734 from a Nostr client ---
     let sender = Keys::generate();
     let note = EventBuilder::text_note("hello from alice").sign_with_keys(&alice.keys)?;
+    let (third_ws, b_ws) = (third.ws_url(), b.node().ws_url());
     let zap_tags = |amount: u64, p: &PublicKey| {
         vec![
             tag(&["p", &p.to_hex()]),
             tag(&["e", &note.id.to_hex()]),
-            tag(&["relays", &third.ws_url(), &b.node().ws_url()]),
+            tag(&["relays", &third_ws, &b_ws]),
             tag(&["amount", &amount.to_string()]),
         ]
     };
@@ -392,6 +398,66 @@ async fn run() -> Result<()> {
     )
     .await?;
     assert_eq!(status, 400);
+
+    // --- limits: unpaid zap invoices are capped, requests per IP too ---
+    let zaps = b.node().zaps().context("zap service")?;
+    assert_eq!(zaps.store().count_pending(0)?.0, 0, "both zaps were paid");
+    // B listens on a new port since the restart.
+    let callback = format!("{}/lnurlp/alice/callback", b.base);
+    for i in 0..3 {
+        let unpaid = EventBuilder::new(Kind::ZapRequest, format!("unpaid {i}"))
+            .tags(zap_tags(AMOUNT_MSAT, &alice.keys.public_key()))
+            .sign_with_keys(&sender)?
+            .as_json();
+        zap_invoice(&http, &callback, &unpaid).await?;
+    }
+    let fourth = EventBuilder::new(Kind::ZapRequest, "one too many")
+        .tags(zap_tags(AMOUNT_MSAT, &alice.keys.public_key()))
+        .sign_with_keys(&sender)?
+        .as_json();
+    let resp = http
+        .get(callback_url(&callback, AMOUNT_MSAT, Some(&fourth))?)
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 429, "fourth unpaid zap invoice");
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await?;
+    assert_eq!(body["status"], "ERROR");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unpaid"),
+        "{body}"
+    );
+    // The per-IP bucket (burst 20 by default) runs dry: LUD-06 429 with
+    // Retry-After, counted even for names this node does not serve.
+    let mut limited = None;
+    for _ in 0..40 {
+        let resp = http
+            .get(format!("{}/payments/v1/names/bob/onchain", b.base))
+            .send()
+            .await?;
+        if resp.status().as_u16() == 429 {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 404);
+    }
+    let resp = limited.context("no 429 after 40 requests from one IP")?;
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .context("Retry-After")?
+        .to_str()?
+        .parse()?;
+    assert!(retry_after >= 1, "{retry_after}");
+    let body: Value = resp.json().await?;
+    assert_eq!(body["status"], "ERROR");
+    assert!(body["reason"].is_string());
+    // The callback shares the bucket.
+    let (status, _, _) = get(&http, &callback_url(&callback, 5_000, None)?).await?;
+    assert_eq!(status, 429);
 
     b.finish().await?;
     a.node.shutdown().await?;

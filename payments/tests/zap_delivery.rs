@@ -1,0 +1,177 @@
+//! Zap receipts reach relays that missed them: a relay URL that refuses
+//! connections at first (nothing listens on its port yet) is retried with
+//! backoff, with the very same stored event (same id), until it takes it —
+//! and not after the retry window. Real Cairn relays over real WebSockets;
+//! `now` is passed explicitly so the backoff schedule is checked without
+//! waiting for it.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cairn_payments::zap::{
+    PendingZap, ReceiptPublisher, RelayPolicy, RetryPolicy, ZapState, ZapStore,
+};
+use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, RelayUrl};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn relay_on(bind: &str, dir: &std::path::Path) -> Result<cairn_node::RunningNode> {
+    cairn_node::start(cairn_node::Settings {
+        bind: bind.parse()?,
+        data_dir: dir.to_path_buf(),
+        ..cairn_node::Settings::default()
+    })
+    .await
+}
+
+/// Copies of `receipt` (same id) on `relay` (a REQ up to EOSE).
+async fn held(relay: &str, receipt: &Event) -> Result<usize> {
+    let client = nostr_sdk::Client::default();
+    client.add_relay(relay).await?;
+    client.try_connect(Duration::from_secs(5)).await;
+    let filter = nostr::Filter::new()
+        .kind(Kind::ZapReceipt)
+        .author(receipt.pubkey);
+    let got = client
+        .fetch_events(filter, Duration::from_secs(5))
+        .await?
+        .into_iter()
+        .filter(|e| e.id == receipt.id)
+        .count();
+    client.shutdown().await;
+    Ok(got)
+}
+
+fn new_zap(hash: &str, relays: Vec<String>) -> PendingZap {
+    PendingZap {
+        payment_hash: hash.into(),
+        request: "{}".into(),
+        relays,
+        invoice: "lnbcrt1".into(),
+        amount_msat: 1000,
+        created_at: 1,
+        expires_at: 4_000_000_000,
+        state: ZapState::Pending,
+        receipt: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_refuses_at_first_gets_the_same_receipt_later() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, run())
+        .await
+        .context("test timed out")?
+}
+
+async fn run() -> Result<()> {
+    let own_dir = tempfile::tempdir()?;
+    let own = relay_on("127.0.0.1:0", own_dir.path()).await?;
+    // A port with nothing on it (yet): connections are refused.
+    let late_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let late_url = format!("ws://{late_addr}");
+
+    let db_dir = tempfile::tempdir()?;
+    let store = ZapStore::open(&db_dir.path().join("zaps.sqlite"))?;
+    let retry = RetryPolicy {
+        first_delay: Duration::from_secs(30),
+        max_delay: Duration::from_secs(600),
+        window: Duration::from_secs(3600),
+    };
+    // Both relays are on loopback: private relays must be allowed here.
+    let publisher = ReceiptPublisher::new(
+        RelayUrl::parse(&own.ws_url())?,
+        RelayPolicy {
+            allow_private: true,
+        },
+        retry,
+    );
+    let receipt = EventBuilder::new(Kind::ZapReceipt, "").sign_with_keys(&Keys::generate())?;
+    store.insert(&new_zap("aa", vec![late_url.clone()]))?;
+    let stored = store
+        .set_receipt("aa", &receipt.as_json())?
+        .context("stored")?;
+    let zap = store.get("aa")?.context("zap")?;
+    let event = Event::from_json(&stored)?;
+
+    // t = 1000: the own relay takes it, the late one refuses.
+    let t = 1000;
+    assert_eq!(publisher.deliver(&store, &zap, &event, t).await?, 1);
+    let d = store.deliveries("aa")?;
+    let late = d.iter().find(|d| d.relay == late_url).context("late row")?;
+    assert!(!late.delivered && late.attempts == 1);
+    assert_eq!(late.next_attempt_at, t + 30, "first backoff");
+    assert!(d.iter().any(|d| d.relay != late_url && d.delivered));
+    assert_eq!(held(&own.ws_url(), &receipt).await?, 1);
+
+    // Still down at the next attempt: the backoff doubles.
+    assert_eq!(publisher.deliver(&store, &zap, &event, t + 30).await?, 0);
+    let late_row = |store: &ZapStore| -> Result<_> {
+        store
+            .deliveries("aa")?
+            .into_iter()
+            .find(|d| d.relay == late_url)
+            .context("late row")
+    };
+    assert_eq!(late_row(&store)?.next_attempt_at, t + 30 + 60);
+
+    // The relay comes up on that port.
+    let late_dir = tempfile::tempdir()?;
+    let late_relay = relay_on(&late_addr.to_string(), late_dir.path()).await?;
+    // Not due yet: nothing is sent, even though it would accept now.
+    assert_eq!(publisher.deliver(&store, &zap, &event, t + 60).await?, 0);
+    assert_eq!(held(&late_relay.ws_url(), &receipt).await?, 0);
+    // Due: it gets the stored receipt — same id — and the own relay is not
+    // sent it again.
+    assert_eq!(publisher.deliver(&store, &zap, &event, t + 90).await?, 1);
+    assert_eq!(held(&late_relay.ws_url(), &receipt).await?, 1);
+    let row = late_row(&store)?;
+    assert!(row.delivered && row.attempts == 3, "{row:?}");
+    assert_eq!(publisher.deliver(&store, &zap, &event, t + 5000).await?, 0);
+
+    // A relay down for the whole window is given up on.
+    let gone = format!(
+        "ws://{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?
+    );
+    store.insert(&new_zap("bb", vec![gone.clone()]))?;
+    let receipt_b = EventBuilder::new(Kind::ZapReceipt, "b").sign_with_keys(&Keys::generate())?;
+    store.set_receipt("bb", &receipt_b.as_json())?;
+    let zap_b = store.get("bb")?.context("zap")?;
+    assert_eq!(publisher.deliver(&store, &zap_b, &receipt_b, t).await?, 1);
+    assert_eq!(
+        store.due_deliveries("bb", t + 3599, 3600)?,
+        vec![gone.clone()]
+    );
+    assert!(store.due_deliveries("bb", t + 3600, 3600)?.is_empty());
+    assert_eq!(
+        publisher
+            .deliver(&store, &zap_b, &receipt_b, t + 3600)
+            .await?,
+        0
+    );
+
+    // Without allow_private, a loopback relay from a request is dropped and
+    // never contacted; the node's own relay (also loopback) still works.
+    let strict = ReceiptPublisher::new(
+        RelayUrl::parse(&own.ws_url())?,
+        RelayPolicy {
+            allow_private: false,
+        },
+        retry,
+    );
+    store.insert(&new_zap("cc", vec![late_relay.ws_url()]))?;
+    let receipt_c = EventBuilder::new(Kind::ZapReceipt, "c").sign_with_keys(&Keys::generate())?;
+    store.set_receipt("cc", &receipt_c.as_json())?;
+    let zap_c = store.get("cc")?.context("zap")?;
+    assert_eq!(strict.deliver(&store, &zap_c, &receipt_c, t).await?, 1);
+    let d = store.deliveries("cc")?;
+    assert!(d
+        .iter()
+        .any(|d| d.relay == late_relay.ws_url() && d.dropped && !d.delivered));
+    assert_eq!(held(&late_relay.ws_url(), &receipt_c).await?, 0);
+    assert_eq!(held(&own.ws_url(), &receipt_c).await?, 1);
+
+    late_relay.shutdown().await?;
+    own.shutdown().await?;
+    Ok(())
+}
