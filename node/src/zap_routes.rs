@@ -133,6 +133,14 @@ pub fn mount(
     settings.zaps.validate().map_err(anyhow::Error::msg)?;
     let runtime = ZapsRuntime::start(settings, Arc::clone(&payments), own_relay_url);
     let public_base = settings.relay.public_url.as_deref().and_then(http_base_of);
+    if public_base.is_none() {
+        // LUD-06 wallets behind TLS need the real https URL, and the metadata
+        // (which invoices commit to) names the host.
+        tracing::warn!(
+            "[zaps] names are set but [relay] public_url is not: LNURL callbacks and metadata \
+             use the request's Host header over http://; set public_url to the URL clients use"
+        );
+    }
     let routes = router(Arc::new(ZapRoutes {
         identity,
         payments,
@@ -347,10 +355,12 @@ async fn onchain(
             _ => return Err(bad("amount_sat must be a positive whole number")),
         },
     };
-    let address = state
-        .payments()?
-        .wallet()
-        .receive_address()
+    // The wallet's lock may be held by a long chain sync: wait for it on the
+    // blocking pool, not on an async worker the relay needs.
+    let wallet = Arc::clone(state.payments()?.wallet());
+    let address = tokio::task::spawn_blocking(move || wallet.receive_address())
+        .await
+        .map_err(|e| internal("cannot reveal an on-chain address", e))?
         .map_err(|e| internal("cannot reveal an on-chain address", e))?;
     let bip21 = match amount {
         Some(sat) => format!("bitcoin:{address}?amount={}", btc_amount(sat)),
