@@ -1522,29 +1522,26 @@ pub fn render_inbox(inbox: &Inbox, me: &PublicKey) -> String {
 
 /// `ws(s)://host[:port]` of a Cairn node given as `http(s)://…` (or already ws).
 pub fn ws_url(node_url: &str) -> Result<String> {
-    let mut url =
-        url::Url::parse(node_url).with_context(|| format!("invalid node URL `{node_url}`"))?;
-    let scheme = match url.scheme() {
-        "http" | "ws" => "ws",
-        "https" | "wss" => "wss",
-        other => bail!("the node URL must be http(s):// or ws(s)://, not {other}://"),
-    };
-    url.set_scheme(scheme)
-        .map_err(|_| anyhow!("cannot turn {node_url} into a relay URL"))?;
-    Ok(url.as_str().trim_end_matches('/').to_owned())
+    with_scheme(node_url, "ws", "a relay URL")
 }
 
 /// `http(s)://host[:port]` of a Cairn node given as `ws(s)://…` (or already http).
 pub fn http_url(node_url: &str) -> Result<String> {
+    with_scheme(node_url, "http", "an HTTP URL")
+}
+
+/// `node_url` with its scheme turned into `plain` (`http` or `ws`), or its
+/// TLS form (`https` or `wss`) when `node_url` uses TLS.
+fn with_scheme(node_url: &str, plain: &str, what: &str) -> Result<String> {
     let mut url =
         url::Url::parse(node_url).with_context(|| format!("invalid node URL `{node_url}`"))?;
     let scheme = match url.scheme() {
-        "http" | "ws" => "http",
-        "https" | "wss" => "https",
+        "http" | "ws" => plain.to_owned(),
+        "https" | "wss" => format!("{plain}s"),
         other => bail!("the node URL must be http(s):// or ws(s)://, not {other}://"),
     };
-    url.set_scheme(scheme)
-        .map_err(|_| anyhow!("cannot turn {node_url} into an HTTP URL"))?;
+    url.set_scheme(&scheme)
+        .map_err(|_| anyhow!("cannot turn {node_url} into {what}"))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 

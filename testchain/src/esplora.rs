@@ -26,11 +26,11 @@ use bitcoin::{BlockHash, OutPoint, Script, Transaction, TxOut, Txid};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::chain::{BlockEntry, Chain};
 use crate::error::RpcError;
 use crate::format::{difficulty, script_address, script_asm, script_type};
+use crate::loopback::LoopbackServer;
 use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
 
 /// Confirmed transactions per page of `/scripthash/:hash/txs` (as electrs).
@@ -45,15 +45,13 @@ type Shared = Arc<Mutex<Node>>;
 /// A running Esplora facade; dropping it shuts the listener down.
 #[derive(Debug)]
 pub struct EsploraServer {
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    server: LoopbackServer,
 }
 
 impl EsploraServer {
     /// Binds 127.0.0.1 on a random port and serves `node`.
     pub async fn start(node: Shared) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/blocks/tip/height", get(tip_height))
             .route("/blocks/tip/hash", get(tip_hash))
@@ -81,41 +79,24 @@ impl EsploraServer {
             )
             .route("/fee-estimates", get(fee_estimates))
             .with_state(node);
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
         Ok(Self {
-            addr,
-            shutdown: Some(tx),
+            server: LoopbackServer::spawn(listener, app)?,
         })
     }
 
     /// The socket address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The base URL clients use, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Stops accepting connections.
     pub fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Drop for EsploraServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 

@@ -32,6 +32,7 @@ pub mod error;
 pub mod esplora;
 pub mod format;
 pub mod harness;
+pub mod loopback;
 pub mod mempool;
 pub mod miner;
 pub mod node;

@@ -18,11 +18,11 @@ use bitcoin::{Address, Amount, BlockHash, Network, OutPoint, ScriptBuf, Transact
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use crate::chain::Chain;
 use crate::error::{codes, Error, RpcError};
 use crate::format::{btc, difficulty, script_pubkey_json, tx_json};
+use crate::loopback::LoopbackServer;
 use crate::mempool::{Mempool, MempoolEntry};
 use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
 use crate::validation::MIN_RELAY_FEE_SAT_PER_KVB;
@@ -66,8 +66,7 @@ struct ServerState {
 /// A running RPC server; dropping it shuts the listener down.
 #[derive(Debug)]
 pub struct RpcServer {
-    addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    server: LoopbackServer,
 }
 
 impl RpcServer {
@@ -78,7 +77,6 @@ impl RpcServer {
         password: &str,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(ServerState {
             node,
             expected_auth: format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
@@ -89,36 +87,19 @@ impl RpcServer {
             .route("/wallet/{name}", post(handle))
             .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(state);
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-        });
         Ok(Self {
-            addr,
-            shutdown: Some(tx),
+            server: LoopbackServer::spawn(listener, app)?,
         })
     }
 
     /// The socket address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Stops accepting connections.
     pub fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }
 
