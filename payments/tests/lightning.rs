@@ -15,7 +15,7 @@ use cairn_payments::lightning::{InvoiceDescription, LightningNode, DEFAULT_INVOI
 use cairn_testchain::TestChain;
 use ldk_node::payment::{PaymentDirection, PaymentKind, PaymentStatus};
 use ldk_node::Event;
-use support::{ln_node, next_event, sync_until, WAIT};
+use support::{ln_node, mempool_nonempty, next_event, sync_until, WAIT};
 use tokio::sync::broadcast;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -107,17 +107,7 @@ async fn open_pair() -> Result<Pair> {
     })
     .await?;
     // The funding transaction must reach the mempool before the blocks.
-    let start = Instant::now();
-    while chain
-        .rpc("getrawmempool", vec![])
-        .await?
-        .as_array()
-        .map_or(0, |m| m.len())
-        == 0
-    {
-        ensure!(start.elapsed() < WAIT, "funding tx never broadcast");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    mempool_nonempty(&chain).await?;
     mine(&chain, 6).await?;
     next_event("ChannelReady on A", &mut ev_a, &[&a, &b], |e| {
         matches!(e, Event::ChannelReady { .. })

@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, Network};
 use cairn_payments::lightning::{BitcoindRpc, LightningConfig, LightningNode};
 use cairn_payments::Seed;
@@ -127,17 +127,7 @@ pub async fn open_channel(
     })
     .await?;
     // The funding transaction must reach the mempool before the blocks.
-    let start = Instant::now();
-    while chain
-        .rpc("getrawmempool", vec![])
-        .await?
-        .as_array()
-        .map_or(0, |m| m.len())
-        == 0
-    {
-        ensure!(start.elapsed() < WAIT, "funding tx never broadcast");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    mempool_nonempty(chain).await?;
     let to = chain.internal_address().await?;
     chain.mine(6, &to).await?;
     next_event("ChannelReady on A", &mut ev_a, &[a, b], |e| {
@@ -153,4 +143,22 @@ pub async fn open_channel(
             && b.list_channels().iter().any(|c| c.is_usable)
     })
     .await
+}
+
+/// Waits (at most `WAIT`) until the chain's mempool holds a transaction.
+pub async fn mempool_nonempty(chain: &TestChain) -> Result<()> {
+    let start = Instant::now();
+    while chain
+        .rpc("getrawmempool", vec![])
+        .await?
+        .as_array()
+        .map_or(0, |m| m.len())
+        == 0
+    {
+        if start.elapsed() > WAIT {
+            bail!("no transaction reached the mempool");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use cairn_node::{RunningNode, Settings};
 use cairn_testchain::TestChain;
 use serde_json::{json, Value};
 
-pub use crate::ln_support::{free_port, WAIT};
+pub use crate::ln_support::{free_port, mempool_nonempty, WAIT};
 
 /// Bound on a whole test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(420);
@@ -86,24 +86,6 @@ pub async fn poll<T>(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-/// Waits until the chain's mempool holds a transaction.
-pub async fn mempool_nonempty(chain: &TestChain) -> Result<()> {
-    let start = Instant::now();
-    while chain
-        .rpc("getrawmempool", vec![])
-        .await?
-        .as_array()
-        .map_or(0, |m| m.len())
-        == 0
-    {
-        if start.elapsed() > WAIT {
-            bail!("no transaction reached the mempool");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 pub async fn mine(chain: &TestChain, n: u32) -> Result<()> {
