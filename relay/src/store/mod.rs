@@ -11,7 +11,7 @@ pub mod postgres;
 pub mod sqlite;
 mod writer;
 
-pub use writer::{Writer, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY};
+pub use writer::{Writer, DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY};
 
 /// What happened to one event handed to [`Store::save_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,16 @@ pub struct StoredEvent {
     /// The event's JSON as stored (nostr's `as_json` of the saved event:
     /// same fields and values as received, so id and signature verify).
     pub json: String,
+}
+
+/// When the [`Writer`] hands the store a moment for [`Store::maintain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterPause {
+    /// A batch has just been committed and answered; the next one waits.
+    BetweenBatches,
+    /// Nothing has been queued for [`DEFAULT_IDLE_AFTER`] (and again each
+    /// time that passes while it stays so).
+    Idle,
 }
 
 /// Who is asking, and when: applied inside the query itself.
@@ -133,6 +143,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Number of distinct events matching any of `filters` (NIP-45), with
     /// the same privacy and expiration rules as [`Store::query`] (no limit).
     async fn count(&self, filters: &[Filter], ctx: &QueryContext) -> Result<u64, StoreError>;
+
+    /// Upkeep of the write path that must not run inside a commit but may
+    /// hold up the next one for a moment (SQLite: starting the WAL over; see
+    /// `sqlite::wal`). The [`Writer`] calls it between its batches and while
+    /// idle, never during a `save_batch` of its own. The default does nothing.
+    async fn maintain(&self, _pause: WriterPause) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Delete events whose NIP-40 expiration is `<= now`; returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;

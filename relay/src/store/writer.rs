@@ -2,18 +2,23 @@
 //! fsync), so durable ingest is not bounded by the disk's sync latency.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use nostr::Event;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{SaveOutcome, Store, StoreError};
+use super::{SaveOutcome, Store, StoreError, WriterPause};
 
 /// Most events committed in one transaction by default.
 pub const DEFAULT_MAX_BATCH: usize = 512;
 
 /// Saves waiting for the writer task before `save` itself waits (backpressure).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+
+/// How long the queue stays empty before the store gets a
+/// [`WriterPause::Idle`] (and again each time this passes while it stays so).
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 struct Job {
     event: Event,
@@ -26,8 +31,11 @@ struct Job {
 /// (up to `max_batch`, without waiting for more), commits them with one
 /// [`Store::save_batch`] call and answers every caller. Under light load each
 /// event is its own batch; under heavy load batches grow, and so does
-/// throughput. The task ends once every `Writer` clone is dropped and the
-/// queue is drained, which is how shutdown finishes in-flight writes.
+/// throughput. After answering a batch, and while the queue stays empty, it
+/// gives the store its [`Store::maintain`] moment: upkeep that must stay out
+/// of every commit runs there, in line with the writes, never inside one.
+/// The task ends once every `Writer` clone is dropped and the queue is
+/// drained, which is how shutdown finishes in-flight writes.
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
@@ -60,7 +68,15 @@ impl Writer {
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
     let mut events = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = match tokio::time::timeout(DEFAULT_IDLE_AFTER, rx.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => break,
+            Err(_idle) => {
+                maintain(&*store, WriterPause::Idle).await;
+                continue;
+            }
+        };
         events.push(first.event);
         replies.push(first.reply);
         while events.len() < max_batch {
@@ -107,5 +123,12 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
             }
         }
         events.clear();
+        maintain(&*store, WriterPause::BetweenBatches).await;
+    }
+}
+
+async fn maintain(store: &dyn Store, pause: WriterPause) {
+    if let Err(err) = store.maintain(pause).await {
+        tracing::warn!(error = %err, ?pause, "store upkeep failed");
     }
 }

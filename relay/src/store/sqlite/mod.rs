@@ -1,8 +1,10 @@
 //! SQLite backend: one file in the data directory, WAL journal,
-//! `synchronous=FULL`, one write connection and a small pool of readers.
+//! `synchronous=FULL`, one write connection, a small pool of readers and a
+//! checkpointer that keeps the WAL bounded ([`wal`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,16 +16,20 @@ use sqlx::sqlite::{
 use sqlx::{Encode, QueryBuilder, Sqlite, Type};
 
 use super::common::{BatchState, PreparedEvent, EVENT_CHUNK};
-use super::{QueryContext, SaveOutcome, Store, StoreError, StoredEvent};
+use super::{QueryContext, SaveOutcome, Store, StoreError, StoredEvent, WriterPause};
+
+mod wal;
+
+pub use wal::{
+    WalConfig, DEFAULT_READER_WAIT, DEFAULT_WAL_RESTART_AT, DEFAULT_WAL_SIZE_LIMIT,
+    IDLE_PASS_INTERVAL, PASS_INTERVAL,
+};
 
 /// How long a connection waits for a lock before reporting `SQLITE_BUSY`.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections kept open; reads run in parallel with the single writer under WAL.
 pub const DEFAULT_READ_CONNECTIONS: u32 = 4;
-
-/// How often committed WAL frames are copied into the database file.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Event store in one SQLite file.
 ///
@@ -34,6 +40,16 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// The WAL's upkeep; `None` for an in-memory database (no WAL).
+    wal: Option<Wal>,
+}
+
+#[derive(Debug, Clone)]
+struct Wal {
+    config: WalConfig,
+    monitor: Arc<wal::WalMonitor>,
+    /// The checkpointer's own connection.
+    checkpointer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -43,6 +59,11 @@ impl SqliteStore {
     /// `sqlite::memory:` gives a private in-memory database (for tests); it
     /// uses one connection for reads and writes.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, WalConfig::default()).await
+    }
+
+    /// [`SqliteStore::open`] with the WAL bounded as `wal` says.
+    pub async fn open_with(url: &str, wal: WalConfig) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -50,6 +71,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(DEFAULT_BUSY_TIMEOUT)
             .foreign_keys(false)
+            .pragma("journal_size_limit", wal.size_limit.to_string())
             .pragma("temp_store", "memory")
             .pragma("cache_size", "-32768");
 
@@ -65,9 +87,9 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            // The writer never checkpoints: that would put the copy back into
-            // the database file, and its fsync, inside some unlucky client's
-            // commit. A background task does it instead (see below).
+            // The writer never checkpoints inside a commit: that would put the
+            // copy into the database file, and its fsync, inside some unlucky
+            // client's commit. See `wal` for who does it instead.
             .connect_with(if in_memory {
                 options.clone()
             } else {
@@ -76,22 +98,64 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("../migrations/sqlite").run(&write).await?;
 
-        let read = if in_memory {
-            write.clone()
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(DEFAULT_READ_CONNECTIONS)
-                .min_connections(1)
-                // Reads map the file (up to SQLite's 2 GiB cap): a REQ touches
-                // hundreds of scattered rows, and page faults on a warm map are
-                // far cheaper than one pread per page.
-                .connect_with(options.pragma("mmap_size", "2147418112"))
-                .await?
-        };
-        if !in_memory {
-            tokio::spawn(checkpoint_loop(read.clone()));
+        if in_memory {
+            return Ok(Self {
+                read: write.clone(),
+                write,
+                wal: None,
+            });
         }
-        Ok(Self { write, read })
+
+        let read = SqlitePoolOptions::new()
+            .max_connections(DEFAULT_READ_CONNECTIONS)
+            .min_connections(1)
+            // Reads map the file (up to SQLite's 2 GiB cap): a REQ touches
+            // hundreds of scattered rows, and page faults on a warm map are
+            // far cheaper than one pread per page.
+            .connect_with(options.clone().pragma("mmap_size", "2147418112"))
+            .await?;
+        let database_file: PathBuf = options.get_filename().to_path_buf();
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&checkpointer)
+            .await?;
+        let monitor = Arc::new(wal::WalMonitor::default());
+        tokio::spawn({
+            let pool = checkpointer.clone();
+            let monitor = Arc::clone(&monitor);
+            async move {
+                wal::run_checkpointer(
+                    pool,
+                    &database_file,
+                    u64::try_from(page_size).unwrap_or(4096),
+                    monitor,
+                    wal,
+                )
+                .await;
+            }
+        });
+        Ok(Self {
+            write,
+            read,
+            wal: Some(Wal {
+                config: wal,
+                monitor,
+                checkpointer,
+            }),
+        })
+    }
+
+    /// Tell the checkpointer that the write connection committed.
+    fn committed(&self) {
+        if let Some(wal) = &self.wal {
+            wal.monitor.committed();
+        }
     }
 
     /// Refresh the planner's statistics (`PRAGMA optimize`). Cheap; worth
@@ -99,30 +163,6 @@ impl SqliteStore {
     pub async fn optimize(&self) -> Result<(), StoreError> {
         sqlx::query("PRAGMA optimize").execute(&self.write).await?;
         Ok(())
-    }
-}
-
-/// Copy committed WAL frames back into the database file now and then, off
-/// the write path. PASSIVE never blocks the writer or readers; SQLite then
-/// restarts the WAL from its beginning, so it stays bounded. Ends when the
-/// store is closed.
-async fn checkpoint_loop(pool: SqlitePool) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
-            if pool.is_closed() {
-                return;
-            }
-            tracing::warn!(error = %err, "WAL checkpoint failed");
-        }
     }
 }
 
@@ -215,7 +255,9 @@ async fn delete_tags(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(), sq
 #[async_trait]
 impl Store for SqliteStore {
     async fn save_batch(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
-        Ok(save_batch_on(&self.write, events).await?)
+        let outcomes = save_batch_on(&self.write, events).await?;
+        self.committed();
+        Ok(outcomes)
     }
 
     async fn query(
@@ -231,7 +273,24 @@ impl Store for SqliteStore {
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
-        Ok(purge_expired_on(&self.write, now).await?)
+        let purged = purge_expired_on(&self.write, now).await?;
+        self.committed();
+        Ok(purged)
+    }
+
+    async fn maintain(&self, pause: WriterPause) -> Result<(), StoreError> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        match pause {
+            WriterPause::BetweenBatches => {
+                wal.monitor
+                    .between_batches(&self.write, &wal.config)
+                    .await?
+            }
+            WriterPause::Idle => wal.monitor.idle(&self.write, &wal.config).await?,
+        }
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -244,7 +303,11 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Some(wal) = &self.wal {
+            wal.checkpointer.close().await;
+        }
         self.read.close().await;
+        // Last: SQLite's last connection to close checkpoints and removes the WAL.
         self.write.close().await;
     }
 }

@@ -1,0 +1,380 @@
+//! Keeping SQLite's write-ahead log bounded under sustained writes.
+//!
+//! SQLite appends every committed page to the WAL; a checkpoint copies the
+//! pages back into the database file, and the log starts over from the
+//! beginning of its file only when a writer begins a transaction while
+//! *every* frame has been copied and no reader still reads from the log.
+//! PASSIVE checkpoints running beside a busy writer never see that moment
+//! (the writer keeps appending while they copy), so on their own they let
+//! the log grow without bound: 29 GB of WAL beside a 972 MB database after
+//! 1M events, with every read walking the huge WAL index.
+//!
+//! The rules, and where each one is kept:
+//! - **No checkpoint inside a commit.** The write connection runs with
+//!   `wal_autocheckpoint = 0` (see `SqliteStore::open`), so no client's
+//!   commit ever pays for copying pages or for the database file's `fsync`.
+//! - **The copying happens off the write path.** [`run_checkpointer`], on a
+//!   connection of its own, runs PASSIVE checkpoints after commits (PASSIVE
+//!   never blocks the writer or the readers), at most every
+//!   [`PASS_INTERVAL`], and `fsync`s the database file before it asks for a
+//!   restart, so the pages it copied are on disk before anyone waits for them.
+//! - **The log starts over between two batches.** When a pass finds the log
+//!   at [`WalConfig::restart_at`] bytes or more, the checkpointer flags it
+//!   and parks. The group-commit writer, after answering one batch and
+//!   before starting the next, lets the store run a RESTART checkpoint on
+//!   the write connection ([`Checkpoint::Restart`]): it copies only the
+//!   frames written since the last pass (about one batch: this is the one
+//!   pause a restart costs the writer), waits at most
+//!   [`WalConfig::reader_wait`] for readers still on the old log, and the
+//!   next batch writes from the start of the file. `journal_size_limit`
+//!   ([`WalConfig::size_limit`]) then cuts a file that grew past it back.
+//! - **Idle means empty.** When the writer has had nothing to write for a
+//!   while, a TRUNCATE checkpoint leaves a zero-byte WAL.
+//! - **Readers never hold up the writer for long.** A RESTART or TRUNCATE
+//!   that finds a reader on the old log for longer than `reader_wait` gives
+//!   up; the next pass (or idle tick) tries again.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use tokio::sync::{watch, Notify};
+
+/// Most bytes the WAL file keeps once its log has started over
+/// (`journal_size_limit`).
+pub const DEFAULT_WAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// Log size at which the writer starts the log over. Each restart holds the
+/// writer for about one batch's copy and `fsync` (~45 ms on a disk where a
+/// 4 KiB synced write takes 2.3 ms), so restarts should be rare; but the log
+/// keeps growing until a pass notices and the writer has finished its
+/// batch (~10 MiB at full speed), so this stays well under the limit.
+pub const DEFAULT_WAL_RESTART_AT: u64 = 24 << 20;
+
+/// Longest a RESTART or TRUNCATE on the write connection waits for readers
+/// still reading the old log. Queries take milliseconds; one that takes
+/// longer pins the log, and the writer does not wait for it.
+pub const DEFAULT_READER_WAIT: Duration = Duration::from_millis(50);
+
+/// Least time between the starts of two checkpointer passes. Each pass
+/// copies every page changed since the last one, so passes apart copy a
+/// page that many commits change (an index's inner pages) once instead of
+/// many times, and a reader pinning the log cannot make the checkpointer
+/// spin. Passes leave writing their pages back to the kernel; the
+/// checkpointer syncs before it asks for a restart (`catch_up`).
+pub const PASS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// At most this many sync-and-copy rounds before a restart ...
+const CATCH_UP_ROUNDS: usize = 2;
+
+/// ... fewer when a sync takes less than this (little was left to write).
+const QUICK_SYNC: Duration = Duration::from_millis(5);
+
+/// A pass runs at least this often even when no commit signals one (other
+/// parts of the node write through the same connection without signalling).
+pub const IDLE_PASS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest the checkpointer stays parked waiting for the writer to start
+/// the log over, before it goes back to copying.
+const MAX_PARK: Duration = Duration::from_secs(1);
+
+/// Bytes of a WAL frame besides its page.
+const FRAME_HEADER: u64 = 24;
+
+/// How big the WAL may get. [`Default`] gives the `DEFAULT_*` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalConfig {
+    /// `journal_size_limit`: the WAL file is cut back to this many bytes
+    /// when its log starts over.
+    pub size_limit: u64,
+    /// Log size in bytes at which the writer starts the log over.
+    pub restart_at: u64,
+    /// Longest the writer waits for readers before giving up a restart.
+    pub reader_wait: Duration,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            size_limit: DEFAULT_WAL_SIZE_LIMIT,
+            restart_at: DEFAULT_WAL_RESTART_AT,
+            reader_wait: DEFAULT_READER_WAIT,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Whether a log of `frames` frames of `page_size`-byte pages is due
+    /// to start over.
+    pub(super) fn restart_due(&self, frames: u64, page_size: u64) -> bool {
+        frames.saturating_mul(page_size + FRAME_HEADER) >= self.restart_at
+    }
+}
+
+/// What the checkpointer and the write path tell each other.
+#[derive(Debug)]
+pub(super) struct WalMonitor {
+    /// A commit happened: the checkpointer should run a pass.
+    committed: Notify,
+    /// The log is due to start over; set by the checkpointer, taken by the writer.
+    restart_due: AtomicBool,
+    /// Counts the writer's attempts to start the log over. A parked
+    /// checkpointer waits for the count to move past the value it saw when
+    /// it set `restart_due`, so an earlier attempt can never release it
+    /// early (two checkpoints at once make one of them fail).
+    restarts: watch::Sender<u64>,
+    /// The log may hold frames: the idle writer should truncate it.
+    dirty: AtomicBool,
+}
+
+impl Default for WalMonitor {
+    fn default() -> Self {
+        Self {
+            committed: Notify::new(),
+            restart_due: AtomicBool::new(false),
+            restarts: watch::Sender::new(0),
+            dirty: AtomicBool::new(false),
+        }
+    }
+}
+
+impl WalMonitor {
+    /// Called after every commit on the write connection.
+    pub(super) fn committed(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+        self.committed.notify_one();
+    }
+
+    /// Between two batches: start the log over if a pass asked for it.
+    pub(super) async fn between_batches(
+        &self,
+        write: &SqlitePool,
+        config: &WalConfig,
+    ) -> Result<(), sqlx::Error> {
+        if !self.restart_due.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = checkpoint_on_writer(write, Checkpoint::Restart, config).await;
+        self.restarts.send_modify(|n| *n += 1);
+        if let Ok(outcome) = &result {
+            if outcome.busy {
+                tracing::debug!("WAL restart gave way to a reader; the next pass retries");
+            }
+        }
+        result.map(drop)
+    }
+
+    /// The writer is idle: leave an empty WAL file if the log holds anything.
+    pub(super) async fn idle(
+        &self,
+        write: &SqlitePool,
+        config: &WalConfig,
+    ) -> Result<(), sqlx::Error> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let result = checkpoint_on_writer(write, Checkpoint::Truncate, config).await;
+        self.restarts.send_modify(|n| *n += 1);
+        match result {
+            Ok(outcome) if !outcome.busy => Ok(()),
+            other => {
+                // Not done (a reader held the log, or an error): try again next tick.
+                self.dirty.store(true, Ordering::Relaxed);
+                other.map(drop)
+            }
+        }
+    }
+}
+
+/// The checkpoint modes Cairn uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Checkpoint {
+    /// Copy what no reader still needs; never waits, never blocks anyone.
+    Passive,
+    /// Copy everything, wait for readers to leave the log, so that the next
+    /// write starts it over. Holds the write lock: only on the write connection.
+    Restart,
+    /// As [`Checkpoint::Restart`], then cut the WAL file to zero bytes.
+    Truncate,
+}
+
+impl Checkpoint {
+    fn sql(self) -> &'static str {
+        match self {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
+            Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        }
+    }
+}
+
+/// The row `PRAGMA wal_checkpoint` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CheckpointOutcome {
+    /// The checkpoint could not finish (a reader or writer was in the way).
+    pub busy: bool,
+    /// Frames in the log (-1 when not in WAL mode).
+    pub log_frames: i64,
+    /// Frames copied into the database file so far.
+    pub checkpointed: i64,
+}
+
+async fn checkpoint(
+    conn: &mut SqliteConnection,
+    mode: Checkpoint,
+) -> Result<CheckpointOutcome, sqlx::Error> {
+    let (busy, log_frames, checkpointed): (i64, i64, i64) =
+        sqlx::query_as(mode.sql()).fetch_one(conn).await?;
+    Ok(CheckpointOutcome {
+        busy: busy != 0,
+        log_frames,
+        checkpointed,
+    })
+}
+
+/// A blocking checkpoint on the write connection, waiting for readers at
+/// most `config.reader_wait` (the connection's busy timeout is lowered for
+/// the call and put back afterwards).
+async fn checkpoint_on_writer(
+    write: &SqlitePool,
+    mode: Checkpoint,
+    config: &WalConfig,
+) -> Result<CheckpointOutcome, sqlx::Error> {
+    let mut conn = write.acquire().await?;
+    let started = Instant::now();
+    sqlx::query(&busy_timeout_sql(config.reader_wait))
+        .execute(&mut *conn)
+        .await?;
+    let outcome = checkpoint(&mut conn, mode).await;
+    sqlx::query(&busy_timeout_sql(super::DEFAULT_BUSY_TIMEOUT))
+        .execute(&mut *conn)
+        .await?;
+    tracing::debug!(?mode, ?outcome, elapsed = ?started.elapsed(), "WAL checkpoint on the writer");
+    outcome
+}
+
+fn busy_timeout_sql(wait: Duration) -> String {
+    format!("PRAGMA busy_timeout = {}", wait.as_millis())
+}
+
+/// Copy committed frames into the database file after commits, off the
+/// write path, and flag the writer when the log is due to start over.
+/// `pool` is the checkpointer's own connection; ends when it is closed.
+pub(super) async fn run_checkpointer(
+    pool: SqlitePool,
+    database_file: &Path,
+    page_size: u64,
+    monitor: Arc<WalMonitor>,
+    config: WalConfig,
+) {
+    // Any descriptor of the file will do for `fsync`: it flushes the file's
+    // dirty pages, whoever wrote them.
+    let file = match File::open(database_file) {
+        Ok(file) => Some(file),
+        Err(err) => {
+            tracing::warn!(error = %err, file = %database_file.display(),
+                "cannot open the database file to sync checkpoints; the writer's restarts will sync it");
+            None
+        }
+    };
+    let mut restarts = monitor.restarts.subscribe();
+    loop {
+        tokio::select! {
+            () = monitor.committed.notified() => {}
+            () = tokio::time::sleep(IDLE_PASS_INTERVAL) => {}
+        }
+        if pool.is_closed() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        match passive(&pool).await {
+            Ok(pass) => {
+                if pass.log_frames > 0 {
+                    monitor.dirty.store(true, Ordering::Relaxed);
+                }
+                let frames = u64::try_from(pass.log_frames).unwrap_or(0);
+                if config.restart_due(frames, page_size) {
+                    catch_up(&pool, file.as_ref()).await;
+                    restarts.borrow_and_update();
+                    monitor.restart_due.store(true, Ordering::Release);
+                    let _ = tokio::time::timeout(MAX_PARK, restarts.changed()).await;
+                }
+            }
+            Err(err) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %err, "WAL checkpoint failed");
+            }
+        }
+        tokio::time::sleep_until(started + PASS_INTERVAL).await;
+    }
+}
+
+/// Before a restart: put what the passes copied on disk, and copy what was
+/// written meanwhile, until a sync finds little left to write. The writer's
+/// RESTART then has only its last batch to copy and sync.
+async fn catch_up(pool: &SqlitePool, file: Option<&File>) {
+    for round in 0..CATCH_UP_ROUNDS {
+        if round > 0 {
+            if let Err(err) = passive(pool).await {
+                tracing::warn!(error = %err, "WAL checkpoint failed");
+                return;
+            }
+        }
+        let Some(file) = file else { return };
+        let started = Instant::now();
+        sync_data(file).await;
+        if started.elapsed() < QUICK_SYNC {
+            return;
+        }
+    }
+}
+
+async fn passive(pool: &SqlitePool) -> Result<CheckpointOutcome, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    checkpoint(&mut conn, Checkpoint::Passive).await
+}
+
+async fn sync_data(file: &File) {
+    let file = match file.try_clone() {
+        Ok(file) => file,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot sync checkpointed pages");
+            return;
+        }
+    };
+    match tokio::task::spawn_blocking(move || file.sync_data()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "syncing checkpointed pages failed"),
+        Err(err) => tracing::warn!(error = %err, "syncing checkpointed pages did not finish"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_is_due_once_the_log_reaches_its_threshold() {
+        let config = WalConfig {
+            restart_at: 4 * (4096 + FRAME_HEADER),
+            ..WalConfig::default()
+        };
+        assert!(!config.restart_due(0, 4096));
+        assert!(!config.restart_due(3, 4096));
+        assert!(config.restart_due(4, 4096));
+        assert!(config.restart_due(u64::MAX, 4096), "no overflow");
+        assert!(!config.restart_due(4, 1024), "counts bytes, not frames");
+    }
+
+    #[test]
+    fn defaults_keep_the_restart_point_well_inside_the_limit() {
+        let config = WalConfig::default();
+        assert!(config.restart_at * 2 <= config.size_limit);
+        assert!(config.reader_wait < super::super::DEFAULT_BUSY_TIMEOUT);
+    }
+}
