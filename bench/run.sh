@@ -50,9 +50,13 @@ bench() {
         tee -a "$OUT"
 }
 
-bench ingest --connections 50 --events "$INGEST_EVENTS"
+# The WAL must stay bounded while writes go on and empty once they stop.
+WAL=(--watch-file "$DATA/cairn.db-wal")
+bench ingest --connections 50 --events "$INGEST_EVENTS" "${WAL[@]}"
 bench fanout --subscribers "$SUBSCRIBERS" --events 200
-bench seed --events "$SEED_EVENTS" --authors 1000 --manifest "$DATA.seed.json"
+bench seed --events "$SEED_EVENTS" --authors 1000 --manifest "$DATA.seed.json" "${WAL[@]}"
+# The same ingest again, now into the large store.
+bench ingest --connections 50 --events "$INGEST_EVENTS" "${WAL[@]}"
 bench query --requests 2000 --manifest "$DATA.seed.json"
 # Memory per idle connection needs a fresh process: memory freed by the
 # earlier benchmarks' connections would be reused and hide the growth.

@@ -8,6 +8,7 @@ use nostr::{EventBuilder, Tag};
 use serde_json::json;
 
 use crate::events::{derive_keys, run_id, sign, sign_all};
+use crate::filewatch::{FileWatch, WatchArgs};
 use crate::procfs::CpuMeter;
 use crate::stats::{Report, Summary};
 use crate::ws::{publish_pipelined, PipelineOptions, PipelineOutcome};
@@ -36,6 +37,8 @@ pub struct IngestArgs {
     /// Process id of the relay: report the CPU time it used during the run.
     #[arg(long)]
     pub pid: Option<u32>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 /// Sign the events, publish them, and report.
@@ -61,6 +64,7 @@ pub async fn run(url: &str, args: &IngestArgs) -> Result<Report> {
         args.window
     );
     let cpu = CpuMeter::start(args.pid);
+    let watch = FileWatch::start(&args.watch);
     let outcome = publish_pipelined(
         &PipelineOptions {
             url: url.to_owned(),
@@ -81,6 +85,9 @@ pub async fn run(url: &str, args: &IngestArgs) -> Result<Report> {
     report.add("sign_seconds", sign_time.as_secs_f64());
     add_outcome(&mut report, &outcome);
     cpu.report(&mut report);
+    if let Some(watch) = watch {
+        watch.finish(&mut report).await;
+    }
     Ok(report)
 }
 

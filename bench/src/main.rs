@@ -4,6 +4,7 @@
 
 mod events;
 mod fanout;
+mod filewatch;
 mod idle;
 mod ingest;
 mod procfs;

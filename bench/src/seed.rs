@@ -12,6 +12,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::events::{derive_keys, sign, sign_all};
+use crate::filewatch::{FileWatch, WatchArgs};
 use crate::ingest::add_outcome;
 use crate::procfs::CpuMeter;
 use crate::stats::Report;
@@ -56,6 +57,8 @@ pub struct SeedArgs {
     /// Process id of the relay: report the CPU time it used during the run.
     #[arg(long)]
     pub pid: Option<u32>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 /// What a seeded store contains, for `query` to pick targets from.
@@ -198,6 +201,7 @@ pub async fn run(url: &str, args: &SeedArgs) -> Result<Report> {
         .with_context(|| format!("writing {}", args.manifest.display()))?;
 
     let cpu = CpuMeter::start(args.pid);
+    let watch = FileWatch::start(&args.watch);
     let outcome = publish_pipelined(
         &PipelineOptions {
             url: url.to_owned(),
@@ -217,6 +221,9 @@ pub async fn run(url: &str, args: &SeedArgs) -> Result<Report> {
     report.add("sign_seconds", sign_time.as_secs_f64());
     add_outcome(&mut report, &outcome);
     cpu.report(&mut report);
+    if let Some(watch) = watch {
+        watch.finish(&mut report).await;
+    }
     Ok(report)
 }
 
