@@ -50,6 +50,8 @@ struct Wal {
     monitor: Arc<wal::WalMonitor>,
     /// The checkpointer's own connection.
     checkpointer: SqlitePool,
+    /// The `-wal` file beside the database.
+    file: PathBuf,
 }
 
 impl SqliteStore {
@@ -115,6 +117,8 @@ impl SqliteStore {
             .connect_with(options.clone().pragma("mmap_size", "2147418112"))
             .await?;
         let database_file: PathBuf = options.get_filename().to_path_buf();
+        let mut wal_file = database_file.clone().into_os_string();
+        wal_file.push("-wal");
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -147,6 +151,7 @@ impl SqliteStore {
                 config: wal,
                 monitor,
                 checkpointer,
+                file: wal_file.into(),
             }),
         })
     }
@@ -285,7 +290,7 @@ impl Store for SqliteStore {
         match pause {
             WriterPause::BetweenBatches => {
                 wal.monitor
-                    .between_batches(&self.write, &wal.config)
+                    .between_batches(&self.write, &wal.file, &wal.config)
                     .await?
             }
             WriterPause::Idle => wal.monitor.idle(&self.write, &wal.config).await?,

@@ -28,6 +28,9 @@
 //!   [`WalConfig::reader_wait`] for readers still on the old log, and the
 //!   next batch writes from the start of the file. `journal_size_limit`
 //!   ([`WalConfig::size_limit`]) then cuts a file that grew past it back.
+//! - **A hard stop at the limit.** Should the checkpointer fall behind (a
+//!   slow disk makes its syncs slow), the writer restarts the log as soon
+//!   as the WAL file has passed `size_limit`, asked or not.
 //! - **Idle means empty.** When the writer has had nothing to write for a
 //!   while, a TRUNCATE checkpoint leaves a zero-byte WAL.
 //! - **Readers never hold up the writer for long.** A RESTART or TRUNCATE
@@ -110,8 +113,19 @@ impl WalConfig {
     /// Whether a log of `frames` frames of `page_size`-byte pages is due
     /// to start over.
     pub(super) fn restart_due(&self, frames: u64, page_size: u64) -> bool {
-        frames.saturating_mul(page_size + FRAME_HEADER) >= self.restart_at
+        log_bytes(frames, page_size) >= self.restart_at
     }
+
+    /// Whether the log is close enough to the size limit that the
+    /// checkpointer should ask for the restart at once, catching up or not:
+    /// halfway from `restart_at` to `size_limit`.
+    pub(super) fn urgent(&self, frames: u64, page_size: u64) -> bool {
+        log_bytes(frames, page_size) >= self.restart_at / 2 + self.size_limit / 2
+    }
+}
+
+fn log_bytes(frames: u64, page_size: u64) -> u64 {
+    frames.saturating_mul(page_size + FRAME_HEADER)
 }
 
 /// What the checkpointer and the write path tell each other.
@@ -148,13 +162,21 @@ impl WalMonitor {
         self.committed.notify_one();
     }
 
-    /// Between two batches: start the log over if a pass asked for it.
+    /// Between two batches: start the log over if a pass asked for it, or
+    /// if the WAL file (`wal_file`) has grown past the size limit anyway: a
+    /// checkpointer slowed down by a busy disk must not let it grow further.
     pub(super) async fn between_batches(
         &self,
         write: &SqlitePool,
+        wal_file: &Path,
         config: &WalConfig,
     ) -> Result<(), sqlx::Error> {
-        if !self.restart_due.swap(false, Ordering::AcqRel) {
+        let asked = self.restart_due.swap(false, Ordering::AcqRel);
+        // The file is never smaller than the log, and the first commit after
+        // the log starts over cuts it back to the limit: a file past the
+        // limit means that this log is.
+        let full = || std::fs::metadata(wal_file).is_ok_and(|m| m.len() > config.size_limit);
+        if !asked && !full() {
             return Ok(());
         }
         let result = checkpoint_on_writer(write, Checkpoint::Restart, config).await;
@@ -208,6 +230,13 @@ impl Checkpoint {
             Checkpoint::Restart => "PRAGMA wal_checkpoint(RESTART)",
             Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
         }
+    }
+}
+
+impl CheckpointOutcome {
+    /// Frames in the log, 0 when unknown.
+    fn frames(&self) -> u64 {
+        u64::try_from(self.log_frames).unwrap_or(0)
     }
 }
 
@@ -295,9 +324,9 @@ pub(super) async fn run_checkpointer(
                 if pass.log_frames > 0 {
                     monitor.dirty.store(true, Ordering::Relaxed);
                 }
-                let frames = u64::try_from(pass.log_frames).unwrap_or(0);
-                if config.restart_due(frames, page_size) {
-                    catch_up(&pool, file.as_ref()).await;
+                if config.restart_due(pass.frames(), page_size)
+                    && catch_up(&pool, file.as_ref(), &config, page_size).await
+                {
                     restarts.borrow_and_update();
                     monitor.restart_due.store(true, Ordering::Release);
                     let _ = tokio::time::timeout(MAX_PARK, restarts.changed()).await;
@@ -315,23 +344,40 @@ pub(super) async fn run_checkpointer(
 }
 
 /// Before a restart: put what the passes copied on disk, and copy what was
-/// written meanwhile, until a sync finds little left to write. The writer's
-/// RESTART then has only its last batch to copy and sync.
-async fn catch_up(pool: &SqlitePool, file: Option<&File>) {
-    for round in 0..CATCH_UP_ROUNDS {
-        if round > 0 {
-            if let Err(err) = passive(pool).await {
+/// written meanwhile, until a sync finds little left to write, so that the
+/// writer's RESTART has only about its last batch to copy and sync. Stops
+/// early once the log is urgent ([`WalConfig::urgent`]). Returns whether
+/// the log is still due to start over (the writer may have restarted it on
+/// its own meanwhile, see [`WalMonitor::between_batches`]).
+async fn catch_up(
+    pool: &SqlitePool,
+    file: Option<&File>,
+    config: &WalConfig,
+    page_size: u64,
+) -> bool {
+    for _ in 0..CATCH_UP_ROUNDS {
+        let started = Instant::now();
+        if let Some(file) = file {
+            sync_data(file).await;
+        }
+        let quick = started.elapsed() < QUICK_SYNC;
+        match passive(pool).await {
+            Ok(pass) => {
+                let frames = pass.frames();
+                if !config.restart_due(frames, page_size) {
+                    return false;
+                }
+                if quick || config.urgent(frames, page_size) {
+                    return true;
+                }
+            }
+            Err(err) => {
                 tracing::warn!(error = %err, "WAL checkpoint failed");
-                return;
+                return true;
             }
         }
-        let Some(file) = file else { return };
-        let started = Instant::now();
-        sync_data(file).await;
-        if started.elapsed() < QUICK_SYNC {
-            return;
-        }
     }
+    true
 }
 
 async fn passive(pool: &SqlitePool) -> Result<CheckpointOutcome, sqlx::Error> {
@@ -369,6 +415,17 @@ mod tests {
         assert!(config.restart_due(4, 4096));
         assert!(config.restart_due(u64::MAX, 4096), "no overflow");
         assert!(!config.restart_due(4, 1024), "counts bytes, not frames");
+    }
+
+    #[test]
+    fn urgent_lies_between_the_restart_point_and_the_limit() {
+        let config = WalConfig::default();
+        let frames = |bytes: u64| bytes / (4096 + FRAME_HEADER);
+        assert!(!config.urgent(frames(config.restart_at), 4096));
+        assert!(config.urgent(frames(config.size_limit), 4096));
+        let halfway = (config.restart_at + config.size_limit) / 2;
+        assert!(config.urgent(frames(halfway) + 1, 4096));
+        assert!(!config.urgent(frames(halfway) - 1, 4096));
     }
 
     #[test]
