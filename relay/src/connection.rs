@@ -6,7 +6,7 @@
 //! pipelined (verified and committed concurrently, answered in order); any
 //! other message first waits for the EVENTs before it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,15 +14,16 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use nostr::filter::MatchEventOptions;
-use nostr::{Event, Filter, JsonUtil, PublicKey, Timestamp};
+use nostr::{Event, Filter, PublicKey, Timestamp};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::accept::{check_event, ok_message, Accepted, Refused};
 use crate::auth::{check_auth_event, new_challenge};
-use crate::kinds::{self, classify, is_private, KindClass, KIND_AUTH, KIND_GIFT_WRAP};
+use crate::kinds::{self, is_private, KIND_GIFT_WRAP};
 use crate::message::{out, ClientMessage, ParseError};
-use crate::privacy::{asks_for_private_kinds, may_receive};
+use crate::privacy::{asks_for_private_kinds, live_event_visible, stored_event_visible};
 use crate::relay::{ConnectionPermit, LiveEvent, Relay};
-use crate::store::{QueryContext, SaveOutcome, StoredEvent};
+use crate::store::{QueryContext, StoredEvent};
 
 /// EVENTs one connection may have in flight before reading pauses.
 pub const DEFAULT_MAX_PIPELINE: usize = 64;
@@ -390,70 +391,11 @@ impl Session {
         Flow::Continue
     }
 
-    /// Checks that need no signature: limits, time bounds, expiration,
-    /// NIP-70 and the inbox policy. Err is the OK message.
+    /// Checks that need no signature (see [`check_event`]). Err is the OK message.
     fn precheck_event(&self, event: &Event, message_len: usize, now: u64) -> Result<(), String> {
-        let limits = &self.relay.config.limits;
-        let kind = event.kind.as_u16();
-        if message_len.saturating_sub(EVENT_ENVELOPE_LEN) > limits.max_event_length {
-            return Err(format!(
-                "invalid: event is larger than max_event_length ({} bytes)",
-                limits.max_event_length
-            ));
-        }
-        if event.tags.len() > limits.max_event_tags {
-            return Err(format!(
-                "invalid: too many tags (max {})",
-                limits.max_event_tags
-            ));
-        }
-        if event.content.len() > limits.max_content_length {
-            return Err(format!(
-                "invalid: content is longer than max_content_length ({} bytes)",
-                limits.max_content_length
-            ));
-        }
-        let created = event.created_at.as_secs();
-        if created > now.saturating_add(limits.created_at_upper_limit) {
-            return Err(format!(
-                "invalid: created_at is more than {} seconds in the future",
-                limits.created_at_upper_limit
-            ));
-        }
-        if let Some(lower) = limits.created_at_lower_limit {
-            if created < now.saturating_sub(lower) {
-                return Err(format!(
-                    "invalid: created_at is more than {lower} seconds in the past"
-                ));
-            }
-        }
-        if kinds::expiration(event).is_some_and(|at| at <= now) {
-            return Err("invalid: event has expired".into());
-        }
-        if kind == KIND_AUTH {
-            return Err("invalid: kind 22242 is sent with AUTH, not EVENT".into());
-        }
-        if event.is_protected() && !self.authed.contains(&event.pubkey) {
-            return Err(if self.authed.is_empty() {
-                "auth-required: this event may only be published by its author".into()
-            } else {
-                "restricted: this event may only be published by its author".into()
-            });
-        }
-        if kind == KIND_GIFT_WRAP {
-            if kinds::tag_values(event, "p").next().is_none() {
-                return Err("invalid: gift wrap has no p tag".into());
-            }
-            if !self
-                .relay
-                .config
-                .inbox
-                .accepts(kinds::tag_values(event, "p"))
-            {
-                return Err("blocked: this relay accepts gift wraps only for its users".into());
-            }
-        }
-        Ok(())
+        let event_len = message_len.saturating_sub(EVENT_ENVELOPE_LEN);
+        check_event(&self.relay.config, event, event_len, &self.authed, now)
+            .map_err(|refused| refused.to_string())
     }
 
     async fn on_req(&mut self, sub_id: String, filters: Vec<Filter>) -> Flow {
@@ -480,24 +422,16 @@ impl Session {
         self.subs.insert(sub_id.clone(), filters.clone());
 
         let ctx = self.query_context();
-        let mut results: Vec<StoredEvent> = Vec::new();
-        for filter in &filters {
-            match self.relay.store.query(filter, &ctx).await {
-                Ok(rows) => results.extend(rows),
-                Err(err) => {
-                    tracing::warn!(error = %err, "query failed");
-                    self.subs.remove(&sub_id);
-                    return self
-                        .send_or_close(out::closed(&sub_id, "error: could not query the database"))
-                        .await;
-                }
+        let results = match self.relay.query_stored(&filters, &ctx).await {
+            Ok(results) => results,
+            Err(err) => {
+                tracing::warn!(error = %err, "query failed");
+                self.subs.remove(&sub_id);
+                return self
+                    .send_or_close(out::closed(&sub_id, "error: could not query the database"))
+                    .await;
             }
-        }
-        if filters.len() > 1 {
-            results.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-            let mut seen = HashSet::with_capacity(results.len());
-            results.retain(|e| seen.insert(e.id));
-        }
+        };
         for stored in results {
             if is_private(stored.kind) && !self.stored_event_visible(&stored) {
                 continue;
@@ -512,10 +446,7 @@ impl Session {
     /// Defence in depth: the store already filters private events in SQL;
     /// re-check each one against the event itself before it leaves.
     fn stored_event_visible(&self, stored: &StoredEvent) -> bool {
-        match Event::from_json(&stored.json) {
-            Ok(event) => may_receive(&event, &self.authed),
-            Err(_) => false,
-        }
+        stored_event_visible(stored, &self.authed)
     }
 
     async fn on_count(&mut self, sub_id: String, filters: Vec<Filter>) -> Flow {
@@ -630,10 +561,7 @@ impl Session {
             }
         };
         let event = &live.event;
-        if !may_receive(event, &self.authed) {
-            return Flow::Continue;
-        }
-        if kinds::expiration(event).is_some_and(|at| at <= Timestamp::now().as_secs()) {
+        if !live_event_visible(event, &self.authed) {
             return Flow::Continue;
         }
         for (sub_id, filters) in &self.subs {
@@ -675,17 +603,19 @@ async fn recv_live(
     }
 }
 
-/// Verify, rate-limit by author (or recipients) and store one event; the
+/// Verify, rate-limit by author (or recipients) and submit one event; the
 /// returned reply is the OK message.
 async fn process_event(relay: Arc<Relay>, event: Box<Event>, id: String) -> EventReply {
-    let reply = |accepted: bool, message: &str| EventReply {
-        message: out::ok(&id, accepted, message),
-        rate_limited: false,
-    };
-    let (event, verified) = relay.verifier.verify(event).await;
-    if let Err(err) = verified {
-        return reply(false, &err.to_string());
+    let result = verify_and_submit(&relay, event).await;
+    EventReply {
+        rate_limited: matches!(result, Err(Refused::RateLimited)),
+        message: ok_message(&id, &result),
     }
+}
+
+async fn verify_and_submit(relay: &Relay, event: Box<Event>) -> Result<Accepted, Refused> {
+    let (event, verified) = relay.verifier.verify(event).await;
+    verified?;
     let limiters = &relay.limiters;
     let within_rate = if event.kind.as_u16() == KIND_GIFT_WRAP {
         kinds::tag_values(&event, "p")
@@ -695,29 +625,7 @@ async fn process_event(relay: Arc<Relay>, event: Box<Event>, id: String) -> Even
         limiters.events_per_pubkey.check(&event.pubkey)
     };
     if !within_rate {
-        return EventReply {
-            message: out::ok(&id, false, "rate-limited: slow down, too many events"),
-            rate_limited: true,
-        };
+        return Err(Refused::RateLimited);
     }
-    if classify(event.kind.as_u16()) == KindClass::Ephemeral {
-        relay.fan_out(*event);
-        return reply(true, "");
-    }
-    match relay.writer.save((*event).clone()).await {
-        Ok(SaveOutcome::Stored) => {
-            relay.fan_out(*event);
-            reply(true, "")
-        }
-        Ok(SaveOutcome::Duplicate) => reply(true, "duplicate: already have this event"),
-        Ok(SaveOutcome::Deleted) => reply(false, "blocked: this event was deleted by its author"),
-        Ok(SaveOutcome::Superseded) => reply(
-            false,
-            "duplicate: a newer version of this event is already stored",
-        ),
-        Err(err) => {
-            tracing::warn!(error = %err, "could not store event");
-            reply(false, "error: could not store the event, try again later")
-        }
-    }
+    relay.submit(*event).await
 }

@@ -34,9 +34,13 @@ pub fn classify(kind: u16) -> KindClass {
     }
 }
 
-/// Kinds whose delivery is restricted to their recipients (and, for kind 4, the author).
+/// Kinds whose delivery is restricted to their recipients (and, for kind 4,
+/// the author): see [`crate::privacy`], which states the rule in Rust and in SQL.
+pub const PRIVATE_KINDS: [u16; 2] = [KIND_ENCRYPTED_DM, KIND_GIFT_WRAP];
+
+/// Whether `kind` is one of [`PRIVATE_KINDS`].
 pub fn is_private(kind: u16) -> bool {
-    kind == KIND_GIFT_WRAP || kind == KIND_ENCRYPTED_DM
+    PRIVATE_KINDS.contains(&kind)
 }
 
 /// The `d` tag value that, together with author and kind, identifies a

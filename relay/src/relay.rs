@@ -1,22 +1,25 @@
 //! The relay's shared state: configuration, storage, fan-out, verification,
 //! rate limits and connection accounting. One [`Relay`] serves every connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use nostr::{Event, JsonUtil, PublicKey};
+use nostr::{Event, Filter, JsonUtil, PublicKey};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::{Accepted, Refused};
 use crate::auth::normalize_relay_url;
 use crate::config::RelayConfig;
 use crate::kinds::{classify, KindClass};
 use crate::nip11;
 use crate::ratelimit::RateLimiter;
-use crate::store::{SaveOutcome, Store, StoreError, Writer, DEFAULT_MAX_BATCH};
+use crate::store::{
+    QueryContext, SaveOutcome, Store, StoreError, StoredEvent, Writer, DEFAULT_MAX_BATCH,
+};
 use crate::verify::VerifierPool;
 
 /// Live events buffered for subscribers; a connection that falls this far
@@ -198,18 +201,47 @@ impl Relay {
         })
     }
 
-    /// Store a validated event and fan it out, as the node does for events it
-    /// creates itself. Ephemeral events are only fanned out.
-    pub async fn submit(&self, event: Event) -> Result<SaveOutcome, StoreError> {
+    /// Store an event that passed the checks (see [`crate::accept`]) and fan
+    /// it out once stored; ephemeral events are only fanned out. The one
+    /// place that turns a store outcome into the relay's answer: clients'
+    /// EVENTs, [`Self::publish`] and the node's own events all end here.
+    pub async fn submit(&self, event: Event) -> Result<Accepted, Refused> {
         if classify(event.kind.as_u16()) == KindClass::Ephemeral {
             self.fan_out(event);
-            return Ok(SaveOutcome::Stored);
+            return Ok(Accepted::Relayed);
         }
-        let outcome = self.writer.save(event.clone()).await?;
-        if outcome == SaveOutcome::Stored {
-            self.fan_out(event);
+        match self.writer.save(event.clone()).await {
+            Ok(SaveOutcome::Stored) => {
+                self.fan_out(event);
+                Ok(Accepted::Stored)
+            }
+            Ok(SaveOutcome::Duplicate) => Ok(Accepted::Duplicate),
+            Ok(SaveOutcome::Deleted) => Err(Refused::Deleted),
+            Ok(SaveOutcome::Superseded) => Err(Refused::Superseded),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not store event");
+                Err(Refused::Store(err))
+            }
         }
-        Ok(outcome)
+    }
+
+    /// Stored events matching any of `filters` as `ctx` may see them: newest
+    /// first (ties by id), each once.
+    pub(crate) async fn query_stored(
+        &self,
+        filters: &[Filter],
+        ctx: &QueryContext,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut results: Vec<StoredEvent> = Vec::new();
+        for filter in filters {
+            results.extend(self.store.query(filter, ctx).await?);
+        }
+        if filters.len() > 1 {
+            results.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+            let mut seen = HashSet::with_capacity(results.len());
+            results.retain(|e| seen.insert(e.id));
+        }
+        Ok(results)
     }
 
     /// Hand an event to live subscribers.

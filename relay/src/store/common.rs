@@ -373,16 +373,7 @@ pub(super) fn push_filter_select<'a, DB>(
         .push_bind(vis.now)
         .push(")");
 
-    // Kinds 4 and 1059: only for a p-tagged viewer, or the author of a kind 4.
-    if vis.viewers.is_empty() {
-        qb.push(" AND e.kind NOT IN (4, 1059)");
-    } else {
-        qb.push(" AND (e.kind NOT IN (4, 1059) OR EXISTS (SELECT 1 FROM tags v WHERE v.event_seq = e.seq AND v.name = 'p'");
-        push_in(qb, "v.value", &vis.viewer_tags);
-        qb.push(") OR (e.kind = 4");
-        push_in(qb, "e.pubkey", &vis.viewers);
-        qb.push("))");
-    }
+    crate::privacy::push_may_receive(qb, &vis.viewers, &vis.viewer_tags);
 
     if select == Select::Rows {
         qb.push(" ORDER BY ")
@@ -393,7 +384,7 @@ pub(super) fn push_filter_select<'a, DB>(
 }
 
 /// ` AND column IN (…)`, or nothing for an empty list (no constraint).
-fn push_in<'a, DB>(qb: &mut QueryBuilder<'a, DB>, column: &str, values: &[Vec<u8>])
+pub(crate) fn push_in<'a, DB>(qb: &mut QueryBuilder<'a, DB>, column: &str, values: &[Vec<u8>])
 where
     DB: Database,
     Vec<u8>: Encode<'a, DB> + Type<DB>,

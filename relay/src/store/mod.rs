@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod sqlite;
 mod writer;
 
+pub(crate) use common::push_in;
 pub use writer::{Writer, DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY};
 
 /// What happened to one event handed to [`Store::save_batch`].
