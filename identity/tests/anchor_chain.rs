@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::consensus::encode::deserialize_hex;
 use bitcoin::{Address, Amount, Network, OutPoint, Transaction, Txid};
+use cairn_bitcoin::{RpcConfig, Seed, ANCHOR_ACCOUNT, SEED_FILE_NAME};
 use cairn_identity::anchor::{
-    AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health, RpcConfig, Seed,
-    ANCHOR_ACCOUNT, SEED_FILE_NAME,
+    AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health,
 };
 use cairn_identity::epoch::{find_anchor, EpochHeader, HEADER_VERSION};
 use cairn_testchain::TestChain;

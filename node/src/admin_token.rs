@@ -4,10 +4,10 @@
 //! it is treated like the seed: never logged, never echoed in responses or
 //! errors, compared in constant time.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
+use cairn_bitcoin::private_file;
 use rand::RngCore as _;
 
 /// Name of the token file inside the data directory.
@@ -42,35 +42,26 @@ impl AdminToken {
     /// first byte) when missing.
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
         let path = token_path(data_dir);
-        if path.exists() {
-            return Self::load(&path);
-        }
-        let mut bytes = [0u8; TOKEN_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token = hex::encode(bytes);
-        bytes.fill(0);
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts
-            .open(&path)
-            .with_context(|| format!("cannot create the admin token file {}", path.display()))?;
-        file.write_all(token.as_bytes())
-            .and_then(|_| file.write_all(b"\n"))
-            .and_then(|_| file.sync_all())
-            .with_context(|| format!("cannot write the admin token file {}", path.display()))?;
-        Ok(Self(token))
+        let (text, _) = private_file::load_or_create(&path, || {
+            let mut bytes = [0u8; TOKEN_BYTES];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            let token = hex::encode(bytes);
+            bytes.fill(0);
+            format!("{token}\n")
+        })
+        .map_err(|e| anyhow!("the admin token file: {e}"))?;
+        Self::from_text(&path, &text)
     }
 
     /// Reads an existing token file, refusing one that others may read.
     pub fn load(path: &Path) -> Result<Self> {
-        check_private(path)?;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the admin token file {}", path.display()))?;
+        let text = private_file::read_secret(path)
+            .map_err(|e| anyhow!("the admin token file: {e}"))?
+            .with_context(|| format!("the admin token file {} does not exist", path.display()))?;
+        Self::from_text(path, &text)
+    }
+
+    fn from_text(path: &Path, text: &str) -> Result<Self> {
         let token = text.trim();
         ensure!(
             !token.is_empty(),
@@ -103,27 +94,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         .zip(b)
         .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
     std::hint::black_box(diff) == 0
-}
-
-#[cfg(unix)]
-fn check_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read the admin token file {}", path.display()))?
-        .permissions()
-        .mode();
-    ensure!(
-        mode & 0o077 == 0,
-        "the admin token file {} is readable by others (mode {:o}); run chmod 600 on it",
-        path.display(),
-        mode & 0o777
-    );
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_path: &Path) -> Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::{BlockHash, Network};
+use cairn_bitcoin::private_file;
 use cairn_identity::binding::{normalize_handle, proof_post_op, revoke_op, rotate_op, veto_op};
 use cairn_identity::bundle::{
     verify, ChainView, Checkpoint, HeaderChain, ProofBundle, RpcChainView, VerifiedIdentity,
@@ -429,11 +430,9 @@ pub struct SubjectMismatch(String);
 /// file is given. The file must not be readable by group or others.
 pub fn load_keys(key_file: Option<&Path>) -> Result<Keys> {
     let text = match key_file {
-        Some(path) => {
-            check_private(path)?;
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read key file {}", path.display()))?
-        }
+        Some(path) => private_file::read_secret(path)
+            .map_err(|e| anyhow!("key file {e}"))?
+            .ok_or_else(|| anyhow!("key file {} does not exist", path.display()))?,
         None => std::env::var(NSEC_ENV)
             .map_err(|_| anyhow!("no secret key: pass --key-file FILE or set {NSEC_ENV}"))?,
     };
@@ -451,27 +450,6 @@ pub fn parse_secret_key(text: &str) -> Result<Keys> {
     secret
         .map(Keys::new)
         .ok_or_else(|| anyhow!("the secret key is not an nsec1… or 64-hex-digit key"))
-}
-
-#[cfg(unix)]
-fn check_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read key file {}", path.display()))?
-        .permissions()
-        .mode();
-    ensure!(
-        mode & 0o077 == 0,
-        "key file {} is readable by others (mode {:o}); run chmod 600 on it",
-        path.display(),
-        mode & 0o777
-    );
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_private(_path: &Path) -> Result<()> {
-    Ok(())
 }
 
 fn parse_public_key(s: &str) -> Result<PublicKey> {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitcoin::FeeRate;
-use cairn_identity::anchor::{AnchorPolicy, RpcConfig};
+use cairn_bitcoin::RpcConfig;
+use cairn_identity::anchor::AnchorPolicy;
 use cairn_identity::binding::{RegistryConfig, DEFAULT_RECOVERY_DELAY_BLOCKS};
 use cairn_identity::service::{ServiceConfig, DEFAULT_MAX_OUTSTANDING_CHALLENGES};
 use cairn_identity::x::client::{DEFAULT_OEMBED_BASE, DEFAULT_SYNDICATION_BASE};

@@ -7,10 +7,10 @@
 //! directory (mode 0600: it tells who paid whom) and is rewritten atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
+use cairn_bitcoin::private_file;
 use nostr::EventId;
 use serde::{Deserialize, Serialize};
 
@@ -95,8 +95,8 @@ impl ClaimStore {
         }
     }
 
-    /// Writes the claims back (when anything changed): to a 0600 temporary
-    /// file, then renamed over the old one.
+    /// Writes the claims back (when anything changed), atomically and 0600
+    /// ([`private_file::replace`]).
     pub fn save(&mut self) -> Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
@@ -104,18 +104,8 @@ impl ClaimStore {
         if !self.dirty {
             return Ok(());
         }
-        let tmp = path.with_extension("json.tmp");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(&serde_json::to_vec(&self.stored)?)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        private_file::replace(path, &serde_json::to_vec(&self.stored)?)
+            .map_err(|e| anyhow!("writing the claims file: {e}"))?;
         self.dirty = false;
         Ok(())
     }

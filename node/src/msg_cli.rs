@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::{Address, Network, Txid};
+use cairn_bitcoin::{ChainError, RpcClient, RpcConfig};
 use cairn_identity::binding::Status;
 use cairn_identity::bundle::{VerifiedIdentity, DEFAULT_MIN_CONFIRMATIONS};
 use cairn_identity::service::Standing;
@@ -1031,63 +1032,47 @@ impl BitcoinRpc {
         }
     }
 
-    async fn call(&self, http: &reqwest::Client, method: &str, params: Value) -> Result<Value> {
-        let body =
-            json!({ "jsonrpc": "1.0", "id": "cairn-msg", "method": method, "params": params });
-        let resp: Value = http
-            .post(&self.url)
-            .basic_auth(&self.user, Some(&self.password))
-            .json(&body)
-            .send()
-            .await
-            // reqwest's errors quote the URL, which may hold user:password@.
-            .map_err(|e| {
-                anyhow!(
-                    "{method}: cannot reach Bitcoin Core at {}: {}",
-                    redact_url(&self.url),
-                    e.without_url()
-                )
-            })?
-            .json()
-            .await
-            .map_err(|e| anyhow!("{method}: not a JSON-RPC answer: {}", e.without_url()))?;
-        if !resp["error"].is_null() {
-            bail!(
-                "{method}: {}",
-                resp["error"]["message"].as_str().unwrap_or("error")
-            );
-        }
-        Ok(resp["result"].clone())
+    /// Runs `f` against Core; errors name the (redacted) URL, never the password.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&RpcClient) -> Result<T, ChainError> + Send + 'static,
+    ) -> Result<T> {
+        let config = RpcConfig::new(&self.url, &self.user, &self.password);
+        let shown = redact_url(&self.url);
+        let client = RpcClient::new(&config).map_err(|e| anyhow!("{what}: {shown}: {e}"))?;
+        client.run(f).await.map_err(|e| match e {
+            ChainError::Unreachable(e) => {
+                anyhow!("{what}: cannot reach Bitcoin Core at {shown}: {e}")
+            }
+            other => anyhow!("{what}: {other}"),
+        })
     }
 
     /// The chain's height.
-    async fn tip(&self, http: &reqwest::Client) -> Result<u32> {
-        let v = self.call(http, "getblockcount", json!([])).await?;
-        v.as_u64()
-            .and_then(|h| u32::try_from(h).ok())
-            .ok_or_else(|| anyhow!("getblockcount: not a height"))
+    async fn tip(&self) -> Result<u32> {
+        self.run("getblockcount", |c| c.tip_height()).await
     }
 
     /// The outputs of transaction `txid` (confirmed at `height`, or in the
     /// mempool), split by whether they pay `address`.
     async fn outputs(
         &self,
-        http: &reqwest::Client,
         txid: &Txid,
         height: Option<u32>,
         address: &Address,
     ) -> Result<TxOutputs> {
-        let mut params = vec![json!(txid.to_string()), json!(false)];
-        if let Some(h) = height {
-            // Without -txindex Bitcoin Core finds a confirmed transaction only in its block.
-            params.push(self.call(http, "getblockhash", json!([h])).await?);
-        }
-        let raw = self
-            .call(http, "getrawtransaction", Value::Array(params))
+        let id = *txid;
+        let tx = self
+            .run("getrawtransaction", move |c| {
+                // Without -txindex Bitcoin Core finds a confirmed transaction only in its block.
+                let block = match height {
+                    Some(h) => c.block_hash(h)?,
+                    None => None,
+                };
+                c.transaction(&id, block.as_ref())
+            })
             .await?;
-        let tx: bitcoin::Transaction =
-            bitcoin::consensus::encode::deserialize_hex(raw.as_str().unwrap_or_default())
-                .context("getrawtransaction: not a transaction")?;
         ensure!(
             tx.compute_txid() == *txid,
             "getrawtransaction: another transaction"
@@ -1340,7 +1325,6 @@ struct PaymentChecker<'a> {
     wallet: Option<Vec<WalletTx>>,
     tip: Option<u32>,
     bitcoin: Option<&'a BitcoinRpc>,
-    http: reqwest::Client,
     lnurl_metadata: &'a [String],
 }
 
@@ -1372,7 +1356,6 @@ impl<'a> PaymentChecker<'a> {
             wallet: None,
             tip: None,
             bitcoin: ctx.bitcoin.as_ref(),
-            http: http_client()?,
             lnurl_metadata: &ctx.lnurl_metadata,
         };
         let Some(admin) = &ctx.admin else {
@@ -1447,7 +1430,7 @@ impl<'a> PaymentChecker<'a> {
                 Err(e) => return NodeReport::Unavailable(format!("{e:#}")),
             }
             self.tip = match self.bitcoin {
-                Some(rpc) => rpc.tip(&self.http).await.ok(),
+                Some(rpc) => rpc.tip().await.ok(),
                 None => None,
             };
             if self.tip.is_none() {
@@ -1473,7 +1456,7 @@ impl<'a> PaymentChecker<'a> {
         // transaction's outputs tell whether it pays the address of the URI.
         let outputs = match (self.bitcoin, request.address(self.network)) {
             (Some(rpc), Ok(address)) => rpc
-                .outputs(&self.http, &txid, tx.confirmation_height, &address)
+                .outputs(&txid, tx.confirmation_height, &address)
                 .await
                 .map_err(|e| tracing::warn!("cannot read transaction {txid}: {e:#}"))
                 .ok(),
@@ -1759,7 +1742,7 @@ mod tests {
             user: "rpcuser".into(),
             password: "hunter2".into(),
         };
-        let err = format!("{:#}", rpc.tip(&http_client().unwrap()).await.unwrap_err());
+        let err = format!("{:#}", rpc.tip().await.unwrap_err());
         assert!(err.contains("cannot reach Bitcoin Core"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
         assert!(!format!("{rpc:?}").contains("hunter2"));

@@ -25,11 +25,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitcoin::{FeeRate, Network};
-use cairn_payments::chain_source::ChainSource;
+use cairn_bitcoin::{ChainError, ChainSource, RpcClient, RpcConfig, Seed};
 use cairn_payments::lightning::LightningNode;
 use cairn_payments::nwc::{NwcService, NwcServiceConfig};
 use cairn_payments::wallet::OnchainWallet;
-use cairn_payments::Seed;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -220,18 +219,18 @@ const CHAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// a start that then failed to reach the node) must be scanned from genesis.
 /// Not creating the seed while the chain is unreachable keeps that scan away.
 async fn check_chain_source(settings: &Settings) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(CHAIN_CHECK_TIMEOUT)
-        .build()
-        .context("cannot build the HTTP client")?;
     match settings.payments.chain_source {
-        ChainSourceKind::Bitcoind => check_bitcoin_core(&http, settings).await,
-        ChainSourceKind::Esplora => check_esplora(&http, &settings.payments.esplora_url).await,
+        ChainSourceKind::Bitcoind => check_bitcoin_core(settings).await,
+        ChainSourceKind::Esplora => check_esplora(&settings.payments.esplora_url).await,
     }
 }
 
 /// `GET /blocks/tip/height` must answer a number.
-async fn check_esplora(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+async fn check_esplora(base: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(CHAIN_CHECK_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client")?;
     let shown = crate::server::redact_url(base);
     let url = format!("{}/blocks/tip/height", base.trim_end_matches('/'));
     let resp =
@@ -250,30 +249,25 @@ async fn check_esplora(http: &reqwest::Client, base: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn check_bitcoin_core(http: &reqwest::Client, settings: &Settings) -> anyhow::Result<()> {
+async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
     let b = &settings.bitcoin;
     let shown = crate::server::redact_url(&b.rpc_url);
-    let resp = http
-        .post(&b.rpc_url)
-        .basic_auth(&b.rpc_user, Some(&b.rpc_password))
-        .json(&serde_json::json!({
-            "jsonrpc": "1.0", "id": "cairn", "method": "getblockcount", "params": []
-        }))
-        .send()
-        .await
-        // Without the URL: it may hold credentials.
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "Bitcoin Core at {shown} is unreachable: {}",
-                e.without_url()
-            )
-        })?;
-    match resp.status() {
-        s if s.is_success() => Ok(()),
-        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => anyhow::bail!(
+    let rpc =
+        RpcConfig::new(&b.rpc_url, &b.rpc_user, &b.rpc_password).with_timeout(CHAIN_CHECK_TIMEOUT);
+    let answer = match RpcClient::new(&rpc) {
+        Ok(client) => client.run(|c| c.tip_height()).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(_) => Ok(()),
+        Err(ChainError::Unauthorized) => anyhow::bail!(
             "Bitcoin Core at {shown} refused the RPC credentials ([bitcoin] rpc_user, rpc_password)"
         ),
-        s => anyhow::bail!("Bitcoin Core at {shown} answered {s}"),
+        // ChainError never quotes the URL, which may hold credentials.
+        Err(ChainError::Unreachable(e)) => {
+            anyhow::bail!("Bitcoin Core at {shown} is unreachable: {e}")
+        }
+        Err(e) => anyhow::bail!("Bitcoin Core at {shown} answered: {e} ([bitcoin] rpc_url)"),
     }
 }
 

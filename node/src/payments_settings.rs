@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context};
 use bitcoin::FeeRate;
-use cairn_identity::anchor::RpcConfig;
-use cairn_payments::chain_source::ChainSource;
-use cairn_payments::lightning::BitcoindRpc;
+use cairn_bitcoin::{ChainSource, RpcConfig};
 use cairn_payments::wallet::WalletConfig;
 use serde::{Deserialize, Serialize};
 
@@ -103,28 +101,14 @@ impl PaymentsSettings {
         }
     }
 
-    /// `[bitcoin] rpc_url` split into the host and port ldk-node wants.
-    fn bitcoind_rpc(&self, bitcoin: &BitcoinSettings) -> anyhow::Result<BitcoindRpc> {
-        let url = url::Url::parse(&bitcoin.rpc_url).context("bitcoin.rpc_url is not a URL")?;
-        ensure!(
-            url.scheme() == "http",
-            "bitcoin.rpc_url must be http:// for the Lightning node"
-        );
-        let host = url
-            .host_str()
-            .context("bitcoin.rpc_url has no host")?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = url
-            .port_or_known_default()
-            .context("bitcoin.rpc_url has no port")?;
-        Ok(BitcoindRpc {
-            host,
-            port,
-            user: bitcoin.rpc_user.clone(),
-            password: bitcoin.rpc_password.clone(),
-        })
+    /// `[bitcoin]`'s RPC, checked to be a plain `http://host:port` URL that
+    /// ldk-node can take apart.
+    fn bitcoind_rpc(&self, bitcoin: &BitcoinSettings) -> anyhow::Result<RpcConfig> {
+        url::Url::parse(&bitcoin.rpc_url).context("bitcoin.rpc_url is not a URL")?;
+        let rpc = RpcConfig::new(&bitcoin.rpc_url, &bitcoin.rpc_user, &bitcoin.rpc_password);
+        rpc.host_port()
+            .context("bitcoin.rpc_url must be http://host:port for the Lightning node")?;
+        Ok(rpc)
     }
 
     /// The default feerate of on-chain sends.
@@ -151,8 +135,9 @@ mod tests {
         else {
             panic!("expected the RPC chain source");
         };
-        assert_eq!(rpc.host, "10.0.0.5");
-        assert_eq!(rpc.port, 18443);
+        let (host, port) = rpc.host_port().unwrap();
+        assert_eq!(host, "10.0.0.5");
+        assert_eq!(port, 18443);
         let https = BitcoinSettings {
             rpc_url: "https://node".into(),
             ..BitcoinSettings::default()

@@ -6,8 +6,7 @@
 //! the binary without capturing stdout.
 
 use anyhow::{bail, Context, Result};
-use cairn_identity::anchor::seed::seed_path;
-use cairn_payments::Seed;
+use cairn_bitcoin::seed::{seed_path, Seed};
 use serde::Deserialize;
 use serde_json::json;
 

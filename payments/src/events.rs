@@ -10,14 +10,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bdk_wallet::rusqlite::{self, params, Connection, OptionalExtension};
 use bitcoin::hashes::{sha256, Hash};
 use ldk_node::lightning::util::ser::Writeable;
 use ldk_node::Event;
 
-use crate::fsutil::restrict_to_owner;
+use cairn_bitcoin::private_file::restrict_to_owner;
+
+use crate::clock::now;
 
 /// Name of the SQLite file holding the handled events, in the Lightning directory.
 pub const EVENTS_DB_FILE_NAME: &str = "events.sqlite";
@@ -145,13 +146,6 @@ pub fn summarize(event: &Event) -> HandledEvent {
         amount_msat,
         handled_at: now(),
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl EventStore {

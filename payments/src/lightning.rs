@@ -8,6 +8,31 @@
 //! loop that records every ldk-node event once in an [`EventStore`] before
 //! acknowledging it (`event_handled`), and forwards new events to subscribers.
 //!
+//! ## Paying
+//!
+//! [`LightningNode::pay_and_wait`] (BOLT11) and [`LightningNode::pay_offer_and_wait`]
+//! (BOLT12) are the one way Cairn pays and waits: the NWC service, the admin API
+//! and the Lightning benchmark all go through them, and
+//! [`LightningNode::payment_outcome`] answers "what became of payment H" for
+//! all of them. The rules they keep:
+//!
+//! - **Exactly once.** ldk-node keys a BOLT11 payment by its payment hash and
+//!   refuses a second send of the same invoice while the first is pending or
+//!   has succeeded (`DuplicatePayment`); only a failed payment, which moved no
+//!   money, may be sent again. So "has this invoice been paid?" is answered by
+//!   ldk-node's payment record ([`LightningNode::payment_outcome`]), never by a
+//!   caller's own bookkeeping, and a caller resuming after a restart asks it
+//!   before paying.
+//! - **A timeout abandons nothing.** When the wait ends with the payment still
+//!   in flight the answer is [`PaymentOutcome::Pending`]; the payment goes on
+//!   (ldk-node retries routes on its own), is never re-sent by this module,
+//!   and its outcome lands in the record, where a later
+//!   [`LightningNode::payment_outcome`] finds it.
+//! - **The record is the truth.** Waiting subscribes before sending and looks
+//!   at the record on each new event and at least every
+//!   [`OUTCOME_POLL_INTERVAL`], so neither a missed nor a lagged event can hide
+//!   the outcome.
+//!
 //! ldk-node's synchronous calls (`start`, `stop`, `sync_wallets`, sending)
 //! block through `tokio::task::block_in_place`, so this type must be used from
 //! a **multi-threaded** tokio runtime; ldk-node spawns its background tasks on
@@ -24,17 +49,17 @@ use bitcoin::{Address, FeeRate, Network, Txid};
 use ldk_node::lightning::ln::channelmanager::PaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning::offers::offer::Offer;
+use ldk_node::lightning::routing::router::RouteParametersConfig;
 use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description, Sha256};
-use ldk_node::payment::PaymentDetails;
+use ldk_node::lightning_types::payment::{PaymentHash, PaymentPreimage};
+use ldk_node::payment::{PaymentDetails, PaymentDirection, PaymentKind, PaymentStatus};
 use ldk_node::{BuildError, Builder, ChannelDetails, Event, Node, NodeError, UserChannelId};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::chain_source::ChainSource;
-use crate::entropy::lightning_seed_bytes;
 use crate::events::{EventStore, EventStoreError, HandledEvent, EVENTS_DB_FILE_NAME};
-use cairn_identity::anchor::{Seed, SeedError};
+use cairn_bitcoin::{lightning_seed_bytes, ChainError, ChainSource, RpcConfig, Seed, SeedError};
 
 pub use ldk_node::BalanceDetails;
 
@@ -46,30 +71,16 @@ pub const DEFAULT_INVOICE_EXPIRY_SECS: u32 = 3600;
 const EVENT_CHANNEL_CAPACITY: usize = 256;
 /// Pause after failing to record an event, before ldk-node re-delivers it.
 const EVENT_RETRY_DELAY: Duration = Duration::from_secs(1);
-
-/// Where Bitcoin Core's JSON-RPC listens and how to log in.
-#[derive(Clone)]
-pub struct BitcoindRpc {
-    /// Host name or IP address.
-    pub host: String,
-    /// RPC port.
-    pub port: u16,
-    /// RPC user.
-    pub user: String,
-    /// RPC password; never printed.
-    pub password: String,
-}
-
-impl std::fmt::Debug for BitcoindRpc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitcoindRpc")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("user", &self.user)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
+/// How long callers wait for a payment's outcome by default (the NWC service's
+/// `pay_invoice`, the admin API's `pay` and `pay-offer`) before answering
+/// "pending".
+pub const DEFAULT_PAYMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause between two looks at a pending payment's record while
+/// waiting: covers events a lagging subscriber lost.
+pub const OUTCOME_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Why a failed payment failed, as far as ldk-node's record tells (it keeps
+/// the status, not the reason).
+const FAILED_REASON: &str = "no route or the recipient refused";
 
 /// Settings of the Lightning node.
 #[derive(Debug, Clone)]
@@ -80,8 +91,8 @@ pub struct LightningConfig {
     pub data_dir: PathBuf,
     /// Address the node accepts Lightning peer connections on.
     pub listening_address: SocketAddr,
-    /// Chain source.
-    pub bitcoind: BitcoindRpc,
+    /// Bitcoin Core's RPC (an `http://host:port` URL).
+    pub bitcoind: RpcConfig,
 }
 
 /// What an invoice says it is for.
@@ -93,12 +104,93 @@ pub enum InvoiceDescription {
     Hash(sha256::Hash),
 }
 
+/// What became of an outgoing payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// Paid: the recipient released the preimage, the proof of payment.
+    Succeeded {
+        /// The preimage of the payment hash.
+        preimage: PaymentPreimage,
+        /// Routing fee paid, millisatoshis.
+        fee_msat: u64,
+    },
+    /// Not paid, and no money moved; the invoice may be paid again.
+    Failed {
+        /// Why, as far as the node knows.
+        reason: String,
+    },
+    /// Still in flight: it may yet succeed or fail, so whatever it would
+    /// spend stays spoken for.
+    Pending,
+}
+
+impl PaymentOutcome {
+    /// The outcome a payment record shows. ldk-node records a success and its
+    /// preimage in one update, so a success without a preimage is not one yet.
+    pub fn of(payment: &PaymentDetails) -> Self {
+        match payment.status {
+            PaymentStatus::Succeeded => match preimage_of(payment) {
+                Some(preimage) => Self::Succeeded {
+                    preimage,
+                    fee_msat: payment.fee_paid_msat.unwrap_or(0),
+                },
+                None => Self::Pending,
+            },
+            PaymentStatus::Failed => Self::Failed {
+                reason: FAILED_REASON.to_owned(),
+            },
+            PaymentStatus::Pending => Self::Pending,
+        }
+    }
+}
+
+/// A payment sent by [`LightningNode::pay_and_wait`] or
+/// [`LightningNode::pay_offer_and_wait`], as it stood when the wait ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentPayment {
+    /// ldk-node's id of the payment (for BOLT11, the payment hash's bytes).
+    pub id: PaymentId,
+    /// The payment hash, once known (a BOLT12 payment learns it from the
+    /// invoice the offer's issuer sends back).
+    pub payment_hash: Option<PaymentHash>,
+    /// Amount sent to the recipient, routing fees not included.
+    pub amount_msat: Option<u64>,
+    /// What became of it.
+    pub outcome: PaymentOutcome,
+}
+
+/// The payment hash of a payment record, if its kind has one (yet).
+pub fn payment_hash_of(payment: &PaymentDetails) -> Option<PaymentHash> {
+    match &payment.kind {
+        PaymentKind::Bolt11 { hash, .. }
+        | PaymentKind::Bolt11Jit { hash, .. }
+        | PaymentKind::Spontaneous { hash, .. } => Some(*hash),
+        PaymentKind::Bolt12Offer { hash, .. } | PaymentKind::Bolt12Refund { hash, .. } => *hash,
+        PaymentKind::Onchain { .. } => None,
+    }
+}
+
+/// The preimage of a payment record, once known.
+pub fn preimage_of(payment: &PaymentDetails) -> Option<PaymentPreimage> {
+    match &payment.kind {
+        PaymentKind::Bolt11 { preimage, .. }
+        | PaymentKind::Bolt11Jit { preimage, .. }
+        | PaymentKind::Spontaneous { preimage, .. }
+        | PaymentKind::Bolt12Offer { preimage, .. }
+        | PaymentKind::Bolt12Refund { preimage, .. } => *preimage,
+        PaymentKind::Onchain { .. } => None,
+    }
+}
+
 /// Lightning failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LightningError {
     /// The seed could not be read or derived.
     #[error(transparent)]
     Seed(#[from] SeedError),
+    /// The chain source's settings are unusable (e.g. an RPC URL without a port).
+    #[error("chain source: {0}")]
+    ChainSource(#[from] ChainError),
     /// ldk-node refused the configuration.
     #[error("building the Lightning node: {0}")]
     Build(#[from] BuildError),
@@ -123,6 +215,18 @@ pub enum LightningError {
     /// `start` was called on a running node, or `stop` on a stopped one.
     #[error("the Lightning node is {0}")]
     State(&'static str),
+    /// An invoice without an amount, and no `amount_msat` to pay was given.
+    #[error("the invoice has no amount: give amount_msat")]
+    AmountMissing,
+    /// The `amount_msat` to pay differs from the invoice's own amount. Paying
+    /// the invoice's amount instead would surprise the caller either way.
+    #[error("amount_msat {asked_msat} differs from the invoice's amount {invoice_msat}")]
+    AmountMismatch {
+        /// The invoice's amount.
+        invoice_msat: u64,
+        /// The amount asked for.
+        asked_msat: u64,
+    },
 }
 
 struct EventLoop {
@@ -180,12 +284,15 @@ impl LightningNode {
             .set_storage_dir_path(dir.to_string_lossy().into_owned())
             .set_entropy_seed_bytes(lightning_seed_bytes(seed, network)?);
         match source {
-            ChainSource::BitcoindRpc(rpc) => builder.set_chain_source_bitcoind_rpc(
-                rpc.host.clone(),
-                rpc.port,
-                rpc.user.clone(),
-                rpc.password.clone(),
-            ),
+            ChainSource::BitcoindRpc(rpc) => {
+                let (host, port) = rpc.host_port()?;
+                builder.set_chain_source_bitcoind_rpc(
+                    host,
+                    port,
+                    rpc.user.clone(),
+                    rpc.password.clone(),
+                )
+            }
             ChainSource::Esplora { url } => builder.set_chain_source_esplora(url.clone(), None),
         };
         builder.set_listening_addresses(vec![SocketAddress::from(listening_address)])?;
@@ -331,8 +438,9 @@ impl LightningNode {
         })
     }
 
-    /// Pays a BOLT11 invoice; the outcome arrives as a `PaymentSuccessful` or
-    /// `PaymentFailed` event and in [`Self::payment`].
+    /// Pays a BOLT11 invoice without waiting; the outcome arrives as a
+    /// `PaymentSuccessful` or `PaymentFailed` event and in [`Self::payment`].
+    /// [`Self::pay_and_wait`] pays and waits.
     pub fn pay_bolt11(&self, invoice: &Bolt11Invoice) -> Result<PaymentId, LightningError> {
         Ok(self.node.bolt11_payment().send(invoice, None)?)
     }
@@ -375,6 +483,123 @@ impl LightningNode {
             Some(amount) => bolt12.send_using_amount(offer, amount, None, payer_note, None)?,
             None => bolt12.send(offer, None, payer_note, None)?,
         })
+    }
+
+    /// Pays a BOLT11 invoice once and waits up to `timeout` for the outcome
+    /// (see the module docs on paying). `amount_msat` is required for an
+    /// invoice without an amount and must match the invoice's otherwise;
+    /// `max_fee_msat` caps the routing fee (ldk's own default cap otherwise).
+    /// An error means nothing was sent.
+    pub async fn pay_and_wait(
+        &self,
+        invoice: &Bolt11Invoice,
+        amount_msat: Option<u64>,
+        max_fee_msat: Option<u64>,
+        timeout: Duration,
+    ) -> Result<SentPayment, LightningError> {
+        // The router never picks a route costing more than the cap in fees.
+        let route = max_fee_msat
+            .map(|max| RouteParametersConfig::default().with_max_total_routing_fee_msat(max));
+        self.send_and_wait(timeout, || {
+            let bolt11 = self.node.bolt11_payment();
+            Ok(match (invoice.amount_milli_satoshis(), amount_msat) {
+                (Some(own), Some(asked)) if own != asked => {
+                    return Err(LightningError::AmountMismatch {
+                        invoice_msat: own,
+                        asked_msat: asked,
+                    })
+                }
+                (Some(_), _) => bolt11.send(invoice, route)?,
+                (None, Some(amount)) => bolt11.send_using_amount(invoice, amount, route)?,
+                (None, None) => return Err(LightningError::AmountMissing),
+            })
+        })
+        .await
+    }
+
+    /// Pays a BOLT12 offer once (`amount_msat` is required when the offer has
+    /// no amount) and waits up to `timeout` for the outcome, like
+    /// [`Self::pay_and_wait`].
+    pub async fn pay_offer_and_wait(
+        &self,
+        offer: &Offer,
+        amount_msat: Option<u64>,
+        payer_note: Option<String>,
+        timeout: Duration,
+    ) -> Result<SentPayment, LightningError> {
+        self.send_and_wait(timeout, || self.pay_offer(offer, amount_msat, payer_note))
+            .await
+    }
+
+    /// What became of the outgoing payment with `hash` (sent by this node,
+    /// possibly before a restart), waiting up to `wait` while it is pending
+    /// (`Duration::ZERO`: as it stands now). `None` when this node never sent
+    /// one, so paying it now cannot pay twice.
+    pub async fn payment_outcome(
+        &self,
+        hash: &PaymentHash,
+        wait: Duration,
+    ) -> Option<PaymentOutcome> {
+        let events = self.subscribe();
+        let sent = self
+            .payment_by_hash(hash)
+            .filter(|p| p.direction == PaymentDirection::Outbound)?;
+        let last = self.wait_settled(&sent.id, events, wait).await;
+        Some(last.map_or(PaymentOutcome::Pending, |p| PaymentOutcome::of(&p)))
+    }
+
+    /// The payment (either way, any kind) with payment hash `hash`.
+    pub fn payment_by_hash(&self, hash: &PaymentHash) -> Option<PaymentDetails> {
+        // ldk-node keys BOLT11 payments by their hash; others are found by scanning.
+        self.node.payment(&PaymentId(hash.0)).or_else(|| {
+            self.node
+                .list_payments()
+                .into_iter()
+                .find(|p| payment_hash_of(p) == Some(*hash))
+        })
+    }
+
+    /// Sends with `send` and waits for the outcome; what the payment record
+    /// says when the wait ends.
+    async fn send_and_wait(
+        &self,
+        timeout: Duration,
+        send: impl FnOnce() -> Result<PaymentId, LightningError>,
+    ) -> Result<SentPayment, LightningError> {
+        // Subscribed before sending, so the outcome's event cannot slip past.
+        let events = self.subscribe();
+        let id = send()?;
+        let last = self.wait_settled(&id, events, timeout).await;
+        Ok(SentPayment {
+            id,
+            payment_hash: last.as_ref().and_then(payment_hash_of),
+            amount_msat: last.as_ref().and_then(|p| p.amount_msat),
+            outcome: last.map_or(PaymentOutcome::Pending, |p| PaymentOutcome::of(&p)),
+        })
+    }
+
+    /// Waits up to `timeout` for payment `id` to settle; its last record.
+    async fn wait_settled(
+        &self,
+        id: &PaymentId,
+        mut events: broadcast::Receiver<Event>,
+        timeout: Duration,
+    ) -> Option<PaymentDetails> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let record = self.node.payment(id);
+            let settled = record
+                .as_ref()
+                .is_some_and(|p| PaymentOutcome::of(p) != PaymentOutcome::Pending);
+            let now = tokio::time::Instant::now();
+            if settled || now >= deadline {
+                return record;
+            }
+            // Any event may be the one (and a lagging receiver skips some):
+            // the record decides either way.
+            let pause = OUTCOME_POLL_INTERVAL.min(deadline - now);
+            let _ = tokio::time::timeout(pause, events.recv()).await;
+        }
     }
 
     /// On-chain and Lightning balances.

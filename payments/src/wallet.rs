@@ -1,7 +1,7 @@
 //! The payments on-chain wallet: bdk_wallet 2.x on BIP86 account 0 of the
 //! node's seed, persisted in `<data_dir>/payments_wallet.sqlite` (mode 0600),
 //! synced from Bitcoin Core through `bdk_bitcoind_rpc::Emitter`, or from an
-//! Esplora server through `bdk_esplora` (see [`crate::chain_source`]).
+//! Esplora server through `bdk_esplora` (see [`cairn_bitcoin::ChainSource`]).
 //!
 //! The identity anchor chain lives in a different bdk wallet on BIP86 account
 //! 1, so nothing this wallet builds can spend an anchor output.
@@ -14,21 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Client, RpcApi};
-use bdk_bitcoind_rpc::Emitter;
-use bdk_esplora::esplora_client::AsyncClient;
 use bdk_esplora::EsploraAsyncExt;
 use bdk_wallet::chain::ChainPosition;
 use bdk_wallet::rusqlite::Connection;
 use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, Wallet};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, Txid};
-use cairn_identity::anchor::{ChainError, RpcConfig, Seed, SeedError, SeedOrigin};
-
-use crate::chain_source::{esplora_client, esplora_error, ChainSource};
-use crate::fsutil::restrict_to_owner;
-
-/// BIP86 account of the payments wallet (the anchor chain uses account 1).
-pub const PAYMENTS_ACCOUNT: u32 = 0;
+use cairn_bitcoin::esplora::{self, Esplora};
+use cairn_bitcoin::private_file::restrict_to_owner;
+use cairn_bitcoin::wallet_sync::sync_from_core;
+use cairn_bitcoin::{ChainError, ChainSource, RpcClient, RpcConfig, Seed, SeedError, SeedOrigin};
 /// Name of the wallet's SQLite file inside the data directory.
 pub const WALLET_DB_FILE_NAME: &str = "payments_wallet.sqlite";
 /// Feerate used with [`FeeChoice::Target`] when the node has no estimate and
@@ -218,8 +212,8 @@ struct Inner {
 /// The chain backend the wallet talks to.
 #[derive(Clone)]
 enum Backend {
-    Rpc(Arc<Client>),
-    Esplora(AsyncClient),
+    Rpc(RpcClient),
+    Esplora(Esplora),
 }
 
 /// The payments on-chain wallet.
@@ -236,18 +230,6 @@ impl std::fmt::Debug for OnchainWallet {
             .field("network", &self.network)
             .finish()
     }
-}
-
-fn client(cfg: &RpcConfig) -> Result<Client, ChainError> {
-    let transport = jsonrpc::simple_http::SimpleHttpTransport::builder()
-        .url(&cfg.url)
-        .map_err(|e| ChainError::Other(format!("bad RPC URL: {e}")))?
-        .auth(cfg.user.as_str(), Some(cfg.password.as_str()))
-        .timeout(cfg.timeout)
-        .build();
-    Ok(Client::from_jsonrpc(jsonrpc::Client::with_transport(
-        transport,
-    )))
 }
 
 fn unix_now() -> u64 {
@@ -272,12 +254,8 @@ impl OnchainWallet {
     /// the wallet file (0600) on first use. Blocking (file and SQLite I/O,
     /// and one `getblockcount` for a brand-new seed).
     pub fn open(config: &WalletConfig) -> Result<Self, WalletError> {
-        let client = client(&config.rpc)?;
-        Self::open_with(
-            config.network,
-            &config.data_dir,
-            Backend::Rpc(Arc::new(client)),
-        )
+        let client = RpcClient::new(&config.rpc)?;
+        Self::open_with(config.network, &config.data_dir, Backend::Rpc(client))
     }
 
     /// Opens the wallet on `source` (Bitcoin Core RPC or Esplora). Blocking
@@ -289,8 +267,8 @@ impl OnchainWallet {
         source: &ChainSource,
     ) -> Result<Self, WalletError> {
         let backend = match source {
-            ChainSource::BitcoindRpc(rpc) => Backend::Rpc(Arc::new(client(&rpc.rpc_config())?)),
-            ChainSource::Esplora { url } => Backend::Esplora(esplora_client(url)?),
+            ChainSource::BitcoindRpc(rpc) => Backend::Rpc(RpcClient::new(rpc)?),
+            ChainSource::Esplora { url } => Backend::Esplora(Esplora::new(url)?),
         };
         Self::open_with(network, data_dir, backend)
     }
@@ -302,7 +280,7 @@ impl OnchainWallet {
             source,
         })?;
         let (seed, origin) = Seed::load_or_create(dir)?;
-        let (external, internal) = seed.bip86_descriptors(network, PAYMENTS_ACCOUNT)?;
+        let (external, internal) = seed.payments_descriptors(network)?;
         let db_path = dir.join(WALLET_DB_FILE_NAME);
         let mut conn = open_private(&db_path)?;
         let loaded = Wallet::load()
@@ -324,10 +302,7 @@ impl OnchainWallet {
                 // current tip; an older seed may have, so scan from genesis.
                 // (Esplora scans by address, so it needs no start height.)
                 let start = match &backend {
-                    Backend::Rpc(client) if origin == SeedOrigin::Created => client
-                        .get_block_count()
-                        .map(|h| h as u32)
-                        .map_err(ChainError::from)?,
+                    Backend::Rpc(client) if origin == SeedOrigin::Created => client.tip_height()?,
                     _ => 0,
                 };
                 let w = Wallet::create(external, internal)
@@ -357,8 +332,8 @@ impl OnchainWallet {
     /// Runs `f` with the wallet (and the RPC client) on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        client: Arc<Client>,
-        f: impl FnOnce(&mut Inner, &Client) -> Result<T, WalletError> + Send + 'static,
+        client: RpcClient,
+        f: impl FnOnce(&mut Inner, &RpcClient) -> Result<T, WalletError> + Send + 'static,
     ) -> Result<T, WalletError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
@@ -387,7 +362,7 @@ impl OnchainWallet {
     pub async fn sync(&self) -> Result<(), WalletError> {
         match &self.backend {
             Backend::Rpc(client) => {
-                self.blocking(Arc::clone(client), |inner, client| inner.sync(client))
+                self.blocking(client.clone(), |inner, client| inner.sync(client))
                     .await
             }
             Backend::Esplora(client) => self.sync_esplora(client).await,
@@ -398,21 +373,22 @@ impl OnchainWallet {
     /// process, then a sync of the revealed addresses and of the unconfirmed
     /// transactions the wallet expects. The wallet lock is not held while
     /// requests are in flight.
-    async fn sync_esplora(&self, client: &AsyncClient) -> Result<(), WalletError> {
+    async fn sync_esplora(&self, esplora: &Esplora) -> Result<(), WalletError> {
+        let client = esplora.client();
         let full = !self.lock().scanned;
         let update: bdk_wallet::Update = if full {
             let request = self.lock().wallet.start_full_scan().build();
             client
                 .full_scan(request, ESPLORA_STOP_GAP, ESPLORA_PARALLEL_REQUESTS)
                 .await
-                .map_err(|e| esplora_error(&e))?
+                .map_err(|e| esplora::error(&e))?
                 .into()
         } else {
             let request = self.lock().wallet.start_sync_with_revealed_spks().build();
             client
                 .sync(request, ESPLORA_PARALLEL_REQUESTS)
                 .await
-                .map_err(|e| esplora_error(&e))?
+                .map_err(|e| esplora::error(&e))?
                 .into()
         };
         self.with_inner(move |inner| {
@@ -475,7 +451,7 @@ impl OnchainWallet {
             return Err(WalletError::WrongNetwork(network));
         }
         let client = match &self.backend {
-            Backend::Rpc(client) => Arc::clone(client),
+            Backend::Rpc(client) => client.clone(),
             Backend::Esplora(esplora) => {
                 return self
                     .send_with_esplora(esplora, address, amount, options)
@@ -486,11 +462,11 @@ impl OnchainWallet {
             let fee_rate = match options.fee {
                 FeeChoice::Rate(rate) => rate,
                 FeeChoice::Target { blocks, fallback } => {
-                    estimate_fee_rate(client, blocks)?.unwrap_or(fallback)
+                    client.estimate_fee_rate(blocks)?.unwrap_or(fallback)
                 }
             };
             let tx = inner.build_signed(&address, amount, fee_rate, &options)?;
-            let txid = client.send_raw_transaction(&tx).map_err(ChainError::from)?;
+            let txid = client.broadcast(&tx)?;
             let t = inner.tick();
             inner.wallet.apply_unconfirmed_txs([(tx, t)]);
             inner.persist()?;
@@ -501,7 +477,7 @@ impl OnchainWallet {
 
     async fn send_with_esplora(
         &self,
-        client: &AsyncClient,
+        client: &Esplora,
         address: Address,
         amount: SendAmount,
         options: SendOptions,
@@ -509,14 +485,13 @@ impl OnchainWallet {
         let fee_rate = match options.fee {
             FeeChoice::Rate(rate) => rate,
             FeeChoice::Target { blocks, fallback } => {
-                esplora_fee_rate(client, blocks).await?.unwrap_or(fallback)
+                client.estimate_fee_rate(blocks).await?.unwrap_or(fallback)
             }
         };
         let tx = self
             .with_inner(move |inner| inner.build_signed(&address, amount, fee_rate, &options))
             .await?;
-        client.broadcast(&tx).await.map_err(|e| esplora_error(&e))?;
-        let txid = tx.compute_txid();
+        let txid = client.broadcast(&tx).await?;
         self.with_inner(move |inner| {
             let t = inner.tick();
             inner.wallet.apply_unconfirmed_txs([(tx, t)]);
@@ -531,12 +506,12 @@ impl OnchainWallet {
     pub async fn estimate_fee_rate(&self, blocks: u16) -> Result<Option<FeeRate>, WalletError> {
         match &self.backend {
             Backend::Rpc(client) => {
-                self.blocking(Arc::clone(client), move |_, client| {
-                    estimate_fee_rate(client, blocks)
+                self.blocking(client.clone(), move |_, client| {
+                    Ok(client.estimate_fee_rate(blocks)?)
                 })
                 .await
             }
-            Backend::Esplora(client) => esplora_fee_rate(client, blocks).await,
+            Backend::Esplora(client) => Ok(client.estimate_fee_rate(blocks).await?),
         }
     }
 
@@ -613,26 +588,9 @@ impl Inner {
         Ok(())
     }
 
-    fn sync(&mut self, client: &Client) -> Result<(), WalletError> {
-        // The unconfirmed transactions the wallet believes in, so that the
-        // emitter reports those that left the mempool as evicted.
-        let expected: Vec<Arc<Transaction>> = self
-            .wallet
-            .transactions()
-            .filter(|t| !t.chain_position.is_confirmed())
-            .map(|t| t.tx_node.tx.clone())
-            .collect();
-        let checkpoint = self.wallet.latest_checkpoint();
-        let mut emitter = Emitter::new(client, checkpoint, self.start_height, expected);
-        while let Some(ev) = emitter.next_block().map_err(ChainError::from)? {
-            self.wallet
-                .apply_block_connected_to(&ev.block, ev.block_height(), ev.connected_to())
-                .map_err(|e| ChainError::Other(format!("block does not connect: {e}")))?;
-        }
+    fn sync(&mut self, client: &RpcClient) -> Result<(), WalletError> {
         let t = self.tick();
-        let mempool = emitter.mempool_at(t).map_err(ChainError::from)?;
-        self.wallet.apply_evicted_txs(mempool.evicted);
-        self.wallet.apply_unconfirmed_txs(mempool.update);
+        sync_from_core(client, &mut self.wallet, self.start_height, t)?;
         self.persist()
     }
 
@@ -691,35 +649,6 @@ impl Inner {
     }
 }
 
-/// `estimatesmartfee` (economical mode, as Core's wallet defaults to).
-fn estimate_fee_rate(client: &Client, blocks: u16) -> Result<Option<FeeRate>, WalletError> {
-    let est = client
-        .estimate_smart_fee(blocks, None)
-        .map_err(ChainError::from)?;
-    Ok(est.fee_rate.map(fee_rate_from_btc_per_kvb))
-}
-
-/// Esplora's `/fee-estimates` (sat/vB by confirmation target) for `blocks`:
-/// the estimate of the largest target not above it, as ldk-node reads them.
-async fn esplora_fee_rate(
-    client: &AsyncClient,
-    blocks: u16,
-) -> Result<Option<FeeRate>, WalletError> {
-    let estimates = client
-        .get_fee_estimates()
-        .await
-        .map_err(|e| esplora_error(&e))?;
-    Ok(
-        bdk_esplora::esplora_client::convert_fee_rate(usize::from(blocks), estimates)
-            .map(|sat_per_vb| FeeRate::from_sat_per_kwu((f64::from(sat_per_vb) * 250.0) as u64)),
-    )
-}
-
-/// Bitcoin Core reports feerates in BTC per 1,000 vB; 1 vB is 4 weight units.
-fn fee_rate_from_btc_per_kvb(per_kvb: Amount) -> FeeRate {
-    FeeRate::from_sat_per_kwu(per_kvb.to_sat() / 4)
-}
-
 fn open_private(path: &Path) -> Result<Connection, WalletError> {
     let conn = Connection::open(path).map_err(store_err)?;
     restrict_to_owner(path).map_err(|source| WalletError::Io {
@@ -727,19 +656,4 @@ fn open_private(path: &Path) -> Result<Connection, WalletError> {
         source,
     })?;
     Ok(conn)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn core_feerates_convert_to_sat_per_vb() {
-        // 0.00002 BTC/kvB = 2,000 sat per 1,000 vB = 2 sat/vB.
-        let rate = fee_rate_from_btc_per_kvb(Amount::from_sat(2_000));
-        assert_eq!(rate.to_sat_per_vb_floor(), 2);
-        assert_eq!(rate.to_sat_per_kwu(), 500);
-        let rate = fee_rate_from_btc_per_kvb(Amount::from_sat(12_345));
-        assert_eq!(rate.to_sat_per_vb_ceil(), 13);
-    }
 }

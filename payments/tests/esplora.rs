@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use bitcoin::{Amount, FeeRate, Network};
-use cairn_payments::chain_source::ChainSource;
+use cairn_bitcoin::ChainSource;
 use cairn_payments::lightning::{InvoiceDescription, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
 use cairn_payments::wallet::{FeeChoice, OnchainWallet, SendAmount, SendOptions, WalletError};
-use cairn_payments::Seed;
+use cairn_bitcoin::Seed;
 use cairn_testchain::TestChain;
 use ldk_node::Event;
 use support::{free_port, ln_node, next_event, open_channel};

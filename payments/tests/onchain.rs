@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use bdk_wallet::{KeychainKind, Wallet};
 use bitcoin::{Amount, FeeRate, Network, OutPoint, Transaction, Txid};
-use cairn_identity::anchor::{AnchorPolicy, Anchorer, RpcConfig, Seed, ANCHOR_ACCOUNT};
+use cairn_bitcoin::{RpcConfig, Seed, ANCHOR_ACCOUNT};
+use cairn_identity::anchor::{AnchorPolicy, Anchorer};
 use cairn_payments::wallet::{
     FeeChoice, OnchainWallet, SendAmount, SendOptions, WalletConfig, WalletError,
     WALLET_DB_FILE_NAME,

@@ -5,10 +5,12 @@
 //!
 //! Node A opens one private channel to node B. For each concurrency level K,
 //! B issues N invoices (not timed), then K payer tasks on A pay them, each
-//! paying its next invoice once the previous one succeeded. Latency is from
-//! the call to ldk-node's `send` to A's `PaymentSuccessful` event (the
-//! preimage is back, the payer's view of "paid"); throughput is N over the
-//! time from the first send to the last success. See `docs/benchmarks.md`.
+//! paying its next invoice once the previous one succeeded, through
+//! `LightningNode::pay_and_wait`, the one payment path the node's NWC service
+//! and admin API use too. Latency is from that call until it returns the
+//! success (A's `PaymentSuccessful` event wakes it; the preimage is back, the
+//! payer's view of "paid"); throughput is N over the time from the first send
+//! to the last success. See `docs/benchmarks.md`.
 //!
 //! Build with `--features lightning` (it links ldk-node and testchain, which
 //! the relay benchmarks do not need).
@@ -21,24 +23,20 @@ mod procfs;
 #[allow(dead_code)]
 mod stats;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use bitcoin::hashes::Hash as _;
 use bitcoin::{Amount, Network};
+use cairn_bitcoin::{RpcConfig, Seed};
 use cairn_payments::ldk_node::lightning_invoice::Bolt11Invoice;
-use cairn_payments::ldk_node::Event;
 use cairn_payments::lightning::{
-    BitcoindRpc, InvoiceDescription, LightningConfig, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS,
+    InvoiceDescription, LightningConfig, LightningNode, PaymentOutcome, DEFAULT_INVOICE_EXPIRY_SECS,
 };
-use cairn_payments::Seed;
 use cairn_testchain::TestChain;
 use clap::Parser;
-use tokio::sync::{broadcast, oneshot};
 
 use stats::{Report, Summary};
 
@@ -88,12 +86,11 @@ fn node(dir: &Path, chain: &TestChain) -> Result<LightningNode> {
         network: Network::Regtest,
         data_dir: dir.to_path_buf(),
         listening_address: free_port()?,
-        bitcoind: BitcoindRpc {
-            host: "127.0.0.1".into(),
-            port: chain.rpc_port(),
-            user: chain.rpc_user().into(),
-            password: chain.rpc_password().into(),
-        },
+        bitcoind: RpcConfig::new(
+            format!("http://127.0.0.1:{}", chain.rpc_port()),
+            chain.rpc_user(),
+            chain.rpc_password(),
+        ),
     };
     Ok(LightningNode::build(&cfg, &seed)?)
 }
@@ -160,37 +157,6 @@ async fn open_channel(
     .await
 }
 
-type Waiters = Arc<Mutex<HashMap<[u8; 32], oneshot::Sender<bool>>>>;
-
-/// Routes A's payment outcomes to the payer waiting for them.
-fn dispatch(mut events: broadcast::Receiver<Event>, waiters: Waiters) {
-    tokio::spawn(async move {
-        loop {
-            let (hash, ok) = match events.recv().await {
-                Ok(Event::PaymentSuccessful { payment_hash, .. }) => (payment_hash.0, true),
-                Ok(Event::PaymentFailed {
-                    payment_hash: Some(h),
-                    ..
-                }) => (h.0, false),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    // The payers time out on what was lost; say why.
-                    eprintln!("event receiver lagged by {n} events");
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            let waiter = waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&hash);
-            if let Some(tx) = waiter {
-                let _ = tx.send(ok);
-            }
-        }
-    });
-}
-
 struct Level {
     latencies: Vec<Duration>,
     failed: usize,
@@ -198,17 +164,12 @@ struct Level {
 }
 
 /// Pays `invoices` from `a` with `k` payer tasks.
-async fn pay_all(
-    a: &Arc<LightningNode>,
-    waiters: &Waiters,
-    invoices: Vec<Bolt11Invoice>,
-    k: usize,
-) -> Result<Level> {
+async fn pay_all(a: &Arc<LightningNode>, invoices: Vec<Bolt11Invoice>, k: usize) -> Result<Level> {
     let queue = Arc::new(Mutex::new(invoices));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..k {
-        let (a, queue, waiters) = (Arc::clone(a), Arc::clone(&queue), Arc::clone(waiters));
+        let (a, queue) = (Arc::clone(a), Arc::clone(&queue));
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failed = 0;
@@ -216,32 +177,25 @@ async fn pay_all(
                 let Some(inv) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                     break;
                 };
-                let hash = inv.payment_hash().to_byte_array();
-                let (tx, rx) = oneshot::channel();
-                waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(hash, tx);
                 let t0 = Instant::now();
-                if let Err(e) = a.pay_bolt11(&inv) {
-                    waiters
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&hash);
-                    let range = a.list_channels().first().map(|c| {
-                        (
-                            c.next_outbound_htlc_minimum_msat,
-                            c.next_outbound_htlc_limit_msat,
-                        )
-                    });
-                    eprintln!("send failed: {e} (next outbound HTLC min/max {range:?} msat)");
-                    failed += 1;
-                    continue;
-                }
-                match tokio::time::timeout(STEP_TIMEOUT, rx).await {
-                    Ok(Ok(true)) => latencies.push(t0.elapsed()),
-                    Ok(Ok(false)) => failed += 1,
-                    _ => bail!("no outcome for a payment within {STEP_TIMEOUT:?}"),
+                match a.pay_and_wait(&inv, None, None, STEP_TIMEOUT).await {
+                    Ok(sent) => match sent.outcome {
+                        PaymentOutcome::Succeeded { .. } => latencies.push(t0.elapsed()),
+                        PaymentOutcome::Failed { .. } => failed += 1,
+                        PaymentOutcome::Pending => {
+                            bail!("no outcome for a payment within {STEP_TIMEOUT:?}")
+                        }
+                    },
+                    Err(e) => {
+                        let range = a.list_channels().first().map(|c| {
+                            (
+                                c.next_outbound_htlc_minimum_msat,
+                                c.next_outbound_htlc_limit_msat,
+                            )
+                        });
+                        eprintln!("send failed: {e} (next outbound HTLC min/max {range:?} msat)");
+                        failed += 1;
+                    }
                 }
             }
             Ok::<_, anyhow::Error>((latencies, failed))
@@ -285,8 +239,6 @@ async fn run(args: &Args) -> Result<Vec<Report>> {
     eprintln!("opening a {} sat channel A → B…", args.channel_sat);
     open_channel(&chain, &a, &b, args.channel_sat).await?;
 
-    let waiters: Waiters = Arc::default();
-    dispatch(a.subscribe(), Arc::clone(&waiters));
     let mut reports = Vec::new();
     for &k in &args.concurrency {
         let k = k.max(1);
@@ -302,7 +254,7 @@ async fn run(args: &Args) -> Result<Vec<Report>> {
         let received_before = b.balances().total_lightning_balance_sats;
         eprintln!("paying {} invoices with {k} payer(s)…", args.payments);
         let cpu_before = cairn_cpu_seconds();
-        let level = pay_all(&a, &waiters, invoices, k).await?;
+        let level = pay_all(&a, invoices, k).await?;
         let cpu = cairn_cpu_seconds() - cpu_before;
         let ok = level.latencies.len();
         // B really has the money: its balance grew by every success.

@@ -5,11 +5,13 @@
 //! wallet. Every anchor spends the previous anchor's change output, so the
 //! anchors form a chain and two conflicting anchors would be a double spend.
 //!
-//! - [`seed`]: the node's BIP39 seed file (mode 0600) and BIP86 descriptors;
+//! - the seed, its BIP86 account and Bitcoin Core access come from
+//!   `cairn_bitcoin` (account [`cairn_bitcoin::ANCHOR_ACCOUNT`]);
 //! - [`plan`]: pure rules — feerates, coin selection, sizes, the next step per record;
 //! - [`store`]: anchor records and the queue of pending epochs (SQLite, next to
 //!   the wallet's own tables);
-//! - [`chain`]: the Bitcoin Core JSON-RPC adapter (`bdk_bitcoind_rpc::Emitter`).
+//! - Core's RPC through [`cairn_bitcoin::RpcClient`], the wallet synced by
+//!   [`cairn_bitcoin::wallet_sync::sync_from_core`].
 //!
 //! [`Anchorer`] ties them together. Its [`Anchorer::sync`] is meant to run on
 //! every new block (or periodically): it follows the chain, records
@@ -19,9 +21,7 @@
 //! node is unreachable or the wallet too poor, epochs stay queued and
 //! [`Anchorer::status`] says why.
 
-pub mod chain;
 pub mod plan;
-pub mod seed;
 pub mod store;
 
 use std::collections::HashMap;
@@ -36,20 +36,16 @@ use bitcoin::script::PushBytesBuf;
 use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, OutPoint, Transaction, Txid};
 use tracing::{info, warn};
 
-pub use chain::{ChainError, RpcConfig, DEFAULT_RPC_TIMEOUT};
+use cairn_bitcoin::private_file::restrict_to_owner;
+use cairn_bitcoin::wallet_sync::sync_from_core;
+use cairn_bitcoin::{ChainError, RpcClient, RpcConfig, Seed, SeedError, SeedOrigin};
 use plan::{Coin, Seen, Step, Stored};
-pub use seed::{Seed, SeedError, SeedOrigin, SEED_FILE_NAME};
 use store::{Row, TxVersion};
 
 use crate::epoch::MAX_OP_RETURN_DATA;
 
 /// Name of the SQLite file holding the wallet and the anchor records.
 pub const DB_FILE_NAME: &str = "anchor.sqlite";
-/// BIP86 account of the anchoring wallet.
-///
-/// Account 1 is reserved for the anchor chain so the payments wallet (account 0)
-/// can never spend it.
-pub const ANCHOR_ACCOUNT: u32 = 1;
 /// Default feerate floor, also used when the node has no estimate: 1 sat/vB.
 pub const DEFAULT_FEE_FLOOR: FeeRate = FeeRate::from_sat_per_vb_u32(1);
 /// Default feerate cap: 50 sat/vB.
@@ -418,7 +414,7 @@ struct Inner {
     policy: AnchorPolicy,
     wallet: PersistedWallet<Connection>,
     conn: Connection,
-    chain: chain::Chain,
+    chain: RpcClient,
     clock: u64,
     health: Health,
 }
@@ -449,7 +445,7 @@ impl Inner {
         if origin == SeedOrigin::Created {
             info!(dir = %data_dir.display(), "created a new wallet seed");
         }
-        let (external, internal) = seed.bip86_descriptors(network, ANCHOR_ACCOUNT)?;
+        let (external, internal) = seed.anchor_descriptors(network)?;
         let db_path = data_dir.join(DB_FILE_NAME);
         let mut conn = Connection::open(&db_path).map_err(|e| AnchorError::Store(e.into()))?;
         // The wallet's history is private too (SQLite gives its journal files
@@ -493,7 +489,7 @@ impl Inner {
                     })?
             }
         };
-        let chain = chain::Chain::new(rpc)?;
+        let chain = RpcClient::new(rpc)?;
         let clock = store::meta(&conn, META_CLOCK)?
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
@@ -606,7 +602,7 @@ impl Inner {
     fn process_inner(&mut self) -> Result<Option<Health>, AnchorError> {
         let start = self.start_height()?;
         let now = self.tick()?;
-        self.chain.sync(&mut self.wallet, start, now)?;
+        sync_from_core(&self.chain, &mut self.wallet, start, now)?;
         self.persist_wallet()?;
         let tip = self.tip();
         let mut rows = store::load_all(&self.conn)?;
@@ -1058,17 +1054,6 @@ impl Inner {
             latest: records.last().cloned(),
         })
     }
-}
-
-#[cfg(unix)]
-fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
-
-#[cfg(not(unix))]
-fn restrict_to_owner(_path: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Where one record's transaction was found.

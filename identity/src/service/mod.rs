@@ -46,9 +46,10 @@ use tracing::{info, warn};
 pub use db::IdentityDb;
 use db::{ChallengeRow, EpochRow, OperationRow};
 
-use crate::anchor::{
-    AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health, RpcConfig,
-};
+use cairn_bitcoin::private_file;
+use cairn_bitcoin::{RpcClient, RpcConfig};
+
+use crate::anchor::{AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health};
 use crate::binding::{
     log_entry, BindingError, BindingOp, Identity, IdentityStatus, LogEntryKind, OpContext, OpKind,
     Registry, RegistryConfig, RegistryError, Status, WitnessAttestation,
@@ -705,46 +706,19 @@ pub fn load_or_create_witness_key(dir: &Path) -> Result<Keys, ServiceError> {
         path: path.clone(),
         reason,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(&path)
-                    .map_err(|e| err(e.to_string()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(err(format!(
-                        "readable by others (mode {:o}); run chmod 600",
-                        mode & 0o777
-                    )));
-                }
-            }
-            // The parse error could echo the file's content: keep it out.
-            Keys::parse(text.trim()).map_err(|_| err("not a valid secret key".into()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-            let keys = Keys::generate();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(&path).map_err(|e| err(e.to_string()))?;
-            use std::io::Write;
-            writeln!(file, "{}", keys.secret_key().to_secret_hex())
-                .and_then(|_| file.sync_all())
-                .map_err(|e| err(e.to_string()))?;
-            info!(witness = %keys.public_key().to_bech32().unwrap_or_default(),
-                "created a new witness key");
-            Ok(keys)
-        }
-        Err(e) => Err(err(e.to_string())),
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let (text, origin) = private_file::load_or_create(&path, || {
+        format!("{}\n", Keys::generate().secret_key().to_secret_hex())
+    })
+    // The messages name the file and the fix (chmod 600), never the key.
+    .map_err(|e| err(e.to_string()))?;
+    // The parse error could echo the file's content: keep it out.
+    let keys = Keys::parse(text.trim()).map_err(|_| err("not a valid secret key".into()))?;
+    if origin == private_file::Origin::Created {
+        info!(witness = %keys.public_key().to_bech32().unwrap_or_default(),
+            "created a new witness key");
     }
+    Ok(keys)
 }
 
 fn anchor_view(record: &crate::anchor::AnchorRecord) -> AnchorView {
@@ -1473,25 +1447,13 @@ impl IdentityService {
         txid: Txid,
         block_hash: BlockHash,
     ) -> Result<MerkleBlock, ServiceError> {
-        use bdk_bitcoind_rpc::bitcoincore_rpc::{jsonrpc, Client, RpcApi};
-        let rpc = self.config.rpc.clone();
         let unreachable =
             |reason: String| ServiceError::Anchor(AnchorError::ChainUnreachable { reason });
-        let bytes = tokio::task::spawn_blocking(move || {
-            let transport = jsonrpc::simple_http::SimpleHttpTransport::builder()
-                .url(&rpc.url)
-                .map_err(|e| e.to_string())?
-                .auth(&rpc.user, Some(&rpc.password))
-                .timeout(rpc.timeout)
-                .build();
-            let client = Client::from_jsonrpc(jsonrpc::Client::with_transport(transport));
-            client
-                .get_tx_out_proof(&[txid], Some(&block_hash))
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| unreachable(e.to_string()))?
-        .map_err(unreachable)?;
+        let client = RpcClient::new(&self.config.rpc).map_err(|e| unreachable(e.to_string()))?;
+        let bytes = client
+            .run(move |c| c.tx_out_proof(&txid, &block_hash))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         deserialize(&bytes).map_err(|e| ServiceError::Corrupt(format!("gettxoutproof: {e}")))
     }
 

@@ -24,21 +24,19 @@
 //!   pruned id cannot be replayed.
 //! - A request cut short by a restart (seen, never answered) is resumed when
 //!   it is replayed: the wallet's payment record says whether the invoice was
-//!   already paid, so it is never paid twice, and the reply carries the final
-//!   outcome. On start, reservations left open are settled or released from
-//!   that record.
-//! - [`WalletBackend`] is the small interface to the wallet, implemented for
-//!   [`crate::lightning::LightningNode`].
+//!   already paid, so it is never paid twice (the rule is the Lightning
+//!   node's, see [`crate::lightning`] on paying), and the reply carries the
+//!   final outcome. On start, reservations left open are settled or released
+//!   from that record.
+//! - The wallet is reached through [`crate::wallet_backend::WalletBackend`],
+//!   which the zap service shares.
 
-mod backend;
 mod service;
 mod store;
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use backend::{BackendError, IncomingInvoice, PaymentOutcome, WalletBackend, WalletTx};
 pub use service::{
     NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION, SERVICE_KEY_FILE_NAME,
     STORE_FILE_NAME,
@@ -93,6 +91,10 @@ pub enum NwcError {
     /// The service key file does not hold a valid key.
     #[error("NWC service key file {0} is not a valid secret key")]
     BadServiceKey(PathBuf),
+    /// The service key file could not be read or written, or others may
+    /// read it.
+    #[error("NWC service key: {0}")]
+    ServiceKeyFile(#[from] cairn_bitcoin::private_file::PrivateFileError),
     /// A method name that NIP-47 does not define or this service does not implement.
     #[error("unsupported NWC method {0:?}")]
     UnknownMethod(String),
@@ -243,13 +245,6 @@ pub struct NewConnection {
     pub max_payment_msat: Option<u64>,
     /// Unix time of expiry.
     pub expires_at: Option<u64>,
-}
-
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -27,14 +27,15 @@ use tokio::sync::broadcast;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::backend::{BackendError, WalletBackend, WalletTx, DEFAULT_PAYMENT_TIMEOUT};
 use super::store::{IssuedInvoice, NwcStore, RequestState};
 use super::{
-    max_routing_fee_msat, now, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS,
+    max_routing_fee_msat, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS,
     SUPPORTED_NOTIFICATIONS,
 };
+use crate::clock::now;
 use crate::keyfile::KeyFileError;
-use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS};
+use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT};
+use crate::wallet_backend::{BackendError, WalletBackend, WalletTx};
 
 /// File of the wallet-service secret key (hex), in the data directory.
 pub const SERVICE_KEY_FILE_NAME: &str = "nwc_service.key";
@@ -115,7 +116,7 @@ impl<B: WalletBackend> std::fmt::Debug for NwcService<B> {
 
 fn load_or_create_key(path: &Path) -> Result<Keys, NwcError> {
     crate::keyfile::load_or_create_keys(path).map_err(|e| match e {
-        KeyFileError::Io { path, source } => NwcError::Io { path, source },
+        KeyFileError::File(e) => NwcError::ServiceKeyFile(e),
         KeyFileError::Invalid(path) => NwcError::BadServiceKey(path),
     })
 }

@@ -22,8 +22,9 @@ use std::collections::HashSet;
 
 use nostr::PublicKey;
 
-use super::{now, BudgetRenewal, NwcConnection, NwcError};
-use crate::fsutil::restrict_to_owner;
+use super::{BudgetRenewal, NwcConnection, NwcError};
+use crate::clock::now;
+use cairn_bitcoin::private_file::restrict_to_owner;
 
 /// What happened to a request event the service has seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -686,7 +687,7 @@ mod tests {
         store.finish_request("old", "{}").unwrap();
         store.begin_request("recent", 1).unwrap();
         store.finish_request("recent", "{}").unwrap();
-        let t = crate::nwc::now();
+        let t = now();
         store
             .lock()
             .execute(
@@ -730,7 +731,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = NwcStore::open(&dir.path().join("nwc.sqlite")).unwrap();
         let c = conn(&store, None);
-        let t = crate::nwc::now();
+        let t = now();
         assert!(store
             .connection_by_pubkey(&c.client_pubkey)
             .unwrap()

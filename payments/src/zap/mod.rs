@@ -65,5 +65,5 @@ pub enum ZapError {
     },
     /// The wallet could not issue the invoice.
     #[error("wallet: {0}")]
-    Wallet(#[from] crate::nwc::BackendError),
+    Wallet(#[from] crate::wallet_backend::BackendError),
 }

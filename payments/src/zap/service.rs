@@ -17,9 +17,10 @@ use super::relay_filter::RelayPolicy;
 use super::request::ZapRequest;
 use super::store::{PendingZap, ZapState, ZapStore};
 use super::ZapError;
+use crate::clock::now;
 use crate::keyfile::load_or_create_keys;
 use crate::lightning::InvoiceDescription;
-use crate::nwc::{now, IncomingInvoice, WalletBackend};
+use crate::wallet_backend::{IncomingInvoice, WalletBackend};
 
 /// File of the zapper's secret key (hex, 0600), in the data directory.
 pub const ZAP_KEY_FILE_NAME: &str = "zap.key";

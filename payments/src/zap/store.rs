@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use bdk_wallet::rusqlite::{self, params, Connection, OptionalExtension};
 
 use super::ZapError;
-use crate::fsutil::restrict_to_owner;
+use cairn_bitcoin::private_file::restrict_to_owner;
 
 /// Where a zap is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, Network};
-use cairn_payments::lightning::{BitcoindRpc, LightningConfig, LightningNode};
-use cairn_payments::Seed;
+use cairn_bitcoin::{RpcConfig, Seed};
+use cairn_payments::lightning::{LightningConfig, LightningNode};
 use cairn_testchain::TestChain;
 use ldk_node::Event;
 use tokio::sync::broadcast;
@@ -39,12 +39,11 @@ pub fn ln_node_at(
         network: Network::Regtest,
         data_dir: dir.to_path_buf(),
         listening_address,
-        bitcoind: BitcoindRpc {
-            host: "127.0.0.1".into(),
-            port: chain.rpc_port(),
-            user: chain.rpc_user().into(),
-            password: chain.rpc_password().into(),
-        },
+        bitcoind: RpcConfig::new(
+            format!("http://127.0.0.1:{}", chain.rpc_port()),
+            chain.rpc_user(),
+            chain.rpc_password(),
+        ),
     };
     Ok(LightningNode::build(&cfg, &seed)?)
 }

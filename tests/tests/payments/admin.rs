@@ -109,7 +109,7 @@ async fn without_bitcoin_core_the_relay_runs_and_the_admin_api_says_why() -> Res
         assert!(none.contains("no seed"), "{none}");
 
         // `cairn wallet seed` (offline): the words need the explicit flag.
-        cairn_payments::Seed::load_or_create(dir.path())?;
+        cairn_bitcoin::Seed::load_or_create(dir.path())?;
         let out = wallet(&["seed", "--data-dir", dir_arg]).await?;
         assert!(out.contains("seed file:"), "{out}");
         let refused = wallet(&["seed", "--show", "--data-dir", dir_arg])

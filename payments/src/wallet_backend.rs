@@ -1,19 +1,22 @@
-//! The wallet behind the NWC service, as a small trait, and its
+//! The Lightning wallet as the NWC ([`crate::nwc`]) and zap ([`crate::zap`])
+//! services see it: a small trait, [`WalletBackend`], its error, and its
 //! implementation for [`LightningNode`].
+//!
+//! The implementation adds no payment logic of its own: paying, waiting and
+//! "what became of payment H" are [`LightningNode::pay_and_wait`] and
+//! [`LightningNode::payment_outcome`], whose docs say how a payment is made
+//! exactly once and what a timeout leaves behind.
 
 use std::time::Duration;
 
 use bitcoin::hashes::{sha256, Hash};
-use ldk_node::lightning::ln::channelmanager::PaymentId;
-use ldk_node::lightning::routing::router::RouteParametersConfig;
 use ldk_node::lightning_invoice::Bolt11Invoice;
+use ldk_node::lightning_types::payment::PaymentHash;
 use ldk_node::payment::{PaymentDetails, PaymentDirection, PaymentKind, PaymentStatus};
-use ldk_node::Event;
 
-use crate::lightning::{InvoiceDescription, LightningError, LightningNode};
-
-/// How long `pay_invoice` waits for the payment's outcome.
-pub const DEFAULT_PAYMENT_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::lightning::{
+    InvoiceDescription, LightningError, LightningNode, PaymentOutcome, DEFAULT_PAYMENT_TIMEOUT,
+};
 
 /// Wallet failures, as the NWC service maps them to NIP-47 codes.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +43,7 @@ impl From<LightningError> for BackendError {
 
 /// A settled outgoing payment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PaymentOutcome {
+pub struct Paid {
     /// The preimage, hex.
     pub preimage: String,
     /// Routing fee paid, millisatoshis.
@@ -79,17 +82,19 @@ pub struct WalletTx {
     pub updated_at: u64,
 }
 
-/// What the NWC service needs from a wallet.
+/// What the NWC and zap services need from a wallet.
 #[async_trait::async_trait]
 pub trait WalletBackend: Send + Sync + 'static {
-    /// Pays `invoice` (with `amount_msat` when the invoice has none), paying
-    /// at most `max_fee_msat` in routing fees, and waits for the outcome.
+    /// Pays `invoice` once (with `amount_msat` when the invoice has none),
+    /// paying at most `max_fee_msat` in routing fees, and waits up to
+    /// [`DEFAULT_PAYMENT_TIMEOUT`] for the outcome: `Err(Pending)` when it
+    /// is still in flight then (it is not abandoned).
     async fn pay_invoice(
         &self,
         invoice: &Bolt11Invoice,
         amount_msat: Option<u64>,
         max_fee_msat: u64,
-    ) -> Result<PaymentOutcome, BackendError>;
+    ) -> Result<Paid, BackendError>;
     /// Issues an invoice.
     async fn make_invoice(
         &self,
@@ -114,36 +119,26 @@ pub trait WalletBackend: Send + Sync + 'static {
         &self,
         payment_hash: &str,
         wait: Duration,
-    ) -> Result<Option<PaymentOutcome>, BackendError> {
-        let start = tokio::time::Instant::now();
-        loop {
-            match self.lookup(payment_hash).await? {
-                Some(tx) if !tx.incoming => match tx.status {
-                    PaymentStatus::Succeeded => {
-                        return Ok(Some(PaymentOutcome {
-                            preimage: tx.preimage.unwrap_or_default(),
-                            fee_msat: tx.fee_msat,
-                        }))
-                    }
-                    PaymentStatus::Failed => {
-                        return Err(BackendError::PaymentFailed(
-                            "no route or the recipient refused".into(),
-                        ))
-                    }
-                    PaymentStatus::Pending if start.elapsed() >= wait => {
-                        return Err(BackendError::Pending)
-                    }
-                    PaymentStatus::Pending => {}
-                },
-                _ => return Ok(None),
-            }
-            tokio::time::sleep(OUTCOME_POLL_INTERVAL).await;
-        }
+    ) -> Result<Option<Paid>, BackendError>;
+}
+
+/// A payment's outcome as the services take it: paid, or why not (yet).
+fn paid(outcome: PaymentOutcome) -> Result<Paid, BackendError> {
+    match outcome {
+        PaymentOutcome::Succeeded { preimage, fee_msat } => Ok(Paid {
+            preimage: hex::encode(preimage.0),
+            fee_msat,
+        }),
+        PaymentOutcome::Failed { reason } => Err(BackendError::PaymentFailed(reason)),
+        PaymentOutcome::Pending => Err(BackendError::Pending),
     }
 }
 
-/// How often [`WalletBackend::sent_payment_outcome`] looks at a pending payment.
-const OUTCOME_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// A payment hash given as hex; `None` when it is not one.
+fn parse_hash(payment_hash: &str) -> Option<PaymentHash> {
+    let hash = payment_hash.parse::<sha256::Hash>().ok()?;
+    Some(PaymentHash(hash.to_byte_array()))
+}
 
 fn to_wallet_tx(p: &PaymentDetails) -> Option<WalletTx> {
     let PaymentKind::Bolt11 { hash, preimage, .. } = &p.kind else {
@@ -167,61 +162,39 @@ impl WalletBackend for LightningNode {
         invoice: &Bolt11Invoice,
         amount_msat: Option<u64>,
         max_fee_msat: u64,
-    ) -> Result<PaymentOutcome, BackendError> {
-        // Subscribe before sending so the outcome cannot slip past.
-        let mut events = self.subscribe();
-        // The router never picks a route costing more than the budget holds
-        // for fees (ldk's own default would be 1% + 50 sat).
-        let route =
-            Some(RouteParametersConfig::default().with_max_total_routing_fee_msat(max_fee_msat));
-        let bolt11 = self.inner().bolt11_payment();
-        let sent = match (invoice.amount_milli_satoshis(), amount_msat) {
-            (Some(_), _) => bolt11.send(invoice, route),
-            (None, Some(a)) => bolt11.send_using_amount(invoice, a, route),
-            (None, None) => {
-                return Err(BackendError::BadRequest(
-                    "invoice has no amount and none was given".into(),
-                ))
-            }
-        };
-        let id = sent.map_err(|e| BackendError::PaymentFailed(e.to_string()))?;
-        let outcome = |id: &PaymentId| -> Option<Result<PaymentOutcome, BackendError>> {
-            let p = self.payment(id)?;
-            match p.status {
-                PaymentStatus::Succeeded => {
-                    let preimage = match &p.kind {
-                        PaymentKind::Bolt11 {
-                            preimage: Some(pi), ..
-                        } => hex::encode(pi.0),
-                        _ => return None,
-                    };
-                    Some(Ok(PaymentOutcome {
-                        preimage,
-                        fee_msat: p.fee_paid_msat.unwrap_or(0),
-                    }))
-                }
-                PaymentStatus::Failed => Some(Err(BackendError::PaymentFailed(
-                    "no route or the recipient refused".into(),
-                ))),
-                PaymentStatus::Pending => None,
-            }
-        };
-        let wait = async {
-            loop {
-                if let Some(r) = outcome(&id) {
-                    return r;
-                }
-                match tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
-                    Ok(Ok(Event::PaymentSuccessful { payment_id, .. }))
-                    | Ok(Ok(Event::PaymentFailed { payment_id, .. }))
-                        if payment_id == Some(id) => {}
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(DEFAULT_PAYMENT_TIMEOUT, wait)
+    ) -> Result<Paid, BackendError> {
+        let sent = self
+            .pay_and_wait(
+                invoice,
+                amount_msat,
+                Some(max_fee_msat),
+                DEFAULT_PAYMENT_TIMEOUT,
+            )
             .await
-            .unwrap_or(Err(BackendError::Pending))
+            .map_err(|e| match e {
+                LightningError::AmountMissing | LightningError::AmountMismatch { .. } => {
+                    BackendError::BadRequest(e.to_string())
+                }
+                // Refused before anything was sent (no route, no funds, a
+                // duplicate): nothing moved, so the payment failed.
+                LightningError::Node(e) => BackendError::PaymentFailed(e.to_string()),
+                other => BackendError::PaymentFailed(other.to_string()),
+            })?;
+        paid(sent.outcome)
+    }
+
+    async fn sent_payment_outcome(
+        &self,
+        payment_hash: &str,
+        wait: Duration,
+    ) -> Result<Option<Paid>, BackendError> {
+        let Some(hash) = parse_hash(payment_hash) else {
+            return Ok(None);
+        };
+        self.payment_outcome(&hash, wait)
+            .await
+            .map(paid)
+            .transpose()
     }
 
     async fn make_invoice(
@@ -246,18 +219,10 @@ impl WalletBackend for LightningNode {
     }
 
     async fn lookup(&self, payment_hash: &str) -> Result<Option<WalletTx>, BackendError> {
-        let Ok(hash) = payment_hash.parse::<sha256::Hash>() else {
-            return Ok(None);
-        };
-        // ldk-node keys BOLT11 payments by their hash.
-        if let Some(p) = self.payment(&PaymentId(hash.to_byte_array())) {
-            return Ok(to_wallet_tx(&p));
-        }
-        Ok(self
-            .list_payments()
-            .iter()
-            .filter_map(to_wallet_tx)
-            .find(|t| t.payment_hash == payment_hash))
+        Ok(parse_hash(payment_hash)
+            .and_then(|hash| self.payment_by_hash(&hash))
+            .as_ref()
+            .and_then(to_wallet_tx))
     }
 
     async fn list(&self) -> Result<Vec<WalletTx>, BackendError> {

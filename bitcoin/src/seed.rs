@@ -6,13 +6,14 @@
 //! `Debug` output or an error message.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bip39::Mnemonic;
 use bitcoin::bip32::Xpriv;
 use bitcoin::secp256k1::rand::{thread_rng, RngCore};
 use bitcoin::{Network, NetworkKind};
+
+use crate::private_file::{self, read_secret, PrivateFileError};
 
 /// Name of the seed file inside the data directory.
 pub const SEED_FILE_NAME: &str = "seed";
@@ -49,6 +50,19 @@ pub enum SeedError {
     /// Deriving the master key failed (practically impossible for a valid seed).
     #[error("cannot derive the master key from the seed")]
     Derivation,
+}
+
+impl From<PrivateFileError> for SeedError {
+    fn from(e: PrivateFileError) -> Self {
+        match e {
+            PrivateFileError::Insecure { path, mode } => Self::InsecurePermissions { path, mode },
+            PrivateFileError::Io { path, source } => Self::Io { path, source },
+            PrivateFileError::Exists { path } => Self::Io {
+                path,
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            },
+        }
+    }
 }
 
 /// The node's seed, loaded from its file.
@@ -92,12 +106,10 @@ impl Seed {
 
     /// Loads an existing seed file.
     pub fn load(path: &Path) -> Result<Self, SeedError> {
-        let io = |source| SeedError::Io {
+        let text = read_secret(path)?.ok_or_else(|| SeedError::Io {
             path: path.to_path_buf(),
-            source,
-        };
-        check_mode(path)?;
-        let text = std::fs::read_to_string(path).map_err(io)?;
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
         let mnemonic = Mnemonic::parse_normalized(text.trim()).map_err(|_| SeedError::Invalid {
             path: path.to_path_buf(),
         })?;
@@ -105,37 +117,21 @@ impl Seed {
     }
 
     fn create(path: &Path) -> Result<Self, SeedError> {
-        let io = |source| SeedError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let mut entropy = [0u8; ENTROPY_BYTES];
         thread_rng().fill_bytes(&mut entropy);
         let mnemonic = Mnemonic::from_entropy(&entropy).map_err(|_| SeedError::Derivation)?;
         entropy.fill(0);
-
-        // Write a temporary file that is private from its first byte, then rename
-        // it into place, so that a crash never leaves a truncated seed behind.
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = private_create(&tmp).map_err(io)?;
         let mut words = mnemonic.to_string();
         words.push('\n');
-        let written = file
-            .write_all(words.as_bytes())
-            .and_then(|_| file.sync_all());
+        let written = private_file::create_new(path, words.as_bytes());
         // Overwrite our copy of the words in memory whatever happened above.
         words.replace_range(.., &" ".repeat(words.len()));
-        written.map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)?;
-        if let Some(dir) = path.parent() {
-            // Make the rename durable; not every platform can open a directory.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+        match written {
+            Ok(()) => Ok(Self { mnemonic }),
+            // Another process created the seed first: use that one.
+            Err(PrivateFileError::Exists { .. }) => Self::load(path),
+            Err(e) => Err(e.into()),
         }
-        Ok(Self { mnemonic })
     }
 
     /// The BIP32 master key of this seed (empty BIP39 passphrase).
@@ -174,46 +170,6 @@ pub fn coin_type(network: Network) -> u32 {
     }
 }
 
-#[cfg(unix)]
-fn private_create(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn private_create(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-}
-
-#[cfg(unix)]
-fn check_mode(path: &Path) -> Result<(), SeedError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| SeedError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(SeedError::InsecurePermissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_mode(_path: &Path) -> Result<(), SeedError> {
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +187,11 @@ mod tests {
         );
         let text = std::fs::read_to_string(seed_path(dir.path())).unwrap();
         assert_eq!(text.split_whitespace().count(), 24);
-        assert!(!dir.path().join("seed.tmp").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 
     #[test]
