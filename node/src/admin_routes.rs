@@ -33,7 +33,6 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Request, State};
@@ -46,16 +45,17 @@ use bitcoin::address::NetworkUnchecked;
 use bitcoin::hashes::{sha256, Hash as _};
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, Amount, FeeRate};
-use cairn_payments::ldk_node::lightning::ln::channelmanager::PaymentId;
 use cairn_payments::ldk_node::lightning::ln::msgs::SocketAddress;
 use cairn_payments::ldk_node::lightning::offers::offer::Offer;
 use cairn_payments::ldk_node::lightning_invoice::Bolt11Invoice;
+use cairn_payments::ldk_node::lightning_types::payment::PaymentHash;
 use cairn_payments::ldk_node::payment::{
     PaymentDetails, PaymentDirection, PaymentKind, PaymentStatus,
 };
-use cairn_payments::ldk_node::{ChannelDetails, Event, UserChannelId};
+use cairn_payments::ldk_node::{ChannelDetails, UserChannelId};
 use cairn_payments::lightning::{
-    InvoiceDescription, LightningError, LightningNode, DEFAULT_INVOICE_EXPIRY_SECS,
+    payment_hash_of, preimage_of, InvoiceDescription, LightningError, PaymentOutcome, SentPayment,
+    DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT,
 };
 use cairn_payments::nwc::{BudgetRenewal, NewConnection, NwcConnection, NwcError};
 use cairn_payments::wallet::WalletError;
@@ -64,9 +64,6 @@ use serde_json::{json, Value};
 
 use crate::admin_token::AdminToken;
 use crate::payments_runtime::{Payments, PaymentsSlot};
-
-/// How long `pay` and `pay-offer` wait for the outcome before answering 202.
-pub const PAY_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct AdminState {
@@ -168,7 +165,9 @@ impl From<LightningError> for ApiError {
     fn from(e: LightningError) -> Self {
         use cairn_payments::ldk_node::NodeError as N;
         let status = match &e {
-            LightningError::DescriptionTooLong => StatusCode::BAD_REQUEST,
+            LightningError::DescriptionTooLong
+            | LightningError::AmountMissing
+            | LightningError::AmountMismatch { .. } => StatusCode::BAD_REQUEST,
             LightningError::Node(
                 N::InsufficientFunds
                 | N::InvalidAmount
@@ -508,34 +507,14 @@ async fn pay(
     let p = running(&state)?;
     let inv = Bolt11Invoice::from_str(req.invoice.trim())
         .map_err(|e| ApiError::bad_request(format!("invalid BOLT11 invoice: {e}")))?;
-    match (inv.amount_milli_satoshis(), req.amount_msat) {
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "the invoice has no amount: give amount_msat",
-            ))
-        }
-        // Paying the invoice's amount when the caller asked for another
-        // would surprise them either way: refuse instead of ignoring it.
-        (Some(inv_amount), Some(asked)) if inv_amount != asked => {
-            return Err(ApiError::bad_request(format!(
-                "amount_msat {asked} differs from the invoice's amount {inv_amount}"
-            )))
-        }
-        _ => {}
-    }
-    let ln = Arc::clone(p.lightning());
-    let events = ln.subscribe();
-    let ln2 = Arc::clone(&ln);
-    let sent = blocking(move || {
-        match (inv.amount_milli_satoshis(), req.amount_msat) {
-            (Some(_), _) => ln2.pay_bolt11(&inv),
-            (None, Some(a)) => ln2.pay_bolt11_amount(&inv, a),
-            (None, None) => unreachable!("checked above"),
-        }
-        .map_err(payment_refused)
-    })
-    .await?;
-    wait_for_outcome(&ln, sent, events).await
+    // A missing or contradicting amount_msat is refused (400) before
+    // anything is sent.
+    let sent = p
+        .lightning()
+        .pay_and_wait(&inv, req.amount_msat, None, DEFAULT_PAYMENT_TIMEOUT)
+        .await
+        .map_err(payment_refused)?;
+    outcome_response(sent)
 }
 
 #[derive(Deserialize)]
@@ -573,15 +552,17 @@ async fn pay_offer(
     let p = running(&state)?;
     let offer = Offer::from_str(req.offer.trim())
         .map_err(|e| ApiError::bad_request(format!("invalid BOLT12 offer: {e:?}")))?;
-    let ln = Arc::clone(p.lightning());
-    let events = ln.subscribe();
-    let ln2 = Arc::clone(&ln);
-    let sent = blocking(move || {
-        ln2.pay_offer(&offer, req.amount_msat, req.payer_note)
-            .map_err(payment_refused)
-    })
-    .await?;
-    wait_for_outcome(&ln, sent, events).await
+    let sent = p
+        .lightning()
+        .pay_offer_and_wait(
+            &offer,
+            req.amount_msat,
+            req.payer_note,
+            DEFAULT_PAYMENT_TIMEOUT,
+        )
+        .await
+        .map_err(payment_refused)?;
+    outcome_response(sent)
 }
 
 /// A payment that could not even be sent (no route, no funds, duplicate…).
@@ -595,29 +576,6 @@ fn payment_refused(e: LightningError) -> ApiError {
     } else {
         api
     }
-}
-
-fn payment_hash_of(p: &PaymentDetails) -> Option<String> {
-    let hash = match &p.kind {
-        PaymentKind::Bolt11 { hash, .. }
-        | PaymentKind::Bolt11Jit { hash, .. }
-        | PaymentKind::Spontaneous { hash, .. } => Some(*hash),
-        PaymentKind::Bolt12Offer { hash, .. } | PaymentKind::Bolt12Refund { hash, .. } => *hash,
-        PaymentKind::Onchain { .. } => None,
-    };
-    hash.map(|h| hex::encode(h.0))
-}
-
-fn preimage_of(p: &PaymentDetails) -> Option<String> {
-    let preimage = match &p.kind {
-        PaymentKind::Bolt11 { preimage, .. }
-        | PaymentKind::Bolt11Jit { preimage, .. }
-        | PaymentKind::Spontaneous { preimage, .. }
-        | PaymentKind::Bolt12Offer { preimage, .. }
-        | PaymentKind::Bolt12Refund { preimage, .. } => *preimage,
-        PaymentKind::Onchain { .. } => None,
-    };
-    preimage.map(|pi| hex::encode(pi.0))
 }
 
 fn kind_name(k: &PaymentKind) -> &'static str {
@@ -639,62 +597,44 @@ fn status_name(s: PaymentStatus) -> &'static str {
     }
 }
 
-/// Waits (≤ [`PAY_WAIT`]) for payment `id` to settle: 200 with the preimage,
-/// 502 when it failed, 202 while still pending.
-async fn wait_for_outcome(
-    ln: &LightningNode,
-    id: PaymentId,
-    mut events: tokio::sync::broadcast::Receiver<Event>,
-) -> ApiResult {
-    let settled = async {
-        loop {
-            if let Some(p) = ln.payment(&id) {
-                if p.status != PaymentStatus::Pending {
-                    return p;
-                }
-            }
-            // Any event may be the one; the store is the truth either way.
-            let _ = tokio::time::timeout(Duration::from_millis(250), events.recv()).await;
-        }
-    };
-    let hash = |p: Option<&PaymentDetails>| {
-        p.and_then(payment_hash_of)
-            .unwrap_or_else(|| hex::encode(id.0))
-    };
-    match tokio::time::timeout(PAY_WAIT, settled).await {
-        Ok(p) if p.status == PaymentStatus::Succeeded => ok(json!({
-            "payment_hash": hash(Some(&p)),
-            "payment_id": hex::encode(id.0),
-            "preimage": preimage_of(&p),
-            "fee_msat": p.fee_paid_msat.unwrap_or(0),
-            "amount_msat": p.amount_msat,
+/// The answer to `pay` and `pay-offer` once the wait (≤
+/// [`DEFAULT_PAYMENT_TIMEOUT`]) ended: 200 with the preimage, 502 when the
+/// payment failed, 202 while it is still pending (it goes on).
+fn outcome_response(sent: SentPayment) -> ApiResult {
+    let payment_id = hex::encode(sent.id.0);
+    // A BOLT12 payment's hash is unknown until the issuer's invoice arrives;
+    // a BOLT11 payment's id is its hash.
+    let payment_hash = sent
+        .payment_hash
+        .map_or_else(|| payment_id.clone(), |h| hex::encode(h.0));
+    match sent.outcome {
+        PaymentOutcome::Succeeded { preimage, fee_msat } => ok(json!({
+            "payment_hash": payment_hash,
+            "payment_id": payment_id,
+            "preimage": hex::encode(preimage.0),
+            "fee_msat": fee_msat,
+            "amount_msat": sent.amount_msat,
             "status": "succeeded",
         })),
-        Ok(p) => Err(ApiError::new(
+        PaymentOutcome::Failed { reason } => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            format!(
-                "payment {} failed: no route or the recipient refused",
-                hash(Some(&p))
-            ),
+            format!("payment {payment_hash} failed: {reason}"),
         )),
-        Err(_) => {
-            let p = ln.payment(&id);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "payment_hash": hash(p.as_ref()),
-                    "payment_id": hex::encode(id.0),
-                    "status": "pending",
-                })),
-            )
-                .into_response())
-        }
+        PaymentOutcome::Pending => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "payment_hash": payment_hash,
+                "payment_id": payment_id,
+                "status": "pending",
+            })),
+        )
+            .into_response()),
     }
 }
 
 fn payment_json(p: &PaymentDetails) -> Value {
     json!({
-        "payment_hash": payment_hash_of(p),
+        "payment_hash": payment_hash_of(p).map(|h| hex::encode(h.0)),
         "payment_id": hex::encode(p.id.0),
         "kind": kind_name(&p.kind),
         "direction": match p.direction {
@@ -704,7 +644,7 @@ fn payment_json(p: &PaymentDetails) -> Value {
         "status": status_name(p.status),
         "amount_msat": p.amount_msat,
         "fee_msat": p.fee_paid_msat,
-        "preimage": preimage_of(p),
+        "preimage": preimage_of(p).map(|pi| hex::encode(pi.0)),
         "updated_at": p.latest_update_timestamp,
     })
 }
@@ -727,19 +667,11 @@ async fn payment(State(state): State<AdminState>, Path(hash): Path<String>) -> A
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| ApiError::bad_request("payment_hash is 64 hex digits"))?;
-    let wanted = hex::encode(bytes);
-    // ldk-node keys BOLT11 payments by their hash; others are found by scanning.
-    let found = p.lightning().payment(&PaymentId(bytes)).or_else(|| {
-        p.lightning()
-            .list_payments()
-            .into_iter()
-            .find(|d| payment_hash_of(d).as_deref() == Some(wanted.as_str()))
-    });
-    match found {
+    match p.lightning().payment_by_hash(&PaymentHash(bytes)) {
         Some(d) => ok(payment_json(&d)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no payment {wanted}"),
+            format!("no payment {}", hex::encode(bytes)),
         )),
     }
 }
@@ -838,6 +770,8 @@ async fn nwc_revoke(State(state): State<AdminState>, Path(id): Path<String>) -> 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// Without running payments (no Bitcoin node here) the right token gets
