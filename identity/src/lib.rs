@@ -1,57 +1,30 @@
-//! Cairn's identity registry, pure logic.
+//! Cairn's identity witness service: what a node runs to register and anchor
+//! X (Twitter) bindings.
 //!
-//! People bind an X (Twitter) account, identified by its numeric user id, to a
-//! secp256k1 key. This crate holds the parts that need no network, wallet or
-//! database, so that they can be checked exhaustively and reused by verifiers:
+//! The records, the log, the state tree, epochs and proof bundles are the
+//! verifier core, [`cairn_identity_core`], re-exported here under the same
+//! paths (`cairn_identity::binding`, `::bundle`, …). This crate adds what needs
+//! the network, a wallet or a database:
 //!
-//! - [`log`]: the append-only Merkle log of accepted operations (RFC 6962 hashing);
-//! - [`state`]: the sparse Merkle tree mapping each `x_uid` to its current record;
-//! - [`epoch`]: epoch headers and the OP_RETURN payload that anchors them on Bitcoin;
-//! - [`bundle`]: proof bundles and their offline verification against Bitcoin headers;
-//! - [`binding`]: binding operations as Nostr events, witness attestations and the
-//!   per-`x_uid` state machine that decides which operations are accepted;
-//! - [`service`]: the node-side service tying them to X, SQL storage and anchoring.
+//! - [`x`]: issuing challenges and checking proof posts on X's public endpoints;
+//! - [`anchor`]: the BDK wallet that anchors each epoch header in an OP_RETURN,
+//!   with fee bumps and re-anchoring after reorgs;
+//! - [`service`]: the node-side service tying them to SQL storage and to the relay.
+//!
+//! # Dependency rule
+//!
+//! This crate stands on `cairn-identity-core` and `cairn-bitcoin` (with its
+//! `wallet` feature), never the other way round; nothing that only verifies
+//! bundles should depend on it. It knows nothing of the relay except the
+//! database pool it is handed ([`service::IdentityDb`]) and the
+//! [`service::Publisher`] it publishes through.
 //!
 //! The normative description lives in `docs/identity-protocol.md`; keep both in step.
 
 #![warn(missing_docs)]
 
 pub mod anchor;
-pub mod binding;
-pub mod bundle;
-pub mod epoch;
-pub mod hash;
-pub mod kinds;
-pub mod log;
 pub mod service;
-pub mod state;
 pub mod x;
 
-pub use hash::Hash;
-
-/// A failure of a storage backend behind [`log::LogStore`] or [`state::StateStore`].
-///
-/// Backends live in other crates (SQLite, Postgres) and have their own error
-/// types; boxing them keeps the tree code independent of any one of them.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}: {source}")]
-pub struct StoreError {
-    /// What the store was doing.
-    pub context: &'static str,
-    /// The backend's error.
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl StoreError {
-    /// Wraps a backend error with a short description of the failed operation.
-    pub fn new(
-        context: &'static str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        Self {
-            context,
-            source: source.into(),
-        }
-    }
-}
+pub use cairn_identity_core::{binding, bundle, epoch, hash, kinds, log, state, Hash, StoreError};

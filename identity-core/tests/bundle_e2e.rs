@@ -20,7 +20,7 @@ use bitcoin::{
     TxOut, Txid, Witness,
 };
 use bundle_support::{History, RegistryNode};
-use cairn_identity::{
+use cairn_identity_core::{
     binding::{OpContext, Status, WitnessAttestation},
     bundle::{
         verify, BundleError, ChainView, HeaderChain, ProofBundle, RpcChainView, VerifyPolicy,
@@ -80,7 +80,7 @@ async fn verify_rpc(
     chain: &TestChain,
     bundle: &ProofBundle,
     policy: VerifyPolicy,
-) -> anyhow::Result<Result<cairn_identity::bundle::VerifiedIdentity, BundleError>> {
+) -> anyhow::Result<Result<cairn_identity_core::bundle::VerifiedIdentity, BundleError>> {
     let view = rpc_view(chain)?;
     let bundle = bundle.clone();
     Ok(tokio::task::spawn_blocking(move || verify(&bundle, &view, &policy)).await?)
@@ -304,7 +304,7 @@ async fn run_main() -> anyhow::Result<()> {
 
 /// Every truncation, appended byte, wrong magic and wrong version is refused.
 fn decoder_is_strict(bundle: &ProofBundle) -> anyhow::Result<()> {
-    use cairn_identity::bundle::{DecodeError, BUNDLE_MAGIC};
+    use cairn_identity_core::bundle::{DecodeError, BUNDLE_MAGIC};
     let bytes = bundle.to_bytes()?;
     assert_eq!(&bytes[..4], BUNDLE_MAGIC);
     for len in 0..bytes.len() {
@@ -802,7 +802,7 @@ async fn anchor_block_reorged_out_fails() -> anyhow::Result<()> {
 
 #[test]
 fn header_files_are_checked_when_loaded() -> anyhow::Result<()> {
-    use cairn_identity::bundle::{Checkpoint, HeaderChainError};
+    use cairn_identity_core::bundle::{Checkpoint, HeaderChainError};
     let genesis = bitcoin::constants::genesis_block(Network::Regtest).header;
     let mut headers = vec![genesis];
     for i in 0..5u32 {

@@ -2,7 +2,7 @@
 //! Ignored by default (it builds million-entry trees); run it optimized:
 //!
 //! ```text
-//! CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo test -p cairn-identity --test bundle_scale -- --ignored --nocapture
+//! CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo test -p cairn-identity-core --test bundle_scale -- --ignored --nocapture
 //! ```
 //!
 //! The log and state tree are filled with synthetic entries around one real,
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{MerkleBlock, Network, Transaction};
 use bundle_support::{anchor_chain, anchor_tx, History, RegistryNode, ANCHOR_HEIGHT};
-use cairn_identity::{
+use cairn_identity_core::{
     binding::OpContext,
     bundle::{verify, ProofBundle, VerifyPolicy},
     epoch::EpochHeader,

@@ -1,6 +1,6 @@
 //! Binding operations: parsing rules, the registry state machine and witness attestations.
 
-use cairn_identity::{
+use cairn_identity_core::{
     binding::{
         proof_post_op, revoke_op, rotate_op, veto_op, BindingError, BindingOp, IdentityStatus,
         OpContext, OpKind, Registry, RegistryConfig, RegistryError, Status, WitnessAttestation,
@@ -480,7 +480,7 @@ fn attestation_round_trip_and_matching() {
 }
 
 mod state_machine {
-    use cairn_identity::binding::Status;
+    use cairn_identity_core::binding::Status;
     use proptest::prelude::*;
 
     use super::*;

@@ -7,7 +7,7 @@ mod bundle_support;
 
 use bitcoin::Network;
 use bundle_support::{History, RegistryNode};
-use cairn_identity::{
+use cairn_identity_core::{
     binding::{
         proof_post_op, revoke_op, rotate_op, veto_op, BindingOp, OpContext, PendingRecovery, Status,
     },

@@ -4,7 +4,7 @@
 //! then checked from the outputs alone.
 
 use bitcoin::{absolute::LockTime, transaction::Version, Amount, Transaction, TxOut};
-use cairn_identity::{
+use cairn_identity_core::{
     binding::{
         log_entry, proof_post_op, rotate_op, BindingOp, LogEntryKind, OpContext, Registry,
         RegistryConfig, WitnessAttestation,

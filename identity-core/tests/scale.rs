@@ -2,7 +2,7 @@
 //! seconds and hundreds of MB; run them optimized:
 //!
 //! ```text
-//! CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo test -p cairn-identity --test scale -- --ignored --nocapture
+//! CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo test -p cairn-identity-core --test scale -- --ignored --nocapture
 //! ```
 //!
 //! They still assert the size and latency budgets, so a regression fails loudly.
@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_identity::{
+use cairn_identity_core::{
     log::{leaf_hash, MemoryLogStore, MerkleLog},
     state::{state_key, MemoryStateStore, SparseMerkleTree, StateProof},
 };

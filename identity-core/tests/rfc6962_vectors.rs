@@ -1,6 +1,6 @@
 //! The log against the Certificate Transparency reference implementation's SHA-256 vectors.
 
-use cairn_identity::{
+use cairn_identity_core::{
     log::{empty_root, leaf_hash, verify_consistency, InclusionProof, MemoryLogStore, MerkleLog},
     Hash,
 };

@@ -11,7 +11,7 @@ use bitcoin::{
     Amount, BlockHash, CompactTarget, MerkleBlock, Network, OutPoint, ScriptBuf, Sequence,
     Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
 };
-use cairn_identity::{
+use cairn_identity_core::{
     binding::{
         log_entry, proof_post_op, rotate_op, BindingOp, Identity, LogEntryKind, OpContext,
         Registry, RegistryConfig, WitnessAttestation,
