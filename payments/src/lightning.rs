@@ -445,18 +445,6 @@ impl LightningNode {
         Ok(self.node.bolt11_payment().send(invoice, None)?)
     }
 
-    /// Pays `amount_msat` to a BOLT11 invoice that has no amount.
-    pub fn pay_bolt11_amount(
-        &self,
-        invoice: &Bolt11Invoice,
-        amount_msat: u64,
-    ) -> Result<PaymentId, LightningError> {
-        Ok(self
-            .node
-            .bolt11_payment()
-            .send_using_amount(invoice, amount_msat, None)?)
-    }
-
     /// A BOLT12 offer for `amount_msat` (or any amount when `None`).
     pub fn receive_offer(
         &self,
