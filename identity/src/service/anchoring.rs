@@ -1,0 +1,228 @@
+//! Epochs and their anchors: closing an epoch, handing it to the anchorer,
+//! following the anchorer's txids (fee bumps, re-anchoring after a reorg),
+//! and the epoch and status views.
+//!
+//! Invariants: an epoch is stored before it is handed to the anchorer, so a
+//! crash never loses a closed epoch; the epochs table's `anchor_txid`
+//! follows the anchorer's current transaction; lookups read the anchor
+//! records cached at the last sync or close, never wait for the wallet.
+
+use std::sync::atomic::Ordering;
+
+use bitcoin::Txid;
+use nostr::nips::nip19::ToBech32;
+use tracing::{info, warn};
+
+use crate::anchor::AnchorRecord;
+
+use super::db::EpochRow;
+use super::memory::ClosedEpoch;
+use super::views::{anchor_view, health_view};
+use super::{
+    unix_now, AnchoringStatus, EpochClose, EpochView, IdentityService, ServiceError, ServiceStatus,
+};
+
+impl IdentityService {
+    /// Closes the open epoch if it has operations, stores it and hands it
+    /// to the anchorer (which queues it behind any epoch still waiting for
+    /// a transaction).
+    pub async fn close_epoch(&self) -> Result<EpochClose, ServiceError> {
+        self.refresh_anchor_txids().await?;
+        let mut core = self.core.lock().await;
+        if core.open_ops == 0 {
+            return Ok(EpochClose::Skipped);
+        }
+        core.advance(self.tip.load(Ordering::Relaxed))?;
+        let header = core.close()?;
+        let closed = ClosedEpoch {
+            header,
+            close_height: core.height,
+            anchor_txid: None,
+            closed_at: unix_now(),
+        };
+        self.db
+            .insert_epoch(&EpochRow {
+                epoch: header.epoch,
+                header: hex::encode(header.to_bytes()),
+                close_height: closed.close_height,
+                anchor_txid: None,
+                closed_at: closed.closed_at,
+            })
+            .await?;
+        core.commit_close(closed);
+        drop(core);
+        info!(
+            epoch = header.epoch,
+            log_size = header.log_size,
+            "identity epoch closed"
+        );
+        let (txid, queued) = match self
+            .anchorer
+            .anchor(header.epoch, &header.op_return_payload())
+            .await
+        {
+            Ok(txid) => {
+                self.set_txid(header.epoch, txid).await?;
+                self.refresh_anchor_txids().await?;
+                (Some(txid), None)
+            }
+            Err(e) if e.is_queued() => {
+                warn!(epoch = header.epoch, reason = %e, "epoch queued for anchoring");
+                (None, Some(e.to_string()))
+            }
+            Err(e) => {
+                warn!(epoch = header.epoch, error = %e, "anchoring failed; will retry on sync");
+                (None, Some(e.to_string()))
+            }
+        };
+        if let Ok(event) = header
+            .to_event_builder(txid.as_ref())
+            .sign_with_keys(&self.witness)
+        {
+            self.publish(event);
+        }
+        Ok(EpochClose::Closed {
+            epoch: header.epoch,
+            txid,
+            queued,
+        })
+    }
+
+    async fn set_txid(&self, epoch: u64, txid: Txid) -> Result<(), ServiceError> {
+        self.db.set_anchor_txid(epoch, &txid.to_string()).await?;
+        let mut core = self.core.lock().await;
+        if let Some(e) = core.epochs.get_mut(epoch as usize) {
+            e.anchor_txid = Some(txid);
+        }
+        Ok(())
+    }
+
+    /// Copies the anchorer's current txids (new anchors, fee bumps,
+    /// re-anchoring after a reorg) into the epochs table.
+    pub(super) async fn refresh_anchor_txids(&self) -> Result<(), ServiceError> {
+        let records = match self.anchorer.records().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read anchor records");
+                return Ok(());
+            }
+        };
+        *self.records.lock().unwrap_or_else(|p| p.into_inner()) =
+            records.iter().map(|r| (r.epoch, r.clone())).collect();
+        let known: Vec<Option<Txid>> = {
+            let core = self.core.lock().await;
+            core.epochs.iter().map(|e| e.anchor_txid).collect()
+        };
+        for r in records {
+            let (Some(txid), Some(current)) = (r.txid, known.get(r.epoch as usize)) else {
+                continue;
+            };
+            if *current != Some(txid) {
+                let fresh = current.is_none();
+                self.set_txid(r.epoch, txid).await?;
+                if fresh {
+                    // The epoch event published at close had no anchor yet.
+                    let header = {
+                        let core = self.core.lock().await;
+                        core.epochs[r.epoch as usize].header
+                    };
+                    if let Ok(event) = header
+                        .to_event_builder(Some(&txid))
+                        .sign_with_keys(&self.witness)
+                    {
+                        self.publish(event);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs the anchoring wallet with the chain (confirmations, fee bumps,
+    /// reorgs, queued epochs) and records the new tip and txids.
+    pub async fn sync_anchors(&self) -> Result<(), ServiceError> {
+        if let Err(e) = self.anchorer.sync().await {
+            if e.is_queued() {
+                warn!(reason = %e, "anchoring is waiting");
+            } else {
+                warn!(error = %e, "anchor sync failed");
+            }
+        }
+        if let Ok(status) = self.anchorer.status().await {
+            self.tip.fetch_max(status.tip_height, Ordering::Relaxed);
+        }
+        {
+            // Recoveries whose delay passed complete now, not only when the
+            // next operation or epoch close comes along.
+            let mut core = self.core.lock().await;
+            core.advance(self.tip.load(Ordering::Relaxed))?;
+        }
+        self.refresh_anchor_txids().await
+    }
+
+    pub(super) fn cached_record(&self, epoch: u64) -> Option<AnchorRecord> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&epoch)
+            .cloned()
+    }
+
+    /// One closed epoch.
+    pub async fn epoch(&self, n: u64) -> Result<EpochView, ServiceError> {
+        let closed = {
+            let core = self.core.lock().await;
+            core.epochs
+                .get(n as usize)
+                .cloned()
+                .ok_or(ServiceError::NotFound("epoch"))?
+        };
+        let anchor = self.cached_record(n).as_ref().map(anchor_view);
+        let h = closed.header;
+        Ok(EpochView {
+            epoch: h.epoch,
+            header: hex::encode(h.to_bytes()),
+            header_hash: hex::encode(h.hash()),
+            prev_header_hash: hex::encode(h.prev_header_hash),
+            log_size: h.log_size,
+            log_root: hex::encode(h.log_root),
+            state_root: hex::encode(h.state_root),
+            closed_at: closed.closed_at,
+            anchor,
+        })
+    }
+
+    /// The latest closed epoch.
+    pub async fn latest_epoch(&self) -> Result<EpochView, ServiceError> {
+        let n = {
+            let core = self.core.lock().await;
+            core.epochs
+                .len()
+                .checked_sub(1)
+                .ok_or(ServiceError::NotFound("epoch"))?
+        };
+        self.epoch(n as u64).await
+    }
+
+    /// Health of the service and of anchoring.
+    pub async fn status(&self) -> Result<ServiceStatus, ServiceError> {
+        let anchor = self.anchorer.status().await?;
+        let (health, message) = health_view(&anchor.health);
+        let core = self.core.lock().await;
+        Ok(ServiceStatus {
+            witness: self.witness.public_key().to_bech32().unwrap_or_default(),
+            open_epoch: core.open_epoch(),
+            open_epoch_operations: core.open_ops,
+            log_size: core.log.size()?,
+            identities: core.history.len(),
+            anchoring: AnchoringStatus {
+                health,
+                message,
+                tip_height: anchor.tip_height,
+                balance_sat: anchor.balance.to_sat(),
+                queued_epochs: anchor.queued,
+                unconfirmed_epochs: anchor.unconfirmed,
+            },
+        })
+    }
+}
