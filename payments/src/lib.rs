@@ -13,6 +13,7 @@ pub mod keyfile;
 pub mod lightning;
 pub mod message_payment;
 pub mod nwc;
+pub mod relay_link;
 pub mod wallet;
 pub mod wallet_backend;
 pub mod zap;

@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use service::{
-    NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION, SERVICE_KEY_FILE_NAME,
+    service_keys, NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION, SERVICE_KEY_FILE_NAME,
     STORE_FILE_NAME,
 };
 pub use store::{IssuedInvoice, NwcStore, RequestState};
@@ -103,7 +103,7 @@ pub enum NwcError {
     RelayUrl(String),
     /// Talking to the relay failed.
     #[error("relay: {0}")]
-    Relay(#[from] nostr_sdk::client::Error),
+    Relay(#[from] crate::relay_link::RelayLinkError),
     /// Signing an event failed.
     #[error("building an event: {0}")]
     Event(#[from] nostr::event::builder::Error),

@@ -21,7 +21,6 @@ use nostr::{
     Event, EventBuilder, Filter, JsonUtil, Keys, Kind, PublicKey, RelayUrl, SecretKey, Tag,
     TagKind, Timestamp,
 };
-use nostr_sdk::{Client, RelayPoolNotification};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio::task::{JoinHandle, JoinSet};
@@ -35,6 +34,7 @@ use super::{
 use crate::clock::now;
 use crate::keyfile::KeyFileError;
 use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT};
+use crate::relay_link::{RelayLink, RelayLinkError};
 use crate::wallet_backend::{BackendError, WalletBackend, WalletTx};
 
 /// File of the wallet-service secret key (hex), in the data directory.
@@ -43,8 +43,6 @@ pub const SERVICE_KEY_FILE_NAME: &str = "nwc_service.key";
 pub const STORE_FILE_NAME: &str = "nwc.sqlite";
 /// Kind of NIP-44 notifications (nostr 0.44 names only the NIP-04 one, 23196).
 const NOTIFICATION_KIND_NIP44: u16 = 23197;
-/// How long `start` waits for the relay connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long handled request ids are kept for replay protection. Requests
 /// whose `created_at` is older are refused as expired, so a pruned id can
 /// never be executed again.
@@ -76,7 +74,8 @@ struct Inner<B> {
     store: NwcStore,
     backend: Arc<B>,
     relay_url: RelayUrl,
-    client: Client,
+    /// The relay at `relay_url`: in-process when it is the node's own.
+    relay: Arc<dyn RelayLink>,
     /// Request ids this process is executing right now. A request the
     /// database marks in flight but that is not here was cut short by a
     /// restart: its replay resumes it instead of being ignored.
@@ -121,6 +120,12 @@ fn load_or_create_key(path: &Path) -> Result<Keys, NwcError> {
     })
 }
 
+/// The wallet-service keys kept in `data_dir` (created on first use); a
+/// link to a remote NWC relay authenticates (NIP-42) as them.
+pub fn service_keys(data_dir: &Path) -> Result<Keys, NwcError> {
+    load_or_create_key(&data_dir.join(SERVICE_KEY_FILE_NAME))
+}
+
 fn nip47_error(code: ErrorCode, message: impl Into<String>) -> NIP47Error {
     NIP47Error {
         code,
@@ -130,20 +135,24 @@ fn nip47_error(code: ErrorCode, message: impl Into<String>) -> NIP47Error {
 
 impl<B: WalletBackend> NwcService<B> {
     /// Opens the service's key and database under `config.data_dir` (creating
-    /// them on first use). Nothing talks to the relay until [`Self::start`].
-    pub fn open(config: &NwcServiceConfig, backend: Arc<B>) -> Result<Self, NwcError> {
-        let keys = load_or_create_key(&config.data_dir.join(SERVICE_KEY_FILE_NAME))?;
+    /// them on first use); `relay` is the relay at `config.relay_url`.
+    /// Nothing talks to the relay until [`Self::start`].
+    pub fn open(
+        config: &NwcServiceConfig,
+        backend: Arc<B>,
+        relay: Arc<dyn RelayLink>,
+    ) -> Result<Self, NwcError> {
+        let keys = service_keys(&config.data_dir)?;
         let store = NwcStore::open(&config.data_dir.join(STORE_FILE_NAME))?;
         let relay_url = RelayUrl::parse(&config.relay_url)
             .map_err(|_| NwcError::RelayUrl(config.relay_url.clone()))?;
-        let client = Client::new(keys.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 keys,
                 store,
                 backend,
                 relay_url,
-                client,
+                relay,
                 active: Mutex::new(HashSet::new()),
             }),
             tasks: Mutex::new(Vec::new()),
@@ -217,26 +226,20 @@ impl<B: WalletBackend> NwcService<B> {
         }
     }
 
-    /// Connects to the relay, subscribes to requests addressed to the
-    /// service, publishes the info event and starts answering.
+    /// Subscribes to requests addressed to the service, publishes the info
+    /// event and starts answering.
     pub async fn start(&self) -> Result<(), NwcError> {
         let inner = &self.inner;
         // Before any request is handled: settle or release what an earlier
         // run left reserved, and forget request ids past the retention.
         inner.reconcile_reservations().await;
         inner.prune();
-        inner.client.add_relay(inner.relay_url.clone()).await?;
-        inner
-            .client
-            .try_connect_relay(inner.relay_url.clone(), CONNECT_TIMEOUT)
-            .await?;
-        // Listen before subscribing so that no request is missed.
-        let mut notifications = inner.client.notifications();
+        // Subscribe before announcing the service, so that no request is missed.
         let filter = Filter::new()
             .kind(Kind::WalletConnectRequest)
             .pubkey(inner.keys.public_key());
-        inner.client.subscribe(filter, None).await?;
-        inner.client.send_event(&self.info_event()?).await?;
+        let mut requests = inner.relay.subscribe(filter).await?;
+        inner.relay.publish(self.info_event()?).await?;
         let me = Arc::clone(inner);
         let task = tokio::spawn(async move {
             // Request handlers live in this set, so stopping the service
@@ -245,27 +248,30 @@ impl<B: WalletBackend> NwcService<B> {
             let mut handlers = JoinSet::new();
             loop {
                 while handlers.try_join_next().is_some() {}
-                match notifications.recv().await {
-                    Ok(RelayPoolNotification::Event { event, .. })
-                        if event.kind == Kind::WalletConnectRequest =>
-                    {
+                match requests.next().await {
+                    Ok(event) if event.kind == Kind::WalletConnectRequest => {
                         let me = Arc::clone(&me);
                         // One task per request: a slow payment must not hold
                         // up get_balance from another app.
                         handlers.spawn(async move {
-                            if let Some(resp) = me.handle_request(&event).await {
-                                if let Err(e) = me.client.send_event(&resp).await {
+                            // The link verified it (see `RelayLink`).
+                            if let Some(resp) = me.handle_verified(&event).await {
+                                if let Err(e) = me.relay.publish(resp).await {
                                     warn!(error = %e, "cannot publish an NWC response");
                                 }
                             }
                         });
                     }
-                    Ok(RelayPoolNotification::Shutdown) => break,
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                    // The lost requests get no answer; their apps time out
+                    // and may send them again (replays are safe).
+                    Err(RelayLinkError::Lagged(n)) => {
                         warn!(skipped = n, "NWC request listener lagged")
                     }
-                    Err(broadcast::error::RecvError::Closed) => break,
+                    Err(e) => {
+                        warn!(error = %e, "NWC request subscription ended");
+                        break;
+                    }
                 }
             }
         });
@@ -371,7 +377,7 @@ impl<B: WalletBackend> NwcService<B> {
         )
     }
 
-    /// Stops listening and disconnects from the relay.
+    /// Stops listening and lets go of the relay.
     pub async fn stop(&self) {
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
@@ -380,7 +386,7 @@ impl<B: WalletBackend> NwcService<B> {
             // `stop` returns (the caller may stop the node next).
             let _ = t.await;
         }
-        self.inner.client.shutdown().await;
+        self.inner.relay.close().await;
     }
 }
 
@@ -450,16 +456,22 @@ impl<B: WalletBackend> Inner<B> {
     }
 
     async fn handle_request(&self, event: &Event) -> Option<Event> {
+        if event.verify().is_err() {
+            debug!(id = %event.id, "NWC request with a bad signature");
+            return None;
+        }
+        self.handle_verified(event).await
+    }
+
+    /// [`Self::handle_request`] for an event whose id and signature are known
+    /// to be good: the relay checked them (see [`RelayLink`]).
+    async fn handle_verified(&self, event: &Event) -> Option<Event> {
         if event.kind != Kind::WalletConnectRequest
             || !event
                 .tags
                 .public_keys()
                 .any(|p| *p == self.keys.public_key())
         {
-            return None;
-        }
-        if event.verify().is_err() {
-            debug!(id = %event.id, "NWC request with a bad signature");
             return None;
         }
         if event.is_expired() {
@@ -1017,7 +1029,7 @@ impl<B: WalletBackend> Inner<B> {
                 let ev = EventBuilder::new(kind, content)
                     .tag(Tag::public_key(conn.client_pubkey))
                     .sign_with_keys(&self.keys)?;
-                self.client.send_event(&ev).await?;
+                self.relay.publish(ev).await?;
             }
         }
         Ok(())

@@ -5,8 +5,13 @@
 //! ([`RetryPolicy::window`]), always with the *stored* receipt — never
 //! re-signed, so every relay gets the same event id. Relays the
 //! [`RelayPolicy`] forbids are dropped and never contacted.
+//!
+//! The node's own relay is reached in-process, through its [`RelayLink`];
+//! the relays a request names, over WebSockets (a fresh nostr-sdk client
+//! per publication).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nostr::{Event, RelayUrl};
@@ -16,6 +21,7 @@ use tracing::debug;
 use super::relay_filter::RelayPolicy;
 use super::store::{DeliveryOutcome, PendingZap, ZapStore};
 use super::ZapError;
+use crate::relay_link::RelayLink;
 
 /// How long publishing waits for relay connections.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,18 +58,35 @@ impl RetryPolicy {
 }
 
 /// Sends receipts to the node's relay and the relays their requests name.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReceiptPublisher {
     own_relay: RelayUrl,
+    own_link: Arc<dyn RelayLink>,
     policy: RelayPolicy,
     retry: RetryPolicy,
 }
 
+impl std::fmt::Debug for ReceiptPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptPublisher")
+            .field("own_relay", &self.own_relay)
+            .field("policy", &self.policy)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ReceiptPublisher {
-    /// A publisher that always includes `own_relay`.
-    pub fn new(own_relay: RelayUrl, policy: RelayPolicy, retry: RetryPolicy) -> Self {
+    /// A publisher that always includes `own_relay`, reached through `own_link`.
+    pub fn new(
+        own_relay: RelayUrl,
+        own_link: Arc<dyn RelayLink>,
+        policy: RelayPolicy,
+        retry: RetryPolicy,
+    ) -> Self {
         Self {
             own_relay,
+            own_link,
             policy,
             retry,
         }
@@ -124,8 +147,22 @@ impl ReceiptPublisher {
                 }
             }
         }
-        let urls: Vec<RelayUrl> = allowed.iter().map(|(url, _)| url.clone()).collect();
-        let accepted = send(receipt, &urls).await;
+        let remote: Vec<RelayUrl> = allowed
+            .iter()
+            .map(|(url, _)| url.clone())
+            .filter(|url| *url != self.own_relay)
+            .collect();
+        let mut accepted = send(receipt, &remote).await;
+        if allowed.iter().any(|(url, _)| *url == self.own_relay) {
+            let own = tokio::time::timeout(PUBLISH_TIMEOUT, self.own_link.publish(receipt.clone()));
+            match own.await {
+                Ok(Ok(())) => {
+                    accepted.insert(self.own_relay.clone());
+                }
+                Ok(Err(e)) => debug!(error = %e, "the own relay refused a zap receipt"),
+                Err(_) => debug!("the own relay did not take a zap receipt in time"),
+            }
+        }
         let mut count = 0;
         for (url, relay) in &allowed {
             if accepted.contains(url) {

@@ -8,7 +8,8 @@
 //!   LNURL-pay endpoint).
 //! - [`ZapService`] issues zap invoices, remembers them in
 //!   `<data_dir>/zaps.sqlite`, and publishes each receipt once the invoice is
-//!   paid — to the relays the request names and the node's own relay, once
+//!   paid — to the relays the request names (over WebSockets) and the node's
+//!   own relay (in-process, through a [`crate::relay_link::RelayLink`]), once
 //!   per payment hash, also across restarts. [`ReceiptPublisher`] records
 //!   each relay's delivery and retries the ones that missed it (same event).
 //! - [`RelayPolicy`] keeps strangers' relay URLs from making the node

@@ -20,6 +20,7 @@ use super::ZapError;
 use crate::clock::now;
 use crate::keyfile::load_or_create_keys;
 use crate::lightning::InvoiceDescription;
+use crate::relay_link::RelayLink;
 use crate::wallet_backend::{IncomingInvoice, WalletBackend};
 
 /// File of the zapper's secret key (hex, 0600), in the data directory.
@@ -86,8 +87,13 @@ impl<B: WalletBackend> std::fmt::Debug for ZapService<B> {
 
 impl<B: WalletBackend> ZapService<B> {
     /// Opens the zapper key and the database under `config.data_dir`
-    /// (creating them on first use). Nothing is published until [`Self::start`].
-    pub fn open(config: &ZapServiceConfig, backend: Arc<B>) -> Result<Self, ZapError> {
+    /// (creating them on first use); `own_link` reaches the node's relay, at
+    /// `config.own_relay_url`. Nothing is published until [`Self::start`].
+    pub fn open(
+        config: &ZapServiceConfig,
+        backend: Arc<B>,
+        own_link: Arc<dyn RelayLink>,
+    ) -> Result<Self, ZapError> {
         let keys = load_or_create_keys(&config.data_dir.join(ZAP_KEY_FILE_NAME))?;
         let store = ZapStore::open(&config.data_dir.join(ZAP_STORE_FILE_NAME))?;
         let own_relay = RelayUrl::parse(&config.own_relay_url)
@@ -95,7 +101,8 @@ impl<B: WalletBackend> ZapService<B> {
         let policy = RelayPolicy {
             allow_private: config.allow_private_relays,
         };
-        let publisher = ReceiptPublisher::new(own_relay.clone(), policy.clone(), config.retry);
+        let publisher =
+            ReceiptPublisher::new(own_relay.clone(), own_link, policy.clone(), config.retry);
         Ok(Self {
             inner: Arc::new(Inner {
                 keys,
