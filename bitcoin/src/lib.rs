@@ -7,7 +7,7 @@
 //! - [`rpc`]: Bitcoin Core's JSON-RPC — one config, one error, one client;
 //! - [`source`]: the chain source of a wallet (Core's RPC or Esplora);
 //! - [`private_file`]: the one rule for files holding secrets;
-//! - with the `wallet` feature, [`wallet_sync`] (bdk emitter sync) and
+//! - with the `wallet` feature, [`wallet`] (open a bdk wallet, emitter sync) and
 //!   [`esplora`] (an Esplora client, its errors and fee estimates).
 //!
 //! A verifier needs only the default features: no bdk wallet, no HTTP client.
@@ -22,7 +22,7 @@ pub mod rpc;
 pub mod seed;
 pub mod source;
 #[cfg(feature = "wallet")]
-pub mod wallet_sync;
+pub mod wallet;
 
 pub use derive::{lightning_seed_bytes, ANCHOR_ACCOUNT, PAYMENTS_ACCOUNT};
 pub use rpc::{ChainError, RpcClient, RpcConfig, DEFAULT_RPC_TIMEOUT};

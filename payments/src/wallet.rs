@@ -17,11 +17,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bdk_esplora::EsploraAsyncExt;
 use bdk_wallet::chain::ChainPosition;
 use bdk_wallet::rusqlite::Connection;
-use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, Wallet};
+use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, Transaction, Txid};
 use cairn_bitcoin::esplora::{self, Esplora};
 use cairn_bitcoin::private_file::restrict_to_owner;
-use cairn_bitcoin::wallet_sync::sync_from_core;
+use cairn_bitcoin::wallet::{self, sync_from_core};
 use cairn_bitcoin::{ChainError, ChainSource, RpcClient, RpcConfig, Seed, SeedError, SeedOrigin};
 /// Name of the wallet's SQLite file inside the data directory.
 pub const WALLET_DB_FILE_NAME: &str = "payments_wallet.sqlite";
@@ -283,34 +283,19 @@ impl OnchainWallet {
         let (external, internal) = seed.payments_descriptors(network)?;
         let db_path = dir.join(WALLET_DB_FILE_NAME);
         let mut conn = open_private(&db_path)?;
-        let loaded = Wallet::load()
-            .descriptor(KeychainKind::External, Some(external.clone()))
-            .descriptor(KeychainKind::Internal, Some(internal.clone()))
-            .extract_keys()
-            .check_network(network)
-            .load_wallet(&mut conn)
-            .map_err(|e| match e {
-                bdk_wallet::LoadWithPersistError::InvalidChangeSet(
-                    bdk_wallet::LoadError::Mismatch(_),
-                ) => WalletError::Mismatch,
+        let (wallet, created) =
+            wallet::open(&mut conn, (external, internal), network).map_err(|e| match e {
+                wallet::OpenError::Mismatch => WalletError::Mismatch,
                 other => store_err(other),
             })?;
-        let (wallet, start_height) = match loaded {
-            Some(w) => (w, 0),
-            None => {
-                // A seed made just now cannot have received coins before the
-                // current tip; an older seed may have, so scan from genesis.
-                // (Esplora scans by address, so it needs no start height.)
-                let start = match &backend {
-                    Backend::Rpc(client) if origin == SeedOrigin::Created => client.tip_height()?,
-                    _ => 0,
-                };
-                let w = Wallet::create(external, internal)
-                    .network(network)
-                    .create_wallet(&mut conn)
-                    .map_err(store_err)?;
-                (w, start)
+        // A seed made just now cannot have received coins before the
+        // current tip; an older seed may have, so scan from genesis.
+        // (Esplora scans by address, so it needs no start height.)
+        let start_height = match &backend {
+            Backend::Rpc(client) if created && origin == SeedOrigin::Created => {
+                client.tip_height()?
             }
+            _ => 0,
         };
         Ok(Self {
             inner: Arc::new(Mutex::new(Inner {

@@ -11,7 +11,7 @@
 //! - [`store`]: anchor records and the queue of pending epochs (SQLite, next to
 //!   the wallet's own tables);
 //! - Core's RPC through [`cairn_bitcoin::RpcClient`], the wallet synced by
-//!   [`cairn_bitcoin::wallet_sync::sync_from_core`].
+//!   [`cairn_bitcoin::wallet::sync_from_core`].
 //!
 //! [`Anchorer`] ties them together. Its [`Anchorer::sync`] is meant to run on
 //! every new block (or periodically): it follows the chain, records
@@ -31,13 +31,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bdk_wallet::chain::ChainPosition;
 use bdk_wallet::rusqlite::Connection;
-use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, TxOrdering, Wallet};
+use bdk_wallet::{KeychainKind, PersistedWallet, SignOptions, TxOrdering};
 use bitcoin::script::PushBytesBuf;
 use bitcoin::{Address, Amount, BlockHash, FeeRate, Network, OutPoint, Transaction, Txid};
 use tracing::{info, warn};
 
 use cairn_bitcoin::private_file::restrict_to_owner;
-use cairn_bitcoin::wallet_sync::sync_from_core;
+use cairn_bitcoin::wallet::{self, sync_from_core};
 use cairn_bitcoin::{ChainError, RpcClient, RpcConfig, Seed, SeedError, SeedOrigin};
 use plan::{Coin, Seen, Step, Stored};
 use store::{Row, TxVersion};
@@ -455,40 +455,18 @@ impl Inner {
             source,
         })?;
         store::migrate(&conn)?;
-        let loaded = Wallet::load()
-            .descriptor(KeychainKind::External, Some(external.clone()))
-            .descriptor(KeychainKind::Internal, Some(internal.clone()))
-            .extract_keys()
-            .check_network(network)
-            .load_wallet(&mut conn)
-            .map_err(|e| match e {
-                bdk_wallet::LoadWithPersistError::InvalidChangeSet(
-                    bdk_wallet::LoadError::Mismatch(_),
-                ) => AnchorError::Wallet(
-                    "the wallet database belongs to another seed or network".into(),
-                ),
-                other => wallet_err("loading", other),
-            })?;
-        let wallet = match loaded {
-            Some(w) => w,
-            None => {
-                // A brand-new seed cannot own coins from before now, so the
-                // first sync may start at the node's tip instead of genesis.
-                let scan_from = if origin == SeedOrigin::Created {
-                    "tip"
-                } else {
-                    "0"
-                };
-                store::set_meta(&conn, META_SCAN_FROM, scan_from)?;
-                Wallet::create(external, internal)
-                    .network(network)
-                    .create_wallet(&mut conn)
-                    .map_err(|e| match e {
-                        bdk_wallet::CreateWithPersistError::Persist(p) => wallet_err("creating", p),
-                        _ => AnchorError::Wallet("cannot create the wallet".into()),
-                    })?
-            }
-        };
+        let (wallet, created) = wallet::open(&mut conn, (external, internal), network)
+            .map_err(|e| AnchorError::Wallet(e.to_string()))?;
+        if created {
+            // A brand-new seed cannot own coins from before now, so the
+            // first sync may start at the node's tip instead of genesis.
+            let scan_from = if origin == SeedOrigin::Created {
+                "tip"
+            } else {
+                "0"
+            };
+            store::set_meta(&conn, META_SCAN_FROM, scan_from)?;
+        }
         let chain = RpcClient::new(rpc)?;
         let clock = store::meta(&conn, META_CLOCK)?
             .and_then(|c| c.parse().ok())
