@@ -8,6 +8,7 @@ pub mod bitcoin_settings;
 pub mod cli;
 pub mod cli_amounts;
 pub mod identity_routes;
+pub mod own_relay;
 pub mod identity_settings;
 pub mod ln_cli;
 pub mod msg_claims;

@@ -6,9 +6,11 @@
 //! Start order: the seed (`<data_dir>/seed`, 0600, shared with identity
 //! anchoring) → the on-chain wallet (BIP86 account 0) → the Lightning node
 //! (built and started; ldk-node syncs itself every few seconds) → the NWC
-//! service (opened; it connects to the relay once the server is serving, then
-//! publishes its 13194 info event) → NWC notifications from the Lightning event
-//! stream and a periodic on-chain wallet sync.
+//! service (opened and started at once: it subscribes and publishes its 13194
+//! info event in-process on the node's relay, see [`crate::own_relay`], so it
+//! does not wait for the server to listen; an `nwc_relay_url` naming another
+//! relay is reached over a WebSocket) → NWC notifications from the Lightning
+//! event stream and a periodic on-chain wallet sync.
 //!
 //! **When Bitcoin Core is unreachable at start** the node does not fail
 //! because of payments: the relay keeps working, the admin API
@@ -27,11 +29,13 @@ use anyhow::Context;
 use bitcoin::{FeeRate, Network};
 use cairn_bitcoin::{ChainError, ChainSource, RpcClient, RpcConfig, Seed};
 use cairn_payments::lightning::LightningNode;
-use cairn_payments::nwc::{NwcService, NwcServiceConfig};
+use cairn_payments::nwc::{service_keys, NwcService, NwcServiceConfig};
 use cairn_payments::wallet::OnchainWallet;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::own_relay::OwnRelay;
 use crate::payments_settings::ChainSourceKind;
 use crate::settings::Settings;
 
@@ -58,9 +62,14 @@ impl std::fmt::Debug for Payments {
 
 impl Payments {
     /// Opens the wallet, builds and starts the Lightning node and opens the
-    /// NWC service (not yet connected: see [`Self::start_services`]). Must
+    /// NWC service on the relay at `nwc_relay_url` (`own_relay` in-process
+    /// when it names it; not yet started: see [`Self::start_services`]). Must
     /// run on a multi-threaded tokio runtime (ldk-node blocks in place).
-    pub async fn open(settings: &Settings, nwc_relay_url: &str) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        settings: &Settings,
+        nwc_relay_url: &str,
+        own_relay: &OwnRelay,
+    ) -> anyhow::Result<Arc<Self>> {
         let cfg = &settings.payments;
         let data_dir = settings.data_dir.clone();
         let wallet_config = cfg.wallet_config(&settings.bitcoin, &data_dir);
@@ -98,17 +107,20 @@ impl Payments {
         lightning
             .start()
             .context("Lightning node (is the chain source reachable?)")?;
-        let nwc = match NwcService::open(
-            &NwcServiceConfig {
-                data_dir: data_dir.clone(),
-                relay_url: nwc_relay_url.to_owned(),
-            },
-            Arc::clone(&lightning),
-        ) {
+        let nwc = match service_keys(&data_dir)
+            .map_err(anyhow::Error::new)
+            .and_then(|keys| own_relay.link_to(nwc_relay_url, keys))
+            .and_then(|link| {
+                let config = NwcServiceConfig {
+                    data_dir: data_dir.clone(),
+                    relay_url: nwc_relay_url.to_owned(),
+                };
+                Ok(NwcService::open(&config, Arc::clone(&lightning), link)?)
+            }) {
             Ok(nwc) => Arc::new(nwc),
             Err(e) => {
                 let _ = lightning.stop().await;
-                return Err(anyhow::Error::new(e).context("NWC service"));
+                return Err(e.context("NWC service"));
             }
         };
         tracing::info!(
@@ -129,11 +141,10 @@ impl Payments {
         }))
     }
 
-    /// Connects the NWC service to its relay (which must be serving by now),
-    /// and starts the NWC notifications and the periodic wallet sync. A relay
-    /// that cannot be reached is logged: Lightning and the admin API work
-    /// without NWC.
-    pub async fn start_services(self: &Arc<Self>) {
+    /// Starts the NWC service on its relay, the NWC notifications and the
+    /// periodic wallet sync. A relay that cannot be reached is logged:
+    /// Lightning and the admin API work without NWC.
+    async fn start_services(self: &Arc<Self>) {
         if let Err(e) = self.nwc.start().await {
             tracing::error!(error = %e, "NWC service could not connect to its relay; NWC is off");
         }
@@ -277,6 +288,8 @@ async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 pub struct PaymentsSlot {
     running: OnceLock<Arc<Payments>>,
+    /// Turns true once `running` is filled: what [`Self::wait`] waits on.
+    ready: watch::Sender<bool>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -284,6 +297,19 @@ impl PaymentsSlot {
     /// The running payments, if any.
     pub fn get(&self) -> Option<&Arc<Payments>> {
         self.running.get()
+    }
+
+    /// The running payments, once they run (at once if they do).
+    pub async fn wait(&self) -> Arc<Payments> {
+        let mut ready = self.ready.subscribe();
+        loop {
+            if let Some(p) = self.get() {
+                return Arc::clone(p);
+            }
+            // `changed` fails only once the sender is dropped, and `self`
+            // holds it: no error to handle.
+            let _ = ready.changed().await;
+        }
     }
 
     /// The running payments, or why they are not running.
@@ -302,12 +328,47 @@ impl PaymentsSlot {
     fn set(&self, payments: Arc<Payments>) {
         let _ = self.running.set(payments);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.ready.send_replace(true);
     }
 
     fn set_error(&self, e: &anyhow::Error) {
         // `{:#}`: the chain of causes, which names what failed. No secret
         // reaches it: the seed, keys and RPC password are never in errors.
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
+    }
+}
+
+/// Tries to start payments every `start_retry_interval_secs` until they run
+/// (then fills `slot`) or `stop` is cancelled.
+async fn retry_start(
+    settings: Settings,
+    nwc_relay_url: String,
+    own_relay: OwnRelay,
+    slot: Arc<PaymentsSlot>,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_secs(settings.payments.start_retry_interval_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match Payments::open(&settings, &nwc_relay_url, &own_relay).await {
+            Ok(p) => {
+                if stop.is_cancelled() {
+                    p.stop().await;
+                    return;
+                }
+                p.start_services().await;
+                slot.set(p);
+                tracing::info!("payments started after a retry");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "payments still cannot start");
+                slot.set_error(&e);
+            }
+        }
     }
 }
 
@@ -321,68 +382,43 @@ pub struct PaymentsRuntime {
 }
 
 impl PaymentsRuntime {
-    /// First attempt to open payments; a failure is recorded, not returned
-    /// (see the module documentation).
-    pub async fn open(settings: &Settings, nwc_relay_url: &str) -> Self {
+    /// First attempt to open and start payments, NWC on `nwc_relay_url`
+    /// (see [`Payments::open`]); a failure is recorded, not returned, and the
+    /// start retried in the background (see the module documentation).
+    pub async fn open(settings: &Settings, nwc_relay_url: &str, own_relay: &OwnRelay) -> Self {
         let slot = Arc::new(PaymentsSlot::default());
-        match Payments::open(settings, nwc_relay_url).await {
-            Ok(p) => slot.set(p),
+        let retry_stop = CancellationToken::new();
+        let retry = match Payments::open(settings, nwc_relay_url, own_relay).await {
+            Ok(p) => {
+                p.start_services().await;
+                slot.set(p);
+                None
+            }
             Err(e) => {
                 tracing::error!(
                     error = %format!("{e:#}"),
                     "payments could not start; the relay runs without them and the start is retried"
                 );
                 slot.set_error(&e);
+                Some(tokio::spawn(retry_start(
+                    settings.clone(),
+                    nwc_relay_url.to_owned(),
+                    own_relay.clone(),
+                    Arc::clone(&slot),
+                    retry_stop.clone(),
+                )))
             }
-        }
+        };
         Self {
             slot,
-            retry_stop: CancellationToken::new(),
-            retry: None,
+            retry_stop,
+            retry,
         }
     }
 
     /// The shared slot (for the admin routes).
     pub fn slot(&self) -> &Arc<PaymentsSlot> {
         &self.slot
-    }
-
-    /// Once the server serves: starts the services of running payments, or
-    /// the retry loop of a failed start.
-    pub async fn start_services(&mut self, settings: &Settings, nwc_relay_url: &str) {
-        if let Some(p) = self.slot.get() {
-            p.start_services().await;
-            return;
-        }
-        let slot = Arc::clone(&self.slot);
-        let stop = self.retry_stop.clone();
-        let settings = settings.clone();
-        let relay_url = nwc_relay_url.to_owned();
-        let every = Duration::from_secs(settings.payments.start_retry_interval_secs.max(1));
-        self.retry = Some(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                match Payments::open(&settings, &relay_url).await {
-                    Ok(p) => {
-                        if stop.is_cancelled() {
-                            p.stop().await;
-                            return;
-                        }
-                        p.start_services().await;
-                        slot.set(p);
-                        tracing::info!("payments started after a retry");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %format!("{e:#}"), "payments still cannot start");
-                        slot.set_error(&e);
-                    }
-                }
-            }
-        }));
     }
 
     /// Stops the retry loop and the payments, if running.

@@ -1,22 +1,15 @@
-//! The HTTP/WebSocket server: WebSocket at `/` for the relay, NIP-11 at `/`
-//! for `Accept: application/nostr+json`, background jobs, and shutdown.
+//! The HTTP/WebSocket server: the relay at `/` (WebSocket, NIP-11 and a
+//! text page, served by `cairn_relay::ws`), the identity, admin and zap
+//! routes, background jobs, and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::serve::ListenerExt;
-use axum::Router;
 use cairn_relay::store::Store;
-use cairn_relay::{serve_connection, Incoming, Outgoing, Relay};
-use futures::{SinkExt, StreamExt};
+use cairn_relay::Relay;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -25,17 +18,6 @@ use crate::settings::Settings;
 
 /// How long shutdown waits for connections to finish their in-flight work.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Initial WebSocket read buffer; it grows for larger messages. Kept small
-/// because idle connections are the common case.
-const WS_READ_BUFFER: usize = 4 * 1024;
-/// Outgoing bytes buffered before a write is forced (a flush also forces it).
-const WS_WRITE_BUFFER: usize = 16 * 1024;
-
-#[derive(Clone)]
-struct AppState {
-    relay: Arc<Relay>,
-    connections: TaskTracker,
-}
 
 /// A node running in this process.
 #[derive(Debug)]
@@ -187,13 +169,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         None
     };
     let connections = TaskTracker::new();
-    let state = AppState {
-        relay: Arc::clone(&relay),
-        connections: connections.clone(),
-    };
-    let mut app = Router::new()
-        .route("/", get(root).options(preflight))
-        .with_state(state);
+    let mut app = cairn_relay::ws::router(Arc::clone(&relay), connections.clone());
     if let Some(service) = &identity {
         app = app.merge(crate::identity_routes::router(
             Arc::clone(service),
@@ -205,10 +181,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .nwc_relay_url
         .clone()
         .unwrap_or_else(|| relay.public_url().to_owned());
-    let mut payments = if settings.payments.enabled {
+    // NWC and zap receipts reach the relay in-process: they need not wait
+    // for the server to listen.
+    let own_relay = crate::own_relay::OwnRelay::new(&relay);
+    let payments = if settings.payments.enabled {
         let token = crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?;
         let runtime =
-            crate::payments_runtime::PaymentsRuntime::open(&settings, &nwc_relay_url).await;
+            crate::payments_runtime::PaymentsRuntime::open(&settings, &nwc_relay_url, &own_relay)
+                .await;
         app = app.merge(crate::admin_routes::router(
             Arc::clone(runtime.slot()),
             token,
@@ -222,7 +202,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     let zaps = match (&payments, &identity) {
         (Some(runtime), Some(service)) => crate::zap_routes::mount(
             &settings,
-            relay.public_url(),
+            &own_relay,
             Arc::clone(service),
             Arc::clone(runtime.slot()),
         )?
@@ -250,10 +230,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
     });
-    // NWC connects to the relay, which serves from here on.
-    if let Some(payments) = &mut payments {
-        payments.start_services(&settings, &nwc_relay_url).await;
-    }
     Ok(RunningNode {
         addr,
         relay,
@@ -279,115 +255,6 @@ fn create_data_dir(settings: &Settings) -> anyhow::Result<()> {
             .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
     }
     Ok(())
-}
-
-/// `GET /`: a WebSocket upgrade goes to the relay; `Accept:
-/// application/nostr+json` gets NIP-11; anything else a short text page.
-async fn root(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    if let Ok(upgrade) = upgrade {
-        return accept_websocket(state, peer, upgrade);
-    }
-    let wants_nip11 = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/nostr+json"));
-    if wants_nip11 {
-        let body = state.relay.information_document().to_string();
-        return (
-            CORS_HEADERS,
-            [(header::CONTENT_TYPE, "application/nostr+json")],
-            body,
-        )
-            .into_response();
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!(
-            "This is a Cairn Nostr relay. Connect a Nostr client to {}\n",
-            state.relay.public_url()
-        ),
-    )
-        .into_response()
-}
-
-/// CORS preflight for browser clients fetching NIP-11.
-async fn preflight() -> impl IntoResponse {
-    (StatusCode::NO_CONTENT, CORS_HEADERS)
-}
-
-/// NIP-11 is public: any origin may read it.
-const CORS_HEADERS: [(header::HeaderName, &str); 3] = [
-    (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-    (header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
-    (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
-];
-
-fn accept_websocket(state: AppState, peer: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
-    let permit = match state.relay.admit(peer.ip()) {
-        Ok(permit) => permit,
-        Err(err) => {
-            tracing::debug!(%peer, %err, "connection refused");
-            return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
-        }
-    };
-    let max_message = state.relay.config().limits.max_message_length;
-    let relay = Arc::clone(&state.relay);
-    let tracker = state.connections.clone();
-    upgrade
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_upgrade(move |socket| {
-            // Tracked so that shutdown can wait for every connection.
-            tracker.track_future(run_socket(relay, permit, socket))
-        })
-}
-
-async fn run_socket(relay: Arc<Relay>, permit: cairn_relay::ConnectionPermit, socket: WebSocket) {
-    let (sink, stream) = socket.split();
-    // Text and binary frames pass through; control frames are answered by
-    // the WebSocket library; a close or a fatal error ends the stream (after
-    // reporting the error, when the client can be told why).
-    let incoming = futures::stream::unfold(Some(stream), |state| async move {
-        let mut stream = state?;
-        loop {
-            match stream.next().await? {
-                Ok(Message::Text(text)) => {
-                    return Some((Incoming::Text(text.to_string()), Some(stream)))
-                }
-                Ok(Message::Binary(_)) => return Some((Incoming::Binary, Some(stream))),
-                Ok(Message::Close(_)) => return None,
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Err(err) => return classify_error(&err).map(|incoming| (incoming, None)),
-            }
-        }
-    });
-    let outgoing = sink.with(|out: Outgoing| {
-        futures::future::ready(Ok::<_, axum::Error>(match out {
-            Outgoing::Text(text) => Message::Text(text.into()),
-            Outgoing::Close { code, reason } => Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })),
-        }))
-    });
-    serve_connection(relay, permit, Box::pin(incoming), Box::pin(outgoing)).await;
-}
-
-fn classify_error(err: &axum::Error) -> Option<Incoming> {
-    let source = std::error::Error::source(err)?;
-    match source.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Capacity(_) => Some(Incoming::TooLarge),
-        tungstenite::Error::Utf8(_) => Some(Incoming::InvalidUtf8),
-        tungstenite::Error::Protocol(p) => Some(Incoming::ProtocolError(p.to_string())),
-        _ => None,
-    }
 }
 
 async fn purge_expired_events(relay: Arc<Relay>, every: Duration) {

@@ -123,7 +123,7 @@ pub fn router(state: Arc<ZapRoutes>) -> Router {
 /// enabled and `[zaps] names` set; `None` when no name is listed (LNURL off).
 pub fn mount(
     settings: &Settings,
-    own_relay_url: &str,
+    own_relay: &crate::own_relay::OwnRelay,
     identity: Arc<IdentityService>,
     payments: Arc<PaymentsSlot>,
 ) -> anyhow::Result<Option<(Router, ZapsRuntime)>> {
@@ -131,7 +131,7 @@ pub fn mount(
         return Ok(None);
     }
     settings.zaps.validate().map_err(anyhow::Error::msg)?;
-    let runtime = ZapsRuntime::start(settings, Arc::clone(&payments), own_relay_url);
+    let runtime = ZapsRuntime::start(settings, Arc::clone(&payments), own_relay);
     let public_base = settings.relay.public_url.as_deref().and_then(http_base_of);
     if public_base.is_none() {
         // LUD-06 wallets behind TLS need the real https URL, and the metadata

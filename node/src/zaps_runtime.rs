@@ -3,18 +3,15 @@
 //! [`crate::payments_runtime`]), stopped before payments stop.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use cairn_payments::lightning::{LightningNode, DEFAULT_INVOICE_EXPIRY_SECS};
 use cairn_payments::zap::{RetryPolicy, ZapService, ZapServiceConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::own_relay::OwnRelay;
 use crate::payments_runtime::PaymentsSlot;
 use crate::settings::Settings;
-
-/// How often the runtime looks whether payments run yet.
-const WAIT_FOR_PAYMENTS: Duration = Duration::from_millis(500);
 
 /// The zap service, once open.
 pub type ZapCell = Arc<OnceLock<Arc<ZapService<LightningNode>>>>;
@@ -28,36 +25,32 @@ pub struct ZapsRuntime {
 }
 
 impl ZapsRuntime {
-    /// Starts waiting for payments in `slot`; receipts also go to `own_relay_url`.
-    pub fn start(settings: &Settings, slot: Arc<PaymentsSlot>, own_relay_url: &str) -> Self {
+    /// Starts waiting for payments in `slot`; receipts also go to `own_relay`.
+    pub fn start(settings: &Settings, slot: Arc<PaymentsSlot>, own_relay: &OwnRelay) -> Self {
         let cell: ZapCell = Arc::default();
         let stop = CancellationToken::new();
         let config = ZapServiceConfig {
             data_dir: settings.data_dir.clone(),
-            own_relay_url: own_relay_url.to_owned(),
+            own_relay_url: own_relay.url().to_owned(),
             invoice_expiry_secs: DEFAULT_INVOICE_EXPIRY_SECS,
             allow_private_relays: settings.zaps.allow_private_relays,
             max_pending: settings.zaps.max_pending_zaps,
             retry: RetryPolicy::default(),
         };
+        let own_link = Arc::new(own_relay.clone());
         let task = tokio::spawn({
             let cell = Arc::clone(&cell);
             let stop = stop.clone();
             async move {
-                let payments = loop {
-                    if let Some(p) = slot.get() {
-                        break Arc::clone(p);
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(WAIT_FOR_PAYMENTS) => {}
-                    }
+                let payments = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    payments = slot.wait() => payments,
                 };
                 let lightning = Arc::clone(payments.lightning());
                 // Subscribe before the catch-up sweep inside `start`, so a
                 // payment arriving in between is not missed.
                 let events = lightning.subscribe();
-                match ZapService::open(&config, lightning) {
+                match ZapService::open(&config, lightning, own_link) {
                     Ok(service) => {
                         service.start(events);
                         let _ = cell.set(Arc::new(service));

@@ -2,9 +2,11 @@
 //! message policy, NIP-42 AUTH, rate limits, fan-out, and storage behind the
 //! [`store::Store`] trait with SQLite and Postgres backends.
 //!
-//! The engine does not know about HTTP: the node accepts WebSockets, asks
-//! [`Relay::admit`] for a slot, and hands the socket to
-//! [`connection::serve_connection`]. Services in the same process publish
+//! The engine does not know about HTTP: a WebSocket server asks
+//! [`Relay::admit`] for a slot and hands the socket to
+//! [`connection::serve_connection`]. The one such server is `ws` (feature
+//! `ws`, an axum router the node mounts; `testing`, feature `test-relay`,
+//! serves it to other crates' tests). Services in the same process publish
 //! and subscribe without a socket ([`local`]); both paths take an event
 //! through the same rules ([`accept`]).
 
@@ -23,6 +25,10 @@ pub mod ratelimit;
 pub mod relay;
 pub mod store;
 pub mod verify;
+#[cfg(feature = "ws")]
+pub mod ws;
+#[cfg(feature = "test-relay")]
+pub mod testing;
 
 pub use accept::{Accepted, Refused};
 pub use connection::{serve_connection, Incoming, Outgoing};
