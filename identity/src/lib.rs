@@ -9,7 +9,8 @@
 //! - [`x`]: issuing challenges and checking proof posts on X's public endpoints;
 //! - [`anchor`]: the BDK wallet that anchors each epoch header in an OP_RETURN,
 //!   with fee bumps and re-anchoring after reorgs;
-//! - [`service`]: the node-side service tying them to SQL storage and to the relay.
+//! - [`service`]: the node-side service tying them to SQL storage (identity's
+//!   own migrations, `identity/migrations/`) and to the relay.
 //!
 //! # Dependency rule
 //!

@@ -2,8 +2,15 @@
 //!
 //! The SQL is written once: both backends accept `$N` placeholders, and every
 //! column is `TEXT` or a 64-bit integer, which both map to the same Rust types.
-//! The tables are created by the node's migrations
-//! (`migrations/*/20260102000000_identity.sql`).
+//!
+//! The tables are created by identity's own migrations
+//! (`identity/migrations/{sqlite,postgres}/`, embedded at build time), which
+//! [`IdentityDb::migrate`] runs and [`super::IdentityService::open`] calls.
+//! They share sqlx's `_sqlx_migrations` table with the relay's migrations,
+//! so versions must stay unique across both sets (the relay's start at
+//! `20260101…`, identity's at `20260102…`), and each migrator ignores the
+//! other's rows. A migration, once released, is never edited: its checksum is
+//! checked on every start.
 
 use sqlx::{PgPool, SqlitePool};
 
@@ -103,6 +110,26 @@ type OperationTuple = (
 type EpochTuple = (i64, String, i64, Option<String>, i64);
 
 impl IdentityDb {
+    /// Creates identity's tables, or brings them up to date: runs the
+    /// migrations in `identity/migrations/` that are not applied yet, and
+    /// checks the checksums of those that are.
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+        // The relay's migrations record themselves in the same
+        // `_sqlx_migrations` table: without `ignore_missing`, their rows
+        // would read as applied migrations missing from this set.
+        match self {
+            IdentityDb::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("migrations/sqlite");
+                migrator.set_ignore_missing(true).run(pool).await?;
+            }
+            IdentityDb::Postgres(pool) => {
+                let mut migrator = sqlx::migrate!("migrations/postgres");
+                migrator.set_ignore_missing(true).run(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stores a freshly issued challenge.
     pub async fn insert_challenge(&self, c: &ChallengeRow) -> Result<(), sqlx::Error> {
         const SQL: &str =

@@ -3,7 +3,8 @@
 //!
 //! # Persistence
 //!
-//! The source of truth is SQL ([`IdentityDb`], in the relay's own database):
+//! The source of truth is SQL ([`IdentityDb`], in the relay's own database,
+//! in tables that identity's own migrations create, see [`db`]):
 //! issued challenges, accepted operations in log order (event, attestation,
 //! epoch, block height) and closed epochs (header, anchor txid). The log, the
 //! state tree and the registry are kept **in memory** and rebuilt at start by
@@ -36,7 +37,7 @@
 //! - `anchoring`: closing epochs, following their anchors, epoch and status views;
 //! - `lookup`, `proofs`: where an identity stands, proof and absence bundles;
 //! - `views`: the answer types (the HTTP API's JSON bodies);
-//! - [`db`]: the SQL tables.
+//! - [`db`]: the SQL tables and the migrations that create them.
 
 mod anchoring;
 mod bindings;
@@ -116,8 +117,9 @@ fn unix_now() -> u64 {
 }
 
 impl IdentityService {
-    /// Opens the service: witness key, anchoring wallet (no network call),
-    /// X client, and the registry replayed from `db`.
+    /// Opens the service: identity's migrations on `db` (creating its tables
+    /// on first start), witness key, anchoring wallet (no network call), X
+    /// client, and the registry replayed from `db`.
     pub async fn open(
         config: ServiceConfig,
         db: IdentityDb,
@@ -133,6 +135,7 @@ impl IdentityService {
         .await?;
         let client = PublicXClient::new(config.x.clone()).map_err(ServiceError::XSetup)?;
         let checker = ProofChecker::new(client, config.check);
+        db.migrate().await?;
         let ops = db.operations().await?;
         let epochs = db.epochs().await?;
         let (n_ops, n_epochs) = (ops.len(), epochs.len());

@@ -38,7 +38,10 @@ impl PostgresStore {
             .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("../migrations/postgres").run(&pool).await?;
+        // Other parts of the node (identity) run their own migrations here, recorded in
+        // the same `_sqlx_migrations`: ignore their versions, which this set does not know.
+        let mut migrator = sqlx::migrate!("../migrations/postgres");
+        migrator.set_ignore_missing(true).run(&pool).await?;
         Ok(Self { pool })
     }
 }

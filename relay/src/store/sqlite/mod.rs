@@ -98,7 +98,10 @@ impl SqliteStore {
                 options.clone().pragma("wal_autocheckpoint", "0")
             })
             .await?;
-        sqlx::migrate!("../migrations/sqlite").run(&write).await?;
+        // Other parts of the node (identity) run their own migrations here, recorded in
+        // the same `_sqlx_migrations`: ignore their versions, which this set does not know.
+        let mut migrator = sqlx::migrate!("../migrations/sqlite");
+        migrator.set_ignore_missing(true).run(&write).await?;
 
         if in_memory {
             return Ok(Self {
