@@ -163,7 +163,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn close(&self);
 
     /// The database behind this store, for other parts of the node that keep
-    /// their own tables in it (their migrations live next to the relay's).
+    /// their own tables in it (and run their own migrations on it).
     /// `None` for stores without one.
     fn database(&self) -> Option<Database> {
         None
