@@ -1,27 +1,27 @@
-//! The Cairn node: settings, the HTTP/WebSocket server that mounts the relay,
-//! background jobs and shutdown. The `cairn` binary is a thin CLI over this.
+//! The Cairn node, in three sections: [`settings`] (what `cairn.toml` and
+//! `CAIRN_*` say), the server (the HTTP/WebSocket server that mounts the
+//! relay, its routes, background jobs and shutdown) and [`cli`] (the `cairn`
+//! commands other than `serve`). [`redact`] and [`admin_token`] are shared by
+//! the server and the CLI. The `cairn` binary is a thin clap layer over this.
 
-pub mod admin_client;
 pub mod admin_routes;
 pub mod admin_token;
-pub mod bitcoin_settings;
 pub mod cli;
-pub mod cli_amounts;
 pub mod identity_routes;
-pub mod own_relay;
-pub mod identity_settings;
-pub mod ln_cli;
-pub mod msg_claims;
-pub mod msg_cli;
-pub mod nwc_cli;
 pub mod payments_runtime;
-pub mod payments_settings;
+pub mod redact;
 pub mod server;
 pub mod settings;
-pub mod wallet_cli;
 pub mod zap_routes;
-pub mod zap_settings;
 pub mod zaps_runtime;
+
+// The settings modules' former paths, until the server files import the new ones.
+#[doc(hidden)]
+pub use settings::identity as identity_settings;
+#[doc(hidden)]
+pub use settings::payments as payments_settings;
+#[doc(hidden)]
+pub use settings::zaps as zap_settings;
 
 pub use server::{start, RunningNode};
 pub use settings::Settings;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cairn_node::cli::{self, identity, ln, msg, nwc, verify, wallet};
 use cairn_node::Settings;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -32,7 +33,7 @@ enum Command {
     ///
     /// `challenge` gives the text to post on X, `bind` submits the signed
     /// binding, `status` shows what a node says, `bundle` saves a proof bundle.
-    Identity(cairn_node::cli::IdentityArgs),
+    Identity(identity::IdentityArgs),
     /// Check an X handle's binding yourself, against your own view of Bitcoin.
     ///
     /// `cairn verify @alice --node URL --rpc-url … | --headers FILE` fetches
@@ -41,24 +42,24 @@ enum Command {
     /// confirmations); `cairn verify --bundle FILE …` verifies a saved bundle
     /// offline. Exits 1, naming the broken link, when the bundle does not
     /// verify; 2 when it could not be checked (node or chain view unreachable).
-    Verify(cairn_node::cli::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// The node's on-chain wallet: balance, address, send, history, seed.
     ///
     /// Talks to the running node's admin API (token in <data_dir>/admin.token);
     /// `cairn wallet seed` reads the data directory and works offline.
-    Wallet(cairn_node::wallet_cli::WalletArgs),
+    Wallet(wallet::WalletArgs),
     /// The node's Lightning node: info, channels, open, close, invoice, pay,
     /// offer, pay-offer, payments.
-    Ln(cairn_node::ln_cli::LnArgs),
+    Ln(ln::LnArgs),
     /// Nostr Wallet Connect: create (`new`), list and revoke app connections.
-    Nwc(cairn_node::nwc_cli::NwcArgs),
+    Nwc(nwc::NwcArgs),
     /// Private messages (NIP-17) with payments: `send @alice "lunch" --pay 5000sat`, `inbox`.
     ///
     /// `send` verifies the handle's binding against your chain view, pays
     /// through your node and sends the invoice and receipt inside the
     /// message; `inbox` shows each payment as paid only when your node
     /// received it. See docs/payments-in-messages.md.
-    Msg(cairn_node::msg_cli::MsgArgs),
+    Msg(msg::MsgArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,24 +87,12 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::Identity(args) => {
-            cairn_node::cli::exit_with(runtime.block_on(cairn_node::cli::run_identity(args)))
-        }
-        Command::Verify(args) => {
-            cairn_node::cli::exit_with(runtime.block_on(cairn_node::cli::run_verify(args)))
-        }
-        Command::Wallet(args) => {
-            cairn_node::cli::exit_with(runtime.block_on(cairn_node::wallet_cli::run_wallet(args)))
-        }
-        Command::Ln(args) => {
-            cairn_node::cli::exit_with(runtime.block_on(cairn_node::ln_cli::run_ln(args)))
-        }
-        Command::Nwc(args) => {
-            cairn_node::cli::exit_with(runtime.block_on(cairn_node::nwc_cli::run_nwc(args)))
-        }
-        Command::Msg(args) => {
-            cairn_node::cli::exit_with(runtime.block_on(cairn_node::msg_cli::run_msg(args)))
-        }
+        Command::Identity(args) => cli::exit_with(runtime.block_on(identity::run_identity(args))),
+        Command::Verify(args) => cli::exit_with(runtime.block_on(verify::run_verify(args))),
+        Command::Wallet(args) => cli::exit_with(runtime.block_on(wallet::run_wallet(args))),
+        Command::Ln(args) => cli::exit_with(runtime.block_on(ln::run_ln(args))),
+        Command::Nwc(args) => cli::exit_with(runtime.block_on(nwc::run_nwc(args))),
+        Command::Msg(args) => cli::exit_with(runtime.block_on(msg::run_msg(args))),
     }
 }
 

@@ -10,7 +10,7 @@ use cairn_e2e::{within, PgDatabase};
 use cairn_identity::binding::proof_post_op;
 use cairn_identity::bundle::{verify, ProofBundle, RpcChainView, VerifiedIdentity, VerifyPolicy};
 use cairn_identity::service::{EpochClose, IdentityService};
-use cairn_node::bitcoin_settings::{BitcoinNetwork, BitcoinSettings};
+use cairn_node::settings::bitcoin::{BitcoinNetwork, BitcoinSettings};
 use cairn_node::{RunningNode, Settings};
 use cairn_testchain::TestChain;
 use nostr::{Event, EventId, Keys};

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use cairn_node::admin_client::{AdminClient, AdminError};
 use cairn_node::admin_token::token_path;
-use cairn_node::bitcoin_settings::{BitcoinNetwork, BitcoinSettings};
+use cairn_node::cli::support::admin::{AdminClient, AdminError};
+use cairn_node::settings::bitcoin::{BitcoinNetwork, BitcoinSettings};
 use clap::Parser;
 use reqwest::StatusCode;
 
@@ -16,12 +16,12 @@ use crate::support::free_port;
 #[derive(Parser)]
 struct WalletCmd {
     #[command(flatten)]
-    args: cairn_node::wallet_cli::WalletArgs,
+    args: cairn_node::cli::wallet::WalletArgs,
 }
 
 async fn wallet(argv: &[&str]) -> Result<String> {
     let cmd = WalletCmd::try_parse_from(std::iter::once("wallet").chain(argv.iter().copied()))?;
-    cairn_node::wallet_cli::execute(cmd.args).await
+    cairn_node::cli::wallet::execute(cmd.args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,9 @@
 
 use anyhow::{Context, Result};
 use bitcoin::{Address, Amount};
-use cairn_node::admin_client::AdminClient;
 use cairn_node::admin_token::token_path;
-use cairn_node::payments_settings::ChainSourceKind;
+use cairn_node::cli::support::admin::AdminClient;
+use cairn_node::settings::payments::ChainSourceKind;
 use cairn_testchain::TestChain;
 
 use crate::support::{free_port, payments_settings, poll, str_at, u64_at, PayNode, TEST_TIMEOUT};

@@ -27,13 +27,13 @@ const CHANNEL: u64 = 400_000;
 #[derive(Parser)]
 struct NwcCmd {
     #[command(flatten)]
-    args: cairn_node::nwc_cli::NwcArgs,
+    args: cairn_node::cli::nwc::NwcArgs,
 }
 
 #[derive(Parser)]
 struct WalletCmd {
     #[command(flatten)]
-    args: cairn_node::wallet_cli::WalletArgs,
+    args: cairn_node::cli::wallet::WalletArgs,
 }
 
 /// `--node URL --token-file FILE` for the command code.
@@ -53,27 +53,27 @@ async fn nwc_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
     let mut all = vec!["nwc".to_owned()];
     all.extend(argv.iter().map(|s| s.to_string()));
     all.extend(node_args(n)?);
-    cairn_node::nwc_cli::execute(NwcCmd::try_parse_from(all)?.args).await
+    cairn_node::cli::nwc::execute(NwcCmd::try_parse_from(all)?.args).await
 }
 
 async fn wallet_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
     let mut all = vec!["wallet".to_owned()];
     all.extend(argv.iter().map(|s| s.to_string()));
     all.extend(node_args(n)?);
-    cairn_node::wallet_cli::execute(WalletCmd::try_parse_from(all)?.args).await
+    cairn_node::cli::wallet::execute(WalletCmd::try_parse_from(all)?.args).await
 }
 
 #[derive(Parser)]
 struct LnCmd {
     #[command(flatten)]
-    args: cairn_node::ln_cli::LnArgs,
+    args: cairn_node::cli::ln::LnArgs,
 }
 
 async fn ln_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
     let mut all = vec!["ln".to_owned()];
     all.extend(argv.iter().map(|s| s.to_string()));
     all.extend(node_args(n)?);
-    cairn_node::ln_cli::execute(LnCmd::try_parse_from(all)?.args).await
+    cairn_node::cli::ln::execute(LnCmd::try_parse_from(all)?.args).await
 }
 
 async fn address(n: &PayNode, path: &str) -> Result<Address> {
@@ -248,7 +248,7 @@ async fn run() -> Result<()> {
         .await
         .unwrap_err();
     let refused = refused
-        .downcast_ref::<cairn_node::admin_client::AdminError>()
+        .downcast_ref::<cairn_node::cli::support::admin::AdminError>()
         .context("an API error")?;
     assert_eq!(refused.status, 400);
     assert!(refused.message.contains("differs"), "{}", refused.message);

@@ -3,7 +3,7 @@
 //! payments, and `[zaps] names = ["alice"]`; the sender's node has a
 //! Lightning channel to it and on-chain funds. The sender messages @alice
 //! with a Lightning payment and with an on-chain payment, through the command
-//! code (`cairn_node::msg_cli`); Alice's inbox shows both as paid, verified
+//! code (`cairn_node::cli::msg`); Alice's inbox shows both as paid, verified
 //! by her node. A tampered receipt, a replayed one (also backdated, in a
 //! later run: claims persist), an invoice of her node that is not her
 //! LNURL-pay's, and an on-chain receipt naming another of her addresses are
@@ -13,14 +13,14 @@
 
 use anyhow::{ensure, Context, Result};
 use bitcoin::{Address, Amount, Network};
-use cairn_node::admin_client::AdminClient;
 use cairn_node::admin_token::token_path;
-use cairn_node::cli::{ChainSource, VerifyOptions};
-use cairn_node::msg_claims::CLAIMS_FILE;
-use cairn_node::msg_cli::{
-    self, BitcoinRpc, Inbox, InboxContext, InboxMessage, PayRequest, SendContext, SendRequest,
-    UnverifiedRecipient,
+use cairn_node::cli::msg::CLAIMS_FILE;
+use cairn_node::cli::msg::{
+    self as msg_cli, BitcoinRpc, Inbox, InboxContext, InboxMessage, PayRequest, SendContext,
+    SendRequest, UnverifiedRecipient,
 };
+use cairn_node::cli::support::admin::AdminClient;
+use cairn_node::cli::{ChainSource, VerifyOptions};
 use cairn_payments::ldk_node::Event;
 use cairn_payments::message_payment::{
     MessagePayment, MessagePaymentError, Method, OnchainRequest, Receipt, Verification,

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cairn_node::admin_client::AdminClient;
 use cairn_node::admin_token::token_path;
-use cairn_node::bitcoin_settings::{BitcoinNetwork, BitcoinSettings};
+use cairn_node::cli::support::admin::AdminClient;
+use cairn_node::settings::bitcoin::{BitcoinNetwork, BitcoinSettings};
 use cairn_node::{RunningNode, Settings};
 use cairn_testchain::TestChain;
 use serde_json::{json, Value};

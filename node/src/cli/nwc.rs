@@ -8,8 +8,8 @@ use anyhow::Result;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin_client::AdminArgs;
-use crate::cli_amounts::{parse_duration_secs, Amount, Budget};
+use crate::cli::support::admin::AdminArgs;
+use crate::cli::support::amounts::{parse_duration_secs, Amount, Budget};
 
 /// Permissions given when `--permissions` is not.
 pub const DEFAULT_PERMISSIONS: &str = "pay_invoice,get_balance,get_info";

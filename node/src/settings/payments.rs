@@ -12,7 +12,7 @@ use cairn_bitcoin::{ChainSource, RpcConfig};
 use cairn_payments::wallet::WalletConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::bitcoin_settings::BitcoinSettings;
+use super::BitcoinSettings;
 
 /// Default Lightning peer-to-peer listening address.
 pub const DEFAULT_LIGHTNING_LISTEN: &str = "0.0.0.0:9735";

@@ -14,7 +14,7 @@ use cairn_identity::x::{CheckPolicy, XClientConfig};
 use cairn_relay::config::Rate;
 use serde::{Deserialize, Serialize};
 
-use crate::bitcoin_settings::BitcoinSettings;
+use super::BitcoinSettings;
 
 /// The identity witness and registry (off by default: a plain relay needs
 /// neither X nor Bitcoin).

@@ -1,5 +1,6 @@
-//! Node settings: defaults, then `cairn.toml`, then `CAIRN_*` environment
-//! variables, then command-line flags.
+//! Node settings (`Settings`): defaults, then `cairn.toml`, then `CAIRN_*`
+//! environment variables, then command-line flags. Each larger section of the
+//! file has its own module: `[bitcoin]`, `[identity]`, `[payments]`, `[zaps]`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,10 +10,15 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use crate::bitcoin_settings::BitcoinSettings;
-pub use crate::identity_settings::IdentitySettings;
-pub use crate::payments_settings::PaymentsSettings;
-pub use crate::zap_settings::ZapSettings;
+pub mod bitcoin;
+pub mod identity;
+pub mod payments;
+pub mod zaps;
+
+pub use self::bitcoin::BitcoinSettings;
+pub use self::identity::IdentitySettings;
+pub use self::payments::PaymentsSettings;
+pub use self::zaps::ZapSettings;
 
 /// Default listening address.
 pub const DEFAULT_BIND: &str = "127.0.0.1:7777";

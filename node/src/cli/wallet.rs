@@ -10,8 +10,8 @@ use cairn_bitcoin::seed::{seed_path, Seed};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin_client::{AdminArgs, AdminClient};
-use crate::cli_amounts::Amount;
+use crate::cli::support::admin::{AdminArgs, AdminClient};
+use crate::cli::support::amounts::Amount;
 
 /// The flag without which `cairn wallet seed --show` refuses.
 pub const SHOW_SEED_CONFIRMATION: &str = "i-understand-this-reveals-my-seed";

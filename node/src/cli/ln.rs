@@ -5,8 +5,8 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::admin_client::{AdminArgs, AdminClient};
-use crate::cli_amounts::{parse_duration_secs, Amount};
+use crate::cli::support::admin::{AdminArgs, AdminClient};
+use crate::cli::support::amounts::{parse_duration_secs, Amount};
 
 /// `cairn ln …`
 #[derive(Debug, clap::Args)]

@@ -1,0 +1,64 @@
+//! The `cairn` commands other than `serve`, one module per command group:
+//! `identity`, `verify`, `wallet`, `ln`, `nwc` and `msg`. What several of
+//! them use (keys, the node's identity API, proof bundles, the admin API
+//! client, amounts) is in [`support`].
+//!
+//! Every command is a library function, so tests drive the same code as the
+//! binary without spawning it. The identity and verify functions are also
+//! re-exported here (`cli::bind`, `cli::verify_subject`, …).
+
+use anyhow::Result;
+
+pub mod identity;
+pub mod ln;
+pub mod msg;
+pub mod nwc;
+pub mod support;
+pub mod verify;
+pub mod wallet;
+
+pub use identity::{
+    bind, chain_op, export_headers, parse_post_id, render_challenge, render_exported,
+    render_receipt, render_status, request_challenge, run_identity, BindRequest, ChainOp,
+    Challenge, ExportedHeaders, HeaderRange, IdentityArgs, Receipt,
+};
+pub use support::bundle::{
+    fetch_bundle, parse_bundle, read_bundle, write_bundle, BundleFormat, MalformedBundle,
+};
+pub use support::keys::{load_keys, npub, parse_secret_key, KeyArgs, NSEC_ENV};
+pub use support::node::{status, status_label, NodeClient, NodeError, StatusView, Subject};
+pub use verify::{
+    is_verification_failure, parse_checkpoint, render_verified, rpc_credentials, run_verify,
+    verify_bundle, verify_bundle_async, verify_subject, ChainSource, SubjectMismatch, VerifyArgs,
+    VerifyOptions,
+};
+
+/// Ends a CLI command: on error, prints it (with its causes) to stderr and
+/// exits with 1 when a bundle did not verify, 2 for any other failure.
+pub fn exit_with(result: Result<()>) -> anyhow::Result<()> {
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if is_verification_failure(&e) {
+        eprintln!("NOT VERIFIED: {}", render_error(&e));
+        std::process::exit(1);
+    }
+    eprintln!("error: {}", render_error(&e));
+    std::process::exit(2);
+}
+
+/// `e` with its causes, `: `-separated, skipping causes that the message
+/// before already quotes (many library errors print their source too).
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}

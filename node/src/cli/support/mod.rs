@@ -1,0 +1,13 @@
+//! What several commands share: the user's keys, the node's identity API,
+//! proof bundles, the admin API client and amounts.
+
+use std::time::Duration;
+
+pub mod admin;
+pub mod amounts;
+pub mod bundle;
+pub mod keys;
+pub mod node;
+
+/// Bound on each HTTP request to the node and each Bitcoin Core RPC call.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,453 @@
+//! `cairn verify`: check a handle's proof bundle yourself. The node is only
+//! used to *fetch* the bundle, which is then checked with
+//! [`cairn_identity::bundle::verify`] against the user's own chain view (a
+//! Bitcoin Core RPC or a headers file).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitcoin::{BlockHash, Network};
+use cairn_identity::bundle::{
+    verify, Checkpoint, HeaderChain, ProofBundle, RpcChainView, VerifiedIdentity, VerifyPolicy,
+    DEFAULT_MIN_CONFIRMATIONS,
+};
+use cairn_identity::service::Standing;
+use nostr::PublicKey;
+
+use super::support::bundle::{fetch_bundle_with_status, read_bundle, MalformedBundle};
+use super::support::keys::{npub, parse_public_key};
+use super::support::node::{status_label, NodeClient, StatusView, Subject};
+use super::support::REQUEST_TIMEOUT;
+
+/// `cairn verify`: check a proof bundle yourself.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["subject", "bundle"])))]
+#[command(group(clap::ArgGroup::new("chain").required(true).args(["rpc_url", "headers"])))]
+pub struct VerifyArgs {
+    /// A handle (@alice) or key (npub1…) whose bundle is fetched from --node.
+    #[arg(requires = "node")]
+    subject: Option<String>,
+    /// The Cairn node to fetch the bundle from. It is not trusted: the bundle
+    /// is checked here against your own chain view.
+    #[arg(long, value_name = "URL")]
+    node: Option<String>,
+    /// Verify a saved bundle file (binary or JSON) instead of asking a node.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["subject", "node"])]
+    bundle: Option<PathBuf>,
+    /// Your Bitcoin Core node's RPC URL, e.g. http://127.0.0.1:8332
+    #[arg(long, value_name = "URL")]
+    rpc_url: Option<String>,
+    /// RPC user (with --rpc-password-file).
+    #[arg(long, value_name = "USER", requires = "rpc_password_file")]
+    rpc_user: Option<String>,
+    /// File holding the RPC password (with --rpc-user).
+    #[arg(long, value_name = "FILE", requires = "rpc_user")]
+    rpc_password_file: Option<PathBuf>,
+    /// Bitcoin Core's .cookie file, instead of --rpc-user and --rpc-password-file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["rpc_user", "rpc_password_file"])]
+    rpc_cookie_file: Option<PathBuf>,
+    /// A headers file: 80-byte block headers, concatenated, from the genesis
+    /// block (or from --checkpoint). Checked for linkage and proof of work.
+    #[arg(long, value_name = "FILE", conflicts_with = "rpc_url")]
+    headers: Option<PathBuf>,
+    /// The headers file starts at this trusted block instead of genesis.
+    #[arg(long, value_name = "HEIGHT:HASH", requires = "headers")]
+    checkpoint: Option<String>,
+    /// The Bitcoin network: bitcoin, testnet, testnet4, signet or regtest.
+    #[arg(long, default_value = "bitcoin")]
+    network: String,
+    /// Confirmations the anchor needs in your chain.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_CONFIRMATIONS)]
+    min_confirmations: u32,
+    /// Accept only attestations from this witness key (hex or npub; repeat for
+    /// several). Without it any witness is accepted and its key is printed.
+    #[arg(long = "witness", value_name = "PUBKEY")]
+    witnesses: Vec<String>,
+}
+
+/// Runs `cairn verify …`, printing what was verified; fails on any broken link.
+pub async fn run_verify(args: VerifyArgs) -> Result<()> {
+    let options = VerifyOptions::from_args(&args)?;
+    let (verified, node_view) = match (&args.bundle, &args.subject, &args.node) {
+        (Some(path), _, _) => {
+            let bundle = read_bundle(path)?;
+            (verify_bundle_async(bundle, options.clone()).await?, None)
+        }
+        (None, Some(subject), Some(node)) => {
+            let node = NodeClient::new(node)?;
+            let (v, view) = verify_subject(&node, &Subject::parse(subject)?, &options).await?;
+            (v, Some(view))
+        }
+        _ => bail!("give a handle and --node, or --bundle FILE"),
+    };
+    println!("{}", render_verified(&verified, options.min_confirmations));
+    if let Some(view) = node_view {
+        if matches!(view.status, Standing::Moved | Standing::Revoked) {
+            // The proof cannot show a later move; the node's word is worth passing on.
+            println!("The node reports: {}", status_label(&view));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `e` says the bundle is bad (as opposed to "could not check it").
+pub fn is_verification_failure(e: &anyhow::Error) -> bool {
+    use cairn_identity::bundle::{BundleError, DecodeError};
+    e.chain().any(|c| {
+        (c.is::<BundleError>() && !matches!(c.downcast_ref(), Some(BundleError::ChainView(_))))
+            || c.is::<DecodeError>()
+            || c.is::<SubjectMismatch>()
+            || c.is::<MalformedBundle>()
+    })
+}
+
+/// A bundle that verifies but is about another handle or key than asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SubjectMismatch(String);
+
+/// The verifier's chain view.
+#[derive(Clone)]
+pub enum ChainSource {
+    /// The user's Bitcoin Core node.
+    Rpc {
+        /// `http://host:port`.
+        url: String,
+        /// RPC user.
+        user: String,
+        /// RPC password.
+        password: String,
+    },
+    /// A headers file (80-byte headers from genesis or `checkpoint`).
+    HeadersFile {
+        /// The file.
+        path: PathBuf,
+        /// Trusted first block, when the file does not start at genesis.
+        checkpoint: Option<Checkpoint>,
+    },
+}
+
+impl std::fmt::Debug for ChainSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The password stays out of debug output.
+            Self::Rpc { url, .. } => f
+                .debug_struct("Rpc")
+                .field("url", url)
+                .finish_non_exhaustive(),
+            Self::HeadersFile { path, checkpoint } => f
+                .debug_struct("HeadersFile")
+                .field("path", path)
+                .field("checkpoint", checkpoint)
+                .finish(),
+        }
+    }
+}
+
+/// Everything verification needs besides the bundle.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// The chain view.
+    pub chain: ChainSource,
+    /// The network whose rules the anchor block follows.
+    pub network: Network,
+    /// Confirmations required in the chain view.
+    pub min_confirmations: u32,
+    /// Accepted witness keys; empty accepts any (and reports it).
+    pub trusted_witnesses: Vec<PublicKey>,
+}
+
+impl VerifyOptions {
+    fn from_args(a: &VerifyArgs) -> Result<Self> {
+        let network = Network::from_str(&a.network).map_err(|_| {
+            anyhow!(
+                "unknown network `{}`: bitcoin, testnet, testnet4, signet or regtest",
+                a.network
+            )
+        })?;
+        let chain = match (&a.rpc_url, &a.headers) {
+            (Some(url), None) => {
+                let (user, password) =
+                    rpc_credentials(&a.rpc_user, &a.rpc_password_file, &a.rpc_cookie_file)?;
+                ChainSource::Rpc {
+                    url: url.clone(),
+                    user,
+                    password,
+                }
+            }
+            (None, Some(path)) => ChainSource::HeadersFile {
+                path: path.clone(),
+                checkpoint: a.checkpoint.as_deref().map(parse_checkpoint).transpose()?,
+            },
+            _ => bail!("give one chain view: --rpc-url … or --headers FILE"),
+        };
+        let trusted_witnesses = a
+            .witnesses
+            .iter()
+            .map(|w| parse_public_key(w).context("--witness"))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            chain,
+            network,
+            min_confirmations: a.min_confirmations,
+            trusted_witnesses,
+        })
+    }
+}
+
+/// RPC user and password from `--rpc-user` with `--rpc-password-file`, or
+/// from a `.cookie` file.
+pub fn rpc_credentials(
+    user: &Option<String>,
+    password_file: &Option<PathBuf>,
+    cookie_file: &Option<PathBuf>,
+) -> Result<(String, String)> {
+    Ok(match (user, password_file, cookie_file) {
+        (Some(user), Some(file), None) => (user.clone(), read_secret_file(file)?),
+        (None, None, Some(cookie)) => {
+            let text = read_secret_file(cookie)?;
+            let (u, p) = text
+                .split_once(':')
+                .ok_or_else(|| anyhow!("{} is not a cookie file", cookie.display()))?;
+            (u.to_owned(), p.to_owned())
+        }
+        _ => bail!("--rpc-url needs --rpc-user with --rpc-password-file, or --rpc-cookie-file"),
+    })
+}
+
+fn read_secret_file(path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Parses `HEIGHT:HASH`.
+pub fn parse_checkpoint(s: &str) -> Result<Checkpoint> {
+    let (height, hash) = s
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--checkpoint must be HEIGHT:HASH"))?;
+    Ok(Checkpoint {
+        height: height.parse().context("--checkpoint height")?,
+        hash: BlockHash::from_str(hash).context("--checkpoint hash")?,
+    })
+}
+
+/// Verifies `bundle` against the chain view in `options`. Blocks (RPC calls,
+/// file reads): in async code use [`verify_bundle_async`].
+///
+/// The error is the failing link ([`cairn_identity::bundle::BundleError`],
+/// reachable with `downcast_ref`) or why the chain view could not be set up.
+pub fn verify_bundle(bundle: &ProofBundle, options: &VerifyOptions) -> Result<VerifiedIdentity> {
+    let policy = VerifyPolicy {
+        network: options.network,
+        min_confirmations: options.min_confirmations,
+        trusted_witnesses: options.trusted_witnesses.clone(),
+    };
+    let verified = match &options.chain {
+        ChainSource::Rpc {
+            url,
+            user,
+            password,
+        } => {
+            let view = RpcChainView::new(url, user, password, REQUEST_TIMEOUT)
+                .context("cannot set up the Bitcoin Core RPC client")?;
+            verify(bundle, &view, &policy)?
+        }
+        ChainSource::HeadersFile { path, checkpoint } => {
+            let view = HeaderChain::load(path, options.network, *checkpoint)
+                .with_context(|| format!("headers file {} refused", path.display()))?;
+            verify(bundle, &view, &policy)?
+        }
+    };
+    Ok(verified)
+}
+
+/// [`verify_bundle`] on a blocking thread.
+pub async fn verify_bundle_async(
+    bundle: ProofBundle,
+    options: VerifyOptions,
+) -> Result<VerifiedIdentity> {
+    tokio::task::spawn_blocking(move || verify_bundle(&bundle, &options))
+        .await
+        .context("the verification task failed")?
+}
+
+/// Fetches `subject`'s bundle from `node` and verifies it, checking that it is
+/// about what was asked (the node could answer with another identity's bundle).
+///
+/// Also returns the node's own answer, whose status (moved, revoked) a bundle
+/// cannot prove either way.
+pub async fn verify_subject(
+    node: &NodeClient,
+    subject: &Subject,
+    options: &VerifyOptions,
+) -> Result<(VerifiedIdentity, StatusView)> {
+    let (view, bundle) = fetch_bundle_with_status(node, subject).await?;
+    let verified = verify_bundle_async(bundle, options.clone()).await?;
+    let mismatch = match subject {
+        Subject::Handle(h) => (&verified.handle != h).then(|| {
+            format!(
+                "the bundle verifies, but for @{} (x_uid {}), not @{h}",
+                verified.handle, verified.x_uid
+            )
+        }),
+        Subject::Key(k) => (verified.key.as_ref() != Some(k)).then(|| {
+            format!(
+                "the bundle verifies, but binds @{} to {}, not {}",
+                verified.handle,
+                verified.key.map_or_else(|| "no key".into(), |k| npub(&k)),
+                npub(k)
+            )
+        }),
+    };
+    if let Some(m) = mismatch {
+        return Err(SubjectMismatch(m).into());
+    }
+    Ok((verified, view))
+}
+
+/// The text `cairn verify` prints on success.
+pub fn render_verified(v: &VerifiedIdentity, min_confirmations: u32) -> String {
+    use cairn_identity::binding::Status;
+    let status = match &v.status {
+        Status::Bound => "bound".to_owned(),
+        Status::RecoveryPending(p) => format!(
+            "bound, recovery pending to {} (recover event {}, effective at block {})",
+            npub(&p.new_key),
+            p.recover_id,
+            p.effective_height
+        ),
+        Status::Revoked => "revoked".to_owned(),
+    };
+    let witnesses = v.witnesses.iter().map(npub).collect::<Vec<_>>().join(", ");
+    format!(
+        "VERIFIED @{handle}\n\
+         x_uid:         {x_uid}\n\
+         key:           {key}\n\
+         status:        {status}\n\
+         seq:           {seq} (head {head})\n\
+         witnesses:     {witnesses}\n\
+         epoch:         {epoch} (header hash {header_hash})\n\
+         anchor txid:   {txid}\n\
+         block:         {height} ({block})\n\
+         confirmations: {conf} (required {min_confirmations})\n\
+         Not covered by the proof: whether the handle has since moved to another X account, \
+         and whether a newer epoch exists.",
+        handle = v.handle,
+        x_uid = v.x_uid,
+        key = v
+            .key
+            .as_ref()
+            .map_or_else(|| "none (revoked)".to_owned(), npub),
+        seq = v.seq,
+        head = v.head,
+        epoch = v.epoch.epoch,
+        header_hash = hex_lower(&v.header_hash),
+        txid = v.anchor_txid,
+        height = v.block_height,
+        block = v.block_hash,
+        conf = v.confirmations,
+    )
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use nostr::Keys;
+
+    use super::*;
+
+    #[test]
+    fn checkpoints() {
+        let c = parse_checkpoint(
+            "100:000000000000000000000000000000000000000000000000000000000000abcd",
+        )
+        .unwrap();
+        assert_eq!(c.height, 100);
+        assert!(parse_checkpoint("100").is_err());
+        assert!(parse_checkpoint("x:00").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        verify: VerifyArgs,
+    }
+
+    fn verify_args(args: &[&str]) -> Result<VerifyArgs, clap::Error> {
+        use clap::Parser;
+        Wrap::try_parse_from(std::iter::once("verify").chain(args.iter().copied()))
+            .map(|w| w.verify)
+    }
+
+    #[test]
+    fn verify_flags_become_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let witness = Keys::generate().public_key();
+        let a = verify_args(&[
+            "@alice",
+            "--node",
+            "http://127.0.0.1:1",
+            "--rpc-url",
+            "http://127.0.0.1:18443",
+            "--rpc-user",
+            "u",
+            "--rpc-password-file",
+            pw.to_str().unwrap(),
+            "--network",
+            "regtest",
+            "--min-confirmations",
+            "2",
+            "--witness",
+            &npub(&witness),
+        ])
+        .unwrap();
+        let o = VerifyOptions::from_args(&a).unwrap();
+        assert_eq!(o.network, Network::Regtest);
+        assert_eq!(o.min_confirmations, 2);
+        assert_eq!(o.trusted_witnesses, vec![witness]);
+        match &o.chain {
+            ChainSource::Rpc { user, password, .. } => {
+                assert_eq!((user.as_str(), password.as_str()), ("u", "s3cret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The password never shows in debug output.
+        assert!(!format!("{o:?}").contains("s3cret"));
+
+        let a = verify_args(&["--bundle", "b", "--headers", "h"]).unwrap();
+        let o = VerifyOptions::from_args(&a).unwrap();
+        assert_eq!(o.network, Network::Bitcoin);
+        assert_eq!(o.min_confirmations, DEFAULT_MIN_CONFIRMATIONS);
+        assert!(matches!(
+            o.chain,
+            ChainSource::HeadersFile {
+                checkpoint: None,
+                ..
+            }
+        ));
+
+        // One source of the bundle and one chain view, no more, no less.
+        assert!(verify_args(&["--bundle", "b"]).is_err());
+        assert!(
+            verify_args(&["@alice", "--headers", "h"]).is_err(),
+            "needs --node"
+        );
+        assert!(verify_args(&["--bundle", "b", "--headers", "h", "--rpc-url", "u"]).is_err());
+        assert!(verify_args(&["--bundle", "b", "--rpc-url", "u", "--rpc-user", "x"]).is_err());
+        let a = verify_args(&["--bundle", "b", "--headers", "h", "--network", "mars"]).unwrap();
+        assert!(VerifyOptions::from_args(&a).is_err());
+    }
+}
