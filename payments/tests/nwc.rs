@@ -29,7 +29,7 @@ use nostr::nips::{nip04, nip44};
 use nostr::{Event, EventBuilder, Filter, Keys, Kind, Tag, TagKind, Timestamp};
 use nostr_sdk::{Client, RelayPoolNotification};
 use serde_json::{json, Value};
-use support::{ln_node, open_channel, sync_until, WAIT};
+use support::{ln_node, nwc_link, open_channel, sync_until, test_relay, WAIT};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(240);
 const NET_WAIT: Duration = Duration::from_secs(15);
@@ -217,12 +217,7 @@ async fn run() -> Result<()> {
     b.start()?;
     open_channel(&chain, &a, &b, FUNDING, CHANNEL).await?;
 
-    let relay = cairn_node::start(cairn_node::Settings {
-        bind: "127.0.0.1:0".parse()?,
-        data_dir: dir_relay.path().to_path_buf(),
-        ..cairn_node::Settings::default()
-    })
-    .await?;
+    let relay = test_relay(dir_relay.path()).await?;
     let relay_url = relay.ws_url();
 
     let service = NwcService::open(
@@ -231,6 +226,7 @@ async fn run() -> Result<()> {
             relay_url: relay_url.clone(),
         },
         Arc::clone(&a),
+        nwc_link(dir_a.path(), &relay_url)?,
     )?;
     service.start().await?;
     service.spawn_notifications(a.subscribe());
@@ -898,7 +894,7 @@ async fn run() -> Result<()> {
 
     nwc.shutdown().await;
     service.stop().await;
-    relay.shutdown().await?;
+    relay.shutdown().await;
     a.stop().await?;
     b.stop().await?;
     chain.stop().await?;

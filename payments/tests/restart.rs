@@ -30,7 +30,10 @@ use nostr::nips::nip44::{self, Version};
 use nostr::nips::nip47::NostrWalletConnectURI;
 use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, Tag, TagKind};
 use serde_json::{json, Value};
-use support::{free_port, ln_node, ln_node_at, next_event, open_channel, sync_until, WAIT};
+use support::{
+    free_port, ln_node, ln_node_at, next_event, nwc_link, open_channel, sync_until, test_relay,
+    WAIT,
+};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(400);
 const FUNDING: u64 = 1_000_000;
@@ -132,6 +135,7 @@ async fn start_service(
             relay_url: relay_url.to_owned(),
         },
         Arc::clone(node),
+        nwc_link(dir, relay_url)?,
     )?;
     service.start().await?;
     service.spawn_notifications(node.subscribe());
@@ -161,12 +165,7 @@ async fn payer_and_receiver_restart_mid_payment() -> Result<()> {
         a.start()?;
         b.start()?;
         open_channel(&chain, &a, &b, FUNDING, CHANNEL).await?;
-        let relay = cairn_node::start(cairn_node::Settings {
-            bind: "127.0.0.1:0".parse()?,
-            data_dir: dir_relay.path().to_path_buf(),
-            ..cairn_node::Settings::default()
-        })
-        .await?;
+        let relay = test_relay(dir_relay.path()).await?;
         let relay_url = relay.ws_url();
 
         let service = Arc::new(start_service(dir_a.path(), &relay_url, &a).await?);
@@ -370,7 +369,7 @@ async fn payer_and_receiver_restart_mid_payment() -> Result<()> {
 
         a.stop().await?;
         b.stop().await?;
-        relay.shutdown().await?;
+        relay.shutdown().await;
         chain.stop().await?;
         Ok(())
     })

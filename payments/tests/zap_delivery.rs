@@ -12,24 +12,22 @@ use cairn_payments::zap::{
     PendingZap, ReceiptPublisher, RelayPolicy, RetryPolicy, ZapState, ZapStore,
 };
 use cairn_relay::store::QueryContext;
+use cairn_relay::testing::TestRelay;
 use nostr::{Event, EventBuilder, JsonUtil, Keys, Kind, RelayUrl};
+
+mod support;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-async fn relay_on(bind: &str, dir: &std::path::Path) -> Result<cairn_node::RunningNode> {
-    cairn_node::start(cairn_node::Settings {
-        bind: bind.parse()?,
-        data_dir: dir.to_path_buf(),
-        ..cairn_node::Settings::default()
-    })
-    .await
+async fn relay_on(bind: &str, dir: &std::path::Path) -> Result<TestRelay> {
+    Ok(TestRelay::start(bind.parse()?, dir).await?)
 }
 
 /// Copies of `receipt` (same id) stored by `node`'s relay. Read from its
 /// store, not through a client: what the relay acknowledged is durably there
 /// (a nostr-sdk `fetch_events` right after connecting sometimes returned
 /// nothing, which made the test flaky).
-async fn held(node: &cairn_node::RunningNode, receipt: &Event) -> Result<usize> {
+async fn held(node: &TestRelay, receipt: &Event) -> Result<usize> {
     let ctx = QueryContext {
         viewers: Vec::new(),
         now: nostr::Timestamp::now().as_secs(),
@@ -82,8 +80,10 @@ async fn run() -> Result<()> {
         window: Duration::from_secs(3600),
     };
     // Both relays are on loopback: private relays must be allowed here.
+    let own_link = support::ws_link(&own.ws_url(), Keys::generate())?;
     let publisher = ReceiptPublisher::new(
         RelayUrl::parse(&own.ws_url())?,
+        own_link.clone(),
         RelayPolicy {
             allow_private: true,
         },
@@ -158,6 +158,7 @@ async fn run() -> Result<()> {
     // never contacted; the node's own relay (also loopback) still works.
     let strict = ReceiptPublisher::new(
         RelayUrl::parse(&own.ws_url())?,
+        own_link,
         RelayPolicy {
             allow_private: false,
         },
@@ -175,7 +176,7 @@ async fn run() -> Result<()> {
     assert_eq!(held(&late_relay, &receipt_c).await?, 0);
     assert_eq!(held(&own, &receipt_c).await?, 1);
 
-    late_relay.shutdown().await?;
-    own.shutdown().await?;
+    late_relay.shutdown().await;
+    own.shutdown().await;
     Ok(())
 }

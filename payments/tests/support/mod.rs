@@ -5,12 +5,15 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bitcoin::{Amount, Network};
 use cairn_bitcoin::{RpcConfig, Seed};
 use cairn_payments::lightning::{LightningConfig, LightningNode};
+use cairn_payments::relay_link::{RelayLink, WebSocketLink};
+use cairn_relay::testing::TestRelay;
 use cairn_testchain::TestChain;
 use ldk_node::Event;
 use tokio::sync::broadcast;
@@ -21,6 +24,26 @@ pub const WAIT: Duration = Duration::from_secs(60);
 pub fn free_port() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
+}
+
+/// A real Cairn relay on a free loopback port, storing into `dir`.
+pub async fn test_relay(dir: &std::path::Path) -> Result<TestRelay> {
+    Ok(TestRelay::start("127.0.0.1:0".parse()?, dir).await?)
+}
+
+/// A link to the relay at `relay_url` over a WebSocket, authenticating as
+/// `keys`: how the services reach any relay but the node's own (which the
+/// node reaches in-process; the end-to-end tests cover that path).
+pub fn ws_link(relay_url: &str, keys: nostr::Keys) -> Result<Arc<dyn RelayLink>> {
+    Ok(Arc::new(WebSocketLink::new(
+        nostr::RelayUrl::parse(relay_url)?,
+        keys,
+    )))
+}
+
+/// The link of the NWC service whose data directory is `dir` to its relay.
+pub fn nwc_link(dir: &std::path::Path, relay_url: &str) -> Result<Arc<dyn RelayLink>> {
+    ws_link(relay_url, cairn_payments::nwc::service_keys(dir)?)
 }
 
 pub fn ln_node(dir: &std::path::Path, chain: &TestChain) -> Result<LightningNode> {
