@@ -8,6 +8,7 @@ pub mod admin_routes;
 pub mod admin_token;
 pub mod cli;
 pub mod identity_routes;
+pub mod own_relay;
 pub mod payments_runtime;
 pub mod redact;
 pub mod server;
