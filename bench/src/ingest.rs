@@ -7,7 +7,7 @@ use clap::Args;
 use nostr::{EventBuilder, Tag};
 use serde_json::json;
 
-use crate::events::{derive_keys, run_id, sign, sign_all};
+use crate::events::{derive_keys, run_id, sign, sign_all, Signed};
 use crate::filewatch::{FileWatch, WatchArgs};
 use crate::procfs::CpuMeter;
 use crate::stats::{Report, Summary};
@@ -63,32 +63,42 @@ pub async fn run(url: &str, args: &IngestArgs) -> Result<Report> {
         args.connections,
         args.window
     );
-    let cpu = CpuMeter::start(args.pid);
-    let watch = FileWatch::start(&args.watch);
-    let outcome = publish_pipelined(
-        &PipelineOptions {
-            url: url.to_owned(),
-            connections: args.connections,
-            window: args.window,
-            stall_timeout: Duration::from_secs(args.stall_secs),
-            progress: true,
-        },
-        events,
-    )
-    .await?;
-
     let mut report = Report::new("ingest");
     report.add("url", url);
     report.add("run_id", run);
     report.add("connections", args.connections as u64);
     report.add("window", args.window as u64);
     report.add("sign_seconds", sign_time.as_secs_f64());
-    add_outcome(&mut report, &outcome);
-    cpu.report(&mut report);
-    if let Some(watch) = watch {
-        watch.finish(&mut report).await;
-    }
+    let options = PipelineOptions {
+        url: url.to_owned(),
+        connections: args.connections,
+        window: args.window,
+        stall_timeout: Duration::from_secs(args.stall_secs),
+        progress: true,
+    };
+    publish_measured(&options, events, args.pid, &args.watch, &mut report).await?;
     Ok(report)
+}
+
+/// Publishes `events` through the pipeline while measuring the relay's CPU
+/// (`pid`) and the watched file, and adds the outcome to `report`: the part
+/// `ingest` and `seed` share.
+pub async fn publish_measured(
+    options: &PipelineOptions,
+    events: Vec<Signed>,
+    pid: Option<u32>,
+    watch: &WatchArgs,
+    report: &mut Report,
+) -> Result<()> {
+    let cpu = CpuMeter::start(pid);
+    let watch = FileWatch::start(watch);
+    let outcome = publish_pipelined(options, events).await?;
+    add_outcome(report, &outcome);
+    cpu.report(report);
+    if let Some(watch) = watch {
+        watch.finish(report).await;
+    }
+    Ok(())
 }
 
 /// Report fields shared by `ingest` and `seed`.

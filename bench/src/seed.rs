@@ -12,11 +12,10 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::events::{derive_keys, sign, sign_all};
-use crate::filewatch::{FileWatch, WatchArgs};
-use crate::ingest::add_outcome;
-use crate::procfs::CpuMeter;
+use crate::filewatch::WatchArgs;
+use crate::ingest::publish_measured;
 use crate::stats::Report;
-use crate::ws::{publish_pipelined, PipelineOptions};
+use crate::ws::PipelineOptions;
 
 /// Key-derivation domain of the authors.
 const AUTHOR_DOMAIN: u64 = 0xa07;
@@ -200,30 +199,19 @@ pub async fn run(url: &str, args: &SeedArgs) -> Result<Report> {
     std::fs::write(&args.manifest, manifest.to_json(args.seed).to_string())
         .with_context(|| format!("writing {}", args.manifest.display()))?;
 
-    let cpu = CpuMeter::start(args.pid);
-    let watch = FileWatch::start(&args.watch);
-    let outcome = publish_pipelined(
-        &PipelineOptions {
-            url: url.to_owned(),
-            connections: args.connections,
-            window: args.window,
-            stall_timeout: Duration::from_secs(args.stall_secs),
-            progress: true,
-        },
-        events,
-    )
-    .await?;
-
     let mut report = Report::new("seed");
     report.add("url", url);
     report.add("seed", args.seed);
     report.add("manifest", args.manifest.display().to_string());
     report.add("sign_seconds", sign_time.as_secs_f64());
-    add_outcome(&mut report, &outcome);
-    cpu.report(&mut report);
-    if let Some(watch) = watch {
-        watch.finish(&mut report).await;
-    }
+    let options = PipelineOptions {
+        url: url.to_owned(),
+        connections: args.connections,
+        window: args.window,
+        stall_timeout: Duration::from_secs(args.stall_secs),
+        progress: true,
+    };
+    publish_measured(&options, events, args.pid, &args.watch, &mut report).await?;
     Ok(report)
 }
 
