@@ -1,5 +1,5 @@
 //! `cairn ln info|channels|open|close|invoice|pay|offer|pay-offer`: the
-//! node's Lightning node, through the admin API (see [`crate::admin_routes`]).
+//! node's Lightning node, through the admin API (docs/admin-api.md).
 
 use anyhow::{bail, Result};
 use serde::Deserialize;

@@ -1,5 +1,5 @@
 //! `cairn nwc new|list|revoke`: Nostr Wallet Connect connections of the
-//! node's wallet, through the admin API (see [`crate::admin_routes`]).
+//! node's wallet, through the admin API (docs/admin-api.md).
 //!
 //! `new` prints the `nostr+walletconnect://` URI once: it holds the app's
 //! secret, so paste it into the app and nowhere else.

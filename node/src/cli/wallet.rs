@@ -1,5 +1,5 @@
 //! `cairn wallet seed|balance|address|send|history`: the node's on-chain
-//! wallet, through the admin API (see [`crate::admin_routes`]), except `seed`,
+//! wallet, through the admin API (docs/admin-api.md), except `seed`,
 //! which reads the seed file itself and works without a running node.
 //!
 //! Every command returns its output as text, so tests drive the same code as

@@ -1,5 +1,5 @@
 //! An HTTP client for the node's admin API (`/admin/v1/…`, see
-//! [`crate::admin_routes`]), used by `cairn wallet|ln|nwc` and by other
+//! docs/admin-api.md), used by `cairn wallet|ln|nwc` and by other
 //! commands that pay through the local node.
 //!
 //! The token comes from a file (default `<data_dir>/admin.token`, refused when

@@ -7,7 +7,7 @@
 //! anchoring) → the on-chain wallet (BIP86 account 0) → the Lightning node
 //! (built and started; ldk-node syncs itself every few seconds) → the NWC
 //! service (opened and started at once: it subscribes and publishes its 13194
-//! info event in-process on the node's relay, see [`crate::own_relay`], so it
+//! info event in-process on the node's relay, see [`crate::server::own_relay`], so it
 //! does not wait for the server to listen; an `nwc_relay_url` naming another
 //! relay is reached over a WebSocket) → NWC notifications from the Lightning
 //! event stream and a periodic on-chain wallet sync.
@@ -35,8 +35,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::own_relay::OwnRelay;
-use crate::payments_settings::ChainSourceKind;
+use crate::redact::redact_url;
+use crate::server::own_relay::OwnRelay;
+use crate::settings::payments::ChainSourceKind;
 use crate::settings::Settings;
 
 /// The node's wallet, Lightning node and NWC service, running.
@@ -242,7 +243,7 @@ async fn check_esplora(base: &str) -> anyhow::Result<()> {
         .timeout(CHAIN_CHECK_TIMEOUT)
         .build()
         .context("cannot build the HTTP client")?;
-    let shown = crate::server::redact_url(base);
+    let shown = redact_url(base);
     let url = format!("{}/blocks/tip/height", base.trim_end_matches('/'));
     let resp =
         http.get(&url).send().await.map_err(|e| {
@@ -262,7 +263,7 @@ async fn check_esplora(base: &str) -> anyhow::Result<()> {
 
 async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
     let b = &settings.bitcoin;
-    let shown = crate::server::redact_url(&b.rpc_url);
+    let shown = redact_url(&b.rpc_url);
     let rpc =
         RpcConfig::new(&b.rpc_url, &b.rpc_user, &b.rpc_password).with_timeout(CHAIN_CHECK_TIMEOUT);
     let answer = match RpcClient::new(&rpc) {

@@ -1,6 +1,8 @@
-//! The HTTP/WebSocket server: the relay at `/` (WebSocket, NIP-11 and a
-//! text page, served by `cairn_relay::ws`), the identity, admin and zap
-//! routes, background jobs, and shutdown.
+//! The HTTP/WebSocket server: [`start`] mounts the relay at `/` (WebSocket,
+//! NIP-11 and a text page, served by `cairn_relay::ws`) and the [`routes`]
+//! (identity, admin, zaps), opens the payments and zaps [`runtimes`], runs
+//! the background jobs, and [`RunningNode::shutdown`] stops it all.
+//! [`own_relay`] is how the payments services reach this relay in-process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +16,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::redact::redact_url;
 use crate::settings::Settings;
+
+pub mod own_relay;
+pub mod routes;
+pub mod runtimes;
 
 /// How long shutdown waits for connections to finish their in-flight work.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -30,8 +37,8 @@ pub struct RunningNode {
     writer: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
     identity: Option<Arc<cairn_identity::service::IdentityService>>,
-    payments: Option<crate::payments_runtime::PaymentsRuntime>,
-    zaps: Option<crate::zaps_runtime::ZapsRuntime>,
+    payments: Option<runtimes::payments::PaymentsRuntime>,
+    zaps: Option<runtimes::zaps::ZapsRuntime>,
 }
 
 impl RunningNode {
@@ -56,14 +63,14 @@ impl RunningNode {
     }
 
     /// The wallet, Lightning node and NWC service, when `[payments] enabled`
-    /// and they are running (see [`crate::payments_runtime`]).
-    pub fn payments(&self) -> Option<&Arc<crate::payments_runtime::Payments>> {
+    /// and they are running (see [`runtimes::payments`]).
+    pub fn payments(&self) -> Option<&Arc<runtimes::payments::Payments>> {
         self.payments.as_ref().and_then(|p| p.slot().get())
     }
 
     /// The payments slot, when `[payments] enabled`: filled once payments run,
     /// also after a start that succeeded only on a retry.
-    pub fn payments_slot(&self) -> Option<&Arc<crate::payments_runtime::PaymentsSlot>> {
+    pub fn payments_slot(&self) -> Option<&Arc<runtimes::payments::PaymentsSlot>> {
         self.payments.as_ref().map(|p| p.slot())
     }
 
@@ -131,7 +138,7 @@ impl RunningNode {
 
 /// Open the database (running migrations), bind, and serve in the background.
 pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
-    crate::zap_routes::check_settings(&settings)?;
+    routes::zaps::check_settings(&settings)?;
     create_data_dir(&settings)?;
     let database_url = settings.database_url();
     let store = cairn_relay::store::open(&database_url)
@@ -160,7 +167,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
     ))];
     let identity = if settings.identity.enabled {
-        let service = crate::identity_routes::open_service(&settings, &relay).await?;
+        let service = routes::identity::open_service(&settings, &relay).await?;
         let stop = relay.shutdown_token().clone().cancelled_owned();
         jobs.push(tokio::spawn(Arc::clone(&service).run(stop)));
         tracing::info!("identity service enabled at http://{addr}/identity/v1/");
@@ -171,7 +178,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     let connections = TaskTracker::new();
     let mut app = cairn_relay::ws::router(Arc::clone(&relay), connections.clone());
     if let Some(service) = &identity {
-        app = app.merge(crate::identity_routes::router(
+        app = app.merge(routes::identity::router(
             Arc::clone(service),
             &settings.identity,
         ));
@@ -183,16 +190,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .unwrap_or_else(|| relay.public_url().to_owned());
     // NWC and zap receipts reach the relay in-process: they need not wait
     // for the server to listen.
-    let own_relay = crate::own_relay::OwnRelay::new(&relay);
+    let own_relay = own_relay::OwnRelay::new(&relay);
     let payments = if settings.payments.enabled {
         let token = crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?;
         let runtime =
-            crate::payments_runtime::PaymentsRuntime::open(&settings, &nwc_relay_url, &own_relay)
-                .await;
-        app = app.merge(crate::admin_routes::router(
-            Arc::clone(runtime.slot()),
-            token,
-        ));
+            runtimes::payments::PaymentsRuntime::open(&settings, &nwc_relay_url, &own_relay).await;
+        app = app.merge(routes::admin::router(Arc::clone(runtime.slot()), token));
         tracing::info!("admin API at http://{addr}/admin/v1/ (token in the data directory)");
         Some(runtime)
     } else {
@@ -200,7 +203,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     };
     // Payments to verified names (LNURL-pay, zaps): a wallet and names.
     let zaps = match (&payments, &identity) {
-        (Some(runtime), Some(service)) => crate::zap_routes::mount(
+        (Some(runtime), Some(service)) => routes::zaps::mount(
             &settings,
             &own_relay,
             Arc::clone(service),
@@ -274,34 +277,9 @@ async fn purge_expired_events(relay: Arc<Relay>, every: Duration) {
     }
 }
 
-/// The database URL without its password, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
 fn describe_database(url: &str) -> String {
     match url.strip_prefix("sqlite://") {
         Some(path) => format!("SQLite at {path}"),
         None => format!("Postgres at {}", redact_url(url)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -7,7 +7,7 @@
 //! else is answered 401 before any handler runs. Errors are JSON
 //! `{"error":"message"}`; amounts are integers (`_sat`, `_msat`). While
 //! payments are not running (Bitcoin Core unreachable at start, see
-//! [`crate::payments_runtime`]) every endpoint answers 503 with the reason.
+//! [`crate::server::runtimes::payments`]) every endpoint answers 503 with the reason.
 //!
 //! Endpoints:
 //!
@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::admin_token::AdminToken;
-use crate::payments_runtime::{Payments, PaymentsSlot};
+use crate::server::runtimes::payments::{Payments, PaymentsSlot};
 
 #[derive(Clone)]
 struct AdminState {

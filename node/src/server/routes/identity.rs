@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::identity_settings::IdentitySettings;
+use crate::settings::IdentitySettings;
 use crate::settings::Settings;
 
 /// Publishes the service's events on the node's own relay. Holds the relay

@@ -1,6 +1,6 @@
 //! The zap service of a node that serves name payments: opened on the
 //! Lightning node once payments run (which may be only after a retry, see
-//! [`crate::payments_runtime`]), stopped before payments stop.
+//! [`super::payments`]), stopped before payments stop.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,8 +9,8 @@ use cairn_payments::zap::{RetryPolicy, ZapService, ZapServiceConfig};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::own_relay::OwnRelay;
-use crate::payments_runtime::PaymentsSlot;
+use super::payments::PaymentsSlot;
+use crate::server::own_relay::OwnRelay;
 use crate::settings::Settings;
 
 /// The zap service, once open.

@@ -11,7 +11,7 @@
 //!   the node's on-chain wallet and a BIP21 URI.
 //!
 //! A name is served only when `[zaps] names` lists it and it has a verified
-//! binding on this node (see [`crate::zap_settings::ZapSettings`]). Errors
+//! binding on this node (see [`crate::settings::ZapSettings`]). Errors
 //! are LUD-06 `{"status":"ERROR","reason":…}` with a matching HTTP status;
 //! internal failures are logged and answered generically. CORS is open:
 //! web clients call these endpoints directly.
@@ -41,11 +41,11 @@ use nostr::PublicKey;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::identity_routes::with_retry_after;
-use crate::payments_runtime::{Payments, PaymentsSlot};
+use super::identity::with_retry_after;
+use crate::server::runtimes::payments::{Payments, PaymentsSlot};
+use crate::server::runtimes::zaps::{ZapCell, ZapsRuntime};
 use crate::settings::Settings;
-use crate::zap_settings::ZapSettings;
-use crate::zaps_runtime::{ZapCell, ZapsRuntime};
+use crate::settings::ZapSettings;
 
 /// What the name-payment routes need.
 pub struct ZapRoutes {
@@ -123,7 +123,7 @@ pub fn router(state: Arc<ZapRoutes>) -> Router {
 /// enabled and `[zaps] names` set; `None` when no name is listed (LNURL off).
 pub fn mount(
     settings: &Settings,
-    own_relay: &crate::own_relay::OwnRelay,
+    own_relay: &crate::server::own_relay::OwnRelay,
     identity: Arc<IdentityService>,
     payments: Arc<PaymentsSlot>,
 ) -> anyhow::Result<Option<(Router, ZapsRuntime)>> {
