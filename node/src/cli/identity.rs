@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::BlockHash;
-use cairn_identity::binding::{normalize_handle, proof_post_op, revoke_op, rotate_op, veto_op};
-use cairn_identity::bundle::{ChainView, Checkpoint, RpcChainView};
 use cairn_identity::service::{BindingReceipt, BindingState, IssuedChallenge};
+use cairn_identity_core::binding::{
+    normalize_handle, proof_post_op, revoke_op, rotate_op, veto_op,
+};
+use cairn_identity_core::bundle::{ChainView, Checkpoint, RpcChainView};
 use nostr::{Event, EventId, Keys, PublicKey};
 use serde_json::json;
 
@@ -509,7 +511,7 @@ pub struct ExportedHeaders {
 
 /// Writes the headers `range` of the Bitcoin Core node at `url` to `out` as a
 /// headers file: 80-byte consensus-encoded headers, concatenated, in height
-/// order (the format [`cairn_identity::bundle::HeaderChain::load`] reads).
+/// order (the format [`cairn_identity_core::bundle::HeaderChain::load`] reads).
 ///
 /// Linkage is checked while exporting, so a reorg during the export is an
 /// error rather than a file that fails later. The file is written whole
@@ -645,7 +647,7 @@ mod tests {
         fn header_at(
             &self,
             height: u32,
-        ) -> Result<Option<bitcoin::block::Header>, cairn_identity::bundle::ChainViewError>
+        ) -> Result<Option<bitcoin::block::Header>, cairn_identity_core::bundle::ChainViewError>
         {
             Ok(self.0.get(height as usize).copied())
         }
@@ -653,7 +655,7 @@ mod tests {
         fn height_of(
             &self,
             hash: &BlockHash,
-        ) -> Result<Option<u32>, cairn_identity::bundle::ChainViewError> {
+        ) -> Result<Option<u32>, cairn_identity_core::bundle::ChainViewError> {
             Ok(self
                 .0
                 .iter()
@@ -661,7 +663,7 @@ mod tests {
                 .map(|p| p as u32))
         }
 
-        fn tip_height(&self) -> Result<u32, cairn_identity::bundle::ChainViewError> {
+        fn tip_height(&self) -> Result<u32, cairn_identity_core::bundle::ChainViewError> {
             Ok(self.0.len() as u32 - 1)
         }
     }

@@ -1,6 +1,6 @@
 //! `cairn verify`: check a handle's proof bundle yourself. The node is only
 //! used to *fetch* the bundle, which is then checked with
-//! [`cairn_identity::bundle::verify`] against the user's own chain view (a
+//! [`cairn_identity_core::bundle::verify`] against the user's own chain view (a
 //! Bitcoin Core RPC or a headers file).
 
 use std::path::{Path, PathBuf};
@@ -8,11 +8,11 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::{BlockHash, Network};
-use cairn_identity::bundle::{
+use cairn_identity::service::Standing;
+use cairn_identity_core::bundle::{
     verify, Checkpoint, HeaderChain, ProofBundle, RpcChainView, VerifiedIdentity, VerifyPolicy,
     DEFAULT_MIN_CONFIRMATIONS,
 };
-use cairn_identity::service::Standing;
 use nostr::PublicKey;
 
 use super::support::bundle::{fetch_bundle_with_status, read_bundle, MalformedBundle};
@@ -93,7 +93,7 @@ pub async fn run_verify(args: VerifyArgs) -> Result<()> {
 
 /// Whether `e` says the bundle is bad (as opposed to "could not check it").
 pub fn is_verification_failure(e: &anyhow::Error) -> bool {
-    use cairn_identity::bundle::{BundleError, DecodeError};
+    use cairn_identity_core::bundle::{BundleError, DecodeError};
     e.chain().any(|c| {
         (c.is::<BundleError>() && !matches!(c.downcast_ref(), Some(BundleError::ChainView(_))))
             || c.is::<DecodeError>()
@@ -236,7 +236,7 @@ pub fn parse_checkpoint(s: &str) -> Result<Checkpoint> {
 /// Verifies `bundle` against the chain view in `options`. Blocks (RPC calls,
 /// file reads): in async code use [`verify_bundle_async`].
 ///
-/// The error is the failing link ([`cairn_identity::bundle::BundleError`],
+/// The error is the failing link ([`cairn_identity_core::bundle::BundleError`],
 /// reachable with `downcast_ref`) or why the chain view could not be set up.
 pub fn verify_bundle(bundle: &ProofBundle, options: &VerifyOptions) -> Result<VerifiedIdentity> {
     let policy = VerifyPolicy {
@@ -309,7 +309,7 @@ pub async fn verify_subject(
 
 /// The text `cairn verify` prints on success.
 pub fn render_verified(v: &VerifiedIdentity, min_confirmations: u32) -> String {
-    use cairn_identity::binding::Status;
+    use cairn_identity_core::binding::Status;
     let status = match &v.status {
         Status::Bound => "bound".to_owned(),
         Status::RecoveryPending(p) => format!(

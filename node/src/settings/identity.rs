@@ -7,10 +7,10 @@ use anyhow::Context;
 use bitcoin::FeeRate;
 use cairn_bitcoin::RpcConfig;
 use cairn_identity::anchor::AnchorPolicy;
-use cairn_identity::binding::{RegistryConfig, DEFAULT_RECOVERY_DELAY_BLOCKS};
 use cairn_identity::service::{ServiceConfig, DEFAULT_MAX_OUTSTANDING_CHALLENGES};
 use cairn_identity::x::client::{DEFAULT_OEMBED_BASE, DEFAULT_SYNDICATION_BASE};
 use cairn_identity::x::{CheckPolicy, XClientConfig};
+use cairn_identity_core::binding::{RegistryConfig, DEFAULT_RECOVERY_DELAY_BLOCKS};
 use cairn_relay::config::Rate;
 use serde::{Deserialize, Serialize};
 

@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::Network;
-use cairn_identity::bundle::DEFAULT_MIN_CONFIRMATIONS;
+use cairn_identity_core::bundle::DEFAULT_MIN_CONFIRMATIONS;
 use nostr::PublicKey;
 
 use self::lnurl::http_client;

@@ -3,9 +3,9 @@
 //! gift-wrapped message to the recipient's and the sender's inbox relays.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use cairn_identity::binding::Status;
-use cairn_identity::bundle::VerifiedIdentity;
 use cairn_identity::service::Standing;
+use cairn_identity_core::binding::Status;
+use cairn_identity_core::bundle::VerifiedIdentity;
 use cairn_payments::message_payment::{
     check_description_hash, MessagePayment, PaymentRequest, Receipt, LIGHTNING, ONCHAIN,
     PAYMENT_TAG, RECEIPT_TAG,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use cairn_identity::bundle::{ProofBundle, BUNDLE_MAGIC, MAX_BUNDLE_LEN};
+use cairn_identity_core::bundle::{ProofBundle, BUNDLE_MAGIC, MAX_BUNDLE_LEN};
 
 use super::node::{status, NodeClient, StatusView, Subject};
 

@@ -2,8 +2,8 @@
 //! about a handle or key (its word, not a proof: see `cairn verify`).
 
 use anyhow::{anyhow, ensure, Context, Result};
-use cairn_identity::binding::normalize_handle;
 use cairn_identity::service::{BindingState, IdentityView, Standing};
+use cairn_identity_core::binding::normalize_handle;
 use nostr::PublicKey;
 use serde_json::Value;
 
