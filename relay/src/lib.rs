@@ -24,11 +24,11 @@ pub mod privacy;
 pub mod ratelimit;
 pub mod relay;
 pub mod store;
+#[cfg(feature = "test-relay")]
+pub mod testing;
 pub mod verify;
 #[cfg(feature = "ws")]
 pub mod ws;
-#[cfg(feature = "test-relay")]
-pub mod testing;
 
 pub use accept::{Accepted, Refused};
 pub use connection::{serve_connection, Incoming, Outgoing};

@@ -48,8 +48,7 @@ impl TestRelay {
         let store = store::open(&url).await?;
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let (relay, writer) =
-            Relay::new(RelayConfig::default(), &format!("ws://{addr}"), store);
+        let (relay, writer) = Relay::new(RelayConfig::default(), &format!("ws://{addr}"), store);
         let connections = TaskTracker::new();
         let app = crate::ws::router(Arc::clone(&relay), connections.clone());
         let shutdown = relay.shutdown_token().clone();

@@ -38,8 +38,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use service::{
-    service_keys, NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION, SERVICE_KEY_FILE_NAME,
-    STORE_FILE_NAME,
+    service_keys, NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION,
+    SERVICE_KEY_FILE_NAME, STORE_FILE_NAME,
 };
 pub use store::{IssuedInvoice, NwcStore, RequestState};
 
