@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bdk_esplora::EsploraAsyncExt;
 use bdk_wallet::chain::ChainPosition;
@@ -230,13 +229,6 @@ impl std::fmt::Debug for OnchainWallet {
             .field("network", &self.network)
             .finish()
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl From<ChainError> for WalletError {
@@ -564,7 +556,7 @@ impl OnchainWallet {
 
 impl Inner {
     fn tick(&mut self) -> u64 {
-        self.clock = unix_now().max(self.clock + 1);
+        self.clock = crate::clock::now().max(self.clock + 1);
         self.clock
     }
 
