@@ -52,14 +52,7 @@ impl TestRelay {
         let connections = TaskTracker::new();
         let app = crate::ws::router(Arc::clone(&relay), connections.clone());
         let shutdown = relay.shutdown_token().clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        });
+        let server = crate::ws::serve(listener, app, shutdown);
         Ok(Self {
             addr,
             relay,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use cairn_relay::store::Store;
 use cairn_relay::Relay;
 use tokio::net::TcpListener;
@@ -217,22 +216,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         _ => None,
     };
     let shutdown = relay.shutdown_token().clone();
-    // Without TCP_NODELAY a reply split over several writes waits for the
-    // client's delayed ACK (~40 ms): every REQ with more than a few results
-    // would pay it.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    });
+    let server = cairn_relay::ws::serve(listener, app, shutdown);
     Ok(RunningNode {
         addr,
         relay,
