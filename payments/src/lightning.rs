@@ -46,6 +46,7 @@ use std::time::Duration;
 use bitcoin::hashes::sha256;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, FeeRate, Network, Txid};
+use ldk_node::lightning::events::PaymentFailureReason;
 use ldk_node::lightning::ln::channelmanager::PaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning::offers::offer::Offer;
@@ -61,7 +62,9 @@ use tracing::{debug, info, warn};
 use crate::events::{EventStore, EventStoreError, HandledEvent, EVENTS_DB_FILE_NAME};
 use cairn_bitcoin::{lightning_seed_bytes, ChainError, ChainSource, RpcConfig, Seed, SeedError};
 
+use ldk_node::lightning::chain::channelmonitor::BalanceSource;
 pub use ldk_node::BalanceDetails;
+use ldk_node::LightningBalance;
 
 /// Directory of ldk-node's storage inside the data directory.
 pub const LIGHTNING_DIR_NAME: &str = "lightning";
@@ -78,9 +81,44 @@ pub const DEFAULT_PAYMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest pause between two looks at a pending payment's record while
 /// waiting: covers events a lagging subscriber lost.
 pub const OUTCOME_POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// Why a failed payment failed, as far as ldk-node's record tells (it keeps
-/// the status, not the reason).
-const FAILED_REASON: &str = "no route or the recipient refused";
+/// Why a failed payment failed, when neither ldk-node's record (it keeps the
+/// status, not the reason) nor a `PaymentFailed` event seen while waiting
+/// tells more.
+const FAILED_REASON: &str = "no route worked or the recipient refused";
+
+/// The reason LDK gives for a failed payment, in words.
+pub fn failure_reason_text(reason: Option<PaymentFailureReason>) -> &'static str {
+    use PaymentFailureReason as R;
+    match reason {
+        Some(R::RecipientRejected) => "the recipient rejected the payment",
+        Some(R::UserAbandoned) => "the payment was abandoned",
+        Some(R::RetriesExhausted) => {
+            "every route tried failed (retries exhausted): not enough capacity along the way, or peers offline"
+        }
+        Some(R::PaymentExpired) => "the invoice expired",
+        Some(R::RouteNotFound) => {
+            "no route to the recipient with enough capacity"
+        }
+        Some(R::UnexpectedError) => "unexpected error in the Lightning node",
+        Some(R::UnknownRequiredFeatures) => {
+            "the invoice requires features this node does not support"
+        }
+        Some(R::InvoiceRequestExpired) => "the offer's issuer did not answer in time",
+        Some(R::InvoiceRequestRejected) => "the offer's issuer rejected the request",
+        Some(R::BlindedPathCreationFailed) => "no blinded path back to this node could be built",
+        None => FAILED_REASON,
+    }
+}
+
+/// How much [`LightningNode::withdraw`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Exactly this many satoshis (the fee comes on top).
+    Sats(u64),
+    /// Everything spendable, minus the fee (keeping the reserve that open
+    /// anchor channels need).
+    All,
+}
 
 /// Settings of the Lightning node.
 #[derive(Debug, Clone)]
@@ -182,6 +220,25 @@ pub fn preimage_of(payment: &PaymentDetails) -> Option<PaymentPreimage> {
     }
 }
 
+/// [`LightningNode::channel_balance_sats`] of a balance report.
+pub fn channel_balance_sats(balances: &BalanceDetails) -> u64 {
+    let coop_closed: u64 = balances
+        .lightning_balances
+        .iter()
+        .map(|b| match b {
+            LightningBalance::ClaimableAwaitingConfirmations {
+                amount_satoshis,
+                source: BalanceSource::CoopClose,
+                ..
+            } => *amount_satoshis,
+            _ => 0,
+        })
+        .sum();
+    balances
+        .total_lightning_balance_sats
+        .saturating_sub(coop_closed)
+}
+
 /// Lightning failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LightningError {
@@ -197,6 +254,25 @@ pub enum LightningError {
     /// An ldk-node operation failed.
     #[error("Lightning node: {0}")]
     Node(#[from] NodeError),
+    /// A payment could not be sent at all (nothing moved); why.
+    #[error("payment not sent: {0}")]
+    NotSent(String),
+    /// The Lightning node's on-chain wallet cannot pay what was asked.
+    #[error("the Lightning node's on-chain wallet has {spendable_sat} sat spendable; {needed}")]
+    OnchainFunds {
+        /// What it can spend now (anchor reserve excluded).
+        spendable_sat: u64,
+        /// What was needed, in words.
+        needed: String,
+    },
+    /// An on-chain amount below the dust limit of the address.
+    #[error("{amount_sat} sat is below the dust limit of {dust_limit_sat} sat for this address")]
+    Dust {
+        /// The amount asked for.
+        amount_sat: u64,
+        /// The smallest amount the address may receive.
+        dust_limit_sat: u64,
+    },
     /// The event store failed.
     #[error(transparent)]
     Events(#[from] EventStoreError),
@@ -216,11 +292,11 @@ pub enum LightningError {
     #[error("the Lightning node is {0}")]
     State(&'static str),
     /// An invoice without an amount, and no `amount_msat` to pay was given.
-    #[error("the invoice has no amount: give amount_msat")]
+    #[error("the invoice has no amount: give the amount to pay")]
     AmountMissing,
     /// The `amount_msat` to pay differs from the invoice's own amount. Paying
     /// the invoice's amount instead would surprise the caller either way.
-    #[error("amount_msat {asked_msat} differs from the invoice's amount {invoice_msat}")]
+    #[error("the amount given ({asked_msat} msat) differs from the invoice's amount ({invoice_msat} msat)")]
     AmountMismatch {
         /// The invoice's amount.
         invoice_msat: u64,
@@ -379,6 +455,77 @@ impl LightningNode {
             .send_to_address(address, amount_sats, fee_rate)?)
     }
 
+    /// Sends from the Lightning node's on-chain wallet (where channel
+    /// closes pay out) to `address`: a withdrawal to any other wallet. Never
+    /// spends the reserve that open anchor channels need. Sync first
+    /// ([`Self::sync_wallets`]) so the latest coins are known.
+    pub fn withdraw(
+        &self,
+        address: &Address,
+        amount: Withdrawal,
+        fee_rate: Option<FeeRate>,
+    ) -> Result<Txid, LightningError> {
+        let spendable_sat = self.node.list_balances().spendable_onchain_balance_sats;
+        let onchain = self.node.onchain_payment();
+        let sent = match amount {
+            Withdrawal::Sats(amount_sat) => {
+                let dust_limit_sat = address.script_pubkey().minimal_non_dust().to_sat();
+                if amount_sat < dust_limit_sat {
+                    return Err(LightningError::Dust {
+                        amount_sat,
+                        dust_limit_sat,
+                    });
+                }
+                if amount_sat > spendable_sat {
+                    return Err(LightningError::OnchainFunds {
+                        spendable_sat,
+                        needed: format!("{amount_sat} sat plus the fee asked"),
+                    });
+                }
+                onchain.send_to_address(address, amount_sat, fee_rate)
+            }
+            Withdrawal::All => {
+                if spendable_sat == 0 {
+                    return Err(LightningError::OnchainFunds {
+                        spendable_sat,
+                        needed: "nothing to withdraw".to_owned(),
+                    });
+                }
+                onchain.send_all_to_address(address, true, fee_rate)
+            }
+        };
+        sent.map_err(|e| match e {
+            NodeError::InsufficientFunds => LightningError::OnchainFunds {
+                spendable_sat,
+                needed: "not enough for the amount and the fee".to_owned(),
+            },
+            e => e.into(),
+        })
+    }
+
+    /// What the node's channels hold for it, satoshis, each sat counted
+    /// once: ldk-node's `total_lightning_balance_sats` without the
+    /// cooperative-close outputs that await their confirmations
+    /// (`ClaimableAwaitingConfirmations` with `BalanceSource::CoopClose`).
+    /// Those pay straight to the Lightning node's on-chain wallet, so once
+    /// the closing transaction confirms they are in
+    /// `total_onchain_balance_sats` already, for the ~6 blocks ldk-node
+    /// keeps listing them.
+    pub fn channel_balance_sats(&self) -> u64 {
+        channel_balance_sats(&self.node.list_balances())
+    }
+
+    /// The address of the live connection to `peer`, if there is one: an
+    /// `open_channel` to a connected peer uses that connection and does not
+    /// try the address it is given.
+    pub fn connected_address(&self, peer: &PublicKey) -> Option<SocketAddress> {
+        self.node
+            .list_peers()
+            .into_iter()
+            .find(|p| p.node_id == *peer && p.is_connected)
+            .map(|p| p.address)
+    }
+
     /// Connects to `peer` at `address` and opens an unannounced (private)
     /// channel of `amount_sats`, pushing `push_msat` to the peer.
     pub fn open_channel(
@@ -488,7 +635,13 @@ impl LightningNode {
         // The router never picks a route costing more than the cap in fees.
         let route = max_fee_msat
             .map(|max| RouteParametersConfig::default().with_max_total_routing_fee_msat(max));
-        self.send_and_wait(timeout, || {
+        if invoice.is_expired() {
+            return Err(LightningError::NotSent(
+                failure_reason_text(Some(PaymentFailureReason::PaymentExpired)).to_owned(),
+            ));
+        }
+        let amount = invoice.amount_milli_satoshis().or(amount_msat);
+        self.send_and_wait(amount, timeout, || {
             let bolt11 = self.node.bolt11_payment();
             Ok(match (invoice.amount_milli_satoshis(), amount_msat) {
                 (Some(own), Some(asked)) if own != asked => {
@@ -515,8 +668,10 @@ impl LightningNode {
         payer_note: Option<String>,
         timeout: Duration,
     ) -> Result<SentPayment, LightningError> {
-        self.send_and_wait(timeout, || self.pay_offer(offer, amount_msat, payer_note))
-            .await
+        self.send_and_wait(amount_msat, timeout, || {
+            self.pay_offer(offer, amount_msat, payer_note)
+        })
+        .await
     }
 
     /// What became of the outgoing payment with `hash` (sent by this node,
@@ -532,8 +687,8 @@ impl LightningNode {
         let sent = self
             .payment_by_hash(hash)
             .filter(|p| p.direction == PaymentDirection::Outbound)?;
-        let last = self.wait_settled(&sent.id, events, wait).await;
-        Some(last.map_or(PaymentOutcome::Pending, |p| PaymentOutcome::of(&p)))
+        let (last, reason) = self.wait_settled(&sent.id, events, wait).await;
+        Some(outcome_with_reason(last.as_ref(), reason))
     }
 
     /// The payment (either way, any kind) with payment hash `hash`.
@@ -551,29 +706,70 @@ impl LightningNode {
     /// says when the wait ends.
     async fn send_and_wait(
         &self,
+        amount_msat: Option<u64>,
         timeout: Duration,
         send: impl FnOnce() -> Result<PaymentId, LightningError>,
     ) -> Result<SentPayment, LightningError> {
         // Subscribed before sending, so the outcome's event cannot slip past.
         let events = self.subscribe();
-        let id = send()?;
-        let last = self.wait_settled(&id, events, timeout).await;
+        let id = match send() {
+            Ok(id) => id,
+            // ldk-node says only "Failed to send the given payment" when LDK
+            // found no route (or the onion would not fit): name what this
+            // node's channels can send, which is the usual cause.
+            Err(LightningError::Node(NodeError::PaymentSendingFailed)) => {
+                return Err(LightningError::NotSent(self.why_not_sent(amount_msat)))
+            }
+            Err(e) => return Err(e),
+        };
+        let (last, reason) = self.wait_settled(&id, events, timeout).await;
         Ok(SentPayment {
             id,
             payment_hash: last.as_ref().and_then(payment_hash_of),
             amount_msat: last.as_ref().and_then(|p| p.amount_msat),
-            outcome: last.map_or(PaymentOutcome::Pending, |p| PaymentOutcome::of(&p)),
+            outcome: outcome_with_reason(last.as_ref(), reason),
         })
     }
 
-    /// Waits up to `timeout` for payment `id` to settle; its last record.
+    /// Why LDK found no route for `amount_msat`, as far as this node's own
+    /// channels tell.
+    fn why_not_sent(&self, amount_msat: Option<u64>) -> String {
+        let channels = self.node.list_channels();
+        let usable: Vec<&ChannelDetails> = channels.iter().filter(|c| c.is_usable).collect();
+        if usable.is_empty() {
+            return if channels.is_empty() {
+                "no route: this node has no channels".to_owned()
+            } else {
+                "no route: none of this node's channels is usable yet (waiting for confirmations, or the peer is offline)".to_owned()
+            };
+        }
+        let max_htlc = usable
+            .iter()
+            .map(|c| c.next_outbound_htlc_limit_msat)
+            .max()
+            .unwrap_or(0);
+        let total: u64 = usable.iter().map(|c| c.outbound_capacity_msat).sum();
+        match amount_msat {
+            Some(amount) if amount > max_htlc => format!(
+                "insufficient capacity: {amount} msat asked, but this node's channels can send at most {max_htlc} msat in one payment now ({total} msat outbound in all)"
+            ),
+            _ => format!(
+                "{} (this node's channels can send up to {max_htlc} msat now)",
+                failure_reason_text(Some(PaymentFailureReason::RouteNotFound))
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for payment `id` to settle; its last record,
+    /// and the reason of a `PaymentFailed` event for it seen meanwhile.
     async fn wait_settled(
         &self,
         id: &PaymentId,
         mut events: broadcast::Receiver<Event>,
         timeout: Duration,
-    ) -> Option<PaymentDetails> {
+    ) -> (Option<PaymentDetails>, Option<PaymentFailureReason>) {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut reason = None;
         loop {
             let record = self.node.payment(id);
             let settled = record
@@ -581,16 +777,25 @@ impl LightningNode {
                 .is_some_and(|p| PaymentOutcome::of(p) != PaymentOutcome::Pending);
             let now = tokio::time::Instant::now();
             if settled || now >= deadline {
-                return record;
+                if settled && reason.is_none() {
+                    // The event may be queued behind the record's update.
+                    while let Ok(ev) = events.try_recv() {
+                        reason = reason.or(failure_of(&ev, id));
+                    }
+                }
+                return (record, reason);
             }
             // Any event may be the one (and a lagging receiver skips some):
             // the record decides either way.
             let pause = OUTCOME_POLL_INTERVAL.min(deadline - now);
-            let _ = tokio::time::timeout(pause, events.recv()).await;
+            if let Ok(Ok(ev)) = tokio::time::timeout(pause, events.recv()).await {
+                reason = reason.or(failure_of(&ev, id));
+            }
         }
     }
 
-    /// On-chain and Lightning balances.
+    /// On-chain and Lightning balances, as ldk-node reports them (see
+    /// [`Self::channel_balance_sats`] for a sum that counts each sat once).
     pub fn balances(&self) -> BalanceDetails {
         self.node.list_balances()
     }
@@ -613,6 +818,32 @@ impl LightningNode {
     /// Every event handled so far, across restarts, oldest first.
     pub fn handled_events(&self) -> Result<Vec<HandledEvent>, LightningError> {
         Ok(self.events.list()?)
+    }
+}
+
+/// The reason of a `PaymentFailed` event for payment `id`.
+fn failure_of(event: &Event, id: &PaymentId) -> Option<PaymentFailureReason> {
+    match event {
+        Event::PaymentFailed {
+            payment_id: Some(p),
+            reason,
+            ..
+        } if p == id => *reason,
+        _ => None,
+    }
+}
+
+/// A record's outcome, a failure carrying LDK's reason when one is known.
+fn outcome_with_reason(
+    record: Option<&PaymentDetails>,
+    reason: Option<PaymentFailureReason>,
+) -> PaymentOutcome {
+    match record.map(PaymentOutcome::of) {
+        None => PaymentOutcome::Pending,
+        Some(PaymentOutcome::Failed { .. }) => PaymentOutcome::Failed {
+            reason: failure_reason_text(reason).to_owned(),
+        },
+        Some(o) => o,
     }
 }
 

@@ -609,9 +609,22 @@ impl Inner {
                 }
             }
         }
-        let mut psbt = builder
-            .finish()
-            .map_err(|e| WalletError::Build(e.to_string()))?;
+        let mut psbt = builder.finish().map_err(|e| match e {
+            // bdk names the output's index, not the limit.
+            bdk_wallet::error::CreateTxError::OutputBelowDustLimit(_) => {
+                let limit = address.script_pubkey().minimal_non_dust().to_sat();
+                WalletError::Build(match amount {
+                    SendAmount::Exact(a) => format!(
+                        "{} sat is below the dust limit of {limit} sat for this address",
+                        a.to_sat()
+                    ),
+                    SendAmount::All => format!(
+                        "what is left after the fee is below the dust limit of {limit} sat for this address"
+                    ),
+                })
+            }
+            e => WalletError::Build(e.to_string()),
+        })?;
         let finalized = self
             .wallet
             .sign(&mut psbt, SignOptions::default())

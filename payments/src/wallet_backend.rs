@@ -234,7 +234,9 @@ impl WalletBackend for LightningNode {
     }
 
     async fn balance_msat(&self) -> Result<u64, BackendError> {
-        Ok(self.balances().total_lightning_balance_sats * 1000)
+        // Each sat once: a cooperative close's output awaiting confirmations
+        // is in the on-chain wallet already.
+        Ok(self.channel_balance_sats() * 1000)
     }
 
     fn info(&self) -> (String, String) {

@@ -466,3 +466,150 @@ async fn force_close_returns_funds_after_the_timelock() -> Result<()> {
     })
     .await
 }
+
+/// Issue 10: after a cooperative close the closing output is counted once
+/// (on-chain, not also in the channels) for the blocks ldk-node keeps
+/// tracking it; the Lightning wallet's coins can be withdrawn (an amount, or
+/// all of them); a payment that cannot be sent says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cooperative_close_counts_once_and_the_lightning_wallet_withdraws() -> Result<()> {
+    use cairn_payments::lightning::{LightningError, Withdrawal};
+    bounded(async {
+        let Pair {
+            chain,
+            dir_a: _dir_a,
+            _dir_b,
+            a,
+            b,
+            mut ev_a,
+            mut ev_b,
+            ..
+        } = open_pair().await?;
+
+        // B has nothing to send yet: refused with the capacity, not with
+        // ldk-node's "Failed to send the given payment".
+        let inv = a.receive_bolt11(
+            Some(10_000_000),
+            &InvoiceDescription::Text("too early".into()),
+            DEFAULT_INVOICE_EXPIRY_SECS,
+        )?;
+        let refused = b
+            .pay_and_wait(&inv, None, None, Duration::from_secs(10))
+            .await
+            .expect_err("B cannot send 10_000 sat");
+        let text = refused.to_string();
+        ensure!(
+            matches!(refused, LightningError::NotSent(_)) && text.contains("capacity"),
+            "{text}"
+        );
+
+        // A pays B 30_000 sat.
+        let inv = b.receive_bolt11(
+            Some(30_000_000),
+            &InvoiceDescription::Text("lunch".into()),
+            DEFAULT_INVOICE_EXPIRY_SECS,
+        )?;
+        let paid = a
+            .pay_and_wait(&inv, None, None, Duration::from_secs(60))
+            .await?;
+        ensure!(
+            matches!(
+                paid.outcome,
+                cairn_payments::lightning::PaymentOutcome::Succeeded { .. }
+            ),
+            "{paid:?}"
+        );
+        sync_until("B's 30_000 sat", &[], || b.channel_balance_sats() == 30_000).await?;
+
+        // Cooperative close; once it confirms, the closing outputs are in
+        // both on-chain wallets and no longer in the channels.
+        b.close_channel(&b.list_channels()[0].user_channel_id, a.node_id())?;
+        next_event("ChannelClosed on A", &mut ev_a, &[&a, &b], |e| {
+            matches!(e, Event::ChannelClosed { .. })
+        })
+        .await?;
+        next_event("ChannelClosed on B", &mut ev_b, &[&a, &b], |e| {
+            matches!(e, Event::ChannelClosed { .. })
+        })
+        .await?;
+        mempool_nonempty(&chain).await?;
+        mine(&chain, 1).await?;
+        sync_until("B's closing output on-chain", &[&a, &b], || {
+            b.balances().spendable_onchain_balance_sats == FUNDING + 30_000
+        })
+        .await?;
+        for (name, n) in [("A", &a), ("B", &b)] {
+            let raw = n.balances();
+            // ldk-node still lists the closing output as claimable
+            // (awaiting confirmations): the sum that counted it twice.
+            ensure!(
+                raw.total_lightning_balance_sats > 0,
+                "{name}: ldk-node no longer double-lists: {:?}",
+                raw.lightning_balances
+            );
+            assert_eq!(n.channel_balance_sats(), 0, "{name}: counted once");
+        }
+        let on_a = a.balances().total_onchain_balance_sats;
+        ensure!(
+            on_a > FUNDING - 30_000 - 10_000 && on_a < FUNDING - 30_000,
+            "A on-chain {on_a}"
+        );
+
+        // A dust amount names the dust limit.
+        let to_a = a.funding_address()?;
+        let dust = b
+            .withdraw(&to_a, Withdrawal::Sats(100), None)
+            .expect_err("dust");
+        ensure!(dust.to_string().contains("dust limit of 294 sat"), "{dust}");
+        // More than there is: says what is spendable.
+        let much = b
+            .withdraw(&to_a, Withdrawal::Sats(10 * FUNDING), None)
+            .expect_err("too much");
+        ensure!(much.to_string().contains("sat spendable"), "{much}");
+
+        // B withdraws 50_000 sat to A's wallet; A withdraws everything to B's.
+        let fee_rate = bitcoin::FeeRate::from_sat_per_vb(2);
+        let txid = b.withdraw(&to_a, Withdrawal::Sats(50_000), fee_rate)?;
+        mempool_nonempty(&chain).await?;
+        mine(&chain, 1).await?;
+        sync_until("B's withdrawal confirmed", &[&a, &b], || {
+            a.balances().spendable_onchain_balance_sats == on_a + 50_000
+        })
+        .await?;
+        let left_b = b.balances().total_onchain_balance_sats;
+        ensure!(
+            left_b < FUNDING + 30_000 - 50_000 && left_b > FUNDING + 30_000 - 50_000 - 1_000,
+            "B keeps the rest minus a small fee: {left_b}"
+        );
+        let confirmed = b.list_payments().into_iter().any(|p| {
+            matches!(
+                p.kind,
+                PaymentKind::Onchain {
+                    txid: t,
+                    status: ldk_node::payment::ConfirmationStatus::Confirmed { .. }
+                } if t == txid
+            )
+        });
+        ensure!(confirmed, "B's record shows {txid} confirmed");
+
+        let all_a = a.balances().spendable_onchain_balance_sats;
+        a.withdraw(&b.funding_address()?, Withdrawal::All, fee_rate)?;
+        mempool_nonempty(&chain).await?;
+        mine(&chain, 1).await?;
+        sync_until("A's withdrawal of everything", &[&a, &b], || {
+            let got = b.balances().spendable_onchain_balance_sats;
+            a.balances().total_onchain_balance_sats == 0
+                && got > left_b + all_a - 1_000
+                && got < left_b + all_a
+        })
+        .await?;
+        let nothing = a.withdraw(&b.funding_address()?, Withdrawal::All, None);
+        ensure!(nothing.is_err(), "nothing left to withdraw: {nothing:?}");
+
+        a.stop().await?;
+        b.stop().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
