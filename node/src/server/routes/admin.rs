@@ -21,6 +21,7 @@
 //! | GET | `/admin/v1/wallet/transactions` | on-chain history |
 //! | GET | `/admin/v1/lightning/info` | node id, listening address |
 //! | GET | `/admin/v1/lightning/funding-address` | address of the Lightning node's own wallet (funds channels) |
+//! | POST | `/admin/v1/lightning/withdraw` | send from the Lightning node's own wallet |
 //! | GET/POST | `/admin/v1/lightning/channels` | list / open |
 //! | POST | `/admin/v1/lightning/channels/{user_channel_id}/close` | close (`force`) |
 //! | POST | `/admin/v1/lightning/invoices` | BOLT11 invoice |
@@ -44,7 +45,7 @@ use axum::{Json, Router};
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::hashes::{sha256, Hash as _};
 use bitcoin::secp256k1::PublicKey;
-use bitcoin::{Address, Amount, FeeRate};
+use bitcoin::{Address, Amount, FeeRate, Network};
 use cairn_payments::ldk_node::lightning::ln::msgs::SocketAddress;
 use cairn_payments::ldk_node::lightning::offers::offer::Offer;
 use cairn_payments::ldk_node::lightning_invoice::Bolt11Invoice;
@@ -52,10 +53,10 @@ use cairn_payments::ldk_node::lightning_types::payment::PaymentHash;
 use cairn_payments::ldk_node::payment::{
     PaymentDetails, PaymentDirection, PaymentKind, PaymentStatus,
 };
-use cairn_payments::ldk_node::{ChannelDetails, UserChannelId};
+use cairn_payments::ldk_node::{ChannelDetails, NodeError, UserChannelId};
 use cairn_payments::lightning::{
-    payment_hash_of, preimage_of, InvoiceDescription, LightningError, PaymentOutcome, SentPayment,
-    DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT,
+    channel_balance_sats, payment_hash_of, preimage_of, InvoiceDescription, LightningError,
+    PaymentOutcome, SentPayment, Withdrawal, DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT,
 };
 use cairn_payments::nwc::{BudgetRenewal, NewConnection, NwcConnection, NwcError};
 use cairn_payments::wallet::WalletError;
@@ -82,6 +83,7 @@ pub fn router(slot: Arc<PaymentsSlot>, token: AdminToken) -> Router {
         .route("/admin/v1/wallet/transactions", get(transactions))
         .route("/admin/v1/lightning/info", get(ln_info))
         .route("/admin/v1/lightning/funding-address", get(funding_address))
+        .route("/admin/v1/lightning/withdraw", post(withdraw))
         .route(
             "/admin/v1/lightning/channels",
             get(channels).post(open_channel),
@@ -166,6 +168,8 @@ impl From<LightningError> for ApiError {
         use cairn_payments::ldk_node::NodeError as N;
         let status = match &e {
             LightningError::DescriptionTooLong
+            | LightningError::OnchainFunds { .. }
+            | LightningError::Dust { .. }
             | LightningError::AmountMissing
             | LightningError::AmountMismatch { .. } => StatusCode::BAD_REQUEST,
             LightningError::Node(
@@ -181,6 +185,8 @@ impl From<LightningError> for ApiError {
                 | N::ChannelCreationFailed
                 | N::DuplicatePayment,
             ) => StatusCode::BAD_REQUEST,
+            // No route, or no capacity: the network (or our channels) cannot carry it.
+            LightningError::NotSent(_) => StatusCode::BAD_GATEWAY,
             // The peer (or the chain source) did not answer.
             LightningError::Node(N::ConnectionFailed) => StatusCode::BAD_GATEWAY,
             LightningError::Node(N::NotRunning) => StatusCode::SERVICE_UNAVAILABLE,
@@ -264,7 +270,9 @@ async fn balance(State(state): State<AdminState>) -> ApiResult {
         },
         "lightning": {
             // What the node's channels hold for it (NWC get_balance reports the same).
-            "spendable_sat": ln.total_lightning_balance_sats,
+            // Each sat once: a cooperative close's output awaiting its
+            // confirmations is already in total_onchain_sat.
+            "spendable_sat": channel_balance_sats(&ln),
             // The Lightning node's own on-chain wallet, which funds channels.
             "total_onchain_sat": ln.total_onchain_balance_sats,
             "spendable_onchain_sat": ln.spendable_onchain_balance_sats,
@@ -292,20 +300,12 @@ async fn send(
 ) -> ApiResult {
     let Json(req) = body?;
     let p = running(&state)?;
-    let address = req
-        .address
-        .trim()
-        .parse::<Address<NetworkUnchecked>>()
-        .map_err(|e| ApiError::bad_request(format!("invalid address: {e}")))?
-        .require_network(p.network())
-        .map_err(|_| ApiError::bad_request(format!("address is not for {}", p.network())))?;
+    let address = parse_address(&req.address, p.network())?;
     if req.amount_sat == 0 {
-        return Err(ApiError::bad_request("amount_sat must be positive"));
+        return Err(ApiError::bad_request("the amount must be positive"));
     }
     let fee_rate = match req.fee_rate_sat_per_vb {
-        Some(r) => FeeRate::from_sat_per_vb(r)
-            .filter(|_| r > 0)
-            .ok_or_else(|| ApiError::bad_request("fee_rate_sat_per_vb out of range"))?,
+        Some(r) => parse_fee_rate(r)?,
         None => p.default_fee_rate(),
     };
     // The wallet must know its latest coins before it picks some.
@@ -315,6 +315,22 @@ async fn send(
         .send(address, Amount::from_sat(req.amount_sat), fee_rate)
         .await?;
     ok(json!({ "txid": txid.to_string() }))
+}
+
+/// An address for `network`. (Messages name no API field: the CLI shows them too.)
+fn parse_address(text: &str, network: Network) -> Result<Address, ApiError> {
+    text.trim()
+        .parse::<Address<NetworkUnchecked>>()
+        .map_err(|e| ApiError::bad_request(format!("invalid address: {e}")))?
+        .require_network(network)
+        .map_err(|_| ApiError::bad_request(format!("the address is not for {network}")))
+}
+
+/// A feerate of `sat_per_vb` (positive).
+fn parse_fee_rate(sat_per_vb: u64) -> Result<FeeRate, ApiError> {
+    FeeRate::from_sat_per_vb(sat_per_vb)
+        .filter(|_| sat_per_vb > 0)
+        .ok_or_else(|| ApiError::bad_request("the fee rate is out of range (positive sat/vB)"))
 }
 
 async fn transactions(State(state): State<AdminState>) -> ApiResult {
@@ -355,6 +371,43 @@ async fn funding_address(State(state): State<AdminState>) -> ApiResult {
     let p = running(&state)?;
     let addr = p.lightning().funding_address()?;
     ok(json!({ "address": addr.to_string() }))
+}
+
+#[derive(Deserialize)]
+struct WithdrawRequest {
+    address: String,
+    amount_sat: Option<u64>,
+    #[serde(default)]
+    all: bool,
+    fee_rate_sat_per_vb: Option<u64>,
+}
+
+/// Sends from the Lightning node's own on-chain wallet (where channel
+/// closes pay out) to any address.
+async fn withdraw(
+    State(state): State<AdminState>,
+    body: Result<Json<WithdrawRequest>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    let p = running(&state)?;
+    let address = parse_address(&req.address, p.network())?;
+    let amount = match (req.amount_sat, req.all) {
+        (Some(_), true) => return Err(ApiError::bad_request("give an amount or all, not both")),
+        (Some(0), false) => return Err(ApiError::bad_request("the amount must be positive")),
+        (Some(sat), false) => Withdrawal::Sats(sat),
+        (None, true) => Withdrawal::All,
+        (None, false) => return Err(ApiError::bad_request("give an amount, or all")),
+    };
+    // Without a rate, ldk-node estimates one from the chain source.
+    let fee_rate = req.fee_rate_sat_per_vb.map(parse_fee_rate).transpose()?;
+    let ln = Arc::clone(p.lightning());
+    let txid = blocking(move || {
+        // The latest coins (e.g. a close that just confirmed) first.
+        ln.sync_wallets()?;
+        Ok(ln.withdraw(&address, amount, fee_rate)?)
+    })
+    .await?;
+    ok(json!({ "txid": txid.to_string() }))
 }
 
 fn channel_json(c: &ChannelDetails) -> Value {
@@ -402,12 +455,34 @@ async fn open_channel(
     let addr = SocketAddress::from_str(req.address.trim())
         .map_err(|_| ApiError::bad_request("address is not host:port"))?;
     let ln = Arc::clone(p.lightning());
+    // ldk-node uses a live connection to the peer and does not try the
+    // address given: say so when they differ.
+    let note = ln
+        .connected_address(&peer)
+        .filter(|connected| *connected != addr)
+        .map(|connected| {
+            format!(
+                "already connected to this peer (at {connected}): the channel uses that connection; {addr} was not tried"
+            )
+        });
     let ucid = blocking(move || {
         ln.open_channel(peer, addr, req.amount_sat, req.push_msat)
-            .map_err(ApiError::from)
+            .map_err(|e| match e {
+                LightningError::Node(NodeError::InsufficientFunds) => {
+                    let spendable = ln.balances().spendable_onchain_balance_sats;
+                    ApiError::bad_request(format!(
+                        "the Lightning node's on-chain wallet has {spendable} sat spendable, \
+                         not enough for a {} sat channel and its fee: send funds to its \
+                         funding address (`cairn ln funding-address`, \
+                         GET /admin/v1/lightning/funding-address) and wait for a confirmation",
+                        req.amount_sat
+                    ))
+                }
+                e => ApiError::from(e),
+            })
     })
     .await?;
-    ok(json!({ "user_channel_id": ucid.0.to_string() }))
+    ok(json!({ "user_channel_id": ucid.0.to_string(), "note": note }))
 }
 
 #[derive(Deserialize, Default)]
