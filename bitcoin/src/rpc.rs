@@ -207,16 +207,33 @@ impl RpcClient {
     /// The height of block `hash` when it is on the active chain; `None` for
     /// an unknown block or one a reorg left behind.
     pub fn active_height(&self, hash: &BlockHash) -> Result<Option<u32>, ChainError> {
-        let Some(info) = not_found_is_none(self.client.get_block_header_info(hash))? else {
+        // Read only the two fields needed rather than bitcoincore-rpc's whole
+        // typed header, whose other fields Core releases may add or drop.
+        let info = self.client.call::<jsonrpc::serde_json::Value>(
+            "getblockheader",
+            &[
+                jsonrpc::serde_json::Value::String(hash.to_string()),
+                jsonrpc::serde_json::Value::Bool(true),
+            ],
+        );
+        let Some(info) = not_found_is_none(info)? else {
             return Ok(None);
         };
+        let field = |name: &str| {
+            info.get(name)
+                .and_then(jsonrpc::serde_json::Value::as_i64)
+                .ok_or_else(|| {
+                    ChainError::Other(format!("getblockheader answer without {name}: {info}"))
+                })
+        };
         // Core reports -1 confirmations for a block off the active chain.
-        if info.confirmations < 0 {
+        if field("confirmations")? < 0 {
             return Ok(None);
         }
-        u32::try_from(info.height)
+        let height = field("height")?;
+        u32::try_from(height)
             .map(Some)
-            .map_err(|_| ChainError::Other(format!("block height {} out of range", info.height)))
+            .map_err(|_| ChainError::Other(format!("block height {height} out of range")))
     }
 
     /// Transaction `txid`, looked up in `block` (without `-txindex` Core finds
@@ -251,9 +268,29 @@ impl RpcClient {
             .map_err(|e| ChainError::Other(format!("RPC task failed: {e}")))?
     }
 
+    /// The node's network, from `getblockchaininfo`'s `chain` (`main`,
+    /// `test`, `testnet4`, `signet`, `regtest`); only that field is read.
+    pub fn network(&self) -> Result<bitcoin::Network, ChainError> {
+        let info: jsonrpc::serde_json::Value = self.client.call("getblockchaininfo", &[])?;
+        let chain = info["chain"]
+            .as_str()
+            .ok_or_else(|| ChainError::Other("getblockchaininfo has no `chain`".into()))?;
+        bitcoin::Network::from_core_arg(chain).map_err(|_| {
+            ChainError::Other(format!("unknown chain `{chain}` from getblockchaininfo"))
+        })
+    }
+
     /// Whether `txid` is in the node's mempool (`getmempoolentry`).
     pub fn in_mempool(&self, txid: &Txid) -> Result<bool, ChainError> {
-        match self.client.get_mempool_entry(txid) {
+        // Only the answer's existence matters. bitcoincore-rpc's typed
+        // `get_mempool_entry` demands `bip125-replaceable`, which Core 28+
+        // sends only with -deprecatedrpc=bip125; parsing it broke anchoring
+        // on current Core. Every call here reads only what Core 25-31 all send.
+        let entry = self.client.call::<jsonrpc::serde::de::IgnoredAny>(
+            "getmempoolentry",
+            &[jsonrpc::serde_json::Value::String(txid.to_string())],
+        );
+        match entry {
             Ok(_) => Ok(true),
             Err(e) => match ChainError::from(e) {
                 ChainError::Rpc { code, .. } if code == RPC_INVALID_ADDRESS_OR_KEY => Ok(false),

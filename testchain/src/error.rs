@@ -166,6 +166,9 @@ pub enum Error {
     /// Hex or consensus decoding failed.
     #[error("{0}")]
     Deserialization(String),
+    /// A descriptor that does not parse (`scantxoutset`).
+    #[error("{0}")]
+    InvalidDescriptor(String),
     /// The RPC method does not exist.
     #[error("Method not found")]
     MethodNotFound,
@@ -194,6 +197,7 @@ impl Error {
             | Error::TxNotYetInBlock
             | Error::BlockNotInChain
             | Error::UnknownFilterType
+            | Error::InvalidDescriptor(_)
             | Error::InvalidAddress => INVALID_ADDRESS_OR_KEY,
             Error::HeightOutOfRange | Error::InvalidParameter(_) => INVALID_PARAMETER,
             Error::Type(_) => TYPE_ERROR,

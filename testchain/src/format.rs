@@ -140,7 +140,8 @@ pub fn add_checksum(desc: &str) -> String {
     }
 }
 
-fn descriptor_checksum(desc: &str) -> Option<String> {
+/// BIP 380's checksum of `desc`; `None` for characters outside its set.
+pub fn descriptor_checksum(desc: &str) -> Option<String> {
     const INPUT: &str = "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ ";
     const CHECKSUM: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
     fn polymod(c: u64, val: u64) -> u64 {

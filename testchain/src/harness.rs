@@ -7,14 +7,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bitcoin::{Address, Amount, BlockHash, OutPoint, Txid};
+use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::{Address, Amount, BlockHash, OutPoint, TxOut, Txid};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::bitcoind::Bitcoind;
+use crate::chain::COINBASE_MATURITY;
+use crate::dialect::Dialect;
 use crate::error::RpcError;
 use crate::esplora::EsploraServer;
-use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
+use crate::node::Node;
 use crate::rpc::RpcServer;
 use crate::wallet::InternalWallet;
 
@@ -64,7 +67,6 @@ enum Backend {
     InProcess {
         node: Arc<Mutex<Node>>,
         server: RpcServer,
-        wallet: InternalWallet,
     },
     Bitcoind(Bitcoind),
 }
@@ -77,6 +79,12 @@ pub struct TestChain {
     password: String,
     http: reqwest::Client,
     next_id: AtomicU64,
+    /// The harness's own key: coinbases are mined to it and payments made
+    /// from it, so no Core wallet is needed (Core may be built without one).
+    wallet: InternalWallet,
+    /// Held while choosing coins and broadcasting, so two concurrent
+    /// payments never pick the same coin (the second would replace the first).
+    paying: tokio::sync::Mutex<()>,
     /// The Esplora facade, started by the first [`TestChain::esplora_url`].
     esplora: tokio::sync::Mutex<Option<EsploraServer>>,
 }
@@ -107,18 +115,28 @@ impl TestChain {
         }
     }
 
+    /// Like [`TestChain::start`], with the in-process node answering in
+    /// `dialect`. A real bitcoind (`BITCOIND_EXE`) answers as it does.
+    pub async fn start_with(dialect: Dialect) -> Result<Self, HarnessError> {
+        match std::env::var_os(BITCOIND_EXE_ENV) {
+            Some(exe) if !exe.is_empty() => Self::start_bitcoind(Path::new(&exe)).await,
+            _ => Self::start_in_process_with(dialect).await,
+        }
+    }
+
     /// Starts the in-process node and its RPC server on 127.0.0.1.
     pub async fn start_in_process() -> Result<Self, HarnessError> {
+        Self::start_in_process_with(Dialect::default()).await
+    }
+
+    /// Starts the in-process node answering in `dialect`.
+    pub async fn start_in_process_with(dialect: Dialect) -> Result<Self, HarnessError> {
         let password = random_password();
-        let node = Arc::new(Mutex::new(Node::new()));
+        let node = Arc::new(Mutex::new(Node::with_dialect(dialect)));
         let server = RpcServer::start(node.clone(), DEFAULT_RPC_USER, &password).await?;
         let url = format!("http://{}", server.addr());
         Ok(Self::with_backend(
-            Backend::InProcess {
-                node,
-                server,
-                wallet: InternalWallet::new(),
-            },
+            Backend::InProcess { node, server },
             url,
             password,
         ))
@@ -131,9 +149,6 @@ impl TestChain {
         let url = format!("http://127.0.0.1:{}", bitcoind.rpc_port());
         let chain = Self::with_backend(Backend::Bitcoind(bitcoind), url, password);
         chain.wait_ready().await?;
-        chain
-            .rpc("createwallet", vec![json!(crate::bitcoind::WALLET_NAME)])
-            .await?;
         Ok(chain)
     }
 
@@ -149,6 +164,8 @@ impl TestChain {
             password,
             http,
             next_id: AtomicU64::new(0),
+            wallet: InternalWallet::new(),
+            paying: tokio::sync::Mutex::new(()),
             esplora: tokio::sync::Mutex::new(None),
         }
     }
@@ -282,76 +299,96 @@ impl TestChain {
             .collect()
     }
 
-    /// An address of the harness's own wallet (mining rewards and change go there).
+    /// An address of the harness's own key (mining rewards and change go there).
     pub async fn internal_address(&self) -> Result<Address, HarnessError> {
-        match &self.backend {
-            Backend::InProcess { wallet, .. } => Ok(wallet.address()),
-            Backend::Bitcoind(_) => {
-                let v = self.wallet_rpc("getnewaddress", vec![]).await?;
-                let s = v.as_str().ok_or_else(|| unexpected(&v))?;
-                Address::from_str(s)
-                    .map(|a| a.assume_checked())
-                    .map_err(|_| unexpected(&v))
-            }
-        }
+        Ok(self.wallet.address())
     }
 
-    async fn wallet_rpc(&self, method: &str, params: Vec<Value>) -> Result<Value, HarnessError> {
-        self.rpc_at(
-            &format!("/wallet/{}", crate::bitcoind::WALLET_NAME),
-            method,
-            params,
-        )
-        .await
-    }
-
-    /// Pays `amount` to `address` from the harness wallet and leaves the
+    /// Pays `amount` to `address` from the harness's key and leaves the
     /// transaction unconfirmed in the mempool. Mines (and matures) coinbases
-    /// first when the wallet has too little.
+    /// to the key first when it has too little.
+    ///
+    /// Only calls every `bitcoind` has, wallet or not: `scantxoutset`,
+    /// `gettxout`, `sendrawtransaction`, `generatetoaddress`; the
+    /// transaction is built and signed here.
     pub async fn send(&self, address: &Address, amount: Amount) -> Result<Txid, HarnessError> {
-        match &self.backend {
-            Backend::InProcess { node, wallet, .. } => {
-                let mut node = node.lock();
-                let own = wallet.script_pubkey();
-                for attempt in 0..20 {
-                    let coins = node.spendable_coins(&own);
-                    if let Some(tx) = wallet.pay(&coins, address.script_pubkey(), amount) {
-                        return node
-                            .send_raw_transaction(tx, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB)
-                            .map_err(|e| HarnessError::Rpc(RpcError::from(&e)));
-                    }
-                    // First time: one coinbase plus 100 blocks to mature it.
-                    node.generate(if attempt == 0 { 101 } else { 50 }, &own);
-                }
-                Err(HarnessError::Funding(amount))
-            }
-            Backend::Bitcoind(_) => {
-                // Leave room for the fee; regtest subsidies halve every 150 blocks,
-                // so keep mining until the mature balance is enough.
-                let needed = amount.to_btc() + 0.01;
-                let mut attempt = 0;
-                loop {
-                    let balance = self.wallet_rpc("getbalance", vec![]).await?;
-                    let balance = balance.as_f64().ok_or_else(|| unexpected(&balance))?;
-                    if balance >= needed {
-                        break;
-                    }
-                    if attempt == 20 {
-                        return Err(HarnessError::Funding(amount));
-                    }
-                    let own = self.internal_address().await?;
-                    self.mine(if attempt == 0 { 101 } else { 50 }, &own).await?;
-                    attempt += 1;
-                }
+        let _paying = self.paying.lock().await;
+        let own = self.wallet.address();
+        for attempt in 0..20 {
+            let coins = self.spendable_coins(amount).await?;
+            if let Some(tx) = self.wallet.pay(&coins, address.script_pubkey(), amount) {
                 let v = self
-                    .wallet_rpc(
-                        "sendtoaddress",
-                        vec![json!(address.to_string()), json!(amount.to_btc())],
-                    )
+                    .rpc("sendrawtransaction", vec![json!(serialize_hex(&tx))])
                     .await?;
-                parse_hash(&v)
+                return parse_hash(&v);
+            }
+            // First time: one coinbase plus 100 blocks to mature it. Regtest
+            // subsidies halve every 150 blocks, so later rounds may need more.
+            self.mine(if attempt == 0 { 101 } else { 50 }, &own).await?;
+        }
+        Err(HarnessError::Funding(amount))
+    }
+
+    /// Mature confirmed coins of the harness's key that no mempool
+    /// transaction spends, oldest first, until they cover `amount` with room
+    /// for the fee (all of them if they do not).
+    async fn spendable_coins(
+        &self,
+        amount: Amount,
+    ) -> Result<Vec<(OutPoint, TxOut)>, HarnessError> {
+        let own = self.wallet.script_pubkey();
+        let desc = format!("addr({})", self.wallet.address());
+        let scan = self
+            .rpc("scantxoutset", vec![json!("start"), json!([desc])])
+            .await?;
+        let mut found: Vec<(u64, OutPoint)> = scan["unspents"]
+            .as_array()
+            .ok_or_else(|| unexpected(&scan))?
+            .iter()
+            .map(|u| {
+                let txid = parse_hash(&u["txid"])?;
+                let vout = u["vout"].as_u64().ok_or_else(|| unexpected(u))? as u32;
+                Ok((u["height"].as_u64().unwrap_or(0), OutPoint::new(txid, vout)))
+            })
+            .collect::<Result<_, HarnessError>>()?;
+        found.sort();
+        // Generous: the wallet's fee for a few inputs is far below this.
+        let target = amount + Amount::from_sat(10_000);
+        let mut coins = Vec::new();
+        let mut total = Amount::ZERO;
+        for (_, op) in found {
+            // gettxout with the mempool: null once a mempool transaction
+            // spends it; it also says whether the coin is a coinbase and how
+            // deep it is, which every Core release reports the same way.
+            let out = self
+                .rpc(
+                    "gettxout",
+                    vec![json!(op.txid.to_string()), json!(op.vout), json!(true)],
+                )
+                .await?;
+            if out.is_null() {
+                continue;
+            }
+            let confirmations = out["confirmations"].as_u64().unwrap_or(0);
+            if out["coinbase"].as_bool() == Some(true)
+                && confirmations < u64::from(COINBASE_MATURITY)
+            {
+                continue;
+            }
+            let value = btc_amount(&out["value"]).ok_or_else(|| unexpected(&out))?;
+            total += value;
+            coins.push((
+                op,
+                TxOut {
+                    value,
+                    script_pubkey: own.clone(),
+                },
+            ));
+            if total >= target {
+                break;
             }
         }
+        Ok(coins)
     }
 
     /// Pays `amount` to `address` in a real signed transaction and confirms it
@@ -419,6 +456,12 @@ impl TestChain {
             Backend::Bitcoind(b) => b.wait_or_kill(Duration::from_secs(15)).await,
         }
     }
+}
+
+/// A BTC amount as Core prints it (a JSON number with up to 8 decimals).
+fn btc_amount(v: &Value) -> Option<Amount> {
+    let btc = v.as_f64()?;
+    (btc >= 0.0).then(|| Amount::from_sat((btc * 1e8).round() as u64))
 }
 
 fn unexpected(v: &Value) -> HarnessError {

@@ -28,6 +28,7 @@
 
 pub mod bitcoind;
 pub mod chain;
+pub mod dialect;
 pub mod error;
 pub mod esplora;
 pub mod format;
@@ -40,6 +41,7 @@ pub mod rpc;
 pub mod validation;
 pub mod wallet;
 
+pub use dialect::{CoreVersion, Dialect};
 pub use error::{Error, RejectKind, RpcError, TxReject};
 pub use harness::{HarnessError, TestChain, Tip, BITCOIND_EXE_ENV};
 pub use node::Node;

@@ -9,6 +9,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Amount, Block, BlockHash, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
 
 use crate::chain::{Chain, ChainError, ChainUpdate, COINBASE_MATURITY};
+use crate::dialect::Dialect;
 use crate::error::{Error, TxReject};
 use crate::mempool::{Mempool, MempoolEntry};
 use crate::miner;
@@ -27,6 +28,8 @@ pub struct Node {
     pub chain: Chain,
     /// Unconfirmed transactions.
     pub mempool: Mempool,
+    /// Which Core release the RPC answers imitate.
+    pub dialect: Dialect,
     /// BIP158 basic filters and filter headers by block. A block hash fixes its
     /// branch and so its prevouts, so entries never go stale.
     filters: HashMap<BlockHash, (Vec<u8>, FilterHeader)>,
@@ -43,6 +46,14 @@ impl Node {
     /// A node at the regtest genesis block with an empty mempool.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Like [`Node::new`], answering RPC calls in `dialect`.
+    pub fn with_dialect(dialect: Dialect) -> Self {
+        Self {
+            dialect,
+            ..Self::default()
+        }
     }
 
     /// Validates `tx` without adding it; applies `max_fee_rate` (sat/kvB, 0 = no limit).

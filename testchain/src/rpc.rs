@@ -20,8 +20,11 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 use crate::chain::Chain;
+use crate::dialect::Dialect;
 use crate::error::{codes, Error, RpcError};
-use crate::format::{btc, difficulty, script_pubkey_json, tx_json};
+use crate::format::{
+    btc, descriptor_checksum, difficulty, script_descriptor, script_pubkey_json, tx_json,
+};
 use crate::loopback::LoopbackServer;
 use crate::mempool::{Mempool, MempoolEntry};
 use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
@@ -51,6 +54,7 @@ pub const METHODS: &[&str] = &[
     "invalidateblock",
     "ping",
     "reconsiderblock",
+    "scantxoutset",
     "sendrawtransaction",
     "testmempoolaccept",
     "uptime",
@@ -238,12 +242,16 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
                 .map(|h| json!(h.to_string()))
                 .ok_or(Error::HeightOutOfRange)
         }
-        "getblockchaininfo" => Ok(blockchain_info(&node.chain)),
+        "getblockchaininfo" => Ok(blockchain_info(&node.chain, &node.dialect)),
         "getblockheader" => {
             let hash: BlockHash = p.hash(0, "blockhash")?;
             let e = node.chain.entry(&hash).ok_or(Error::BlockNotFound)?;
             if p.opt_bool(1, "verbose")?.unwrap_or(true) {
-                Ok(Value::Object(header_json(&node.chain, &hash)))
+                Ok(Value::Object(header_json(
+                    &node.chain,
+                    &node.dialect,
+                    &hash,
+                )))
             } else {
                 Ok(json!(serialize_hex(&e.block.header)))
             }
@@ -251,7 +259,7 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
         "getblock" => {
             let hash: BlockHash = p.hash(0, "blockhash")?;
             let verbosity = p.verbosity(1, 1)?;
-            getblock(&node.chain, &hash, verbosity)
+            getblock(&node.chain, &node.dialect, &hash, verbosity)
         }
         "getrawtransaction" => getrawtransaction(node, &p),
         "getblockfilter" => {
@@ -292,7 +300,10 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             if p.opt_bool(0, "verbose")?.unwrap_or(false) {
                 let mut m = Map::new();
                 for e in node.mempool.entries() {
-                    m.insert(e.txid.to_string(), mempool_entry_json(&node.mempool, e));
+                    m.insert(
+                        e.txid.to_string(),
+                        mempool_entry_json(&node.mempool, &node.dialect, e),
+                    );
                 }
                 Ok(Value::Object(m))
             } else {
@@ -307,7 +318,7 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
         "getmempoolentry" => {
             let txid: Txid = p.hash(0, "txid")?;
             let e = node.mempool.get(&txid).ok_or(Error::NotInMempool)?;
-            Ok(mempool_entry_json(&node.mempool, e))
+            Ok(mempool_entry_json(&node.mempool, &node.dialect, e))
         }
         "getmempoolinfo" => {
             let entries = node.mempool.entries();
@@ -329,6 +340,7 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             }))
         }
         "gettxout" => gettxout(node, &p),
+        "scantxoutset" => scantxoutset(&node.chain, &node.dialect, &p),
         "gettxoutproof" => gettxoutproof(&node.chain, &p),
         "verifytxoutproof" => verifytxoutproof(&node.chain, &p),
         "estimatesmartfee" => {
@@ -370,8 +382,8 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             node.reconsider_block(&hash).map(|_| Value::Null)
         }
         "getnetworkinfo" => Ok(json!({
-            "version": 280000,
-            "subversion": "/Satoshi:28.0.0(testchain)/",
+            "version": node.dialect.version.client_version(),
+            "subversion": node.dialect.version.subversion(),
             "protocolversion": 70016,
             "localservices": "0000000000000c09",
             "localservicesnames": ["NETWORK", "WITNESS", "NETWORK_LIMITED", "P2P_V2"],
@@ -385,7 +397,7 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             "relayfee": btc(Amount::from_sat(MIN_RELAY_FEE_SAT_PER_KVB)),
             "incrementalfee": btc(Amount::from_sat(MIN_RELAY_FEE_SAT_PER_KVB)),
             "localaddresses": [],
-            "warnings": [],
+            "warnings": warnings(&node.dialect),
         })),
         _ => Err(Error::MethodNotFound),
     }
@@ -399,9 +411,23 @@ fn parse_address(s: &str) -> Result<ScriptBuf, Error> {
         .ok_or(Error::InvalidAddress)
 }
 
-fn blockchain_info(chain: &Chain) -> Value {
+/// No warnings, as a string before Core 28 and an array since.
+fn warnings(dialect: &Dialect) -> Value {
+    if dialect.warnings_as_string() {
+        json!("")
+    } else {
+        json!([])
+    }
+}
+
+/// Core 29+'s `target`: the header's proof-of-work target as 64 hex digits.
+fn target_hex(header: &bitcoin::block::Header) -> String {
+    hex::encode(header.target().to_be_bytes())
+}
+
+fn blockchain_info(chain: &Chain, dialect: &Dialect) -> Value {
     let tip = chain.tip();
-    json!({
+    let mut info = json!({
         "chain": "regtest",
         "blocks": tip.height,
         "headers": tip.height,
@@ -414,12 +440,16 @@ fn blockchain_info(chain: &Chain) -> Value {
         "chainwork": hex::encode(tip.chainwork.to_be_bytes()),
         "size_on_disk": 0,
         "pruned": false,
-        "warnings": [],
-    })
+        "warnings": warnings(dialect),
+    });
+    if dialect.sends_target() {
+        info["target"] = json!(target_hex(&tip.block.header));
+    }
+    info
 }
 
 /// `getblockheader` verbose object (also the common part of `getblock`).
-fn header_json(chain: &Chain, hash: &BlockHash) -> Map<String, Value> {
+fn header_json(chain: &Chain, dialect: &Dialect, hash: &BlockHash) -> Map<String, Value> {
     let e = chain.entry(hash).expect("caller checked");
     let h = &e.block.header;
     let mut o = Map::new();
@@ -439,6 +469,9 @@ fn header_json(chain: &Chain, hash: &BlockHash) -> Map<String, Value> {
         "bits".into(),
         json!(format!("{:08x}", h.bits.to_consensus())),
     );
+    if dialect.sends_target() {
+        o.insert("target".into(), json!(target_hex(h)));
+    }
     o.insert(
         "difficulty".into(),
         json!(difficulty(h.bits.to_consensus())),
@@ -460,12 +493,17 @@ fn header_json(chain: &Chain, hash: &BlockHash) -> Map<String, Value> {
     o
 }
 
-fn getblock(chain: &Chain, hash: &BlockHash, verbosity: u8) -> Result<Value, Error> {
+fn getblock(
+    chain: &Chain,
+    dialect: &Dialect,
+    hash: &BlockHash,
+    verbosity: u8,
+) -> Result<Value, Error> {
     let e = chain.entry(hash).ok_or(Error::BlockNotFound)?;
     if verbosity == 0 {
         return Ok(json!(serialize_hex(&e.block)));
     }
-    let mut o = header_json(chain, hash);
+    let mut o = header_json(chain, dialect, hash);
     let b = &e.block;
     o.insert("strippedsize".into(), json!(b.header_and_base_size()));
     o.insert("size".into(), json!(b.total_size()));
@@ -606,7 +644,7 @@ fn testmempoolaccept(node: &Node, p: &Params) -> Result<Value, Error> {
     Ok(Value::Array(out))
 }
 
-fn mempool_entry_json(mempool: &Mempool, e: &MempoolEntry) -> Value {
+fn mempool_entry_json(mempool: &Mempool, dialect: &Dialect, e: &MempoolEntry) -> Value {
     let anc = mempool.ancestors_inclusive(&e.txid);
     let desc = mempool.descendants_inclusive(&e.txid);
     let sum = |set: &std::collections::BTreeSet<Txid>| -> (u64, Amount) {
@@ -616,7 +654,7 @@ fn mempool_entry_json(mempool: &Mempool, e: &MempoolEntry) -> Value {
     };
     let (anc_size, anc_fee) = sum(&anc);
     let (desc_size, desc_fee) = sum(&desc);
-    json!({
+    let mut entry = json!({
         "vsize": e.vsize,
         "weight": e.weight,
         "time": e.time,
@@ -634,9 +672,14 @@ fn mempool_entry_json(mempool: &Mempool, e: &MempoolEntry) -> Value {
         },
         "depends": mempool.parents(&e.tx).iter().map(|t| t.to_string()).collect::<Vec<_>>(),
         "spentby": mempool.children(&e.txid).iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-        "bip125-replaceable": e.bip125_replaceable,
         "unbroadcast": false,
-    })
+    });
+    // Current Core sends it only with -deprecatedrpc=bip125 (every
+    // transaction is replaceable under full RBF); clients must not need it.
+    if dialect.sends_bip125_replaceable() {
+        entry["bip125-replaceable"] = json!(e.bip125_replaceable);
+    }
+    entry
 }
 
 fn gettxout(node: &Node, p: &Params) -> Result<Value, Error> {
@@ -684,6 +727,99 @@ fn gettxout(node: &Node, p: &Params) -> Result<Value, Error> {
         "scriptPubKey": script_pubkey_json(&out.script_pubkey),
         "coinbase": coinbase,
     }))
+}
+
+/// `scantxoutset start [descriptors]` for `addr(...)` and `raw(...)`
+/// descriptors: the confirmed UTXOs paying them. Core has it without a wallet,
+/// so a harness can find its own coins on any `bitcoind`.
+fn scantxoutset(chain: &Chain, dialect: &Dialect, p: &Params) -> Result<Value, Error> {
+    match p.str(0, "action")? {
+        "start" => {}
+        // No scan ever runs in the background here.
+        "status" => return Ok(Value::Null),
+        "abort" => return Ok(json!(false)),
+        other => return Err(Error::InvalidParameter(format!("Invalid action '{other}'"))),
+    }
+    let mut scripts = Vec::new();
+    for d in p.array(1, "scanobjects")? {
+        let desc = match d {
+            Value::String(s) => s.as_str(),
+            Value::Object(o) => o
+                .get("desc")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::InvalidParameter("Invalid scan object".into()))?,
+            other => {
+                return Err(Error::InvalidParameter(format!(
+                    "Invalid scan object {other}"
+                )))
+            }
+        };
+        scripts.push(descriptor_script(desc)?);
+    }
+    let mut unspents: Vec<(&OutPoint, &crate::chain::Coin)> = chain
+        .utxos()
+        .filter(|(_, c)| scripts.contains(&c.output.script_pubkey))
+        .collect();
+    unspents.sort_by_key(|(op, c)| (c.height, **op));
+    let tip = chain.tip_height();
+    let mut total = Amount::ZERO;
+    let list: Vec<Value> = unspents
+        .iter()
+        .map(|(op, c)| {
+            total += c.output.value;
+            let mut u = json!({
+                "txid": op.txid.to_string(),
+                "vout": op.vout,
+                "scriptPubKey": hex::encode(c.output.script_pubkey.as_bytes()),
+                "desc": script_descriptor(&c.output.script_pubkey),
+                "amount": btc(c.output.value),
+                "coinbase": c.is_coinbase,
+                "height": c.height,
+            });
+            // Core 28 added where the coin is.
+            if dialect.version >= crate::dialect::CoreVersion::V28 {
+                let hash = chain.hash_at(c.height).expect("a coin's block is active");
+                u["blockhash"] = json!(hash.to_string());
+                u["confirmations"] = json!(tip - c.height + 1);
+            }
+            u
+        })
+        .collect();
+    Ok(json!({
+        "success": true,
+        "txouts": chain.utxos().count(),
+        "height": tip,
+        "bestblock": chain.tip_hash().to_string(),
+        "unspents": list,
+        "total_amount": btc(total),
+    }))
+}
+
+/// The script of an `addr(ADDRESS)` or `raw(HEX)` descriptor, with or
+/// without its checksum (a wrong checksum is an error, as in Core).
+fn descriptor_script(desc: &str) -> Result<ScriptBuf, Error> {
+    let body = match desc.split_once('#') {
+        Some((body, sum)) => {
+            if descriptor_checksum(body).as_deref() != Some(sum) {
+                return Err(Error::InvalidDescriptor(format!(
+                    "Provided checksum '{sum}' does not match computed checksum"
+                )));
+            }
+            body
+        }
+        None => desc,
+    };
+    let bad = || Error::InvalidDescriptor(format!("'{body}' is not a valid descriptor function"));
+    if let Some(a) = body.strip_prefix("addr(").and_then(|r| r.strip_suffix(')')) {
+        return parse_address(a)
+            .map_err(|_| Error::InvalidDescriptor("Address is not valid".into()));
+    }
+    if let Some(h) = body.strip_prefix("raw(").and_then(|r| r.strip_suffix(')')) {
+        return hex::decode(h)
+            .map(ScriptBuf::from_bytes)
+            .map_err(|_| Error::InvalidDescriptor("Raw script is not hex".into()));
+    }
+    Err(bad())
 }
 
 fn gettxoutproof(chain: &Chain, p: &Params) -> Result<Value, Error> {

@@ -37,7 +37,7 @@ async fn runs_regtest_with_expected_flags_and_reports_early_exit() -> Result<()>
     for expected in [
         "-regtest",
         "-txindex=1",
-        "-fallbackfee=0.0002",
+        "-disablewallet=1",
         "-rpcbind=127.0.0.1",
         "-rpcuser=testchain",
         "DATADIR_EXISTS",

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs a test body under [`TEST_TIMEOUT`].
-pub async fn timed<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
+pub async fn timed<T, F: Future<Output = Result<T>>>(f: F) -> Result<T> {
     tokio::time::timeout(TEST_TIMEOUT, f)
         .await
         .context("test timed out")?
