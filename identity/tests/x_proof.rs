@@ -834,3 +834,46 @@ timed_test!(garbage_answer_is_an_unexpected_response, async {
         "{err:?}"
     );
 });
+
+timed_test!(author_of_names_the_numeric_id_from_syndication, async {
+    let fake = FakeX::start().await.unwrap();
+    let c = challenge();
+    let post = alice_post(c.proof_text());
+    fake.publish(&post);
+    let checker = fake.checker();
+
+    // The user knows the handle and the post; X's answer carries `user.id_str`.
+    let author = checker.author_of(post.id).await.expect("author");
+    assert_eq!(author.x_uid, ALICE_UID);
+    assert_eq!(author.handle, ALICE);
+    assert_eq!(author.post_id, post.id);
+    // Ids exceed JSON's safe integers: decimal strings on the wire.
+    let wire = serde_json::to_value(&author).unwrap();
+    assert_eq!(wire["x_uid"], ALICE_UID.to_string());
+    assert_eq!(
+        serde_json::from_value::<cairn_identity::x::PostAuthor>(wire).unwrap(),
+        author
+    );
+    // Only syndication is asked: it alone names the numeric id.
+    assert!(fake.queries(Endpoint::OEmbed).is_empty());
+
+    let mut protected = alice_post(c.proof_text());
+    protected.id = snowflake(ISSUED_AT + 100, 9);
+    protected.protected = true;
+    fake.publish(&protected);
+    assert!(matches!(
+        checker.author_of(protected.id).await,
+        Err(ProofError::Protected { .. })
+    ));
+    fake.delete(post.id);
+    assert!(matches!(
+        checker.author_of(post.id).await,
+        Err(ProofError::Deleted { .. })
+    ));
+    assert!(matches!(
+        checker.author_of(0).await,
+        Err(ProofError::InvalidClaim {
+            field: ClaimField::PostId
+        })
+    ));
+});

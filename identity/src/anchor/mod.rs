@@ -388,6 +388,20 @@ impl Anchorer {
         .await
     }
 
+    /// The wallet's funding address: the first revealed receiving address no
+    /// transaction has paid yet (the same one until it is paid), so showing
+    /// it on every status request does not reveal addresses without bound.
+    /// Like [`Self::receive_address`], the first one of a new seed needs the node.
+    pub async fn funding_address(&self) -> Result<Address, AnchorError> {
+        self.with(|i| {
+            i.start_height()?;
+            let a = i.wallet.next_unused_address(KeychainKind::External).address;
+            i.persist_wallet()?;
+            Ok(a)
+        })
+        .await
+    }
+
     /// The outpoints that ordinary wallet spends must leave alone: the chain
     /// output the next anchor spends. Pass them to bdk's
     /// `TxBuilder::unspendable` when spending from the same wallet.
@@ -764,6 +778,35 @@ impl Inner {
         Ok(())
     }
 
+    /// What the wallet lacks to pay the next anchor at the feerate floor (no
+    /// network: the node's estimate may ask for more), from the coins an
+    /// anchor may spend: the chain output and confirmed coins.
+    fn funding_shortfall(&self) -> Result<Option<plan::Shortfall>, AnchorError> {
+        let chain = self.chain_output()?.and_then(|op| {
+            self.wallet.get_utxo(op).map(|u| Coin {
+                outpoint: op,
+                value: u.txout.value,
+            })
+        });
+        let others: Vec<Coin> = self
+            .wallet
+            .list_unspent()
+            .filter(|u| u.chain_position.is_confirmed())
+            .map(|u| Coin {
+                outpoint: u.outpoint,
+                value: u.txout.value,
+            })
+            .collect();
+        Ok(plan::select_inputs(
+            chain,
+            &others,
+            self.policy.fee_floor,
+            Amount::ZERO,
+            crate::epoch::PAYLOAD_LEN,
+        )
+        .err())
+    }
+
     /// The output the next anchor spends: the latest anchor's change, if unspent.
     fn chain_output(&self) -> Result<Option<OutPoint>, AnchorError> {
         let rows = store::load_all(&self.conn)?;
@@ -1014,8 +1057,19 @@ impl Inner {
 
     fn status(&self) -> Result<AnchorStatus, AnchorError> {
         let records = self.records()?;
+        let health = match &self.health {
+            // Say so before an epoch stalls: funds are needed for the next anchor.
+            Health::Ok => match self.funding_shortfall()? {
+                Some(s) => Health::WaitingForFunds {
+                    needed: s.needed,
+                    available: s.available,
+                },
+                None => Health::Ok,
+            },
+            other => other.clone(),
+        };
         Ok(AnchorStatus {
-            health: self.health.clone(),
+            health,
             tip_height: self.tip(),
             balance: self.wallet.balance().total(),
             chain_output: self.chain_output()?,

@@ -22,6 +22,10 @@ use super::{
     unix_now, AnchoringStatus, EpochClose, EpochView, IdentityService, ServiceError, ServiceStatus,
 };
 
+/// How long the status view waits for the wallet to name a funding address
+/// it has not cached yet.
+const FUNDING_ADDRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl IdentityService {
     /// Closes the open epoch if it has operations, stores it and hands it
     /// to the anchorer (which queues it behind any epoch still waiting for
@@ -151,6 +155,7 @@ impl IdentityService {
         if let Ok(status) = self.anchorer.status().await {
             self.tip.fetch_max(status.tip_height, Ordering::Relaxed);
         }
+        self.refresh_funding_address().await;
         {
             // Recoveries whose delay passed complete now, not only when the
             // next operation or epoch close comes along.
@@ -158,6 +163,27 @@ impl IdentityService {
             core.advance(self.tip.load(Ordering::Relaxed))?;
         }
         self.refresh_anchor_txids().await
+    }
+
+    /// Asks the wallet for its funding address (which changes once paid) and
+    /// caches it for the status view; `None` while the node is unreachable
+    /// before the first one is known.
+    async fn refresh_funding_address(&self) -> Option<String> {
+        let address = match self.anchorer.funding_address().await {
+            Ok(a) => Some(a.to_string()),
+            Err(e) => {
+                warn!(error = %e, "cannot derive the anchoring wallet's funding address");
+                None
+            }
+        };
+        let mut cached = self
+            .funding_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if address.is_some() {
+            cached.clone_from(&address);
+        }
+        cached.clone()
     }
 
     pub(super) fn cached_record(&self, epoch: u64) -> Option<AnchorRecord> {
@@ -207,7 +233,21 @@ impl IdentityService {
     /// Health of the service and of anchoring.
     pub async fn status(&self) -> Result<ServiceStatus, ServiceError> {
         let anchor = self.anchorer.status().await?;
-        let (health, message) = health_view(&anchor.health);
+        let cached = self
+            .funding_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let funding_address = match cached {
+            Some(a) => Some(a),
+            // Not known yet (no sync so far): ask, but a status page must not
+            // wait for a busy wallet.
+            None => tokio::time::timeout(FUNDING_ADDRESS_WAIT, self.refresh_funding_address())
+                .await
+                .ok()
+                .flatten(),
+        };
+        let (health, message) = health_view(&anchor.health, funding_address.as_deref());
         let core = self.core.lock().await;
         Ok(ServiceStatus {
             witness: self.witness.public_key().to_bech32().unwrap_or_default(),
@@ -220,6 +260,7 @@ impl IdentityService {
                 message,
                 tip_height: anchor.tip_height,
                 balance_sat: anchor.balance.to_sat(),
+                funding_address,
                 queued_epochs: anchor.queued,
                 unconfirmed_epochs: anchor.unconfirmed,
             },

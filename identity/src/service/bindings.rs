@@ -16,7 +16,7 @@ use nostr::{Event, JsonUtil, PublicKey};
 use tracing::info;
 
 use crate::binding::{BindingOp, OpKind, WitnessAttestation};
-use crate::x::{Challenge, ProofClaim};
+use crate::x::{Challenge, PostAuthor, ProofClaim};
 
 use super::db::{ChallengeRow, OperationRow};
 use super::{unix_now, BindingReceipt, IdentityService, IssuedChallenge, ServiceError};
@@ -54,6 +54,13 @@ impl IdentityService {
             issued_at: challenge.issued_at,
             expires_at: challenge.expires_at,
         })
+    }
+
+    /// Who wrote proof post `post_id` (numeric id and handle, from X's
+    /// syndication answer), so a user can sign a `bind` without knowing
+    /// their numeric X id.
+    pub async fn post_author(&self, post_id: u64) -> Result<PostAuthor, ServiceError> {
+        Ok(self.checker.author_of(post_id).await?)
     }
 
     /// Checks a `bind`/`recover` proof post and signs the attestation.

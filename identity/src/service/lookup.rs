@@ -12,7 +12,7 @@ use tracing::warn;
 use crate::anchor::AnchorState;
 use crate::binding::{IdentityStatus, Status};
 
-use super::{BindingState, IdentityService, IdentityView, ServiceError, Standing};
+use super::{BindingState, IdentityService, IdentityView, Nip05Answer, ServiceError, Standing};
 
 impl IdentityService {
     /// Where the identity holding `handle` stands.
@@ -36,8 +36,67 @@ impl IdentityService {
         self.view(x_uid, Some(*key)).await
     }
 
+    /// What NIP-05 answers for `name`, and which state of the record it
+    /// reflects (`pending`, `anchored` or `final`).
+    ///
+    /// With `serve_pending`, the bound key of the identity now holding the
+    /// handle, anchored or not. Without, only a key the anchored record also
+    /// binds to that handle: the latest epoch anchored in a block must name
+    /// the same key under that handle, so a pending bind, rotation or move
+    /// answers nothing until it is anchored. A revocation (or a rotation
+    /// away from the anchored key) withdraws the name at once either way:
+    /// a key its owner gave up must not be served a moment longer.
+    pub async fn nip05_answer(&self, name: &str, serve_pending: bool) -> Option<Nip05Answer> {
+        let (key, last_epoch, snapshots) = {
+            let core = self.core.lock().await;
+            let identity = core.registry.resolve_handle(name)?;
+            if identity.status == Status::Revoked {
+                return None;
+            }
+            let key = identity.key?;
+            let snapshots: Vec<(u64, Option<PublicKey>, bool, String)> = core
+                .snapshots
+                .get(&identity.x_uid)
+                .map(|s| {
+                    s.iter()
+                        .rev()
+                        .map(|(e, i)| (*e, i.key, i.status == Status::Revoked, i.handle.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (key, identity.last_epoch, snapshots)
+        };
+        let state = self.anchoring_state(last_epoch);
+        if serve_pending || state != Standing::Pending {
+            return Some(Nip05Answer { key, state });
+        }
+        // The latest snapshot in an epoch anchored in a block.
+        let (epoch, anchored_key, revoked, handle) = snapshots
+            .into_iter()
+            .find(|(e, ..)| self.anchoring_state(*e) != Standing::Pending)?;
+        (anchored_key == Some(key) && !revoked && handle.eq_ignore_ascii_case(name)).then(|| {
+            Nip05Answer {
+                key,
+                state: self.anchoring_state(epoch),
+            }
+        })
+    }
+
+    /// `pending`, `anchored` or `final`: how far `epoch`'s anchor is, from
+    /// the cached anchor records.
+    pub(super) fn anchoring_state(&self, epoch: u64) -> Standing {
+        match self.cached_record(epoch) {
+            Some(r) if r.is_final => Standing::Final,
+            Some(r) if matches!(r.state, AnchorState::Confirmed { confirmations, .. } if confirmations > 0) => {
+                Standing::Anchored
+            }
+            _ => Standing::Pending,
+        }
+    }
+
     /// The key NIP-05 should serve for `name`: the bound key of the identity
-    /// currently holding that handle.
+    /// currently holding that handle, anchored or not (see
+    /// [`Self::nip05_answer`] for the anchored-only answer).
     pub async fn nip05(&self, name: &str) -> Option<PublicKey> {
         let core = self.core.lock().await;
         let identity = core.registry.resolve_handle(name)?;
@@ -81,7 +140,9 @@ impl IdentityService {
             },
             None => (0, false, None),
         };
-        let rotated = asked_key.is_some_and(|k| identity.key != Some(k));
+        // A revoked identity has no key: an old key asked about is revoked
+        // with it, not "rotated away".
+        let rotated = asked_key.is_some_and(|k| identity.key.is_some_and(|bound| bound != k));
         let binding = if rotated {
             BindingState::Rotated
         } else {
@@ -112,7 +173,15 @@ impl IdentityService {
             },
             None => None,
         };
+        let reflects = if is_final {
+            Standing::Final
+        } else if confirmations > 0 {
+            Standing::Anchored
+        } else {
+            Standing::Pending
+        };
         Ok(IdentityView {
+            reflects,
             x_uid: x_uid.to_string(),
             handle: identity.handle.clone(),
             pubkey: identity.key.map(|k| k.to_hex()),

@@ -71,7 +71,7 @@ pub use db::IdentityDb;
 pub use error::ServiceError;
 pub use views::{
     AnchorView, AnchoringStatus, BindingReceipt, BindingState, EpochClose, EpochView, IdentityView,
-    IssuedChallenge, ServiceStatus, Standing,
+    IssuedChallenge, Nip05Answer, ServiceStatus, Standing,
 };
 pub use witness::{load_or_create_witness_key, WITNESS_KEY_FILE};
 
@@ -98,6 +98,9 @@ pub struct IdentityService {
     records: std::sync::Mutex<HashMap<u64, AnchorRecord>>,
     /// `gettxoutproof` answers by (txid, block): a block's proof never changes.
     proofs: std::sync::Mutex<HashMap<(Txid, BlockHash), MerkleBlock>>,
+    /// The anchoring wallet's funding address, once known (its first one
+    /// needs the node): the status page shows it without waiting for the wallet.
+    funding_address: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for IdentityService {
@@ -159,6 +162,7 @@ impl IdentityService {
             issuing: Mutex::new(()),
             records: std::sync::Mutex::new(HashMap::new()),
             proofs: std::sync::Mutex::new(HashMap::new()),
+            funding_address: std::sync::Mutex::new(None),
         });
         // Local reads only (the wallet's records): fills the lookup cache.
         service.refresh_anchor_txids().await?;

@@ -185,6 +185,11 @@ pub struct IdentityView<B = ProofBundle> {
     /// `pending` (not anchored yet), `anchored` (confirmed, not final),
     /// `final`, `moved` (the handle now belongs to another id) or `revoked`.
     pub status: Standing,
+    /// Which state of the record this answer reflects: `pending` (the
+    /// latest operation, e.g. a bind or a revocation, is accepted but its
+    /// epoch is not anchored in a block yet: the node's word only),
+    /// `anchored` or `final`. Never `moved` or `revoked`.
+    pub reflects: Standing,
     /// The registry's view: `bound`, `recovery_pending` or `revoked`;
     /// `rotated` when the key asked about is no longer the bound one.
     pub binding: BindingState,
@@ -206,6 +211,15 @@ pub struct IdentityView<B = ProofBundle> {
     pub bundle: Option<B>,
 }
 
+/// What NIP-05 serves for a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nip05Answer {
+    /// The key.
+    pub key: nostr::PublicKey,
+    /// Which state of the record it reflects: `pending`, `anchored` or `final`.
+    pub state: Standing,
+}
+
 /// Anchoring health for the status API.
 #[derive(Debug, Clone, Serialize)]
 pub struct AnchoringStatus {
@@ -217,6 +231,9 @@ pub struct AnchoringStatus {
     pub tip_height: u32,
     /// Wallet balance, satoshis.
     pub balance_sat: u64,
+    /// Where to send bitcoin to fund anchoring (the same address until it is
+    /// paid); `null` only before the wallet first reached the Bitcoin node.
+    pub funding_address: Option<String>,
     /// Epochs waiting for a transaction.
     pub queued_epochs: Vec<u64>,
     /// Epochs whose anchor is not confirmed.
@@ -284,13 +301,18 @@ pub(super) fn anchor_view(record: &AnchorRecord) -> AnchorView {
     }
 }
 
-pub(super) fn health_view(health: &Health) -> (&'static str, Option<String>) {
+pub(super) fn health_view(
+    health: &Health,
+    funding_address: Option<&str>,
+) -> (&'static str, Option<String>) {
     match health {
         Health::Ok => ("ok", None),
         Health::WaitingForFunds { needed, available } => (
             "waiting_for_funds",
             Some(format!(
-                "an anchor needs {needed}, the wallet has {available} usable"
+                "the next anchor needs {needed}, the wallet has {available} usable (confirmed); \
+                 send bitcoin to {}",
+                funding_address.unwrap_or("the funding address (`cairn identity funding-address`)")
             )),
         ),
         Health::ChainUnreachable { reason } => (

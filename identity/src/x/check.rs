@@ -67,6 +67,19 @@ pub struct ProofClaim {
     pub post_id: u64,
 }
 
+/// The author of a post, as syndication names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostAuthor {
+    /// The post id asked about.
+    #[serde(with = "decimal")]
+    pub post_id: u64,
+    /// The author's numeric user id (`user.id_str`).
+    #[serde(with = "decimal")]
+    pub x_uid: u64,
+    /// The author's current handle, without `@`.
+    pub handle: String,
+}
+
 /// Tunables of the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckPolicy {
@@ -294,6 +307,32 @@ impl<C: XClient> ProofChecker<C> {
     /// The client in use.
     pub fn client(&self) -> &C {
         &self.client
+    }
+
+    /// Who wrote post `post_id`, from its syndication answer (the only
+    /// public place that names the stable numeric `user.id_str`): for edited
+    /// posts, the latest version's author. Lets a user bind without knowing
+    /// their numeric id; the full [`Self::check_at`] still decides the proof.
+    pub async fn author_of(&self, post_id: u64) -> Result<PostAuthor, ProofError> {
+        if post_id == 0 {
+            return Err(ProofError::InvalidClaim {
+                field: ClaimField::PostId,
+            });
+        }
+        let first = found_or_deleted(self.client.syndication(post_id).await?, post_id)?;
+        let (latest, latest_id, _) = self.resolve_latest(first, post_id).await?;
+        let user = author(&latest, latest_id)?;
+        if user.protected {
+            return Err(ProofError::Protected {
+                post_id: latest_id,
+                endpoint: Endpoint::Syndication,
+            });
+        }
+        Ok(PostAuthor {
+            post_id,
+            x_uid: numeric(&user.id_str, "user.id_str")?,
+            handle: user.screen_name.clone(),
+        })
     }
 
     /// Checks `claim` against `challenge` now (system clock).
@@ -553,6 +592,19 @@ fn validate(challenge: &Challenge, claim: &ProofClaim) -> Result<PublicKey, Proo
     match challenge.public_key() {
         Some(key) => Ok(key),
         None => invalid(ClaimField::Npub),
+    }
+}
+
+/// Serde for a u64 as a decimal string (X ids exceed JSON's safe integers).
+mod decimal {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(n)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
     }
 }
 

@@ -22,7 +22,8 @@ pub mod token;
 
 pub use challenge::{Challenge, DEFAULT_CHALLENGE_TTL};
 pub use check::{
-    CheckPolicy, ClaimField, ProofChecker, ProofClaim, ProofError, VerifiedPost, DEFAULT_CLOCK_SKEW,
+    CheckPolicy, ClaimField, PostAuthor, ProofChecker, ProofClaim, ProofError, VerifiedPost,
+    DEFAULT_CLOCK_SKEW,
 };
 pub use client::{
     Endpoint, FetchError, OEmbedLookup, OEmbedPost, PublicXClient, RetryPolicy, SyndicationLookup,
