@@ -15,7 +15,7 @@ use cairn_identity::anchor::{
     AnchorError, AnchorPolicy, AnchorRecord, AnchorState, Anchorer, Health,
 };
 use cairn_identity::epoch::{find_anchor, EpochHeader, HEADER_VERSION};
-use cairn_testchain::TestChain;
+use cairn_testchain::{CoreVersion, Dialect, TestChain};
 use serde_json::json;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -234,10 +234,38 @@ async fn anchors_form_a_chain_of_change_outputs() -> Result<()> {
     .await
 }
 
+// The fee bump reads the mempool while an anchor is unconfirmed, where Core
+// releases answer differently (current Core has no `bip125-replaceable`): run
+// it in each release's shape. With BITCOIND_EXE each runs on the real node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unconfirmed_anchor_is_fee_bumped_on_the_same_chain_input() -> Result<()> {
+async fn unconfirmed_anchor_is_fee_bumped_on_core_25() -> Result<()> {
+    fee_bump_on(Dialect::new(CoreVersion::V25)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_anchor_is_fee_bumped_on_core_28() -> Result<()> {
+    fee_bump_on(Dialect::new(CoreVersion::V28)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_anchor_is_fee_bumped_on_current_core() -> Result<()> {
+    fee_bump_on(Dialect::new(CoreVersion::V31)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_anchor_is_fee_bumped_on_current_core_with_deprecated_fields() -> Result<()> {
+    fee_bump_on(
+        Dialect::new(CoreVersion::V31)
+            .with_deprecated_rpc("bip125")
+            .with_deprecated_rpc("warnings"),
+    )
+    .await
+}
+
+/// An unconfirmed anchor is fee-bumped on the same chain input.
+async fn fee_bump_on(dialect: Dialect) -> Result<()> {
     timed(async {
-        let chain = TestChain::start().await?;
+        let chain = TestChain::start_with(dialect).await?;
         let dir = tempfile::tempdir()?;
         let anchorer = open(&chain, dir.path()).await?;
         fund(&chain, &anchorer, 100_000).await?;
@@ -251,6 +279,8 @@ async fn unconfirmed_anchor_is_fee_bumped_on_the_same_chain_input() -> Result<()
         mine_empty(&chain, 1).await?;
         anchorer.sync().await?;
         ensure!(record(&anchorer, 1).await?.txid == Some(txid1));
+        let health = anchorer.status().await?.health;
+        ensure!(health == Health::Ok, "{health:?}");
 
         // Two blocks: replaced with a higher fee, same chain input; epoch 2
         // is rebuilt on the replacement's change.
