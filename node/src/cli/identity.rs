@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::BlockHash;
-use cairn_identity::service::{BindingReceipt, BindingState, IssuedChallenge};
+use cairn_identity::service::{BindingReceipt, BindingState, IssuedChallenge, Standing};
+use cairn_identity::x::PostAuthor;
 use cairn_identity_core::binding::{
     normalize_handle, proof_post_op, revoke_op, rotate_op, veto_op,
 };
@@ -20,6 +21,8 @@ use serde_json::json;
 use super::support::bundle::{fetch_bundle, write_bundle, BundleFormat};
 use super::support::keys::{load_keys, npub, KeyArgs};
 use super::support::node::{status, status_label, NodeClient, NodeError, StatusView, Subject};
+use super::support::output::outln;
+use super::support::time::format_unix;
 use super::support::REQUEST_TIMEOUT;
 use super::verify::rpc_credentials;
 
@@ -46,8 +49,10 @@ enum IdentityCommand {
     Challenge(ChallengeArgs),
     /// Step 2: sign a `bind` event with your key and submit it to the node.
     ///
-    /// The node fetches your post from X, checks that its author is --x-uid
-    /// and --handle and that it quotes your npub and the challenge, and logs
+    /// Your numeric X user id is taken from the post (X's answer names its
+    /// author); --x-uid, if given, must match it. The node fetches your post
+    /// from X, checks its author and --handle and that it quotes your npub
+    /// and the challenge, and logs
     /// the binding; it is anchored on Bitcoin when the epoch closes. Prints the
     /// node's receipt. With --recover, claims the account for a new key
     /// after losing the old one (takes effect after the node's recovery delay
@@ -73,6 +78,19 @@ enum IdentityCommand {
     /// Export block headers from your Bitcoin Core node to a headers file, for
     /// `cairn verify --headers FILE` on a machine without the node.
     Headers(HeadersArgs),
+    /// Print the address that funds the node's anchoring wallet (each epoch's
+    /// anchor transaction pays a fee from it), with its balance and health.
+    ///
+    /// Read from the node's public `/identity/v1/status`: a receiving
+    /// address is not a secret, and anyone may pay for anchoring.
+    FundingAddress(FundingAddressArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FundingAddressArgs {
+    /// The Cairn node's base URL.
+    #[arg(long, value_name = "URL")]
+    node: String,
 }
 
 /// The arguments shared by the operations on an existing binding.
@@ -152,9 +170,11 @@ struct BindArgs {
     /// Your X handle (with or without @).
     #[arg(long)]
     handle: String,
-    /// Your X account's numeric user id (it stays the same when the handle changes).
+    /// Your X account's numeric user id (it stays the same when the handle
+    /// changes). Default: the post's author as X reports it; if given, it
+    /// must match that author.
     #[arg(long, value_name = "N")]
-    x_uid: u64,
+    x_uid: Option<u64>,
     /// The proof post: its numeric id or its URL (https://x.com/<handle>/status/<id>).
     #[arg(long, value_name = "ID|URL")]
     post_id: String,
@@ -204,7 +224,7 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
             let keys = load_keys(a.key.key_file.as_deref())?;
             let node = NodeClient::new(&a.node)?;
             let c = request_challenge(&node, &keys.public_key()).await?;
-            println!("{}", render_challenge(&c));
+            outln!("{}", render_challenge(&c))?;
         }
         IdentityCommand::Bind(a) => {
             let keys = load_keys(a.key.key_file.as_deref())?;
@@ -225,12 +245,12 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
                 chain_position: chain_pos,
             };
             let receipt = bind(&node, &keys, &request).await?;
-            println!("{}", render_receipt(&receipt));
+            outln!("{}", render_receipt(&receipt))?;
         }
         IdentityCommand::Status(a) => {
             let node = NodeClient::new(&a.node)?;
             let view = status(&node, &Subject::parse(&a.subject)?).await?;
-            println!("{}", render_status(&view));
+            outln!("{}", render_status(&view))?;
         }
         IdentityCommand::Bundle(a) => {
             let node = NodeClient::new(&a.node)?;
@@ -242,10 +262,10 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
                 BundleFormat::Binary
             };
             let len = write_bundle(&a.out, &bundle, format)?;
-            println!(
+            outln!(
                 "saved the proof bundle for {subject} to {} ({len} bytes)",
                 a.out.display()
-            );
+            )?;
         }
         IdentityCommand::Rotate(a) => {
             let keys = load_keys(a.op.key.key_file.as_deref())?;
@@ -253,13 +273,13 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
             let node = NodeClient::new(&a.op.node)?;
             let receipt =
                 chain_op(&node, &keys, &a.op.handle, &ChainOp::Rotate { new_keys }).await?;
-            println!("{}", render_receipt(&receipt));
+            outln!("{}", render_receipt(&receipt))?;
         }
         IdentityCommand::Revoke(a) => {
             let keys = load_keys(a.key.key_file.as_deref())?;
             let node = NodeClient::new(&a.node)?;
             let receipt = chain_op(&node, &keys, &a.handle, &ChainOp::Revoke).await?;
-            println!("{}", render_receipt(&receipt));
+            outln!("{}", render_receipt(&receipt))?;
         }
         IdentityCommand::Veto(a) => {
             let keys = load_keys(a.op.key.key_file.as_deref())?;
@@ -272,7 +292,12 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
                 .context("--recover-id is not an event id")?;
             let receipt =
                 chain_op(&node, &keys, &a.op.handle, &ChainOp::Veto { recover_id }).await?;
-            println!("{}", render_receipt(&receipt));
+            outln!("{}", render_receipt(&receipt))?;
+        }
+        IdentityCommand::FundingAddress(a) => {
+            let node = NodeClient::new(&a.node)?;
+            let funding = funding_address(&node).await?;
+            outln!("{}", render_funding(&funding))?;
         }
         IdentityCommand::Headers(a) => {
             let (user, password) =
@@ -282,7 +307,7 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
                 to: a.to,
             };
             let exported = export_headers(&a.rpc_url, &user, &password, range, &a.out).await?;
-            println!("{}", render_exported(&exported, &a.out));
+            outln!("{}", render_exported(&exported, &a.out))?;
         }
     }
     Ok(())
@@ -320,9 +345,13 @@ pub async fn request_challenge(node: &NodeClient, key: &PublicKey) -> Result<Cha
 pub fn render_challenge(c: &Challenge) -> String {
     format!(
         "Post exactly this text on X, from the account you are binding:\n\n{}\n\n\
-         nonce:   {}\nkey:     {}\nexpires: {} (unix seconds)\n\n\
-         Then run: cairn identity bind --challenge {} --handle @<handle> --x-uid <id> --post-id <post id or URL> …",
-        c.text, c.nonce, c.npub, c.expires_at, c.nonce
+         nonce:   {}\nkey:     {}\nexpires: {}\n\n\
+         Then run: cairn identity bind --challenge {} --handle @<handle> --post-id <post id or URL> …",
+        c.text,
+        c.nonce,
+        c.npub,
+        format_unix(c.expires_at),
+        c.nonce
     )
 }
 
@@ -331,8 +360,9 @@ pub fn render_challenge(c: &Challenge) -> String {
 pub struct BindRequest {
     /// The X handle (with or without `@`, any case).
     pub handle: String,
-    /// The X numeric user id.
-    pub x_uid: u64,
+    /// The X numeric user id the user expects; `None` takes the post's
+    /// author. Either way it must be the post's author.
+    pub x_uid: Option<u64>,
     /// The proof post's id.
     pub post_id: u64,
     /// The challenge nonce.
@@ -379,16 +409,56 @@ async fn next_position(
     }
 }
 
+/// Who wrote post `post_id`, as the node reads it from X.
+pub async fn post_author(node: &NodeClient, post_id: u64) -> Result<PostAuthor> {
+    let author: PostAuthor = node
+        .get(
+            &format!("/identity/v1/posts/{post_id}/author"),
+            "asking the node who wrote the proof post",
+        )
+        .await?;
+    ensure!(
+        author.post_id == post_id,
+        "the node answered for post {} instead of {post_id}",
+        author.post_id
+    );
+    Ok(author)
+}
+
+/// The X user id to sign for: the proof post's author, checked against the
+/// expected `x_uid` and `handle` before anything is signed.
+async fn resolve_x_uid(node: &NodeClient, handle: &str, request: &BindRequest) -> Result<u64> {
+    let author = post_author(node, request.post_id).await?;
+    if let Some(expected) = request.x_uid {
+        ensure!(
+            expected == author.x_uid,
+            "--x-uid {expected} does not match the post's author: post {} is by @{} (x_uid {})",
+            request.post_id,
+            author.handle,
+            author.x_uid
+        );
+    }
+    ensure!(
+        author.handle.eq_ignore_ascii_case(handle),
+        "post {} is by @{} (x_uid {}), not @{handle}",
+        request.post_id,
+        author.handle,
+        author.x_uid
+    );
+    Ok(author.x_uid)
+}
+
 /// Signs the `bind` (or `recover`) event with `keys` and submits it.
 pub async fn bind(node: &NodeClient, keys: &Keys, request: &BindRequest) -> Result<Receipt> {
     let handle = normalize_handle(&request.handle).context("invalid --handle")?;
+    let x_uid = resolve_x_uid(node, &handle, request).await?;
     let (seq, prev) = match &request.chain_position {
         Some(p) => *p,
-        None => next_position(node, &handle, request.x_uid, request.recover).await?,
+        None => next_position(node, &handle, x_uid, request.recover).await?,
     };
     let event: Event = proof_post_op(
         request.recover,
-        request.x_uid,
+        x_uid,
         seq,
         prev.as_ref(),
         &handle,
@@ -411,6 +481,55 @@ pub fn render_receipt(r: &Receipt) -> String {
         "{}: {} of x_uid {} (seq {})\nevent:     {}\nepoch:     {} (anchored on Bitcoin when it closes)\nlog index: {}",
         r.status, r.op, r.x_uid, r.seq, r.event_id, r.epoch, r.log_index
     )
+}
+
+/// The anchoring wallet's funding details, from the node's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Funding {
+    /// Where to send bitcoin.
+    pub address: String,
+    /// Wallet balance, satoshis.
+    pub balance_sat: u64,
+    /// Anchoring health (`ok`, `waiting_for_funds`, …).
+    pub health: String,
+    /// Why, when not `ok`.
+    pub message: Option<String>,
+}
+
+/// Reads the anchoring wallet's funding address from `/identity/v1/status`.
+pub async fn funding_address(node: &NodeClient) -> Result<Funding> {
+    let status: serde_json::Value = node
+        .get("/identity/v1/status", "reading the node's identity status")
+        .await?;
+    let anchoring = &status["anchoring"];
+    let address = anchoring["funding_address"].as_str().ok_or_else(|| {
+        anyhow!(
+            "the node has no funding address yet (its anchoring wallet has not reached \
+             its Bitcoin node: {}); try again later",
+            anchoring["message"].as_str().unwrap_or("no reason given")
+        )
+    })?;
+    Ok(Funding {
+        address: address.to_owned(),
+        balance_sat: anchoring["balance_sat"].as_u64().unwrap_or(0),
+        health: anchoring["health"].as_str().unwrap_or("unknown").to_owned(),
+        message: anchoring["message"].as_str().map(str::to_owned),
+    })
+}
+
+/// The text `cairn identity funding-address` prints: the address first, alone
+/// on its line, so `| head -1` gives just the address.
+pub fn render_funding(f: &Funding) -> String {
+    let mut out = format!(
+        "{}
+balance: {} sat
+health:  {}",
+        f.address, f.balance_sat, f.health
+    );
+    if let Some(m) = &f.message {
+        out.push_str(&format!(" ({m})"));
+    }
+    out
 }
 
 /// An operation on an existing binding, signed by its current key.
@@ -507,6 +626,9 @@ pub struct ExportedHeaders {
     pub first: Checkpoint,
     /// Height of the last header written.
     pub last_height: u32,
+    /// The node's network (`getblockchaininfo`), for the `--network` hint;
+    /// `None` when it was not asked.
+    pub network: Option<bitcoin::Network>,
 }
 
 /// Writes the headers `range` of the Bitcoin Core node at `url` to `out` as a
@@ -525,10 +647,19 @@ pub async fn export_headers(
 ) -> Result<ExportedHeaders> {
     let view = RpcChainView::new(url, user, password, REQUEST_TIMEOUT)
         .context("cannot set up the Bitcoin Core RPC client")?;
+    let cfg = cairn_bitcoin::RpcConfig::new(url, user, password).with_timeout(REQUEST_TIMEOUT);
+    let rpc =
+        cairn_bitcoin::RpcClient::new(&cfg).context("cannot set up the Bitcoin Core RPC client")?;
     let out = out.to_owned();
-    tokio::task::spawn_blocking(move || export_headers_blocking(&view, range, &out))
-        .await
-        .context("the export task failed")?
+    tokio::task::spawn_blocking(move || {
+        let network =
+            super::verify::rpc_network(&rpc).context("asking the Bitcoin node for its network")?;
+        let mut exported = export_headers_blocking(&view, range, &out)?;
+        exported.network = Some(network);
+        Ok(exported)
+    })
+    .await
+    .context("the export task failed")?
 }
 
 fn export_headers_blocking(
@@ -570,6 +701,7 @@ fn export_headers_blocking(
     Ok(ExportedHeaders {
         first: first.expect("the range is not empty"),
         last_height: last,
+        network: None,
     })
 }
 
@@ -583,11 +715,16 @@ pub fn render_exported(e: &ExportedHeaders, out: &Path) -> String {
         out.display(),
         out.display()
     );
+    // From genesis, verify tells the network by the first header; from a
+    // checkpoint it cannot, so the hint says it.
     if e.first.height > 0 {
         text.push_str(&format!(
             " --checkpoint {}:{}",
             e.first.height, e.first.hash
         ));
+        if let Some(network) = e.network {
+            text.push_str(&format!(" --network {network}"));
+        }
     }
     text
 }
@@ -605,6 +742,15 @@ pub fn render_status(v: &StatusView) -> String {
         v.head,
         v.epoch,
     );
+    out.push_str(&format!(
+        "\nrecord:  {}",
+        match v.reflects {
+            Standing::Anchored => "anchored (in a block, not final yet)",
+            Standing::Final => "final",
+            // Pending: the latest operation (a bind, a rotation, a revocation…).
+            _ => "pending (the latest operation is not anchored in a block yet)",
+        }
+    ));
     if let Some(txid) = &v.anchor_txid {
         out.push_str(&format!("\nanchor:  {txid}"));
     }

@@ -18,6 +18,7 @@ use nostr::PublicKey;
 use super::support::bundle::{fetch_bundle_with_status, read_bundle, MalformedBundle};
 use super::support::keys::{npub, parse_public_key};
 use super::support::node::{status_label, NodeClient, StatusView, Subject};
+use super::support::output::outln;
 use super::support::REQUEST_TIMEOUT;
 
 /// `cairn verify`: check a proof bundle yourself.
@@ -55,8 +56,12 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "HEIGHT:HASH", requires = "headers")]
     checkpoint: Option<String>,
     /// The Bitcoin network: bitcoin, testnet, testnet4, signet or regtest.
-    #[arg(long, default_value = "bitcoin")]
-    network: String,
+    /// Default: the one your chain view is on (the RPC node's
+    /// genesis block, or the headers file's first header); given, it
+    /// must agree with it. A headers file from --checkpoint cannot name its
+    /// network: there the default is bitcoin.
+    #[arg(long)]
+    network: Option<String>,
     /// Confirmations the anchor needs in your chain.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_CONFIRMATIONS)]
     min_confirmations: u32,
@@ -68,7 +73,10 @@ pub struct VerifyArgs {
 
 /// Runs `cairn verify …`, printing what was verified; fails on any broken link.
 pub async fn run_verify(args: VerifyArgs) -> Result<()> {
-    let options = VerifyOptions::from_args(&args)?;
+    let mut options = VerifyOptions::from_args(&args)?;
+    if args.network.is_none() {
+        options.network = chain_network_async(options.chain.clone()).await?;
+    }
     let (verified, node_view) = match (&args.bundle, &args.subject, &args.node) {
         (Some(path), _, _) => {
             let bundle = read_bundle(path)?;
@@ -81,11 +89,11 @@ pub async fn run_verify(args: VerifyArgs) -> Result<()> {
         }
         _ => bail!("give a handle and --node, or --bundle FILE"),
     };
-    println!("{}", render_verified(&verified, options.min_confirmations));
+    outln!("{}", render_verified(&verified, options.min_confirmations))?;
     if let Some(view) = node_view {
         if matches!(view.status, Standing::Moved | Standing::Revoked) {
             // The proof cannot show a later move; the node's word is worth passing on.
-            println!("The node reports: {}", status_label(&view));
+            outln!("The node reports: {}", status_label(&view))?;
         }
     }
     Ok(())
@@ -150,7 +158,9 @@ impl std::fmt::Debug for ChainSource {
 pub struct VerifyOptions {
     /// The chain view.
     pub chain: ChainSource,
-    /// The network whose rules the anchor block follows.
+    /// The network whose rules the anchor block follows. It must be the
+    /// chain view's (checked, see [`chain_network`]); `cairn verify` without
+    /// `--network` takes the chain view's.
     pub network: Network,
     /// Confirmations required in the chain view.
     pub min_confirmations: u32,
@@ -160,12 +170,13 @@ pub struct VerifyOptions {
 
 impl VerifyOptions {
     fn from_args(a: &VerifyArgs) -> Result<Self> {
-        let network = Network::from_str(&a.network).map_err(|_| {
-            anyhow!(
-                "unknown network `{}`: bitcoin, testnet, testnet4, signet or regtest",
-                a.network
-            )
-        })?;
+        // Without --network, run_verify asks the chain view.
+        let network = match a.network.as_deref() {
+            Some(n) => Network::from_str(n).map_err(|_| {
+                anyhow!("unknown network `{n}`: bitcoin, testnet, testnet4, signet or regtest")
+            })?,
+            None => Network::Bitcoin,
+        };
         let chain = match (&a.rpc_url, &a.headers) {
             (Some(url), None) => {
                 let (user, password) =
@@ -239,8 +250,9 @@ pub fn parse_checkpoint(s: &str) -> Result<Checkpoint> {
 /// The error is the failing link ([`cairn_identity_core::bundle::BundleError`],
 /// reachable with `downcast_ref`) or why the chain view could not be set up.
 pub fn verify_bundle(bundle: &ProofBundle, options: &VerifyOptions) -> Result<VerifiedIdentity> {
+    let network = chain_network(&options.chain, Some(options.network))?;
     let policy = VerifyPolicy {
-        network: options.network,
+        network,
         min_confirmations: options.min_confirmations,
         trusted_witnesses: options.trusted_witnesses.clone(),
     };
@@ -255,12 +267,123 @@ pub fn verify_bundle(bundle: &ProofBundle, options: &VerifyOptions) -> Result<Ve
             verify(bundle, &view, &policy)?
         }
         ChainSource::HeadersFile { path, checkpoint } => {
-            let view = HeaderChain::load(path, options.network, *checkpoint)
+            let view = HeaderChain::load(path, network, *checkpoint)
                 .with_context(|| format!("headers file {} refused", path.display()))?;
             verify(bundle, &view, &policy)?
         }
     };
     Ok(verified)
+}
+
+/// A chain view on another network than `--network` says. Not a verdict on
+/// the bundle: it was not checked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NetworkMismatch(String);
+
+/// The network to verify on: the chain view's own, checked against `given`
+/// (`--network`). The RPC node names it by its genesis block (`getblockhash 0`); a headers
+/// file from genesis names it by its first header. A headers file from a
+/// checkpoint cannot, so `given` (default bitcoin) is taken, checked only
+/// against the network's proof-of-work limit. Blocks (RPC, file read).
+pub fn chain_network(chain: &ChainSource, given: Option<Network>) -> Result<Network> {
+    let (found, from) = match chain {
+        ChainSource::Rpc {
+            url,
+            user,
+            password,
+        } => {
+            let cfg = cairn_bitcoin::RpcConfig::new(url.as_str(), user.as_str(), password.as_str())
+                .with_timeout(REQUEST_TIMEOUT);
+            let rpc = cairn_bitcoin::RpcClient::new(&cfg)
+                .context("cannot set up the Bitcoin Core RPC client")?;
+            let network = rpc_network(&rpc)
+                .with_context(|| format!("asking the Bitcoin node at {url} for its network"))?;
+            (network, format!("the Bitcoin node at {url}"))
+        }
+        ChainSource::HeadersFile { path, checkpoint } => {
+            let first = first_header(path)?;
+            match checkpoint {
+                None => {
+                    let hash = first.block_hash();
+                    let network = network_of_genesis(&hash).ok_or_else(|| {
+                        anyhow!(
+                            "headers file {} refused: it does not start at a genesis block (its \
+                                 first header is {hash}); if it starts later, pass \
+                                 --checkpoint HEIGHT:HASH (printed by `cairn identity headers`)",
+                            path.display()
+                        )
+                    })?;
+                    (network, format!("the headers file {}", path.display()))
+                }
+                Some(_) => {
+                    let network = given.unwrap_or(Network::Bitcoin);
+                    let limit = bitcoin::params::Params::new(network).max_attainable_target;
+                    if first.target() > limit {
+                        return Err(NetworkMismatch(format!(
+                            "the headers file {} has less proof of work than {network} allows: \
+                             it is from another network; pass --network (the one \
+                             `cairn identity headers` printed)",
+                            path.display()
+                        ))
+                        .into());
+                    }
+                    return Ok(network);
+                }
+            }
+        }
+    };
+    match given {
+        Some(n) if n != found => Err(NetworkMismatch(format!(
+            "--network {n} does not match {from}, which is on {found}; drop --network or \
+             use a {n} chain view"
+        ))
+        .into()),
+        _ => Ok(found),
+    }
+}
+
+/// [`chain_network`] without `--network`, on a blocking thread.
+pub async fn chain_network_async(chain: ChainSource) -> Result<Network> {
+    tokio::task::spawn_blocking(move || chain_network(&chain, None))
+        .await
+        .context("the network lookup failed")?
+}
+
+/// Every network a chain view may be on, for genesis detection.
+const NETWORKS: [Network; 5] = [
+    Network::Bitcoin,
+    Network::Testnet,
+    Network::Testnet4,
+    Network::Signet,
+    Network::Regtest,
+];
+
+/// The network whose genesis block is `hash`.
+fn network_of_genesis(hash: &BlockHash) -> Option<Network> {
+    NETWORKS
+        .into_iter()
+        .find(|n| bitcoin::constants::genesis_block(*n).block_hash() == *hash)
+}
+
+/// The network a Bitcoin Core node is on, by its genesis block (every Core
+/// version answers `getblockhash 0` alike).
+pub fn rpc_network(rpc: &cairn_bitcoin::RpcClient) -> Result<Network> {
+    let genesis = rpc
+        .block_hash(0)?
+        .ok_or_else(|| anyhow!("the node has no block at height 0"))?;
+    network_of_genesis(&genesis)
+        .ok_or_else(|| anyhow!("the node's genesis block {genesis} is no known network's"))
+}
+
+fn first_header(path: &Path) -> Result<bitcoin::block::Header> {
+    use std::io::Read;
+    let mut bytes = [0u8; 80];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .with_context(|| format!("cannot read a header from {}", path.display()))?;
+    bitcoin::consensus::deserialize(&bytes)
+        .with_context(|| format!("{} does not start with a block header", path.display()))
 }
 
 /// [`verify_bundle`] on a blocking thread.
@@ -376,6 +499,76 @@ mod tests {
         assert_eq!(c.height, 100);
         assert!(parse_checkpoint("100").is_err());
         assert!(parse_checkpoint("x:00").is_err());
+    }
+
+    fn headers_file(dir: &Path, network: Network) -> PathBuf {
+        let path = dir.join(format!("{network}.headers"));
+        let genesis = bitcoin::constants::genesis_block(network).header;
+        std::fs::write(&path, bitcoin::consensus::serialize(&genesis)).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_network_comes_from_the_headers_file_and_a_mismatch_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let regtest = headers_file(dir.path(), Network::Regtest);
+        let from_genesis = ChainSource::HeadersFile {
+            path: regtest.clone(),
+            checkpoint: None,
+        };
+        assert_eq!(
+            chain_network(&from_genesis, None).unwrap(),
+            Network::Regtest
+        );
+        assert_eq!(
+            chain_network(&from_genesis, Some(Network::Regtest)).unwrap(),
+            Network::Regtest
+        );
+        let err = chain_network(&from_genesis, Some(Network::Bitcoin)).unwrap_err();
+        assert!(err.is::<NetworkMismatch>(), "{err:#}");
+        let text = err.to_string();
+        assert!(
+            text.contains("bitcoin") && text.contains("regtest"),
+            "{text}"
+        );
+        assert!(
+            !is_verification_failure(&err),
+            "not a verdict on the bundle"
+        );
+
+        // From a checkpoint: no genesis to go by, but regtest's easy proof
+        // of work is not bitcoin's.
+        let from_checkpoint = ChainSource::HeadersFile {
+            path: regtest,
+            checkpoint: Some(Checkpoint {
+                height: 5,
+                hash: BlockHash::from_str(&"01".repeat(32)).unwrap(),
+            }),
+        };
+        let err = chain_network(&from_checkpoint, None).unwrap_err();
+        assert!(err.is::<NetworkMismatch>(), "{err:#}");
+        assert!(err.to_string().contains("--network"), "{err}");
+        assert_eq!(
+            chain_network(&from_checkpoint, Some(Network::Regtest)).unwrap(),
+            Network::Regtest
+        );
+
+        let mainnet = ChainSource::HeadersFile {
+            path: headers_file(dir.path(), Network::Bitcoin),
+            checkpoint: None,
+        };
+        assert_eq!(chain_network(&mainnet, None).unwrap(), Network::Bitcoin);
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, [7u8; 80]).unwrap();
+        let err = chain_network(
+            &ChainSource::HeadersFile {
+                path: garbage,
+                checkpoint: None,
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--checkpoint"), "{err}");
     }
 
     #[derive(clap::Parser)]

@@ -51,6 +51,11 @@ pub struct IdentitySettings {
     pub bump_after_blocks: u32,
     /// Confirmations after which an anchor (and its bindings) is final.
     pub confirmations: u32,
+    /// Whether NIP-05 (`/.well-known/nostr.json`) serves bindings accepted
+    /// but not yet anchored in a block. Off (default): only keys the
+    /// anchored record binds are served. Revocations take effect at once
+    /// either way.
+    pub nip05_serves_pending: bool,
 }
 
 impl Default for IdentitySettings {
@@ -73,6 +78,7 @@ impl Default for IdentitySettings {
             fee_cap_sat_per_vb: anchor.fee_cap.to_sat_per_vb_ceil(),
             bump_after_blocks: anchor.bump_after_blocks,
             confirmations: anchor.confirmations,
+            nip05_serves_pending: false,
         }
     }
 }

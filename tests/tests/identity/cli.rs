@@ -116,9 +116,50 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
         // The user posts it on X, then `cairn identity bind` with the post's URL.
         let post = Post::new(CAROL_UID, "carol_cli", &challenge.text, unix_now(), 7);
         x.publish(&post);
+        // The printed next step does not ask for the numeric id users do not know.
+        assert!(!printed.contains("--x-uid"), "{printed}");
+        // The node names the post's author from X's syndication answer.
+        let author = within("post author", cli::identity::post_author(&client, post.id)).await??;
+        assert_eq!(
+            (author.x_uid, author.handle.as_str()),
+            (CAROL_UID, "carol_cli")
+        );
+        // A given --x-uid is a cross-check: a wrong one is refused before signing.
+        let wrong = BindRequest {
+            handle: "@Carol_CLI".into(),
+            x_uid: Some(CAROL_UID + 1),
+            post_id: post.id,
+            challenge: challenge.nonce.clone(),
+            recover: false,
+            chain_position: None,
+        };
+        let err = within(
+            "bind with a wrong x_uid",
+            cli::bind(&client, &loaded, &wrong),
+        )
+        .await?
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--x-uid") && text.contains(&CAROL_UID.to_string()),
+            "{text}"
+        );
+        let wrong_handle = BindRequest {
+            handle: "@someone_else".into(),
+            x_uid: None,
+            ..wrong.clone()
+        };
+        let err = within(
+            "bind with another handle",
+            cli::bind(&client, &loaded, &wrong_handle),
+        )
+        .await?
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("@carol_cli"), "{err:#}");
+        // Without --x-uid: taken from the post.
         let request = BindRequest {
             handle: "@Carol_CLI".into(),
-            x_uid: CAROL_UID,
+            x_uid: None,
             post_id: cli::parse_post_id(&format!(
                 "https://x.com/carol_cli/status/{}?s=20",
                 post.id
@@ -246,6 +287,31 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
             "{untrusted:#}"
         );
 
+        // Without --network, the network comes from the chain view; a wrong
+        // --network is named as such, not reported as a forged bundle.
+        assert_eq!(
+            cli::verify::chain_network_async(rpc_source(&chain)).await?,
+            Network::Regtest
+        );
+        let mut mainnet = options(rpc_source(&chain), witness);
+        mainnet.network = Network::Bitcoin;
+        let err = within(
+            "verify on the wrong network",
+            cli::verify_subject(&client, &by_handle, &mainnet),
+        )
+        .await?
+        .unwrap_err();
+        assert!(!cli::is_verification_failure(&err), "{err:#}");
+        assert!(
+            err.chain().any(|c| c.is::<cli::verify::NetworkMismatch>()),
+            "{err:#}"
+        );
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("bitcoin") && text.contains("regtest"),
+            "{text}"
+        );
+
         // `cairn verify @carol_cli --headers FILE`: the same result from headers alone.
         // The file comes from `cairn identity headers`, and holds exactly the
         // chain's headers as Bitcoin Core serializes them.
@@ -265,6 +331,11 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
         )
         .await??;
         assert_eq!(by_headers, by_rpc);
+        assert_eq!(
+            cli::verify::chain_network_async(headers_source(&headers)).await?,
+            Network::Regtest,
+            "a headers file from genesis names its network"
+        );
 
         // Headers that stop before the anchor block do not show it.
         let short = files.path().join("short.bin");
@@ -298,7 +369,7 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
         let printed = cli::render_exported(&exported, &recent);
         let checkpoint = format!("{}:{}", exported.first.height, exported.first.hash);
         assert!(
-            printed.contains(&format!("--checkpoint {checkpoint}")),
+            printed.contains(&format!("--checkpoint {checkpoint} --network regtest")),
             "{printed}"
         );
         let from_checkpoint = ChainSource::HeadersFile {
@@ -531,7 +602,7 @@ async fn cli_rotates_vetoes_and_revokes() -> Result<()> {
         let (nonce, post) = challenge_and_post(&node, &x, &thief, 2).await?;
         let request = BindRequest {
             handle: "dave_cli".into(),
-            x_uid: DAVE_UID,
+            x_uid: Some(DAVE_UID),
             post_id: post.id,
             challenge: nonce,
             recover: true,
@@ -570,6 +641,19 @@ async fn cli_rotates_vetoes_and_revokes() -> Result<()> {
         let v = within("status", cli::status(&client, &by_handle)).await??;
         assert_eq!(cli::status_label(&v), "revoked");
         assert_eq!(v.npub, None);
+        assert_eq!(v.reflects, "pending", "the revocation is not anchored yet");
+        // The key that was revoked is revoked, not "rotated away".
+        let by_revoked_key = Subject::Key(new_keys.public_key());
+        let v = within(
+            "status of the revoked key",
+            cli::status(&client, &by_revoked_key),
+        )
+        .await??;
+        assert_eq!(v.binding, "revoked");
+        assert_eq!(cli::status_label(&v), "revoked");
+        let text = cli::render_status(&v);
+        assert!(!text.contains("rotated"), "{text}");
+        assert!(text.contains("revoked"), "{text}");
         let err = within(
             "revoke again",
             cli::chain_op(&client, &next, "@dave_cli", &ChainOp::Revoke),

@@ -39,6 +39,11 @@ async fn lookup_key(node: &IdNode, npub: &str) -> Result<Value> {
 }
 
 async fn nip05(node: &IdNode, name: &str) -> Result<Value> {
+    Ok(nip05_body(node, name).await?["names"].clone())
+}
+
+/// The whole NIP-05 answer: `names` and the `states` they reflect.
+async fn nip05_body(node: &IdNode, name: &str) -> Result<Value> {
     let resp = reqwest::get(format!("{}/.well-known/nostr.json?name={name}", node.base)).await?;
     ensure!(resp.status() == StatusCode::OK);
     let cors = resp
@@ -48,7 +53,7 @@ async fn nip05(node: &IdNode, name: &str) -> Result<Value> {
         .map(|v| v.to_str().unwrap_or_default().to_owned())
         .collect::<Vec<_>>();
     ensure!(cors == ["*"], "NIP-05 needs CORS *, got {cors:?}");
-    Ok(resp.json::<Value>().await?["names"].clone())
+    Ok(resp.json::<Value>().await?)
 }
 
 fn closed_with_txid(close: &EpochClose, epoch: u64) -> Result<()> {
@@ -83,8 +88,9 @@ async fn bind_anchor_verify(postgres: bool) -> Result<()> {
     assert_eq!(v["x_uid"], ALICE_UID.to_string());
     assert_eq!(v["pubkey"], alice.keys.public_key().to_hex());
     assert!(v["bundle"].is_null(), "no bundle before anchoring");
-    let names = nip05(&node, "alice_cairn").await?;
-    assert_eq!(names["alice_cairn"], alice.keys.public_key().to_hex());
+    assert_eq!(v["reflects"], "pending", "{v}");
+    // By default NIP-05 serves only anchored bindings.
+    assert_eq!(nip05(&node, "alice_cairn").await?, json!({}));
     assert_eq!(nip05(&node, "nobody").await?, json!({}));
 
     // An empty epoch is skipped; this one closes and is anchored at once.
@@ -103,7 +109,14 @@ async fn bind_anchor_verify(postgres: bool) -> Result<()> {
     node.sync().await?;
     let v = lookup_handle(&node, "alice_cairn").await?;
     assert_eq!(v["status"], "anchored", "{v}");
+    assert_eq!(v["reflects"], "anchored", "{v}");
     assert_eq!(v["confirmations"], 1);
+    let body = nip05_body(&node, "alice_cairn").await?;
+    assert_eq!(
+        body["names"]["alice_cairn"],
+        alice.keys.public_key().to_hex()
+    );
+    assert_eq!(body["states"]["alice_cairn"], "anchored", "{body}");
     // The bundle exists from the first confirmation but a verifier asking
     // for more refuses it.
     let early: ProofBundle = serde_json::from_value(v["bundle"].clone())?;
@@ -192,7 +205,12 @@ async fn rotation_revocation_moved_and_refusals() -> Result<()> {
     case(async {
         let chain = TestChain::start().await?;
         let x = FakeX::start().await?;
-        let node = IdNode::start(&chain, &x, false).await?;
+        // This test follows NIP-05 through pending operations: the operator
+        // opted in (the default serves anchored bindings only, tested below).
+        let node = IdNode::start_tuned(&chain, &x, |s| {
+            s.identity.nip05_serves_pending = true;
+        })
+        .await?;
         node.fund(&chain, 200_000).await?;
         let alice = User::new(ALICE_UID, "alice_cairn");
         let bind_event = bind(&node, &x, &alice, 1).await?;
@@ -298,10 +316,9 @@ async fn rotation_revocation_moved_and_refusals() -> Result<()> {
             (Some("revoked"), Some("rotated"))
         );
         assert_eq!(v["npub"], new_npub);
-        assert_eq!(
-            nip05(&node, "alice_cairn").await?["alice_cairn"],
-            alice2.public_key().to_hex()
-        );
+        let body = nip05_body(&node, "alice_cairn").await?;
+        assert_eq!(body["names"]["alice_cairn"], alice2.public_key().to_hex());
+        assert_eq!(body["states"]["alice_cairn"], "pending", "{body}");
 
         closed_with_txid(&node.close_epoch().await?, 1)?;
         let (_, e1) = node.get("/identity/v1/epochs/1").await?;
@@ -836,6 +853,150 @@ async fn unknown_x_uid_gets_a_verifiable_absence_proof() -> Result<()> {
         bind(&node, &x, &bob, 2).await?;
         let (status, body) = node.get(&format!("/identity/v1/absence/{BOB_UID}")).await?;
         assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nip05_serves_only_anchored_bindings_by_default() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(ALICE_UID, "alice_cairn");
+        let bind_event = bind(&node, &x, &alice, 1).await?;
+        assert_eq!(nip05(&node, "alice_cairn").await?, json!({}), "pending");
+        assert_eq!(
+            lookup_handle(&node, "alice_cairn").await?["reflects"],
+            "pending"
+        );
+
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+        assert_eq!(
+            nip05(&node, "alice_cairn").await?,
+            json!({}),
+            "not in a block"
+        );
+        mine(&chain, 1).await?;
+        node.sync().await?;
+        let body = nip05_body(&node, "alice_cairn").await?;
+        assert_eq!(
+            body["names"]["alice_cairn"],
+            alice.keys.public_key().to_hex()
+        );
+        assert_eq!(body["states"]["alice_cairn"], "anchored", "{body}");
+
+        // A pending rotation: the old key is not served any more, the new one
+        // not yet.
+        let alice2 = Keys::generate();
+        let rotate = rotate_op(
+            &alice.keys.public_key(),
+            &alice2,
+            ALICE_UID,
+            1,
+            &bind_event.id,
+        )
+        .sign_with_keys(&alice.keys)?;
+        let (status, r) = submit(&node, &rotate, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        assert_eq!(nip05(&node, "alice_cairn").await?, json!({}));
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(
+            (v["status"].as_str(), v["reflects"].as_str()),
+            (Some("pending"), Some("pending"))
+        );
+        closed_with_txid(&node.close_epoch().await?, 1)?;
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+        let body = nip05_body(&node, "alice_cairn").await?;
+        assert_eq!(body["names"]["alice_cairn"], alice2.public_key().to_hex());
+        assert_eq!(body["states"]["alice_cairn"], "final", "{body}");
+        assert_eq!(
+            lookup_handle(&node, "alice_cairn").await?["reflects"],
+            "final"
+        );
+
+        // A revocation withdraws the name at once, anchored or not; the
+        // lookup says it reflects a pending operation.
+        let revoke = revoke_op(ALICE_UID, 2, &rotate.id).sign_with_keys(&alice2)?;
+        let (status, r) = submit(&node, &revoke, None).await?;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        assert_eq!(nip05(&node, "alice_cairn").await?, json!({}));
+        let v = lookup_handle(&node, "alice_cairn").await?;
+        assert_eq!(
+            (v["status"].as_str(), v["reflects"].as_str()),
+            (Some("revoked"), Some("pending"))
+        );
+
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_gives_the_funding_address_and_says_when_funds_are_short() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start(&chain, &x, false).await?;
+        node.sync().await?;
+
+        // Nothing queued yet, but an empty wallet cannot pay the next anchor.
+        let (_, status) = node.get("/identity/v1/status").await?;
+        let anchoring = &status["anchoring"];
+        assert_eq!(anchoring["health"], "waiting_for_funds", "{status}");
+        assert_eq!(anchoring["queued_epochs"], json!([]));
+        let address = anchoring["funding_address"]
+            .as_str()
+            .context("funding_address")?
+            .to_owned();
+        assert!(
+            anchoring["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&address),
+            "{status}"
+        );
+        // The same address until it is paid; `cairn identity funding-address` prints it.
+        let (_, again) = node.get("/identity/v1/status").await?;
+        assert_eq!(again["anchoring"]["funding_address"], address.as_str());
+        let client = cairn_node::cli::NodeClient::new(&node.base)?;
+        let funding = cairn_node::cli::identity::funding_address(&client).await?;
+        assert_eq!(funding.address, address);
+        assert_eq!(funding.health, "waiting_for_funds");
+        let printed = cairn_node::cli::identity::render_funding(&funding);
+        assert_eq!(printed.lines().next(), Some(address.as_str()));
+
+        // Too little to pay an anchor: still waiting.
+        let addr: bitcoin::Address = address
+            .parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()?
+            .require_network(bitcoin::Network::Regtest)?;
+        cairn_e2e::within("fund", chain.fund(&addr, bitcoin::Amount::from_sat(600))).await??;
+        node.sync().await?;
+        let (_, status) = node.get("/identity/v1/status").await?;
+        assert_eq!(
+            status["anchoring"]["health"], "waiting_for_funds",
+            "{status}"
+        );
+        assert_eq!(status["anchoring"]["balance_sat"], 600);
+        let next = status["anchoring"]["funding_address"]
+            .as_str()
+            .context("address")?;
+        assert_ne!(next, address, "a paid address is not shown again");
+
+        // Enough: ok, and an epoch anchors at once.
+        node.fund(&chain, 200_000).await?;
+        let (_, status) = node.get("/identity/v1/status").await?;
+        assert_eq!(status["anchoring"]["health"], "ok", "{status}");
+        bind(&node, &x, &User::new(ALICE_UID, "alice_cairn"), 1).await?;
+        closed_with_txid(&node.close_epoch().await?, 0)?;
+
         node.finish().await?;
         chain.stop().await?;
         Ok(())

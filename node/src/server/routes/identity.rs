@@ -84,18 +84,29 @@ pub fn router(service: Arc<IdentityService>, settings: &IdentitySettings) -> Rou
         .allow_headers(Any)
         .expose_headers([header::RETRY_AFTER]);
     let limiter: ChallengeLimiter = Arc::new(RateLimiter::new(settings.challenges_per_ip));
+    let author_limiter: ChallengeLimiter = Arc::new(RateLimiter::new(settings.challenges_per_ip));
     Router::new()
         .route(
             "/identity/v1/challenges",
             post(create_challenge).layer(Extension(limiter)),
         )
         .route("/identity/v1/bindings", post(submit_binding))
+        // Asks X: limited per IP like challenges (a bucket of its own).
+        .route(
+            "/identity/v1/posts/{post_id}/author",
+            get(post_author).layer(Extension(author_limiter)),
+        )
         .route("/identity/v1/handles/{handle}", get(by_handle))
         .route("/identity/v1/keys/{key}", get(by_key))
         .route("/identity/v1/absence/{x_uid}", get(absence))
         .route("/identity/v1/epochs/{epoch}", get(epoch))
         .route("/identity/v1/status", get(status))
-        .route("/.well-known/nostr.json", get(nip05))
+        .route(
+            "/.well-known/nostr.json",
+            get(nip05).layer(Extension(Nip05Policy {
+                serves_pending: settings.nip05_serves_pending,
+            })),
+        )
         .layer(cors)
         .with_state(service)
 }
@@ -248,6 +259,31 @@ async fn submit_binding(
     Ok((StatusCode::CREATED, Json(receipt)).into_response())
 }
 
+/// `GET /identity/v1/posts/{post_id}/author`: the numeric X user id and
+/// handle of a proof post's author, from X's syndication answer.
+async fn post_author(
+    State(service): State<Arc<IdentityService>>,
+    Extension(limiter): Extension<ChallengeLimiter>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(post_id): Path<String>,
+) -> Result<Response, ApiError> {
+    if let Err(wait) = limiter.acquire(&peer.ip()) {
+        return Ok(too_many(
+            "rate_limited",
+            "too many requests to X from this address".into(),
+            wait,
+        ));
+    }
+    let post_id = post_id.parse::<u64>().map_err(|_| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "post_id must be a decimal post id".into(),
+        )
+    })?;
+    Ok(Json(service.post_author(post_id).await?).into_response())
+}
+
 /// `GET /identity/v1/handles/{handle}`.
 async fn by_handle(
     State(service): State<Arc<IdentityService>>,
@@ -306,24 +342,36 @@ async fn status(State(service): State<Arc<IdentityService>>) -> Result<Response,
     Ok(Json(service.status().await?).into_response())
 }
 
+/// `[identity] nip05_serves_pending`.
+#[derive(Debug, Clone, Copy)]
+struct Nip05Policy {
+    serves_pending: bool,
+}
+
 #[derive(Deserialize)]
 struct Nip05Query {
     name: Option<String>,
 }
 
-/// NIP-05 from verified bindings: `{"names": {"<handle>": "<hex key>"}}`.
-/// Only the asked name is answered; the whole registry is not listed.
+/// NIP-05 from verified bindings: `{"names": {"<handle>": "<hex key>"},
+/// "states": {"<handle>": "pending|anchored|final"}}` (`states` says which
+/// state of the record the key reflects; NIP-05 clients ignore it). Only the
+/// asked name is answered; the whole registry is not listed. Pending
+/// bindings only with `nip05_serves_pending`.
 async fn nip05(
     State(service): State<Arc<IdentityService>>,
+    Extension(policy): Extension<Nip05Policy>,
     Query(query): Query<Nip05Query>,
 ) -> Response {
     let mut names = serde_json::Map::new();
+    let mut states = serde_json::Map::new();
     if let Some(name) = query.name {
         let name = name.to_ascii_lowercase();
-        if let Some(key) = service.nip05(&name).await {
-            names.insert(name, json!(key.to_hex()));
+        if let Some(answer) = service.nip05_answer(&name, policy.serves_pending).await {
+            names.insert(name.clone(), json!(answer.key.to_hex()));
+            states.insert(name, json!(answer.state.as_str()));
         }
     }
     // CORS (`Access-Control-Allow-Origin: *`) comes from the router's layer.
-    Json(json!({ "names": names })).into_response()
+    Json(json!({ "names": names, "states": states })).into_response()
 }
