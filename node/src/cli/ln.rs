@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::cli::support::admin::{AdminArgs, AdminClient};
 use crate::cli::support::amounts::{parse_duration_secs, Amount};
+use crate::cli::support::output::outln;
 
 /// `cairn ln …`
 #[derive(Debug, clap::Args)]
@@ -289,6 +290,6 @@ pub async fn execute(args: LnArgs) -> Result<String> {
 
 /// `cairn ln …` for the binary: prints the output.
 pub async fn run_ln(args: LnArgs) -> Result<()> {
-    println!("{}", execute(args).await?);
+    outln!("{}", execute(args).await?)?;
     Ok(())
 }

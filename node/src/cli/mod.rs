@@ -7,6 +7,8 @@
 //! binary without spawning it. The identity and verify functions are also
 //! re-exported here (`cli::bind`, `cli::verify_subject`, …).
 
+use std::io::Write as _;
+
 use anyhow::Result;
 
 pub mod identity;
@@ -34,16 +36,23 @@ pub use verify::{
 };
 
 /// Ends a CLI command: on error, prints it (with its causes) to stderr and
-/// exits with 1 when a bundle did not verify, 2 for any other failure.
+/// exits with 1 when a bundle did not verify, 2 for any other failure. A
+/// result cut short because its reader closed the pipe (`| head`) is a
+/// normal end: exit 0, nothing printed.
 pub fn exit_with(result: Result<()>) -> anyhow::Result<()> {
     let Err(e) = result else {
         return Ok(());
     };
+    if support::output::is_closed_pipe(&e) {
+        std::process::exit(0);
+    }
+    // Not eprintln!: it panics when stderr is a closed pipe too.
+    let mut stderr = std::io::stderr().lock();
     if is_verification_failure(&e) {
-        eprintln!("NOT VERIFIED: {}", render_error(&e));
+        let _ = writeln!(stderr, "NOT VERIFIED: {}", render_error(&e));
         std::process::exit(1);
     }
-    eprintln!("error: {}", render_error(&e));
+    let _ = writeln!(stderr, "error: {}", render_error(&e));
     std::process::exit(2);
 }
 

@@ -10,6 +10,8 @@ use serde_json::json;
 
 use crate::cli::support::admin::AdminArgs;
 use crate::cli::support::amounts::{parse_duration_secs, Amount, Budget};
+use crate::cli::support::output::outln;
+use crate::cli::support::time::format_unix;
 
 /// Permissions given when `--permissions` is not.
 pub const DEFAULT_PERMISSIONS: &str = "pay_invoice,get_balance,get_info";
@@ -129,7 +131,7 @@ pub async fn execute(args: NwcArgs) -> Result<String> {
                         " REVOKED".to_owned()
                     } else {
                         c.expires_at
-                            .map(|e| format!(", expires at {e}"))
+                            .map(|e| format!(", expires {}", format_unix(e)))
                             .unwrap_or_default()
                     };
                     format!(
@@ -153,6 +155,6 @@ pub async fn execute(args: NwcArgs) -> Result<String> {
 
 /// `cairn nwc …` for the binary: prints the output.
 pub async fn run_nwc(args: NwcArgs) -> Result<()> {
-    println!("{}", execute(args).await?);
+    outln!("{}", execute(args).await?)?;
     Ok(())
 }

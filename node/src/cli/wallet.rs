@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::cli::support::admin::{AdminArgs, AdminClient};
 use crate::cli::support::amounts::Amount;
+use crate::cli::support::output::outln;
 
 /// The flag without which `cairn wallet seed --show` refuses.
 pub const SHOW_SEED_CONFIRMATION: &str = "i-understand-this-reveals-my-seed";
@@ -102,7 +103,7 @@ pub async fn execute(args: WalletArgs) -> Result<String> {
 
 /// `cairn wallet …` for the binary: prints the output.
 pub async fn run_wallet(args: WalletArgs) -> Result<()> {
-    println!("{}", execute(args).await?);
+    outln!("{}", execute(args).await?)?;
     Ok(())
 }
 

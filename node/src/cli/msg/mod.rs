@@ -31,6 +31,7 @@ use self::lnurl::http_client;
 use crate::cli::support::admin::{local_base_url, AdminArgs};
 use crate::cli::support::amounts::Amount;
 use crate::cli::support::keys::{load_keys, KeyArgs};
+use crate::cli::support::output::outln;
 use crate::cli::verify::{parse_checkpoint, rpc_credentials, ChainSource, VerifyOptions};
 use crate::settings::Settings;
 
@@ -295,7 +296,7 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                 own_relay: Some(own_relay_url(&settings)),
             };
             let sent = send(&ctx, &request).await?;
-            println!("{}", render_sent(&sent));
+            outln!("{}", render_sent(&sent))?;
         }
         MsgCommand::Inbox(a) => {
             let keys = load_keys(a.key.key_file.as_deref())?;
@@ -334,7 +335,7 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                 claims_file: Some(settings.data_dir.join(CLAIMS_FILE)),
             };
             let messages = inbox(&ctx).await?;
-            println!("{}", render_inbox(&messages, &ctx.keys.public_key()));
+            outln!("{}", render_inbox(&messages, &ctx.keys.public_key()))?;
         }
     }
     Ok(())

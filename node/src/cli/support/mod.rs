@@ -1,5 +1,6 @@
 //! What several commands share: the user's keys, the node's identity API,
-//! proof bundles, the admin API client and amounts.
+//! proof bundles, the admin API client, amounts, times and the output
+//! writer.
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ pub mod amounts;
 pub mod bundle;
 pub mod keys;
 pub mod node;
+pub mod output;
+pub mod time;
 
 /// Bound on each HTTP request to the node and each Bitcoin Core RPC call.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
