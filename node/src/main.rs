@@ -1,5 +1,6 @@
 //! `cairn`: a self-hosted Nostr relay for private messages.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -14,9 +15,14 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "cairn", version, about, long_about = None)]
 struct Cli {
-    /// Log as JSON lines instead of text (the level comes from RUST_LOG, default info).
+    /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Log more: `-v` info, `-vv` debug, `-vvv` trace. Logs go to stderr;
+    /// by default `serve` logs at info and the other commands only warnings
+    /// and errors. RUST_LOG, when set, decides instead.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,7 +86,8 @@ struct ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_logging(cli.log_json, default_log_level(serving, cli.verbose));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,9 +103,25 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+/// The log level when RUST_LOG is not set: `serve` reports what the node
+/// does (info); the other commands print their result on stdout and log only
+/// warnings and errors (so the relay pool's connection chatter stays out of
+/// the way), each `-v` one level more.
+fn default_log_level(serving: bool, verbose: u8) -> &'static str {
+    const LEVELS: [&str; 4] = ["warn", "info", "debug", "trace"];
+    let level = usize::from(serving) + usize::from(verbose);
+    LEVELS[level.min(LEVELS.len() - 1)]
+}
+
+/// Logs go to stderr (stdout holds command results), coloured only when
+/// stderr is a terminal.
+fn init_logging(json: bool, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
@@ -138,4 +161,20 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         .await
         .context("cannot listen for Ctrl-C")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_commands_are_quiet_unless_asked_and_serve_logs_info() {
+        assert_eq!(default_log_level(false, 0), "warn");
+        assert_eq!(default_log_level(false, 1), "info");
+        assert_eq!(default_log_level(true, 0), "info");
+        assert_eq!(default_log_level(true, 1), "debug");
+        assert_eq!(default_log_level(false, 9), "trace");
+        let cli = Cli::try_parse_from(["cairn", "ln", "info", "-vv"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+    }
 }
