@@ -232,16 +232,62 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
 
 fn create_data_dir(settings: &Settings) -> anyhow::Result<()> {
     let dir = &settings.data_dir;
+    let existed = dir.exists();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // The data directory will hold keys and the database: owner only.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    restrict_data_dir(dir, existed)?;
+    Ok(())
+}
+
+/// The data directory will hold keys and the database: owner only. A
+/// directory that others may read, write or enter is set to 0700; when the
+/// user made it (it existed before), a warning says so. One that is already
+/// owner-only is left as it is.
+#[cfg(unix)]
+fn restrict_data_dir(dir: &std::path::Path, existed: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| data_dir_permission_error(dir, meta.uid(), mode, e))?;
+    if existed {
+        tracing::warn!(
+            "data directory {} had mode {mode:04o} (others could reach it); set it to 0700, \
+             as it holds keys and the database",
+            dir.display()
+        );
     }
     Ok(())
+}
+
+/// Why the data directory's mode could not be set: EPERM from chmod means
+/// the directory belongs to someone else, which the plain OS error hides.
+#[cfg(unix)]
+fn data_dir_permission_error(
+    dir: &std::path::Path,
+    owner_uid: u32,
+    mode: u32,
+    e: std::io::Error,
+) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow::anyhow!(
+            "data directory {} belongs to another user (uid {owner_uid}), so cairn cannot make \
+             it owner-only (it is mode {mode:04o}, and it will hold keys): run cairn as that \
+             user, give the directory to the user running cairn (chown), or choose another \
+             --data-dir",
+            dir.display()
+        )
+    } else {
+        anyhow::Error::new(e).context(format!(
+            "cannot restrict permissions of data directory {}",
+            dir.display()
+        ))
+    }
 }
 
 async fn purge_expired_events(relay: Arc<Relay>, every: Duration) {
@@ -265,5 +311,50 @@ fn describe_database(url: &str) -> String {
     match url.strip_prefix("sqlite://") {
         Some(path) => format!("SQLite at {path}"),
         None => format!("Postgres at {}", redact_url(url)),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_another_user_is_named_as_such() {
+        let e = data_dir_permission_error(
+            std::path::Path::new("/srv/cairn"),
+            1234,
+            0o755,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("/srv/cairn belongs to another user (uid 1234)"),
+            "{text}"
+        );
+        assert!(text.contains("--data-dir"), "{text}");
+        assert!(!text.contains("cannot restrict permissions"), "{text}");
+    }
+
+    #[test]
+    fn an_open_data_dir_is_restricted_and_an_owner_only_one_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        restrict_data_dir(&open, true).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&open), 0o700);
+
+        let private = tmp.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o500)).unwrap();
+        restrict_data_dir(&private, true).unwrap();
+        assert_eq!(
+            mode(&private),
+            0o500,
+            "an owner-only directory keeps its mode"
+        );
     }
 }
