@@ -269,6 +269,12 @@ async fn run() -> Result<()> {
         .await?;
     let info = info.first().context("13194 info event on the relay")?;
     assert!(info.content.split(' ').any(|m| m == "pay_invoice"));
+    // No connection has a budget yet: get_budget is not offered.
+    assert!(
+        !info.content.split(' ').any(|m| m == "get_budget"),
+        "{}",
+        info.content
+    );
     let tag = |name: &str| {
         info.tags
             .iter()
@@ -296,6 +302,26 @@ async fn run() -> Result<()> {
         service.service_pubkey().to_hex()
     )));
     assert!(uri1.contains("relay=") && uri1.contains("secret="));
+    // A connection with a budget: the info event now lists get_budget.
+    let start = Instant::now();
+    loop {
+        let events = observer
+            .fetch_events(
+                Filter::new()
+                    .kind(Kind::WalletConnectInfo)
+                    .author(service.service_pubkey()),
+                NET_WAIT,
+            )
+            .await?;
+        let newest = events.iter().max_by_key(|e| e.created_at);
+        if newest.is_some_and(|e| e.content.split(' ').any(|m| m == "get_budget")) {
+            break;
+        }
+        if start.elapsed() > NET_WAIT {
+            bail!("the info event does not list get_budget: {newest:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let listed = service.list_connections()?;
     assert_eq!(listed, vec![c1.clone()]);
     // The app's secret is in the URI only, not in the database.
@@ -454,6 +480,8 @@ async fn run() -> Result<()> {
     })
     .await??;
     assert_eq!(note["notification_type"], "payment_sent");
+    // It carries the invoice that was paid, as the app sent it.
+    assert_eq!(note["notification"]["invoice"], inv.to_string().as_str());
 
     // get_balance over NIP-44 agrees with the node.
     let (_, body) = app1
@@ -596,6 +624,24 @@ async fn run() -> Result<()> {
     assert_eq!(error_code(&body), Some("QUOTA_EXCEEDED"), "{body}");
     let spent2 = service.store().spent_in_window(&c2)?;
     assert!((3_000_000..3_100_000).contains(&spent2), "{spent2}");
+    // get_budget: what the budget checks above used, and when it renews.
+    let (_, body) = app2
+        .must_call(&app2.request(
+            &json!({"method": "get_budget", "params": {}}),
+            Some("nip44_v2"),
+            vec![],
+        )?)
+        .await?;
+    assert_eq!(body["result_type"], "get_budget", "{body}");
+    assert_eq!(body["result"]["used_budget"], spent2, "{body}");
+    assert_eq!(body["result"]["total_budget"], 5_000_000, "{body}");
+    assert_eq!(body["result"]["renewal_period"], "daily", "{body}");
+    let renews_at = body["result"]["renews_at"].as_u64().context("renews_at")?;
+    let now = Timestamp::now().as_secs();
+    assert!(
+        renews_at > now && renews_at <= now + 86_400 && (renews_at - c2.created_at) % 86_400 == 0,
+        "{body}"
+    );
     // A failed payment releases its reservation: paying an expired invoice
     // fails, and the budget is unchanged.
     let expired = b.receive_bolt11(
@@ -669,6 +715,15 @@ async fn run() -> Result<()> {
     };
     let (_, body) = app4.must_call(&req4()?).await?;
     assert!(body["result"]["balance"].is_u64(), "{body}");
+    // Without a budget, get_budget answers "no budget".
+    let (_, body) = app4
+        .must_call(&app4.request(
+            &json!({"method": "get_budget", "params": {}}),
+            Some("nip44_v2"),
+            vec![],
+        )?)
+        .await?;
+    assert_eq!(body["result"], json!({}), "{body}");
     service
         .store()
         .set_expiry(c4.id, Some(Timestamp::now().as_secs() - 1))?;

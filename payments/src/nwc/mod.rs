@@ -53,6 +53,13 @@ pub const SUPPORTED_METHODS: [&str; 6] = [
     "get_info",
 ];
 
+/// NIP-47 `get_budget`: a connection's budget, what it has used of it and
+/// when it renews. Not a permission: every connection may ask (one without a
+/// budget gets `{}`, "no budget"). The info event lists it while an active
+/// connection has a budget. `get_info` does not: nostr 0.44 clients (the
+/// `nwc` crate) refuse a `get_info` answer naming a method they do not know.
+pub const GET_BUDGET: &str = "get_budget";
+
 /// Notification types this service sends.
 pub const SUPPORTED_NOTIFICATIONS: [&str; 2] = ["payment_received", "payment_sent"];
 
@@ -148,6 +155,14 @@ impl BudgetRenewal {
             Self::Yearly => Some(365 * DAY),
             Self::Never => None,
         }
+    }
+
+    /// When the budget window containing `now` ends and the budget starts
+    /// over (`None`: it never renews).
+    pub fn next_renewal(&self, created_at: u64, now: u64) -> Option<u64> {
+        let p = self.period_secs()?;
+        let windows = now.saturating_sub(created_at) / p + 1;
+        Some(created_at.saturating_add(windows.saturating_mul(p)))
     }
 
     /// Start of the budget window containing `now`, for a connection created
@@ -260,6 +275,15 @@ mod tests {
             1_000 + 86_400 * 2
         );
         assert_eq!(BudgetRenewal::Never.window_start(created, 10_000_000), 0);
+        assert_eq!(
+            BudgetRenewal::Daily.next_renewal(created, 1_000 + 86_400 * 2 + 5),
+            Some(1_000 + 86_400 * 3)
+        );
+        assert_eq!(
+            BudgetRenewal::Daily.next_renewal(created, 1_000),
+            Some(1_000 + 86_400)
+        );
+        assert_eq!(BudgetRenewal::Never.next_renewal(created, 10_000_000), None);
         assert_eq!("month".parse::<BudgetRenewal>(), Ok(BudgetRenewal::Monthly));
         assert!("fortnightly".parse::<BudgetRenewal>().is_err());
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::store::{IssuedInvoice, NwcStore, RequestState};
 use super::{
-    max_routing_fee_msat, NewConnection, NwcConnection, NwcError, SUPPORTED_METHODS,
+    max_routing_fee_msat, NewConnection, NwcConnection, NwcError, GET_BUDGET, SUPPORTED_METHODS,
     SUPPORTED_NOTIFICATIONS,
 };
 use crate::clock::now;
@@ -80,6 +81,13 @@ struct Inner<B> {
     /// database marks in flight but that is not here was cut short by a
     /// restart: its replay resumes it instead of being ignored.
     active: Mutex<HashSet<String>>,
+    /// Set once [`NwcService::start`] published the info event: changes to
+    /// what it lists are published from then on.
+    started: AtomicBool,
+    /// `created_at` of the newest info event signed: a newer one must be
+    /// later, or the relay keeps the older (a replaceable event with the
+    /// same timestamp loses to the lower id).
+    info_at: AtomicU64,
 }
 
 /// Removes a request id from [`Inner::active`] when its handler ends, also
@@ -154,6 +162,8 @@ impl<B: WalletBackend> NwcService<B> {
                 relay_url,
                 relay,
                 active: Mutex::new(HashSet::new()),
+                started: AtomicBool::new(false),
+                info_at: AtomicU64::new(0),
             }),
             tasks: Mutex::new(Vec::new()),
         })
@@ -184,6 +194,7 @@ impl<B: WalletBackend> NwcService<B> {
         {
             return Err(NwcError::UnknownMethod(bad.clone()));
         }
+        let listed_before = self.inner.lists_get_budget();
         let app = Keys::generate();
         let conn = NwcConnection {
             id: 0,
@@ -199,6 +210,7 @@ impl<B: WalletBackend> NwcService<B> {
         };
         let conn = self.inner.store.insert_connection(&conn)?;
         let uri = self.uri(app.secret_key().clone());
+        self.refresh_info(listed_before);
         Ok((conn, uri))
     }
 
@@ -219,7 +231,9 @@ impl<B: WalletBackend> NwcService<B> {
 
     /// Revokes connection `id`: its requests are refused with `UNAUTHORIZED`.
     pub fn revoke(&self, id: i64) -> Result<(), NwcError> {
+        let listed_before = self.inner.lists_get_budget();
         if self.inner.store.revoke(id)? {
+            self.refresh_info(listed_before);
             Ok(())
         } else {
             Err(NwcError::NoSuchConnection(id))
@@ -240,6 +254,7 @@ impl<B: WalletBackend> NwcService<B> {
             .pubkey(inner.keys.public_key());
         let mut requests = inner.relay.subscribe(filter).await?;
         inner.relay.publish(self.info_event()?).await?;
+        inner.started.store(true, Ordering::SeqCst);
         let me = Arc::clone(inner);
         let task = tokio::spawn(async move {
             // Request handlers live in this set, so stopping the service
@@ -362,19 +377,32 @@ impl<B: WalletBackend> NwcService<B> {
         self.inner.handle_request(event).await
     }
 
-    /// The kind 13194 info event.
+    /// The kind 13194 info event: the methods of [`SUPPORTED_METHODS`], and
+    /// [`GET_BUDGET`] while an active connection has a budget.
     pub fn info_event(&self) -> Result<Event, NwcError> {
-        Ok(
-            EventBuilder::new(Kind::WalletConnectInfo, SUPPORTED_METHODS.join(" "))
-                .tags([
-                    Tag::custom(TagKind::custom("encryption"), ["nip44_v2 nip04"]),
-                    Tag::custom(
-                        TagKind::custom("notifications"),
-                        [SUPPORTED_NOTIFICATIONS.join(" ")],
-                    ),
-                ])
-                .sign_with_keys(&self.inner.keys)?,
-        )
+        self.inner.info_event()
+    }
+
+    /// Publishes the info event again (in the background) when creating or
+    /// revoking a connection changed whether it lists [`GET_BUDGET`].
+    fn refresh_info(&self, listed_before: bool) {
+        let inner = &self.inner;
+        if !inner.started.load(Ordering::SeqCst) || inner.lists_get_budget() == listed_before {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = Arc::clone(inner);
+        runtime.spawn(async move {
+            let published = match me.info_event() {
+                Ok(ev) => me.relay.publish(ev).await.map_err(NwcError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = published {
+                warn!(error = %e, "cannot publish the NWC info event");
+            }
+        });
     }
 
     /// Stops listening and lets go of the relay.
@@ -391,6 +419,79 @@ impl<B: WalletBackend> NwcService<B> {
 }
 
 impl<B: WalletBackend> Inner<B> {
+    /// Whether the info event lists [`GET_BUDGET`]: some active connection
+    /// has a budget.
+    fn lists_get_budget(&self) -> bool {
+        let t = now();
+        match self.store.list_connections() {
+            Ok(list) => list
+                .iter()
+                .any(|c| c.is_active(t) && c.budget_msat.is_some()),
+            Err(e) => {
+                warn!(error = %e, "cannot list NWC connections");
+                false
+            }
+        }
+    }
+
+    fn info_event(&self) -> Result<Event, NwcError> {
+        let mut methods = SUPPORTED_METHODS.to_vec();
+        if self.lists_get_budget() {
+            methods.push(GET_BUDGET);
+        }
+        let t = now();
+        let at = match self
+            .info_at
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(t.max(last.saturating_add(1)))
+            }) {
+            Ok(last) | Err(last) => t.max(last.saturating_add(1)),
+        };
+        Ok(
+            EventBuilder::new(Kind::WalletConnectInfo, methods.join(" "))
+                .custom_created_at(Timestamp::from(at))
+                .tags([
+                    Tag::custom(TagKind::custom("encryption"), ["nip44_v2 nip04"]),
+                    Tag::custom(
+                        TagKind::custom("notifications"),
+                        [SUPPORTED_NOTIFICATIONS.join(" ")],
+                    ),
+                ])
+                .sign_with_keys(&self.keys)?,
+        )
+    }
+
+    /// NIP-47 `get_budget` for `conn`: `{}` when it has no budget.
+    fn get_budget(&self, conn: &NwcConnection) -> Result<Value, NIP47Error> {
+        let Some(total) = conn.budget_msat else {
+            return Ok(json!({}));
+        };
+        let used = self
+            .store
+            .spent_in_window(conn)
+            .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
+        let mut result = json!({
+            "used_budget": used,
+            "total_budget": total,
+            "renewal_period": conn.renewal.as_str(),
+        });
+        if let Some(at) = conn.renewal.next_renewal(conn.created_at, now()) {
+            result["renews_at"] = json!(at);
+        }
+        Ok(result)
+    }
+
+    /// The NIP-47 view of the payment with `hash` (see [`describe`]), with
+    /// the invoice this service issued or paid for it.
+    fn view(&self, hash: &str, tx: Option<&WalletTx>) -> Result<LookupInvoiceResponse, NwcError> {
+        let issued = self.store.invoice(hash)?;
+        let mut d = describe(hash, tx, issued.as_ref());
+        if d.invoice.is_none() {
+            d.invoice = self.store.payment_invoice(hash)?;
+        }
+        Ok(d)
+    }
+
     /// Resolves the budget reservations an earlier run left open from the
     /// wallet's payment record: settled when the payment succeeded, released
     /// when it failed or was never sent; still-pending ones stay reserved
@@ -653,6 +754,13 @@ impl<B: WalletBackend> Inner<B> {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_owned();
+        if method_name == GET_BUDGET {
+            let body = match self.get_budget(conn) {
+                Ok(r) => json!({ "result_type": GET_BUDGET, "result": r }),
+                Err(e) => error_body(GET_BUDGET, &e),
+            };
+            return (body, true);
+        }
         if !SUPPORTED_METHODS.contains(&method_name.as_str()) {
             return (
                 error_body(
@@ -788,7 +896,10 @@ impl<B: WalletBackend> Inner<B> {
                 }
                 // Before paying, so the outcome's notification and lookups
                 // find their connection.
-                if let Err(e) = self.store.record_payment(conn.id, &payment_hash) {
+                if let Err(e) = self
+                    .store
+                    .record_payment(conn.id, &payment_hash, p.invoice.trim())
+                {
                     if let Err(e) = self.store.release(request_id) {
                         warn!(error = %e, "cannot release an NWC budget reservation");
                     }
@@ -904,18 +1015,13 @@ impl<B: WalletBackend> Inner<B> {
             return Err(nip47_error(ErrorCode::NotFound, "invoice not found"));
         }
         let tx = self.backend.lookup(&hash).await.map_err(backend_error)?;
-        let issued = self
-            .store
-            .invoice(&hash)
-            .map_err(|e| nip47_error(ErrorCode::Internal, e.to_string()))?;
-        if tx.is_none() && issued.is_none() {
+        let internal = |e: NwcError| nip47_error(ErrorCode::Internal, e.to_string());
+        if tx.is_none() && self.store.invoice(&hash).map_err(internal)?.is_none() {
             return Err(nip47_error(ErrorCode::NotFound, "invoice not found"));
         }
-        Ok(ResponseResult::LookupInvoice(describe(
-            &hash,
-            tx.as_ref(),
-            issued.as_ref(),
-        )))
+        Ok(ResponseResult::LookupInvoice(
+            self.view(&hash, tx.as_ref()).map_err(internal)?,
+        ))
     }
 
     /// The invoices this connection issued and the payments it sent (not
@@ -932,8 +1038,10 @@ impl<B: WalletBackend> Inner<B> {
         let txs = self.backend.list().await.map_err(backend_error)?;
         let mut out = Vec::new();
         for tx in txs.iter().filter(|t| own.contains(&t.payment_hash)) {
-            let issued = self.store.invoice(&tx.payment_hash).ok().flatten();
-            let d = describe(&tx.payment_hash, Some(tx), issued.as_ref());
+            let d = match self.view(&tx.payment_hash, Some(tx)) {
+                Ok(d) => d,
+                Err(_) => describe(&tx.payment_hash, Some(tx), None),
+            };
             if !p.unpaid.unwrap_or(false) && d.state != Some(TransactionState::Settled) {
                 continue;
             }
@@ -1004,8 +1112,9 @@ impl<B: WalletBackend> Inner<B> {
         let Ok(Some(tx)) = self.backend.lookup(payment_hash).await else {
             return Ok(());
         };
-        let issued = self.store.invoice(payment_hash)?;
-        let d = describe(payment_hash, Some(&tx), issued.as_ref());
+        // The invoice this connection issued (payment_received) or paid
+        // (payment_sent): apps match notifications by it.
+        let d = self.view(payment_hash, Some(&tx))?;
         let mut payload = serde_json::to_value(&d).unwrap_or(Value::Null);
         // nwc clients require these fields in notifications.
         if payload.get("invoice").is_none() {

@@ -101,6 +101,10 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
         // Invoices issued before are attributed to no connection: none sees them.
         db.execute_batch("ALTER TABLE nwc_invoices ADD COLUMN connection_id INTEGER;")?;
     }
+    if !has_column(db, "nwc_payments", "invoice")? {
+        // Payments sent before are notified and looked up without their invoice.
+        db.execute_batch("ALTER TABLE nwc_payments ADD COLUMN invoice TEXT;")?;
+    }
     if !has_column(db, "nwc_spends", "fee_reserve_msat")? {
         // Older reservations hold the bare amount: settling adds the fee.
         db.execute_batch(
@@ -163,6 +167,7 @@ impl NwcStore {
                 connection_id INTEGER NOT NULL,
                 payment_hash TEXT NOT NULL,
                 created_at INTEGER NOT NULL,
+                invoice TEXT,
                 PRIMARY KEY (connection_id, payment_hash)
              );",
         )?;
@@ -479,17 +484,40 @@ impl NwcStore {
         Ok(())
     }
 
-    /// Records that connection `connection_id` sends the payment with
-    /// `payment_hash` (hex), for its `lookup_invoice`, `list_transactions`
-    /// and notifications. Recording twice is harmless.
-    pub fn record_payment(&self, connection_id: i64, payment_hash: &str) -> Result<(), NwcError> {
+    /// Records that connection `connection_id` sends the payment of
+    /// `invoice` (BOLT11) with `payment_hash` (hex), for its
+    /// `lookup_invoice`, `list_transactions` and notifications (which carry
+    /// the invoice). Recording twice is harmless.
+    pub fn record_payment(
+        &self,
+        connection_id: i64,
+        payment_hash: &str,
+        invoice: &str,
+    ) -> Result<(), NwcError> {
         let db = self.lock();
         db.execute(
-            "INSERT OR IGNORE INTO nwc_payments (connection_id, payment_hash, created_at)
-             VALUES (?1, ?2, ?3)",
-            params![connection_id, payment_hash, now() as i64],
+            "INSERT INTO nwc_payments (connection_id, payment_hash, created_at, invoice)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (connection_id, payment_hash)
+             DO UPDATE SET invoice = COALESCE(invoice, excluded.invoice)",
+            params![connection_id, payment_hash, now() as i64, invoice],
         )?;
         Ok(())
+    }
+
+    /// The BOLT11 invoice of a payment sent through `pay_invoice`, by
+    /// payment hash (hex), if one was recorded.
+    pub fn payment_invoice(&self, payment_hash: &str) -> Result<Option<String>, NwcError> {
+        let db = self.lock();
+        Ok(db
+            .query_row(
+                "SELECT invoice FROM nwc_payments
+                 WHERE payment_hash = ?1 AND invoice IS NOT NULL
+                 ORDER BY created_at LIMIT 1",
+                [payment_hash],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?)
     }
 
     /// Payment hashes (hex) of the invoices connection `connection_id`
@@ -791,8 +819,13 @@ mod tests {
             expires_at: 2,
         };
         store.insert_invoice(a.id, &inv).unwrap();
-        store.record_payment(b.id, "bb").unwrap();
-        store.record_payment(b.id, "bb").unwrap();
+        store.record_payment(b.id, "bb", "lnbcrt1bb").unwrap();
+        store.record_payment(b.id, "bb", "lnbcrt1bb").unwrap();
+        assert_eq!(
+            store.payment_invoice("bb").unwrap().as_deref(),
+            Some("lnbcrt1bb")
+        );
+        assert_eq!(store.payment_invoice("cc").unwrap(), None);
         assert!(store.is_owned_by(a.id, "aa").unwrap());
         assert!(!store.is_owned_by(b.id, "aa").unwrap());
         assert!(store.is_owned_by(b.id, "bb").unwrap());
