@@ -4,9 +4,9 @@
 //! on the same seed finds everything by a full scan; a Lightning node on
 //! Esplora opens a channel to a node on Bitcoin Core RPC and pays it.
 //!
-//! With `BITCOIND_EXE` set (a real bitcoind) there is no Esplora server to
-//! point at, so these tests print why and return early: the facade serves the
-//! in-process chain only.
+//! The facade serves testchain's in-process chain only, so these tests use
+//! it even when `BITCOIND_EXE` is set (never skipped): what they check is the
+//! Esplora chain source, not Core.
 
 mod support;
 
@@ -31,13 +31,11 @@ async fn bounded<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
         .context("test timed out")?
 }
 
-/// The chain's Esplora URL, or `None` (with the reason printed) on a real bitcoind.
-async fn esplora_or_skip(chain: &TestChain, test: &str) -> Result<Option<String>> {
-    if chain.is_real_bitcoind() {
-        eprintln!("{test}: skipped: testchain's Esplora facade serves only the in-process chain, not BITCOIND_EXE");
-        return Ok(None);
-    }
-    Ok(Some(chain.esplora_url().await?))
+/// An in-process chain (the Esplora facade needs one) and its Esplora URL.
+async fn chain_and_esplora() -> Result<(TestChain, String)> {
+    let chain = TestChain::start_in_process().await?;
+    let url = chain.esplora_url().await?;
+    Ok((chain, url))
 }
 
 async fn open_wallet(dir: &std::path::Path, url: &str) -> Result<OnchainWallet> {
@@ -54,10 +52,7 @@ async fn open_wallet(dir: &std::path::Path, url: &str) -> Result<OnchainWallet> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onchain_wallet_on_esplora_receives_syncs_and_sends() -> Result<()> {
     bounded(async {
-        let chain = TestChain::start().await?;
-        let Some(url) = esplora_or_skip(&chain, "onchain_wallet_on_esplora").await? else {
-            return Ok(());
-        };
+        let (chain, url) = chain_and_esplora().await?;
         let dir = tempfile::tempdir()?;
         let wallet = open_wallet(dir.path(), &url).await?;
 
@@ -167,10 +162,7 @@ async fn onchain_wallet_on_esplora_receives_syncs_and_sends() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lightning_node_on_esplora_pays_a_node_on_rpc() -> Result<()> {
     bounded(async {
-        let chain = TestChain::start().await?;
-        let Some(url) = esplora_or_skip(&chain, "lightning_node_on_esplora").await? else {
-            return Ok(());
-        };
+        let (chain, url) = chain_and_esplora().await?;
         let dir_a = tempfile::tempdir()?;
         let dir_b = tempfile::tempdir()?;
         let (seed_a, _) = Seed::load_or_create(dir_a.path())?;

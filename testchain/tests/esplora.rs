@@ -4,8 +4,8 @@
 //! that verify, output spends, script-hash history with electrs' paging,
 //! broadcast and its rejection, and 404s for what does not exist.
 //!
-//! With `BITCOIND_EXE` set (a real bitcoind) there is no facade: each test
-//! prints why and returns early.
+//! The facade is testchain's own server over its in-process node, so these
+//! tests run in-process even when `BITCOIND_EXE` is set (never skipped).
 
 mod common;
 
@@ -19,23 +19,18 @@ use cairn_testchain::wallet::InternalWallet;
 use cairn_testchain::TestChain;
 use common::*;
 
-async fn client_or_skip(chain: &TestChain, test: &str) -> Result<Option<AsyncClient>> {
-    if chain.is_real_bitcoind() {
-        eprintln!("{test}: skipped: the Esplora facade serves only the in-process chain, not BITCOIND_EXE");
-        return Ok(None);
-    }
+/// An in-process chain and an esplora-client on its facade.
+async fn chain_and_client() -> Result<(TestChain, AsyncClient)> {
+    let chain = TestChain::start_in_process().await?;
     let url = chain.esplora_url().await?;
-    Ok(Some(esplora_client::Builder::new(&url).build_async()?))
+    let client = esplora_client::Builder::new(&url).build_async()?;
+    Ok((chain, client))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocks_transactions_proofs_and_spends() -> Result<()> {
     timed(async {
-        let chain = start().await?;
-        let Some(client) = client_or_skip(&chain, "blocks_transactions_proofs_and_spends").await?
-        else {
-            return Ok(());
-        };
+        let (chain, client) = chain_and_client().await?;
         let wallet = InternalWallet::new();
         let coin = funded_coin(&chain, &wallet, Amount::from_sat(100_000)).await?;
         let tip = chain.tip().await?;
@@ -165,11 +160,7 @@ async fn blocks_transactions_proofs_and_spends() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn script_history_pages_like_electrs() -> Result<()> {
     timed(async {
-        let chain = start().await?;
-        let Some(client) = client_or_skip(&chain, "script_history_pages_like_electrs").await?
-        else {
-            return Ok(());
-        };
+        let (chain, client) = chain_and_client().await?;
         let receiver = InternalWallet::new();
         let mut funded = HashSet::new();
         for i in 0..30u64 {
