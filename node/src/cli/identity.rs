@@ -22,9 +22,9 @@ use super::support::bundle::{fetch_bundle, write_bundle, BundleFormat};
 use super::support::keys::{load_keys, npub, KeyArgs};
 use super::support::node::{status, status_label, NodeClient, NodeError, StatusView, Subject};
 use super::support::output::outln;
+use super::support::rpc::RpcLoginArgs;
 use super::support::time::format_unix;
 use super::support::REQUEST_TIMEOUT;
-use super::verify::rpc_credentials;
 
 /// `POST /identity/v1/challenges` answer.
 pub type Challenge = IssuedChallenge;
@@ -131,15 +131,8 @@ struct HeadersArgs {
     /// Your Bitcoin Core node's RPC URL, e.g. http://127.0.0.1:8332
     #[arg(long, value_name = "URL")]
     rpc_url: String,
-    /// RPC user (with --rpc-password-file).
-    #[arg(long, value_name = "USER", requires = "rpc_password_file")]
-    rpc_user: Option<String>,
-    /// File holding the RPC password (with --rpc-user).
-    #[arg(long, value_name = "FILE", requires = "rpc_user")]
-    rpc_password_file: Option<PathBuf>,
-    /// Bitcoin Core's .cookie file, instead of --rpc-user and --rpc-password-file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["rpc_user", "rpc_password_file"])]
-    rpc_cookie_file: Option<PathBuf>,
+    #[command(flatten)]
+    rpc_login: RpcLoginArgs,
     /// First height to export. Above 0, verify with the printed --checkpoint.
     #[arg(long, value_name = "HEIGHT", default_value_t = 0)]
     from: u32,
@@ -300,8 +293,7 @@ pub async fn run_identity(args: IdentityArgs) -> Result<()> {
             outln!("{}", render_funding(&funding))?;
         }
         IdentityCommand::Headers(a) => {
-            let (user, password) =
-                rpc_credentials(&a.rpc_user, &a.rpc_password_file, &a.rpc_cookie_file)?;
+            let (user, password) = a.rpc_login.credentials()?;
             let range = HeaderRange {
                 from: a.from,
                 to: a.to,

@@ -19,6 +19,7 @@ use super::support::bundle::{fetch_bundle_with_status, read_bundle, MalformedBun
 use super::support::keys::{npub, parse_public_key};
 use super::support::node::{status_label, NodeClient, StatusView, Subject};
 use super::support::output::outln;
+use super::support::rpc::RpcLoginArgs;
 use super::support::REQUEST_TIMEOUT;
 
 /// `cairn verify`: check a proof bundle yourself.
@@ -39,15 +40,8 @@ pub struct VerifyArgs {
     /// Your Bitcoin Core node's RPC URL, e.g. http://127.0.0.1:8332
     #[arg(long, value_name = "URL")]
     rpc_url: Option<String>,
-    /// RPC user (with --rpc-password-file).
-    #[arg(long, value_name = "USER", requires = "rpc_password_file")]
-    rpc_user: Option<String>,
-    /// File holding the RPC password (with --rpc-user).
-    #[arg(long, value_name = "FILE", requires = "rpc_user")]
-    rpc_password_file: Option<PathBuf>,
-    /// Bitcoin Core's .cookie file, instead of --rpc-user and --rpc-password-file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["rpc_user", "rpc_password_file"])]
-    rpc_cookie_file: Option<PathBuf>,
+    #[command(flatten)]
+    rpc_login: RpcLoginArgs,
     /// A headers file: 80-byte block headers, concatenated, from the genesis
     /// block (or from --checkpoint). Checked for linkage and proof of work.
     #[arg(long, value_name = "FILE", conflicts_with = "rpc_url")]
@@ -179,8 +173,7 @@ impl VerifyOptions {
         };
         let chain = match (&a.rpc_url, &a.headers) {
             (Some(url), None) => {
-                let (user, password) =
-                    rpc_credentials(&a.rpc_user, &a.rpc_password_file, &a.rpc_cookie_file)?;
+                let (user, password) = a.rpc_login.credentials()?;
                 ChainSource::Rpc {
                     url: url.clone(),
                     user,
@@ -205,32 +198,6 @@ impl VerifyOptions {
             trusted_witnesses,
         })
     }
-}
-
-/// RPC user and password from `--rpc-user` with `--rpc-password-file`, or
-/// from a `.cookie` file.
-pub fn rpc_credentials(
-    user: &Option<String>,
-    password_file: &Option<PathBuf>,
-    cookie_file: &Option<PathBuf>,
-) -> Result<(String, String)> {
-    Ok(match (user, password_file, cookie_file) {
-        (Some(user), Some(file), None) => (user.clone(), read_secret_file(file)?),
-        (None, None, Some(cookie)) => {
-            let text = read_secret_file(cookie)?;
-            let (u, p) = text
-                .split_once(':')
-                .ok_or_else(|| anyhow!("{} is not a cookie file", cookie.display()))?;
-            (u.to_owned(), p.to_owned())
-        }
-        _ => bail!("--rpc-url needs --rpc-user with --rpc-password-file, or --rpc-cookie-file"),
-    })
-}
-
-fn read_secret_file(path: &Path) -> Result<String> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 /// Parses `HEIGHT:HASH`.

@@ -32,7 +32,8 @@ use crate::cli::support::admin::{local_base_url, AdminArgs};
 use crate::cli::support::amounts::Amount;
 use crate::cli::support::keys::{load_keys, KeyArgs};
 use crate::cli::support::output::outln;
-use crate::cli::verify::{parse_checkpoint, rpc_credentials, ChainSource, VerifyOptions};
+use crate::cli::support::rpc::RpcLoginArgs;
+use crate::cli::verify::{parse_checkpoint, ChainSource, VerifyOptions};
 use crate::settings::Settings;
 
 pub mod claims;
@@ -116,15 +117,8 @@ pub struct ChainArgs {
     /// Bitcoin Core RPC URL (default: [bitcoin] rpc_url of your node).
     #[arg(long, value_name = "URL")]
     pub rpc_url: Option<String>,
-    /// RPC user (with --rpc-password-file).
-    #[arg(long, value_name = "USER", requires = "rpc_password_file")]
-    pub rpc_user: Option<String>,
-    /// File holding the RPC password (with --rpc-user).
-    #[arg(long, value_name = "FILE", requires = "rpc_user")]
-    pub rpc_password_file: Option<PathBuf>,
-    /// Bitcoin Core's .cookie file.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["rpc_user", "rpc_password_file"])]
-    pub rpc_cookie_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub rpc_login: RpcLoginArgs,
     /// A headers file instead of an RPC (see `cairn identity headers`).
     #[arg(long, value_name = "FILE", conflicts_with = "rpc_url")]
     pub headers: Option<PathBuf>,
@@ -159,11 +153,7 @@ impl ChainArgs {
                     .transpose()?,
             },
             (None, Some(url)) => {
-                let (user, password) = rpc_credentials(
-                    &self.rpc_user,
-                    &self.rpc_password_file,
-                    &self.rpc_cookie_file,
-                )?;
+                let (user, password) = self.rpc_login.credentials()?;
                 ChainSource::Rpc {
                     url: url.clone(),
                     user,

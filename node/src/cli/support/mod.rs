@@ -1,6 +1,6 @@
 //! What several commands share: the user's keys, the node's identity API,
-//! proof bundles, the admin API client, amounts, times and the output
-//! writer.
+//! proof bundles, the admin API client, amounts, times, the output
+//! writer and the Bitcoin Core login flags.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod keys;
 pub mod node;
 pub mod output;
+pub mod rpc;
 pub mod time;
 
 /// Bound on each HTTP request to the node and each Bitcoin Core RPC call.
