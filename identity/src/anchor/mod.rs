@@ -504,6 +504,20 @@ impl Inner {
         Ok(self.clock)
     }
 
+    /// The wallet's confirmed unspent coins. Anchors add other coins only
+    /// when confirmed: a replacement may not add unconfirmed inputs, and a
+    /// stranger's unconfirmed coin may vanish.
+    fn confirmed_coins(&self) -> Vec<Coin> {
+        self.wallet
+            .list_unspent()
+            .filter(|u| u.chain_position.is_confirmed())
+            .map(|u| Coin {
+                outpoint: u.outpoint,
+                value: u.txout.value,
+            })
+            .collect()
+    }
+
     fn persist_wallet(&mut self) -> Result<(), AnchorError> {
         self.wallet
             .persist(&mut self.conn)
@@ -788,15 +802,7 @@ impl Inner {
                 value: u.txout.value,
             })
         });
-        let others: Vec<Coin> = self
-            .wallet
-            .list_unspent()
-            .filter(|u| u.chain_position.is_confirmed())
-            .map(|u| Coin {
-                outpoint: u.outpoint,
-                value: u.txout.value,
-            })
-            .collect();
+        let others = self.confirmed_coins();
         Ok(plan::select_inputs(
             chain,
             &others,
@@ -936,15 +942,7 @@ impl Inner {
         };
         // Other coins only when confirmed: a replacement may not add
         // unconfirmed inputs, and a stranger's unconfirmed coin may vanish.
-        let others: Vec<Coin> = self
-            .wallet
-            .list_unspent()
-            .filter(|u| u.chain_position.is_confirmed())
-            .map(|u| Coin {
-                outpoint: u.outpoint,
-                value: u.txout.value,
-            })
-            .collect();
+        let others = self.confirmed_coins();
         let selected = plan::select_inputs(chain_coin, &others, rate, min_fee, payload.len())
             .map_err(|s| AnchorError::WaitingForFunds {
                 needed: s.needed,
