@@ -38,6 +38,7 @@
 //! a **multi-threaded** tokio runtime; ldk-node spawns its background tasks on
 //! the runtime that is current when [`LightningNode::build`] runs.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,9 +47,10 @@ use std::time::Duration;
 use bitcoin::hashes::sha256;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, FeeRate, Network, Txid};
-use ldk_node::lightning::events::PaymentFailureReason;
+use ldk_node::lightning::events::{ClosureReason, PaymentFailureReason};
 use ldk_node::lightning::ln::channelmanager::PaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
+use ldk_node::lightning::ln::types::ChannelId;
 use ldk_node::lightning::offers::offer::Offer;
 use ldk_node::lightning::routing::router::RouteParametersConfig;
 use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description, Sha256};
@@ -220,7 +222,9 @@ pub fn preimage_of(payment: &PaymentDetails) -> Option<PaymentPreimage> {
     }
 }
 
-/// [`LightningNode::channel_balance_sats`] of a balance report.
+/// [`LightningNode::channel_balance_sats`] of a balance report, as far as
+/// the report alone tells: without the cooperative-close outputs that have
+/// confirmed and await more confirmations.
 pub fn channel_balance_sats(balances: &BalanceDetails) -> u64 {
     let coop_closed: u64 = balances
         .lightning_balances
@@ -315,6 +319,10 @@ pub struct LightningNode {
     node: Arc<Node>,
     events: Arc<EventStore>,
     new_events: broadcast::Sender<Event>,
+    /// Channels closed cooperatively (seen by this run's event loop): their
+    /// closing transaction pays the on-chain wallet, which counts it while
+    /// it is still unconfirmed.
+    coop_closed: Arc<Mutex<HashSet<ChannelId>>>,
     event_loop: Mutex<Option<EventLoop>>,
 }
 
@@ -379,6 +387,7 @@ impl LightningNode {
             node,
             events,
             new_events,
+            coop_closed: Arc::default(),
             event_loop: Mutex::new(None),
         })
     }
@@ -395,6 +404,7 @@ impl LightningNode {
             Arc::clone(&self.node),
             Arc::clone(&self.events),
             self.new_events.clone(),
+            Arc::clone(&self.coop_closed),
             stop_rx,
         ));
         *slot = Some(EventLoop { stop, task });
@@ -511,8 +521,37 @@ impl LightningNode {
     /// the closing transaction confirms they are in
     /// `total_onchain_balance_sats` already, for the ~6 blocks ldk-node
     /// keeps listing them.
+    ///
+    /// Before the closing transaction confirms, ldk-node lists the closed
+    /// channel's balance as `ClaimableOnChannelClose` while the on-chain
+    /// wallet already counts the unconfirmed output: a channel this node saw
+    /// close cooperatively (and no longer open) is left out then too.
     pub fn channel_balance_sats(&self) -> u64 {
-        channel_balance_sats(&self.node.list_balances())
+        let balances = self.node.list_balances();
+        let open: HashSet<ChannelId> = self
+            .node
+            .list_channels()
+            .into_iter()
+            .map(|c| c.channel_id)
+            .collect();
+        let closing: u64 = {
+            let coop = self.coop_closed.lock().unwrap_or_else(|p| p.into_inner());
+            balances
+                .lightning_balances
+                .iter()
+                .map(|b| match b {
+                    LightningBalance::ClaimableOnChannelClose {
+                        channel_id,
+                        amount_satoshis,
+                        ..
+                    } if coop.contains(channel_id) && !open.contains(channel_id) => {
+                        *amount_satoshis
+                    }
+                    _ => 0,
+                })
+                .sum()
+        };
+        channel_balance_sats(&balances).saturating_sub(closing)
     }
 
     /// The address of the live connection to `peer`, if there is one: an
@@ -868,6 +907,7 @@ async fn run_events(
     node: Arc<Node>,
     store: Arc<EventStore>,
     new_events: broadcast::Sender<Event>,
+    coop_closed: Arc<Mutex<HashSet<ChannelId>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -875,6 +915,22 @@ async fn run_events(
             _ = stop.changed() => break,
             event = node.next_event_async() => event,
         };
+        if let Event::ChannelClosed {
+            channel_id,
+            reason:
+                Some(
+                    ClosureReason::LegacyCooperativeClosure
+                    | ClosureReason::CounterpartyInitiatedCooperativeClosure
+                    | ClosureReason::LocallyInitiatedCooperativeClosure,
+                ),
+            ..
+        } = &event
+        {
+            coop_closed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(*channel_id);
+        }
         let store2 = Arc::clone(&store);
         let ev2 = event.clone();
         let recorded = tokio::task::spawn_blocking(move || store2.record(&ev2)).await;

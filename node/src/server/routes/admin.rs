@@ -55,8 +55,8 @@ use cairn_payments::ldk_node::payment::{
 };
 use cairn_payments::ldk_node::{ChannelDetails, NodeError, UserChannelId};
 use cairn_payments::lightning::{
-    channel_balance_sats, payment_hash_of, preimage_of, InvoiceDescription, LightningError,
-    PaymentOutcome, SentPayment, Withdrawal, DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT,
+    payment_hash_of, preimage_of, InvoiceDescription, LightningError, PaymentOutcome, SentPayment,
+    Withdrawal, DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_PAYMENT_TIMEOUT,
 };
 use cairn_payments::nwc::{BudgetRenewal, NewConnection, NwcConnection, NwcError};
 use cairn_payments::wallet::WalletError;
@@ -272,7 +272,7 @@ async fn balance(State(state): State<AdminState>) -> ApiResult {
             // What the node's channels hold for it (NWC get_balance reports the same).
             // Each sat once: a cooperative close's output awaiting its
             // confirmations is already in total_onchain_sat.
-            "spendable_sat": channel_balance_sats(&ln),
+            "spendable_sat": p.lightning().channel_balance_sats(),
             // The Lightning node's own on-chain wallet, which funds channels.
             "total_onchain_sat": ln.total_onchain_balance_sats,
             "spendable_onchain_sat": ln.spendable_onchain_balance_sats,
