@@ -1,32 +1,76 @@
-//! `cairn ln info|channels|open|close|invoice|pay|offer|pay-offer`: the
-//! node's Lightning node, through the admin API (docs/admin-api.md).
+//! `cairn ln info|funding-address|withdraw|channels|open|close|invoice|pay|offer|pay-offer|payments`:
+//! the node's Lightning node, through the admin API (docs/admin-api.md).
+//!
+//! Every command prints text; with `--json` (shared with `cairn wallet`) it
+//! prints the admin API's answer instead, for scripts.
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cli::support::admin::{AdminArgs, AdminClient};
+use crate::cli::support::admin::{AdminArgs, AdminClient, AdminError};
 use crate::cli::support::amounts::{parse_duration_secs, Amount};
 use crate::cli::support::output::outln;
+use crate::cli::support::time::format_unix;
 
 /// `cairn ln …`
 #[derive(Debug, clap::Args)]
 pub struct LnArgs {
     #[command(flatten)]
     node: AdminArgs,
+    #[command(flatten)]
+    output: OutputArgs,
     #[command(subcommand)]
     command: LnCommand,
+}
+
+/// `--json`: print the admin API's answer (JSON) instead of text. Shared by
+/// `cairn ln` and `cairn wallet`.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Print the node's answer as JSON, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    /// `text()` normally; the API answer `v`, pretty-printed, with `--json`.
+    pub fn render(&self, v: &Value, text: impl FnOnce(&Value) -> String) -> String {
+        if self.json {
+            pretty(v)
+        } else {
+            text(v)
+        }
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum LnCommand {
     /// Node id and listening address (what a peer needs to open a channel).
     Info,
-    /// A fresh address of the Lightning node's on-chain wallet, which funds channels.
+    /// A fresh address of the Lightning node's on-chain wallet, which funds
+    /// channels (send coins here before `cairn ln open`).
     FundingAddress,
+    /// Send AMOUNT (or --all) from the Lightning node's on-chain wallet, where
+    /// channel closes pay out, to ADDRESS.
+    Withdraw {
+        /// The recipient's address.
+        address: String,
+        /// The amount, e.g. 50000sat (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        amount: Option<Amount>,
+        /// Everything spendable, minus the fee (the reserve open channels
+        /// need stays).
+        #[arg(long)]
+        all: bool,
+        /// Feerate, sat/vB (default: the chain source's estimate).
+        #[arg(long)]
+        fee_rate: Option<u64>,
+    },
     /// The node's channels.
     Channels,
-    /// Open a private channel of AMOUNT to NODE_ID at ADDRESS (host:port).
+    /// Open a private channel of AMOUNT to NODE_ID at ADDRESS (host:port),
+    /// funded from the Lightning node's on-chain wallet (`cairn ln funding-address`).
     Open {
         /// The peer's node id (66 hex digits).
         node_id: String,
@@ -140,50 +184,126 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
 
+/// Millisatoshis as text: whole satoshis as `N sat`, others as `N msat`.
+fn msat_text(msat: u64) -> String {
+    if msat % 1_000 == 0 {
+        format!("{} sat", msat / 1_000)
+    } else {
+        format!("{msat} msat")
+    }
+}
+
+/// One payment object of `GET /admin/v1/lightning/payments` as a line.
+fn payment_line(p: &Value) -> String {
+    let arrow = if p["direction"] == "inbound" {
+        "in "
+    } else {
+        "out"
+    };
+    let amount = p["amount_msat"]
+        .as_u64()
+        .map_or_else(|| "any amount".to_owned(), msat_text);
+    let fee = p["fee_msat"]
+        .as_u64()
+        .filter(|f| *f > 0)
+        .map(|f| format!(", fee {}", msat_text(f)))
+        .unwrap_or_default();
+    let at = p["updated_at"]
+        .as_u64()
+        .map(format_unix)
+        .unwrap_or_else(|| "-".to_owned());
+    format!(
+        "{at}  {arrow} {:<9} {:<12} {amount}{fee}  {}",
+        p["status"].as_str().unwrap_or("?"),
+        p["kind"].as_str().unwrap_or("?"),
+        p["payment_hash"]
+            .as_str()
+            .or(p["payment_id"].as_str())
+            .unwrap_or("?"),
+    )
+}
+
+/// One payment in full.
+fn payment_text(p: &Value) -> String {
+    let mut out = payment_line(p);
+    if let Some(preimage) = p["preimage"].as_str() {
+        out.push_str(&format!("\npreimage {preimage}"));
+    }
+    out
+}
+
+fn channels_text(list: &Value) -> String {
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        return "no channels".to_owned();
+    }
+    list.iter()
+        .map(|c| {
+            format!(
+                "{}  peer {}  {} sat  out {} msat / in {} msat  {}",
+                c["user_channel_id"].as_str().unwrap_or("?"),
+                c["counterparty_node_id"].as_str().unwrap_or("?"),
+                c["channel_value_sat"],
+                c["outbound_capacity_msat"],
+                c["inbound_capacity_msat"],
+                if c["is_usable"] == true {
+                    "usable"
+                } else if c["is_channel_ready"] == true {
+                    "ready"
+                } else {
+                    "pending"
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs a Lightning command and returns what to print.
 pub async fn execute(args: LnArgs) -> Result<String> {
     let client = args.node.client()?;
+    let out = args.output;
     Ok(match args.command {
         LnCommand::Info => {
             let v: Value = client.get("/admin/v1/lightning/info").await?;
-            format!(
-                "node id:   {}\nlistening: {}\nnetwork:   {}\nchannels:  {}",
-                v["node_id"].as_str().unwrap_or("?"),
-                v["listening_address"].as_str().unwrap_or("-"),
-                v["network"].as_str().unwrap_or("?"),
-                v["channels"]
-            )
+            out.render(&v, |v| {
+                format!(
+                    "node id:   {}\nlistening: {}\nnetwork:   {}\nchannels:  {}",
+                    v["node_id"].as_str().unwrap_or("?"),
+                    v["listening_address"].as_str().unwrap_or("-"),
+                    v["network"].as_str().unwrap_or("?"),
+                    v["channels"]
+                )
+            })
         }
         LnCommand::FundingAddress => {
             let v: Value = client.get("/admin/v1/lightning/funding-address").await?;
-            v["address"].as_str().unwrap_or_default().to_owned()
+            out.render(&v, |v| v["address"].as_str().unwrap_or_default().to_owned())
+        }
+        LnCommand::Withdraw {
+            address,
+            amount,
+            all,
+            fee_rate,
+        } => {
+            let v: Value = client
+                .post(
+                    "/admin/v1/lightning/withdraw",
+                    &json!({
+                        "address": address,
+                        "amount_sat": amount.map(|a| a.sat()).transpose()?,
+                        "all": all,
+                        "fee_rate_sat_per_vb": fee_rate,
+                    }),
+                )
+                .await?;
+            out.render(&v, |v| {
+                format!("sent: txid {}", v["txid"].as_str().unwrap_or("?"))
+            })
         }
         LnCommand::Channels => {
-            let list: Vec<Value> = client.get("/admin/v1/lightning/channels").await?;
-            if list.is_empty() {
-                "no channels".to_owned()
-            } else {
-                list.iter()
-                    .map(|c| {
-                        format!(
-                            "{}  peer {}  {} sat  out {} msat / in {} msat  {}",
-                            c["user_channel_id"].as_str().unwrap_or("?"),
-                            c["counterparty_node_id"].as_str().unwrap_or("?"),
-                            c["channel_value_sat"],
-                            c["outbound_capacity_msat"],
-                            c["inbound_capacity_msat"],
-                            if c["is_usable"] == true {
-                                "usable"
-                            } else if c["is_channel_ready"] == true {
-                                "ready"
-                            } else {
-                                "pending"
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
+            let v: Value = client.get("/admin/v1/lightning/channels").await?;
+            out.render(&v, channels_text)
         }
         LnCommand::Open {
             node_id,
@@ -202,26 +322,34 @@ pub async fn execute(args: LnArgs) -> Result<String> {
                     }),
                 )
                 .await?;
-            format!(
-                "opening: user_channel_id {} (usable after 6 confirmations)",
-                v["user_channel_id"].as_str().unwrap_or("?")
-            )
+            out.render(&v, |v| {
+                let mut text = format!(
+                    "opening: user_channel_id {} (usable after 6 confirmations)",
+                    v["user_channel_id"].as_str().unwrap_or("?")
+                );
+                if let Some(note) = v["note"].as_str() {
+                    text.push_str(&format!("\nnote: {note}"));
+                }
+                text
+            })
         }
         LnCommand::Close {
             user_channel_id,
             force,
         } => {
-            let _: Value = client
+            let v: Value = client
                 .post(
                     &format!("/admin/v1/lightning/channels/{user_channel_id}/close"),
                     &json!({ "force": force }),
                 )
                 .await?;
-            if force {
-                format!("force-closing {user_channel_id}")
-            } else {
-                format!("closing {user_channel_id}")
-            }
+            out.render(&v, |_| {
+                if force {
+                    format!("force-closing {user_channel_id}")
+                } else {
+                    format!("closing {user_channel_id}")
+                }
+            })
         }
         LnCommand::Invoice {
             amount,
@@ -230,7 +358,7 @@ pub async fn execute(args: LnArgs) -> Result<String> {
         } => {
             let expiry_secs = expiry.as_deref().map(parse_duration_secs).transpose()?;
             let expiry_secs = match expiry_secs {
-                Some(s) if s > u32::MAX as u64 => bail!("expiry too long"),
+                Some(s) if s > u32::MAX as u64 => bail!("--expiry is too long"),
                 s => s.map(|s| s as u32),
             };
             let v: Value = client
@@ -243,10 +371,17 @@ pub async fn execute(args: LnArgs) -> Result<String> {
                     }),
                 )
                 .await?;
-            v["invoice"].as_str().unwrap_or_default().to_owned()
+            out.render(&v, |v| v["invoice"].as_str().unwrap_or_default().to_owned())
         }
         LnCommand::Pay { invoice, amount } => {
-            render_outcome(&pay_invoice(&client, &invoice, amount.map(|a| a.msat)).await?)
+            let v: Value = client
+                .post(
+                    "/admin/v1/lightning/pay",
+                    &json!({ "invoice": invoice, "amount_msat": amount.map(|a| a.msat) }),
+                )
+                .await
+                .map_err(with_cli_names)?;
+            outcome_text(out, &v)?
         }
         LnCommand::Offer {
             amount,
@@ -258,14 +393,14 @@ pub async fn execute(args: LnArgs) -> Result<String> {
                     &json!({ "amount_msat": amount.map(|a| a.msat), "description": description }),
                 )
                 .await?;
-            v["offer"].as_str().unwrap_or_default().to_owned()
+            out.render(&v, |v| v["offer"].as_str().unwrap_or_default().to_owned())
         }
         LnCommand::PayOffer {
             offer,
             amount,
             note,
         } => {
-            let o: PayOutcome = client
+            let v: Value = client
                 .post(
                     "/admin/v1/lightning/pay-offer",
                     &json!({
@@ -274,18 +409,49 @@ pub async fn execute(args: LnArgs) -> Result<String> {
                         "payer_note": note,
                     }),
                 )
-                .await?;
-            render_outcome(&o)
+                .await
+                .map_err(with_cli_names)?;
+            outcome_text(out, &v)?
         }
         LnCommand::Payments { payment_hash } => match payment_hash {
-            Some(h) => pretty(
-                &client
-                    .get::<Value>(&format!("/admin/v1/lightning/payments/{h}"))
-                    .await?,
-            ),
-            None => pretty(&client.get::<Value>("/admin/v1/lightning/payments").await?),
+            Some(h) => {
+                let v: Value = client
+                    .get(&format!("/admin/v1/lightning/payments/{}", h.trim()))
+                    .await?;
+                out.render(&v, payment_text)
+            }
+            None => {
+                let v: Value = client.get("/admin/v1/lightning/payments").await?;
+                out.render(&v, |v| {
+                    let list = v.as_array().map(Vec::as_slice).unwrap_or_default();
+                    if list.is_empty() {
+                        "no payments".to_owned()
+                    } else {
+                        list.iter().map(payment_line).collect::<Vec<_>>().join("\n")
+                    }
+                })
+            }
         },
     })
+}
+
+/// The answer of `pay` / `pay-offer` as text (or JSON).
+fn outcome_text(out: OutputArgs, v: &Value) -> Result<String> {
+    if out.json {
+        return Ok(pretty(v));
+    }
+    Ok(render_outcome(&serde_json::from_value(v.clone())?))
+}
+
+/// The node's refusal of a payment, in the CLI's terms: where it speaks of
+/// "the amount" to give, the flag is `--amount`.
+fn with_cli_names(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<AdminError>() {
+        Some(a) if a.message.contains("the invoice has no amount") => {
+            anyhow::anyhow!("{}: give it with --amount", a.message)
+        }
+        _ => e,
+    }
 }
 
 /// `cairn ln …` for the binary: prints the output.

@@ -3,14 +3,16 @@
 //! which reads the seed file itself and works without a running node.
 //!
 //! Every command returns its output as text, so tests drive the same code as
-//! the binary without capturing stdout.
+//! the binary without capturing stdout; `--json` (as for `cairn ln`) returns
+//! the admin API's answer instead.
 
 use anyhow::{bail, Context, Result};
 use cairn_bitcoin::seed::{seed_path, Seed};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::cli::support::admin::{AdminArgs, AdminClient};
+use crate::cli::ln::OutputArgs;
+use crate::cli::support::admin::AdminArgs;
 use crate::cli::support::amounts::Amount;
 use crate::cli::support::output::outln;
 
@@ -22,6 +24,8 @@ pub const SHOW_SEED_CONFIRMATION: &str = "i-understand-this-reveals-my-seed";
 pub struct WalletArgs {
     #[command(flatten)]
     node: AdminArgs,
+    #[command(flatten)]
+    output: OutputArgs,
     #[command(subcommand)]
     command: WalletCommand,
 }
@@ -31,7 +35,8 @@ enum WalletCommand {
     /// Show where the seed is, or (with --show and the confirmation flag) its
     /// BIP39 words. Reads the data directory; the node need not run.
     Seed(SeedArgs),
-    /// On-chain and Lightning balances.
+    /// On-chain and Lightning balances (each sat counted once: a channel's
+    /// closing output is on-chain, not in channels).
     Balance {
         /// Sync both wallets with Bitcoin Core first.
         #[arg(long)]
@@ -65,6 +70,7 @@ struct SeedArgs {
 
 /// Runs a wallet command and returns what to print.
 pub async fn execute(args: WalletArgs) -> Result<String> {
+    let out = args.output;
     match args.command {
         WalletCommand::Seed(seed) => show_seed(&args.node, &seed),
         WalletCommand::Balance { sync } => {
@@ -74,10 +80,18 @@ pub async fn execute(args: WalletArgs) -> Result<String> {
                     .post::<serde_json::Value>("/admin/v1/sync", &json!({}))
                     .await?;
             }
-            balance(&client).await
+            let v: serde_json::Value = client.get("/admin/v1/wallet/balance").await?;
+            if out.json {
+                return Ok(out.render(&v, |_| String::new()));
+            }
+            Ok(balance_text(&serde_json::from_value(v)?))
         }
         WalletCommand::Address => {
-            let a: AddressView = args.node.client()?.get("/admin/v1/wallet/address").await?;
+            let v: serde_json::Value = args.node.client()?.get("/admin/v1/wallet/address").await?;
+            if out.json {
+                return Ok(out.render(&v, |_| String::new()));
+            }
+            let a: AddressView = serde_json::from_value(v)?;
             Ok(a.address)
         }
         WalletCommand::Send {
@@ -90,14 +104,28 @@ pub async fn execute(args: WalletArgs) -> Result<String> {
                 "amount_sat": amount.sat()?,
                 "fee_rate_sat_per_vb": fee_rate,
             });
-            let sent: Sent = args
+            let v: serde_json::Value = args
                 .node
                 .client()?
                 .post("/admin/v1/wallet/send", &body)
                 .await?;
+            if out.json {
+                return Ok(out.render(&v, |_| String::new()));
+            }
+            let sent: Sent = serde_json::from_value(v)?;
             Ok(format!("sent: txid {}", sent.txid))
         }
-        WalletCommand::History => history(&args.node.client()?).await,
+        WalletCommand::History => {
+            let v: serde_json::Value = args
+                .node
+                .client()?
+                .get("/admin/v1/wallet/transactions")
+                .await?;
+            if out.json {
+                return Ok(out.render(&v, |_| String::new()));
+            }
+            history_text(&serde_json::from_value::<Vec<TxView>>(v)?)
+        }
     }
 }
 
@@ -182,16 +210,15 @@ pub struct LightningBalance {
     pub total_onchain_sat: u64,
 }
 
-async fn balance(client: &AdminClient) -> Result<String> {
-    let b: BalanceView = client.get("/admin/v1/wallet/balance").await?;
-    Ok(format!(
+fn balance_text(b: &BalanceView) -> String {
+    format!(
         "on-chain:  {} sat confirmed, {} sat pending\n\
          lightning: {} sat in channels, {} sat in its on-chain wallet",
         b.onchain.confirmed_sat,
         b.onchain.pending_sat,
         b.lightning.spendable_sat,
         b.lightning.total_onchain_sat
-    ))
+    )
 }
 
 #[derive(Deserialize)]
@@ -203,8 +230,7 @@ struct TxView {
     confirmation_height: Option<u32>,
 }
 
-async fn history(client: &AdminClient) -> Result<String> {
-    let txs: Vec<TxView> = client.get("/admin/v1/wallet/transactions").await?;
+fn history_text(txs: &[TxView]) -> Result<String> {
     if txs.is_empty() {
         return Ok("no transactions".to_owned());
     }
