@@ -13,6 +13,8 @@ mod admin;
 mod esplora;
 mod flow;
 mod support;
+// Issue 10: funding and withdrawing the Lightning wallet, clear answers.
+mod withdraw;
 
 // `cairn msg` with payments: Alice's node also runs the identity registry,
 // so the identity tests' helpers (node, fake X, bind flow) are shared too.
