@@ -12,69 +12,19 @@ use bitcoin::{Address, Amount};
 use cairn_payments::ldk_node::Event;
 use cairn_payments::lightning::LightningNode;
 use cairn_testchain::TestChain;
-use clap::Parser;
 use nostr::nips::nip47::NostrWalletConnectURI;
 use serde_json::{json, Value};
 
 use crate::ln_support::next_event;
-use crate::support::{mempool_nonempty, mine, poll, str_at, u64_at, PayNode, TEST_TIMEOUT, WAIT};
+use crate::support::{
+    ln_cmd, mempool_nonempty, mine, nwc_cmd, poll, str_at, u64_at, wallet_cmd, PayNode,
+    TEST_TIMEOUT, WAIT,
+};
 
 const ONCHAIN_FUNDING: u64 = 200_000;
 const ONCHAIN_SEND: u64 = 50_000;
 const LN_FUNDING: u64 = 1_000_000;
 const CHANNEL: u64 = 400_000;
-
-#[derive(Parser)]
-struct NwcCmd {
-    #[command(flatten)]
-    args: cairn_node::cli::nwc::NwcArgs,
-}
-
-#[derive(Parser)]
-struct WalletCmd {
-    #[command(flatten)]
-    args: cairn_node::cli::wallet::WalletArgs,
-}
-
-/// `--node URL --token-file FILE` for the command code.
-fn node_args(n: &PayNode) -> Result<Vec<String>> {
-    Ok(vec![
-        "--node".into(),
-        n.node.http_url(),
-        "--token-file".into(),
-        cairn_node::admin_token::token_path(n.dir.path())
-            .to_str()
-            .context("utf-8 path")?
-            .to_owned(),
-    ])
-}
-
-async fn nwc_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
-    let mut all = vec!["nwc".to_owned()];
-    all.extend(argv.iter().map(|s| s.to_string()));
-    all.extend(node_args(n)?);
-    cairn_node::cli::nwc::execute(NwcCmd::try_parse_from(all)?.args).await
-}
-
-async fn wallet_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
-    let mut all = vec!["wallet".to_owned()];
-    all.extend(argv.iter().map(|s| s.to_string()));
-    all.extend(node_args(n)?);
-    cairn_node::cli::wallet::execute(WalletCmd::try_parse_from(all)?.args).await
-}
-
-#[derive(Parser)]
-struct LnCmd {
-    #[command(flatten)]
-    args: cairn_node::cli::ln::LnArgs,
-}
-
-async fn ln_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
-    let mut all = vec!["ln".to_owned()];
-    all.extend(argv.iter().map(|s| s.to_string()));
-    all.extend(node_args(n)?);
-    cairn_node::cli::ln::execute(LnCmd::try_parse_from(all)?.args).await
-}
 
 async fn address(n: &PayNode, path: &str) -> Result<Address> {
     let v = n.get(path).await?;

@@ -107,3 +107,66 @@ pub fn str_at<'a>(v: &'a Value, pointer: &str) -> Result<&'a str> {
         .and_then(Value::as_str)
         .with_context(|| format!("{pointer} in {v}"))
 }
+
+// ---------------------------------------------------------------------------
+// The `cairn wallet|ln|nwc` command code, run against a node.
+
+#[derive(clap::Parser)]
+struct NwcCmd {
+    #[command(flatten)]
+    args: cairn_node::cli::nwc::NwcArgs,
+}
+
+#[derive(clap::Parser)]
+struct WalletCmd {
+    #[command(flatten)]
+    args: cairn_node::cli::wallet::WalletArgs,
+}
+
+#[derive(clap::Parser)]
+struct LnCmd {
+    #[command(flatten)]
+    args: cairn_node::cli::ln::LnArgs,
+}
+
+/// `--node URL --token-file FILE` for the command code.
+fn node_args(n: &PayNode) -> Result<Vec<String>> {
+    Ok(vec![
+        "--node".into(),
+        n.node.http_url(),
+        "--token-file".into(),
+        token_path(n.dir.path())
+            .to_str()
+            .context("utf-8 path")?
+            .to_owned(),
+    ])
+}
+
+/// `command argv… --node … --token-file …` as the command line would parse it.
+fn command_line(command: &str, n: &PayNode, argv: &[&str]) -> Result<Vec<String>> {
+    let mut all = vec![command.to_owned()];
+    all.extend(argv.iter().map(|s| s.to_string()));
+    all.extend(node_args(n)?);
+    Ok(all)
+}
+
+/// `cairn nwc argv…` against `n`.
+pub async fn nwc_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
+    use clap::Parser as _;
+    let cmd = NwcCmd::try_parse_from(command_line("nwc", n, argv)?)?;
+    cairn_node::cli::nwc::execute(cmd.args).await
+}
+
+/// `cairn wallet argv…` against `n`.
+pub async fn wallet_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
+    use clap::Parser as _;
+    let cmd = WalletCmd::try_parse_from(command_line("wallet", n, argv)?)?;
+    cairn_node::cli::wallet::execute(cmd.args).await
+}
+
+/// `cairn ln argv…` against `n`.
+pub async fn ln_cmd(n: &PayNode, argv: &[&str]) -> Result<String> {
+    use clap::Parser as _;
+    let cmd = LnCmd::try_parse_from(command_line("ln", n, argv)?)?;
+    cairn_node::cli::ln::execute(cmd.args).await
+}

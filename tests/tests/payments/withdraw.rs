@@ -12,52 +12,16 @@ use bitcoin::Amount;
 use cairn_payments::ldk_node::Event;
 use cairn_payments::lightning::LightningNode;
 use cairn_testchain::TestChain;
-use clap::Parser;
 use serde_json::Value;
 
 use crate::ln_support::next_event;
-use crate::support::{mempool_nonempty, mine, poll, str_at, u64_at, PayNode, TEST_TIMEOUT};
+use crate::support::{
+    ln_cmd as ln, mempool_nonempty, mine, poll, str_at, u64_at, wallet_cmd as wallet, PayNode,
+    TEST_TIMEOUT,
+};
 
 const LN_FUNDING: u64 = 1_000_000;
 const PAID: u64 = 30_000;
-
-#[derive(Parser)]
-struct LnCmd {
-    #[command(flatten)]
-    args: cairn_node::cli::ln::LnArgs,
-}
-
-#[derive(Parser)]
-struct WalletCmd {
-    #[command(flatten)]
-    args: cairn_node::cli::wallet::WalletArgs,
-}
-
-fn node_args(n: &PayNode) -> Result<Vec<String>> {
-    Ok(vec![
-        "--node".into(),
-        n.node.http_url(),
-        "--token-file".into(),
-        cairn_node::admin_token::token_path(n.dir.path())
-            .to_str()
-            .context("utf-8 path")?
-            .to_owned(),
-    ])
-}
-
-async fn ln(n: &PayNode, argv: &[&str]) -> Result<String> {
-    let mut all = vec!["ln".to_owned()];
-    all.extend(argv.iter().map(|s| s.to_string()));
-    all.extend(node_args(n)?);
-    cairn_node::cli::ln::execute(LnCmd::try_parse_from(all)?.args).await
-}
-
-async fn wallet(n: &PayNode, argv: &[&str]) -> Result<String> {
-    let mut all = vec!["wallet".to_owned()];
-    all.extend(argv.iter().map(|s| s.to_string()));
-    all.extend(node_args(n)?);
-    cairn_node::cli::wallet::execute(WalletCmd::try_parse_from(all)?.args).await
-}
 
 async fn balance(n: &PayNode) -> Result<Value> {
     n.get("/admin/v1/wallet/balance").await
