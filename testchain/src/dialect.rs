@@ -18,10 +18,15 @@ pub enum CoreVersion {
     /// Core 28, the release the shape fixtures follow: `warnings` is an
     /// array, and `bip125-replaceable` is sent only with
     /// `-deprecatedrpc=bip125`.
-    #[default]
     V28,
-    /// Current Core (a v31 development build): like 28, plus the `target`
-    /// field that Core 29 added to block headers and `getblockchaininfo`.
+    /// Current Core (a v31 development build), the default: like 28, plus
+    /// the `target` field that Core 29 added to block headers and
+    /// `getblockchaininfo`, `reject-details` in `testmempoolaccept` (29),
+    /// script failures as `mempool-script-verify-flag-failed` naming the
+    /// input, a 100 sat/kvB minimum relay and incremental fee and any number
+    /// of OP_RETURN outputs (30), and the cluster mempool's replacement
+    /// rules (31: fees first, then the feerate diagram).
+    #[default]
     V31,
 }
 
@@ -42,6 +47,44 @@ impl CoreVersion {
             Self::V28 => "/Satoshi:28.0.0(testchain)/",
             Self::V31 => "/Satoshi:30.99.0(testchain)/",
         }
+    }
+
+    /// Default `-minrelaytxfee` and `-incrementalrelayfee`, in sat/kvB:
+    /// Core 30 lowered both from 1000 to 100.
+    pub fn min_relay_fee_sat_per_kvb(self) -> u64 {
+        if self >= Self::V31 {
+            100
+        } else {
+            1_000
+        }
+    }
+
+    /// Whether `testmempoolaccept` sends `reject-details` (Core 29+).
+    pub fn sends_reject_details(self) -> bool {
+        self >= Self::V31
+    }
+
+    /// Whether a failed input script is reported as
+    /// `mempool-script-verify-flag-failed (…), input N of TXID (wtxid …),
+    /// spending PREV:N` (Core 30+) rather than Core 28's
+    /// `mandatory-script-verify-flag-failed (…)`.
+    pub fn names_failed_input(self) -> bool {
+        self >= Self::V31
+    }
+
+    /// Whether several OP_RETURN outputs of any size (up to
+    /// `-datacarriersize`, 100000 bytes in all) are standard (Core 30+),
+    /// rather than one of at most 83 bytes.
+    pub fn relaxed_op_return(self) -> bool {
+        self >= Self::V31
+    }
+
+    /// Whether replacements follow the cluster mempool (Core 31): the
+    /// absolute-fee rules come first and a lower feerate fails as
+    /// `replacement-failed` (the feerate diagram) instead of Core 28's
+    /// `insufficient fee …; new feerate … <= old feerate …` check up front.
+    pub fn cluster_mempool_rbf(self) -> bool {
+        self >= Self::V31
     }
 }
 

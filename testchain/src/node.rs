@@ -62,7 +62,10 @@ impl Node {
             &self.chain,
             &self.mempool,
             tx,
-            AcceptOptions::default(),
+            AcceptOptions {
+                bypass_limits: false,
+                version: self.dialect.version,
+            },
         )?;
         if max_fee_rate > 0 && acc.fee.to_sat() > max_fee_rate * acc.vsize / 1000 {
             return Err(Error::MaxFeeExceeded);
@@ -153,6 +156,7 @@ impl Node {
                 tx,
                 AcceptOptions {
                     bypass_limits: true,
+                    version: self.dialect.version,
                 },
             )
             .map_err(|r: TxReject| Error::BlockInvalid(r.to_string()))?;
@@ -260,6 +264,7 @@ impl Node {
                 &tx,
                 AcceptOptions {
                     bypass_limits: true,
+                    version: self.dialect.version,
                 },
             ) {
                 if acc.replaced.is_empty() {

@@ -21,14 +21,13 @@ use tokio::net::TcpListener;
 
 use crate::chain::Chain;
 use crate::dialect::Dialect;
-use crate::error::{codes, Error, RpcError};
+use crate::error::{codes, Error, RejectKind, RpcError};
 use crate::format::{
     btc, descriptor_checksum, difficulty, script_descriptor, script_pubkey_json, tx_json,
 };
 use crate::loopback::LoopbackServer;
 use crate::mempool::{Mempool, MempoolEntry};
 use crate::node::{Node, DEFAULT_MAX_FEE_RATE_SAT_PER_KVB};
-use crate::validation::MIN_RELAY_FEE_SAT_PER_KVB;
 
 /// Every method the server answers.
 pub const METHODS: &[&str] = &[
@@ -324,7 +323,7 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             let entries = node.mempool.entries();
             let bytes: u64 = entries.iter().map(|e| e.vsize).sum();
             let fees: Amount = entries.iter().map(|e| e.fee).sum();
-            let min = Amount::from_sat(MIN_RELAY_FEE_SAT_PER_KVB);
+            let min = Amount::from_sat(node.dialect.version.min_relay_fee_sat_per_kvb());
             Ok(json!({
                 "loaded": true,
                 "size": entries.len(),
@@ -394,8 +393,8 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             "connections_in": 0,
             "connections_out": 0,
             "networks": [],
-            "relayfee": btc(Amount::from_sat(MIN_RELAY_FEE_SAT_PER_KVB)),
-            "incrementalfee": btc(Amount::from_sat(MIN_RELAY_FEE_SAT_PER_KVB)),
+            "relayfee": btc(Amount::from_sat(node.dialect.version.min_relay_fee_sat_per_kvb())),
+            "incrementalfee": btc(Amount::from_sat(node.dialect.version.min_relay_fee_sat_per_kvb())),
             "localaddresses": [],
             "warnings": warnings(&node.dialect),
         })),
@@ -631,7 +630,12 @@ fn testmempoolaccept(node: &Node, p: &Params) -> Result<Value, Error> {
             Err(Error::Rejected(r)) => {
                 o.insert("allowed".into(), json!(false));
                 o.insert("reject-reason".into(), json!(r.testmempoolaccept_reason()));
-                o.insert("reject-details".into(), json!(r.to_string()));
+                // Core 29+ adds the details, except for missing inputs.
+                if node.dialect.version.sends_reject_details()
+                    && r.kind != RejectKind::MissingInputs
+                {
+                    o.insert("reject-details".into(), json!(r.to_string()));
+                }
             }
             Err(Error::MaxFeeExceeded) => {
                 o.insert("allowed".into(), json!(false));

@@ -10,14 +10,20 @@ use bitcoin::hashes::{hash160, Hash};
 use bitcoin::{Amount, OutPoint, Transaction, TxOut, Txid};
 
 use crate::chain::{Chain, COINBASE_MATURITY};
+use crate::dialect::CoreVersion;
 use crate::error::{RejectKind, TxReject};
 use crate::format::{format_feerate, format_money, script_type};
 use crate::mempool::Mempool;
 
-/// Minimum relay fee and incremental relay fee, in sat/kvB (Core's defaults).
+/// Minimum relay fee and incremental relay fee, in sat/kvB (Core 28's
+/// defaults; see [`CoreVersion::min_relay_fee_sat_per_kvb`] for current Core's).
 pub const MIN_RELAY_FEE_SAT_PER_KVB: u64 = 1_000;
-/// Largest standard OP_RETURN scriptPubKey: 80 data bytes plus opcode and push.
+/// Largest standard OP_RETURN scriptPubKey before Core 30: 80 data bytes plus
+/// opcode and push.
 pub const MAX_OP_RETURN_SCRIPT: usize = 83;
+/// Core 30's default `-datacarriersize`: the OP_RETURN scriptPubKey bytes of
+/// all outputs together.
+pub const MAX_DATACARRIER_BYTES: usize = 100_000;
 /// Largest standard transaction weight.
 pub const MAX_STANDARD_TX_WEIGHT: u64 = 400_000;
 /// Most transactions one replacement may evict (BIP125 rule 5).
@@ -34,6 +40,8 @@ const LOCKTIME_THRESHOLD: u32 = 500_000_000;
 pub struct AcceptOptions {
     /// Skip fee-rate minimums, as Core does when re-adding reorged transactions.
     pub bypass_limits: bool,
+    /// The Core release whose policy and messages apply.
+    pub version: CoreVersion,
 }
 
 /// What an acceptable transaction costs and replaces.
@@ -69,7 +77,8 @@ pub fn check_mempool_accept(
     if tx.is_coinbase() {
         return Err(reject(RejectKind::Consensus, "coinbase"));
     }
-    check_standard(tx)?;
+    let version = opts.version;
+    check_standard(tx, version)?;
     if tx.base_size() < 65 {
         return Err(policy("tx-size-small"));
     }
@@ -150,7 +159,7 @@ pub fn check_mempool_accept(
     }
     let fee = value_in - value_out;
     let vsize = tx.vsize() as u64;
-    let required = fee_for(MIN_RELAY_FEE_SAT_PER_KVB, vsize);
+    let required = fee_for(version.min_relay_fee_sat_per_kvb(), vsize);
     if !opts.bypass_limits && fee.to_sat() < required {
         return Err(TxReject::with_details(
             RejectKind::Policy,
@@ -174,10 +183,16 @@ pub fn check_mempool_accept(
     }
 
     if !conflicts.is_empty() {
-        check_replacement(mempool, tx, txid, &conflicts, &replaced, fee, vsize)?;
+        let proposed = Proposed {
+            tx,
+            txid,
+            fee,
+            vsize,
+        };
+        check_replacement(mempool, &proposed, &conflicts, &replaced, version)?;
     }
 
-    verify_scripts(tx, &spent)?;
+    verify_scripts(tx, &spent, version)?;
 
     let signals = tx.input.iter().any(|i| i.sequence.0 < SEQUENCE_FINAL - 1);
     // Parents' flags already include their own ancestors'.
@@ -202,15 +217,27 @@ fn fee_for(rate: u64, vsize: u64) -> u64 {
     }
 }
 
-fn check_replacement(
-    mempool: &Mempool,
-    tx: &Transaction,
+/// A replacement being checked.
+struct Proposed<'a> {
+    tx: &'a Transaction,
     txid: Txid,
-    conflicts: &BTreeSet<Txid>,
-    replaced: &BTreeSet<Txid>,
     fee: Amount,
     vsize: u64,
+}
+
+fn check_replacement(
+    mempool: &Mempool,
+    proposed: &Proposed<'_>,
+    conflicts: &BTreeSet<Txid>,
+    replaced: &BTreeSet<Txid>,
+    version: CoreVersion,
 ) -> Result<(), TxReject> {
+    let Proposed {
+        tx,
+        txid,
+        fee,
+        vsize,
+    } = *proposed;
     if replaced.len() > MAX_REPLACEMENT_CANDIDATES {
         return Err(TxReject::with_details(
             RejectKind::Policy,
@@ -238,21 +265,23 @@ fn check_replacement(
             ));
         }
     }
-    // Rule 6: a higher feerate than every direct conflict.
-    let new_rate = fee.to_sat() * 1000 / vsize;
-    for c in conflicts {
-        let e = mempool.get(c).expect("conflict is in mempool");
-        let old_rate = e.fee.to_sat() * 1000 / e.vsize;
-        if new_rate <= old_rate {
-            return Err(TxReject::with_details(
-                RejectKind::Policy,
-                "insufficient fee",
-                format!(
-                    "rejecting replacement {txid}; new feerate {} <= old feerate {}",
-                    format_feerate(new_rate),
-                    format_feerate(old_rate)
-                ),
-            ));
+    // Rule 6 (before Core 31): a higher feerate than every direct conflict.
+    if !version.cluster_mempool_rbf() {
+        let new_rate = fee.to_sat() * 1000 / vsize;
+        for c in conflicts {
+            let e = mempool.get(c).expect("conflict is in mempool");
+            let old_rate = e.fee.to_sat() * 1000 / e.vsize;
+            if new_rate <= old_rate {
+                return Err(TxReject::with_details(
+                    RejectKind::Policy,
+                    "insufficient fee",
+                    format!(
+                        "rejecting replacement {txid}; new feerate {} <= old feerate {}",
+                        format_feerate(new_rate),
+                        format_feerate(old_rate)
+                    ),
+                ));
+            }
         }
     }
     // Rules 3 and 4: pay for everything evicted, plus own bandwidth.
@@ -273,7 +302,7 @@ fn check_replacement(
         ));
     }
     let additional = fee.to_sat() - original;
-    let needed = fee_for(MIN_RELAY_FEE_SAT_PER_KVB, vsize);
+    let needed = fee_for(version.min_relay_fee_sat_per_kvb(), vsize);
     if additional < needed {
         return Err(TxReject::with_details(
             RejectKind::Policy,
@@ -284,6 +313,23 @@ fn check_replacement(
                 format_money(needed as i64)
             ),
         ));
+    }
+    // Core 31: the new feerate diagram must be better. With more fees than
+    // everything evicted (checked above) that fails only when the
+    // replacement's feerate is below a conflict's, compared exactly.
+    if version.cluster_mempool_rbf() {
+        for c in conflicts {
+            let e = mempool.get(c).expect("conflict is in mempool");
+            if u128::from(fee.to_sat()) * u128::from(e.vsize)
+                < u128::from(e.fee.to_sat()) * u128::from(vsize)
+            {
+                return Err(TxReject::with_details(
+                    RejectKind::Policy,
+                    "replacement-failed",
+                    "insufficient feerate: does not improve feerate diagram",
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -328,7 +374,7 @@ pub fn check_transaction(tx: &Transaction) -> Result<(), TxReject> {
 }
 
 /// `IsStandardTx`, for the rules wallets run into.
-fn check_standard(tx: &Transaction) -> Result<(), TxReject> {
+fn check_standard(tx: &Transaction, version: CoreVersion) -> Result<(), TxReject> {
     if !(1..=3).contains(&tx.version.0) {
         return Err(policy("version"));
     }
@@ -343,19 +389,36 @@ fn check_standard(tx: &Transaction) -> Result<(), TxReject> {
             return Err(policy("scriptsig-not-pushonly"));
         }
     }
-    let mut data_outputs = 0;
+    let relaxed = version.relaxed_op_return();
+    let (mut data_outputs, mut data_bytes) = (0, 0);
     for o in &tx.output {
         let t = script_type(&o.script_pubkey);
-        if t == "nonstandard" || (t == "nulldata" && o.script_pubkey.len() > MAX_OP_RETURN_SCRIPT) {
+        if t == "nonstandard"
+            || (!relaxed && t == "nulldata" && o.script_pubkey.len() > MAX_OP_RETURN_SCRIPT)
+        {
             return Err(policy("scriptpubkey"));
         }
         if t == "nulldata" {
             data_outputs += 1;
+            data_bytes += o.script_pubkey.len();
         } else if o.value < o.script_pubkey.minimal_non_dust() {
-            return Err(policy("dust"));
+            // Core 29+ explains: only a zero-fee (ephemeral dust) parent may have dust.
+            return Err(if version >= CoreVersion::V31 {
+                TxReject::with_details(
+                    RejectKind::Policy,
+                    "dust",
+                    "tx with dust output must be 0-fee",
+                )
+            } else {
+                policy("dust")
+            });
         }
     }
-    if data_outputs > 1 {
+    if relaxed {
+        if data_bytes > MAX_DATACARRIER_BYTES {
+            return Err(policy("datacarrier"));
+        }
+    } else if data_outputs > 1 {
         return Err(policy("multi-op-return"));
     }
     Ok(())
@@ -405,7 +468,11 @@ fn sequence_locks_ok(chain: &Chain, tx: &Transaction, spent: &[(TxOut, u32, bool
 /// Runs every input's script through libbitcoinconsensus with all the
 /// consensus flags Core's mempool treats as mandatory (P2SH, DERSIG, NULLDUMMY,
 /// CLTV, CSV, WITNESS, TAPROOT).
-pub fn verify_scripts(tx: &Transaction, spent: &[(TxOut, u32, bool)]) -> Result<(), TxReject> {
+pub fn verify_scripts(
+    tx: &Transaction,
+    spent: &[(TxOut, u32, bool)],
+    version: CoreVersion,
+) -> Result<(), TxReject> {
     let raw = serialize(tx);
     let scripts: Vec<Vec<u8>> = spent
         .iter()
@@ -430,11 +497,23 @@ pub fn verify_scripts(tx: &Transaction, spent: &[(TxOut, u32, bool)]) -> Result<
             bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
         );
         if res.is_err() {
-            return Err(TxReject::new(
+            let hint = script_error_hint(tx, idx, &out.script_pubkey);
+            if !version.names_failed_input() {
+                return Err(TxReject::new(
+                    RejectKind::Consensus,
+                    format!("mandatory-script-verify-flag-failed ({hint})"),
+                ));
+            }
+            let prev = tx.input[idx].previous_output;
+            return Err(TxReject::with_details(
                 RejectKind::Consensus,
+                format!("mempool-script-verify-flag-failed ({hint})"),
                 format!(
-                    "mandatory-script-verify-flag-failed ({})",
-                    script_error_hint(tx, idx, &out.script_pubkey)
+                    "input {idx} of {} (wtxid {}), spending {}:{}",
+                    tx.compute_txid(),
+                    tx.compute_wtxid(),
+                    prev.txid,
+                    prev.vout
                 ),
             ));
         }
@@ -453,7 +532,9 @@ fn script_error_hint(tx: &Transaction, idx: usize, spk: &bitcoin::Script) -> &'s
         if !input.script_sig.is_empty() {
             return "Witness requires empty scriptSig";
         }
-        if w.is_empty() {
+        // Core checks a P2WPKH witness for exactly two items, so an empty
+        // one is a mismatch there; P2WSH and taproot report it as empty.
+        if w.is_empty() && !spk.is_p2wpkh() {
             return "Witness program was passed an empty witness";
         }
     }

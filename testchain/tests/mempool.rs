@@ -1,5 +1,9 @@
 //! Mempool acceptance: a wallet transaction accepted and mined, every rejection
 //! with Bitcoin Core's code and message, and BIP125 replacement.
+//!
+//! Where Core releases answer differently, the in-process node is checked in
+//! both the Core 28 and the current-Core (v31) dialect; a real bitcoind
+//! (`BITCOIND_EXE`, a v31 build) is checked against the current shape.
 
 mod common;
 
@@ -11,11 +15,86 @@ use bitcoin::script::{Builder, PushBytesBuf};
 use bitcoin::secp256k1::{rand, Message, Secp256k1};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::{absolute, Address, Amount, Network, OutPoint, Sequence, TxOut, Txid, Witness};
+use cairn_testchain::dialect::{CoreVersion, Dialect};
+use cairn_testchain::harness::BITCOIND_EXE_ENV;
 use cairn_testchain::wallet::InternalWallet;
+use cairn_testchain::TestChain;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const COIN: u64 = 100_000_000;
+
+/// The releases whose answers a test checks: Core 28 and current Core
+/// in-process, only current Core against a real bitcoind.
+fn versions() -> Vec<CoreVersion> {
+    match std::env::var_os(BITCOIND_EXE_ENV) {
+        Some(exe) if !exe.is_empty() => vec![CoreVersion::V31],
+        _ => vec![CoreVersion::V28, CoreVersion::V31],
+    }
+}
+
+async fn start_as(v: CoreVersion) -> Result<TestChain> {
+    Ok(TestChain::start_with(Dialect::new(v)).await?)
+}
+
+/// `(reason, details)` of a failed input script: Core 28 says
+/// `mandatory-script-verify-flag-failed (…)`; Core 30+ says `mempool-…` and
+/// names the input.
+fn script_failure(
+    v: CoreVersion,
+    error: &str,
+    tx: &bitcoin::Transaction,
+) -> (String, Option<String>) {
+    if v >= CoreVersion::V31 {
+        let reason = format!("mempool-script-verify-flag-failed ({error})");
+        let p = tx.input[0].previous_output;
+        let details = format!(
+            "{reason}, input 0 of {} (wtxid {}), spending {}:{}",
+            tx.compute_txid(),
+            tx.compute_wtxid(),
+            p.txid,
+            p.vout
+        );
+        (reason, Some(details))
+    } else {
+        (
+            format!("mandatory-script-verify-flag-failed ({error})"),
+            None,
+        )
+    }
+}
+
+/// Checks a `sendrawtransaction` rejection and the matching
+/// `testmempoolaccept` answer (`reject-details` only from Core 29 on).
+async fn assert_rejected(
+    chain: &TestChain,
+    v: CoreVersion,
+    tx: &bitcoin::Transaction,
+    code: i32,
+    reason: &str,
+    message: &str,
+) -> Result<()> {
+    let t = chain
+        .rpc("testmempoolaccept", vec![json!([serialize_hex(tx)])])
+        .await?;
+    assert_eq!(t[0]["allowed"], json!(false), "{t}");
+    assert_eq!(t[0]["reject-reason"], json!(reason), "{t}");
+    let details = if v >= CoreVersion::V31 {
+        json!(message)
+    } else {
+        Value::Null
+    };
+    assert_eq!(
+        t[0].get("reject-details").cloned().unwrap_or(Value::Null),
+        details,
+        "{t}"
+    );
+    assert_eq!(
+        rpc_error(send(chain, tx).await)?,
+        (code, message.to_string())
+    );
+    Ok(())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_transaction_is_accepted_and_mined() -> Result<()> {
@@ -92,106 +171,229 @@ async fn wallet_transaction_is_accepted_and_mined() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_match_bitcoin_core() -> Result<()> {
+    for v in versions() {
+        rejections_on(v).await?;
+    }
+    Ok(())
+}
+
+async fn rejections_on(v: CoreVersion) -> Result<()> {
     timed(async {
-        let chain = start().await?;
+        let chain = start_as(v).await?;
         let wallet = InternalWallet::new();
         let coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
         let spk = wallet.script_pubkey();
-        let good = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)]);
+        let good = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 1_000)],
+        );
 
         // Missing input.
-        let ghost = Coin { outpoint: OutPoint::new(Txid::all_zeros(), 7), output: coin.output.clone() };
+        let ghost = Coin {
+            outpoint: OutPoint::new(Txid::all_zeros(), 7),
+            output: coin.output.clone(),
+        };
         let tx = spend(&wallet, &[ghost], vec![out(&spk, 10_000)]);
-        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-25, "bad-txns-inputs-missingorspent".into()));
-        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)])]).await?;
+        assert_eq!(
+            rpc_error(send(&chain, &tx).await)?,
+            (-25, "bad-txns-inputs-missingorspent".into())
+        );
+        let t = chain
+            .rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)])])
+            .await?;
         assert_eq!(t[0]["allowed"], json!(false));
         assert_eq!(t[0]["reject-reason"], json!("missing-inputs"));
+        // Not even current Core details missing inputs.
+        assert!(t[0].get("reject-details").is_none(), "{t}");
 
         // Bad signature: change an amount after signing.
         let mut bad = good.clone();
         bad.output[0].value = Amount::from_sat(COIN - 2_000);
-        assert_eq!(
-            rpc_error(send(&chain, &bad).await)?,
-            (-26, "mandatory-script-verify-flag-failed (Signature must be zero for failed CHECK(MULTI)SIG operation)".into())
+        let (reason, details) = script_failure(
+            v,
+            "Signature must be zero for failed CHECK(MULTI)SIG operation",
+            &bad,
         );
-        // No signature at all.
+        let message = details.unwrap_or_else(|| reason.clone());
+        assert_rejected(&chain, v, &bad, -26, &reason, &message).await?;
+        // No signature at all: P2WPKH wants exactly two witness items.
         let mut unsigned = good.clone();
         unsigned.input[0].witness = Witness::new();
-        assert_eq!(
-            rpc_error(send(&chain, &unsigned).await)?,
-            (-26, "mandatory-script-verify-flag-failed (Witness program was passed an empty witness)".into())
-        );
+        let (reason, details) = script_failure(v, "Witness program hash mismatch", &unsigned);
+        let message = details.unwrap_or_else(|| reason.clone());
+        assert_rejected(&chain, v, &unsigned, -26, &reason, &message).await?;
 
         // Outputs above inputs.
-        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN + 1_000_000)]);
-        assert_eq!(
-            rpc_error(send(&chain, &tx).await)?,
-            (-26, "bad-txns-in-belowout, value in (1.00) < value out (1.01)".into())
+        let tx = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN + 1_000_000)],
         );
+        assert_rejected(
+            &chain,
+            v,
+            &tx,
+            -26,
+            "bad-txns-in-belowout",
+            "bad-txns-in-belowout, value in (1.00) < value out (1.01)",
+        )
+        .await?;
 
         // Zero fee.
+        // Zero fee: 1 sat/vB before Core 30, 0.1 sat/vB since.
         let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN)]);
-        assert_eq!(
-            rpc_error(send(&chain, &tx).await)?,
-            (-26, format!("min relay fee not met, 0 < {}", tx.vsize()))
+        let min_fee = tx.vsize() as u64 * v.min_relay_fee_sat_per_kvb() / 1000;
+        assert_rejected(
+            &chain,
+            v,
+            &tx,
+            -26,
+            "min relay fee not met",
+            &format!("min relay fee not met, 0 < {min_fee}"),
+        )
+        .await?;
+
+        // Dust (Core 29+ explains that only a 0-fee transaction may have it).
+        let tx = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 10_000), out(&spk, 100)],
         );
+        let message = if v >= CoreVersion::V31 {
+            "dust, tx with dust output must be 0-fee"
+        } else {
+            "dust"
+        };
+        assert_rejected(&chain, v, &tx, -26, "dust", message).await?;
 
-        // Dust.
-        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 10_000), out(&spk, 100)]);
-        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "dust".into()));
-
-        // OP_RETURN: 80 bytes is standard, 81 is not, two are not.
+        // OP_RETURN: 80 bytes is standard; before Core 30, 81 is not, nor are two.
         let op_return = |n: usize| {
             let data = PushBytesBuf::try_from(vec![0xab; n]).unwrap();
-            let s = Builder::new().push_opcode(bitcoin::opcodes::all::OP_RETURN).push_slice(data).into_script();
-            TxOut { value: Amount::ZERO, script_pubkey: s }
+            let s = Builder::new()
+                .push_opcode(bitcoin::opcodes::all::OP_RETURN)
+                .push_slice(data)
+                .into_script();
+            TxOut {
+                value: Amount::ZERO,
+                script_pubkey: s,
+            }
         };
-        let ok = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 2_000), op_return(80)]);
-        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&ok)])]).await?;
+        let ok = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 2_000), op_return(80)],
+        );
+        let t = chain
+            .rpc("testmempoolaccept", vec![json!([serialize_hex(&ok)])])
+            .await?;
         assert_eq!(t[0]["allowed"], json!(true), "{t}");
-        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 2_000), op_return(81)]);
-        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "scriptpubkey".into()));
-        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 2_000), op_return(4), op_return(4)]);
-        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "multi-op-return".into()));
+        let big = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 2_000), op_return(81)],
+        );
+        let two = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 2_000), op_return(4), op_return(4)],
+        );
+        if v >= CoreVersion::V31 {
+            for tx in [&big, &two] {
+                let t = chain
+                    .rpc("testmempoolaccept", vec![json!([serialize_hex(tx)])])
+                    .await?;
+                assert_eq!(t[0]["allowed"], json!(true), "{t}");
+            }
+        } else {
+            assert_rejected(&chain, v, &big, -26, "scriptpubkey", "scriptpubkey").await?;
+            assert_rejected(&chain, v, &two, -26, "multi-op-return", "multi-op-return").await?;
+        }
 
         // Absolute locktime in the future.
         let tip = chain.tip().await?.height;
-        let tx = build(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)],
-            absolute::LockTime::from_height(tip + 2)?, Sequence::ENABLE_RBF_NO_LOCKTIME);
-        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "non-final".into()));
+        let tx = build(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 1_000)],
+            absolute::LockTime::from_height(tip + 2)?,
+            Sequence::ENABLE_RBF_NO_LOCKTIME,
+        );
+        assert_rejected(&chain, v, &tx, -26, "non-final", "non-final").await?;
         // Locktime equal to the next height is final.
-        let tx = build(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)],
-            absolute::LockTime::from_height(tip)?, Sequence::ENABLE_RBF_NO_LOCKTIME);
-        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)])]).await?;
+        let tx = build(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 1_000)],
+            absolute::LockTime::from_height(tip)?,
+            Sequence::ENABLE_RBF_NO_LOCKTIME,
+        );
+        let t = chain
+            .rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)])])
+            .await?;
         assert_eq!(t[0]["allowed"], json!(true), "{t}");
 
         // BIP68 relative locktime of 10 blocks on a 1-confirmation coin.
-        let tx = build(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 1_000)],
-            absolute::LockTime::ZERO, Sequence::from_height(10));
-        assert_eq!(rpc_error(send(&chain, &tx).await)?, (-26, "non-BIP68-final".into()));
+        let tx = build(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 1_000)],
+            absolute::LockTime::ZERO,
+            Sequence::from_height(10),
+        );
+        assert_rejected(&chain, v, &tx, -26, "non-BIP68-final", "non-BIP68-final").await?;
 
         // Absurd fee.
-        let tx = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN / 2)]);
+        let tx = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN / 2)],
+        );
         assert_eq!(
             rpc_error(send(&chain, &tx).await)?,
-            (-25, "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)".into())
+            (
+                -25,
+                "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)".into()
+            )
         );
         // ... which maxfeerate=0 allows (checked without sending).
-        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&tx)]), json!(0)]).await?;
+        let t = chain
+            .rpc(
+                "testmempoolaccept",
+                vec![json!([serialize_hex(&tx)]), json!(0)],
+            )
+            .await?;
         assert_eq!(t[0]["allowed"], json!(true), "{t}");
 
         // Undecodable.
         let (code, msg) = rpc_error(chain.rpc("sendrawtransaction", vec![json!("00zz")]).await)?;
-        assert_eq!((code, msg.as_str()), (-22, "TX decode failed. Make sure the tx has at least one input."));
+        assert_eq!(
+            (code, msg.as_str()),
+            (
+                -22,
+                "TX decode failed. Make sure the tx has at least one input."
+            )
+        );
 
         // Confirmed: re-sending says already in chain; spending the coin again says missing.
         send(&chain, &good).await?;
         mine(&chain, 1).await?;
         let (code, msg) = rpc_error(send(&chain, &good).await)?;
         assert_eq!(code, -27);
-        assert!(msg == "Transaction outputs already in utxo set" || msg == "Transaction already in block chain", "{msg}");
-        let again = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 5_000)]);
-        assert_eq!(rpc_error(send(&chain, &again).await)?, (-25, "bad-txns-inputs-missingorspent".into()));
+        assert!(
+            msg == "Transaction outputs already in utxo set"
+                || msg == "Transaction already in block chain",
+            "{msg}"
+        );
+        let again = spend(
+            &wallet,
+            std::slice::from_ref(&coin),
+            vec![out(&spk, COIN - 5_000)],
+        );
+        assert_eq!(
+            rpc_error(send(&chain, &again).await)?,
+            (-25, "bad-txns-inputs-missingorspent".into())
+        );
         chain.stop().await?;
         Ok(())
     })
@@ -200,8 +402,15 @@ async fn rejections_match_bitcoin_core() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taproot_key_spend_is_verified() -> Result<()> {
+    for v in versions() {
+        taproot_key_spend_on(v).await?;
+    }
+    Ok(())
+}
+
+async fn taproot_key_spend_on(v: CoreVersion) -> Result<()> {
     timed(async {
-        let chain = start().await?;
+        let chain = start_as(v).await?;
         let secp = Secp256k1::new();
         let keypair = Keypair::new(&secp, &mut rand::thread_rng());
         let (xonly, _) = keypair.x_only_public_key();
@@ -237,13 +446,9 @@ async fn taproot_key_spend_is_verified() -> Result<()> {
         wrong.input[0]
             .witness
             .push(secp.sign_schnorr_no_aux_rand(&msg, &keypair).as_ref());
-        assert_eq!(
-            rpc_error(send(&chain, &wrong).await)?,
-            (
-                -26,
-                "mandatory-script-verify-flag-failed (Invalid Schnorr signature)".into()
-            )
-        );
+        let (reason, details) = script_failure(v, "Invalid Schnorr signature", &wrong);
+        let message = details.unwrap_or_else(|| reason.clone());
+        assert_rejected(&chain, v, &wrong, -26, &reason, &message).await?;
         let mut right = unsigned.clone();
         right.input[0].witness.push(
             secp.sign_schnorr_no_aux_rand(&msg, &tweaked.to_keypair())
@@ -259,20 +464,35 @@ async fn taproot_key_spend_is_verified() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacement_needs_higher_fee_and_feerate() -> Result<()> {
+    for v in versions() {
+        replacement_on(v).await?;
+    }
+    Ok(())
+}
+
+async fn replacement_on(v: CoreVersion) -> Result<()> {
     timed(async {
-        let chain = start().await?;
+        let chain = start_as(v).await?;
         let wallet = InternalWallet::new();
         let coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
         let spk = wallet.script_pubkey();
         let a = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 10_000)]);
         let a_id = send(&chain, &a).await?;
 
+        // Less fee and feerate: Core 28 checks the feerate first, the
+        // cluster mempool (Core 31) the absolute fee.
         let b = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 5_000)]);
-        let (code, msg) = rpc_error(send(&chain, &b).await)?;
-        assert_eq!(code, -26);
-        assert!(msg.starts_with(&format!("insufficient fee, rejecting replacement {}; new feerate", b.compute_txid())), "{msg}");
-        let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&b)])]).await?;
-        assert_eq!(t[0]["reject-reason"], json!("insufficient fee"));
+        let b_id = b.compute_txid();
+        if v >= CoreVersion::V31 {
+            let message = format!("insufficient fee, rejecting replacement {b_id}, less fees than conflicting txs; 0.00005 < 0.0001");
+            assert_rejected(&chain, v, &b, -26, "insufficient fee", &message).await?;
+        } else {
+            let (code, msg) = rpc_error(send(&chain, &b).await)?;
+            assert_eq!(code, -26);
+            assert!(msg.starts_with(&format!("insufficient fee, rejecting replacement {b_id}; new feerate")), "{msg}");
+            let t = chain.rpc("testmempoolaccept", vec![json!([serialize_hex(&b)])]).await?;
+            assert_eq!(t[0]["reject-reason"], json!("insufficient fee"));
+        }
 
         let c = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 20_000)]);
         let c_id = send(&chain, &c).await?;
@@ -282,9 +502,27 @@ async fn replacement_needs_higher_fee_and_feerate() -> Result<()> {
 
         // One more satoshi beats the feerate but does not pay for relay (rule 4).
         let d = spend(&wallet, std::slice::from_ref(&coin), vec![out(&spk, COIN - 20_001)]);
-        let (code, msg) = rpc_error(send(&chain, &d).await)?;
-        assert_eq!(code, -26);
-        assert!(msg.starts_with(&format!("insufficient fee, rejecting replacement {}, not enough additional fees to relay; 0.00000001 <", d.compute_txid())), "{msg}");
+        let relay = d.vsize() as u64 * v.min_relay_fee_sat_per_kvb() / 1000;
+        let message = format!(
+            "insufficient fee, rejecting replacement {}, not enough additional fees to relay; 0.00000001 < {}",
+            d.compute_txid(),
+            cairn_testchain::format::format_money(relay as i64)
+        );
+        assert_rejected(&chain, v, &d, -26, "insufficient fee", &message).await?;
+
+        // More fee but a lower feerate (ten more outputs): Core 28's feerate
+        // rule, Core 31's feerate diagram.
+        let mut outs = vec![out(&spk, COIN - 20_100 - 10_000)];
+        outs.extend((0..10).map(|_| out(&spk, 1_000)));
+        let e = spend(&wallet, std::slice::from_ref(&coin), outs);
+        if v >= CoreVersion::V31 {
+            let message = "replacement-failed, insufficient feerate: does not improve feerate diagram";
+            assert_rejected(&chain, v, &e, -26, "replacement-failed", message).await?;
+        } else {
+            let (code, msg) = rpc_error(send(&chain, &e).await)?;
+            assert_eq!(code, -26);
+            assert!(msg.starts_with(&format!("insufficient fee, rejecting replacement {}; new feerate", e.compute_txid())), "{msg}");
+        }
 
         mine(&chain, 1).await?;
         assert_eq!(raw_tx_verbose(&chain, &c_id).await?["confirmations"], json!(1));

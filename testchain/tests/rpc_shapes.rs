@@ -9,7 +9,7 @@ use bdk_bitcoind_rpc::bitcoincore_rpc::{Auth, Client, RpcApi};
 use bitcoin::consensus::encode::serialize_hex;
 use bitcoin::{Amount, OutPoint, Txid};
 use cairn_testchain::wallet::InternalWallet;
-use cairn_testchain::{Dialect, TestChain};
+use cairn_testchain::{CoreVersion, Dialect, TestChain};
 use common::*;
 use serde_json::{json, Value};
 
@@ -123,8 +123,10 @@ struct Setup {
     child_hex: String,
 }
 
+/// The fixtures follow Core 28, so the in-process node answers as 28 here
+/// (its default is current Core).
 async fn setup() -> Result<Setup> {
-    setup_on(start().await?).await
+    setup_on(TestChain::start_with(Dialect::new(CoreVersion::V28)).await?).await
 }
 
 async fn setup_on(chain: TestChain) -> Result<Setup> {
