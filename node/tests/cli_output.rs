@@ -109,7 +109,10 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn assert_no_ansi(what: &str, s: &str) {
-    assert!(!s.contains("\x1b["), "{what} holds ANSI escape codes: {s:?}");
+    assert!(
+        !s.contains("\x1b["),
+        "{what} holds ANSI escape codes: {s:?}"
+    );
 }
 
 #[test]
