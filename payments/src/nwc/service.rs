@@ -38,6 +38,9 @@ use crate::lightning::{InvoiceDescription, DEFAULT_INVOICE_EXPIRY_SECS, DEFAULT_
 use crate::relay_link::{RelayLink, RelayLinkError};
 use crate::wallet_backend::{BackendError, WalletBackend, WalletTx};
 
+/// How often [`NwcService::start`] signs a later info event when the relay
+/// already holds one as new as the last it signed (a restart within a second).
+const INFO_EVENT_TRIES: u32 = 3;
 /// File of the wallet-service secret key (hex), in the data directory.
 pub const SERVICE_KEY_FILE_NAME: &str = "nwc_service.key";
 /// File of the NWC database, in the data directory.
@@ -253,7 +256,22 @@ impl<B: WalletBackend> NwcService<B> {
             .kind(Kind::WalletConnectRequest)
             .pubkey(inner.keys.public_key());
         let mut requests = inner.relay.subscribe(filter).await?;
-        inner.relay.publish(self.info_event()?).await?;
+        // The info event is replaceable and a tie on `created_at` keeps the
+        // stored one: a restart within the second of the last run's info
+        // event is refused as a duplicate. `info_event` signs each new one a
+        // second later than the one before, so a few tries get past it.
+        let mut tries = 0;
+        loop {
+            match inner.relay.publish(self.info_event()?).await {
+                Ok(()) => break,
+                Err(RelayLinkError::Refused(reason))
+                    if reason.starts_with("duplicate:") && tries < INFO_EVENT_TRIES =>
+                {
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         inner.started.store(true, Ordering::SeqCst);
         let me = Arc::clone(inner);
         let task = tokio::spawn(async move {
