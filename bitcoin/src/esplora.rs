@@ -69,7 +69,20 @@ pub fn error(e: &esplora_client::Error) -> ChainError {
         esplora_client::Error::HttpResponse { status, message } => {
             ChainError::Other(format!("Esplora answered {status}: {message}"))
         }
-        esplora_client::Error::Reqwest(e) => ChainError::Unreachable(e.to_string()),
+        // reqwest's own text quotes the URL, which may hold credentials.
+        esplora_client::Error::Reqwest(e) => {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            ChainError::Unreachable(match std::error::Error::source(e) {
+                Some(cause) => format!("{what}: {cause}"),
+                None => what.to_owned(),
+            })
+        }
         other => ChainError::Other(format!("Esplora: {other}")),
     }
 }

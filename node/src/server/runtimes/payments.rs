@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bitcoin::{FeeRate, Network};
+use cairn_bitcoin::esplora::Esplora;
 use cairn_bitcoin::{ChainError, ChainSource, RpcClient, RpcConfig, Seed};
 use cairn_payments::lightning::LightningNode;
 use cairn_payments::nwc::{service_keys, NwcService, NwcServiceConfig};
@@ -239,26 +240,16 @@ async fn check_chain_source(settings: &Settings) -> anyhow::Result<()> {
 
 /// `GET /blocks/tip/height` must answer a number.
 async fn check_esplora(base: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(CHAIN_CHECK_TIMEOUT)
-        .build()
-        .context("cannot build the HTTP client")?;
     let shown = redact_url(base);
-    let url = format!("{}/blocks/tip/height", base.trim_end_matches('/'));
-    let resp =
-        http.get(&url).send().await.map_err(|e| {
-            anyhow::anyhow!("Esplora at {shown} is unreachable: {}", e.without_url())
-        })?;
-    let status = resp.status();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| anyhow::anyhow!("Esplora at {shown}: {}", e.without_url()))?;
-    anyhow::ensure!(
-        status.is_success() && body.trim().parse::<u32>().is_ok(),
-        "Esplora at {shown} answered {status} to /blocks/tip/height"
-    );
-    Ok(())
+    let esplora = Esplora::new(base).map_err(|e| anyhow::anyhow!("Esplora at {shown}: {e}"))?;
+    match tokio::time::timeout(CHAIN_CHECK_TIMEOUT, esplora.tip_height()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(ChainError::Unreachable(e))) => {
+            anyhow::bail!("Esplora at {shown} is unreachable: {e}")
+        }
+        Ok(Err(e)) => anyhow::bail!("Esplora at {shown} answered {e} to /blocks/tip/height"),
+        Err(_) => anyhow::bail!("Esplora at {shown} is unreachable: timed out"),
+    }
 }
 
 async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
