@@ -21,7 +21,12 @@ use nostr::{
     Event, EventBuilder, EventId, Keys, Kind, PublicKey, Tag, TagKind, SECP256K1,
 };
 
-use crate::{hash::Tag as HashTag, kinds, Hash};
+use crate::{
+    hash::Tag as HashTag,
+    kinds,
+    nip01::{check_event, EventCheckError},
+    Hash,
+};
 
 /// Default recovery delay: about one day of blocks.
 pub const DEFAULT_RECOVERY_DELAY_BLOCKS: u32 = 144;
@@ -96,9 +101,10 @@ impl FromStr for OpKind {
 /// Why an event is not a well-formed binding operation or attestation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
-    /// The event's id or signature is wrong.
-    #[error("event id or signature is invalid")]
-    InvalidSignature,
+    /// The event's id or signature is wrong, or it breaks a NIP-01 rule Cairn
+    /// applies to protocol events (control characters, empty tags, `created_at`).
+    #[error("event: {0}")]
+    Event(#[from] EventCheckError),
     /// The event has another kind.
     #[error("wrong event kind {0}")]
     WrongKind(u16),
@@ -130,6 +136,12 @@ pub enum BindingError {
     /// A rotation to the key that already signs it.
     #[error("rotation to the same key")]
     SameKey,
+    /// An attestation carries a tag the protocol does not define for it.
+    #[error("attestation carries the unknown tag `{0}`")]
+    ExtraAttestationTag(String),
+    /// An attestation has non-empty content.
+    #[error("attestation content must be empty")]
+    AttestationContent,
     /// An attestation does not describe this operation.
     #[error("attestation does not match the operation: {0}")]
     AttestationMismatch(&'static str),
@@ -172,7 +184,7 @@ pub fn normalize_handle(input: &str) -> Result<String, BindingError> {
 }
 
 /// Parses a canonical decimal `u64`: digits only, no sign, no leading zeros.
-fn parse_decimal(tag: &'static str, s: &str) -> Result<u64, BindingError> {
+pub(crate) fn parse_decimal(tag: &'static str, s: &str) -> Result<u64, BindingError> {
     let canonical =
         !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     if !canonical {
@@ -296,9 +308,17 @@ fn parse_i_tag(t: &[String]) -> Result<XIdentity, BindingError> {
             reason: "platform must be twitter",
         })?;
     validate_handle(handle)?;
+    let post_id = parse_decimal("i", &t[2])?;
+    if post_id == 0 {
+        // X post ids are non-zero snowflakes; 0 is what a default value looks like.
+        return Err(BindingError::InvalidTag {
+            tag: "i",
+            reason: "post id must be non-zero",
+        });
+    }
     Ok(XIdentity {
         handle: handle.to_owned(),
-        post_id: parse_decimal("i", &t[2])?,
+        post_id,
     })
 }
 
@@ -331,7 +351,7 @@ impl BindingOp {
         if event.kind != Kind::Custom(kinds::BINDING) {
             return Err(BindingError::WrongKind(event.kind.as_u16()));
         }
-        event.verify().map_err(|_| BindingError::InvalidSignature)?;
+        check_event(event)?;
         let tags = protocol_tags(event, &PROTOCOL_TAGS)?;
 
         let op: OpKind = tag_value(&tags, "op")?
@@ -359,6 +379,14 @@ impl BindingOp {
             return Err(BindingError::InvalidTag {
                 tag: "prev",
                 reason: "must be empty exactly when seq is 0",
+            });
+        }
+        if seq == 0 && op != OpKind::Bind {
+            // Only a `bind` can start a chain, so every other operation has a
+            // 32-byte `prev` (a rotation message never sees an empty one).
+            return Err(BindingError::InvalidTag {
+                tag: "seq",
+                reason: "only a bind can have seq 0",
             });
         }
 
@@ -396,12 +424,14 @@ impl BindingOp {
                 }
                 let sig_hex = tag_value(&tags, "new_key_sig")?.expect("required above");
                 let mut sig_bytes = [0u8; 64];
-                hex::decode_to_slice(sig_hex, &mut sig_bytes).map_err(|_| {
-                    BindingError::InvalidTag {
-                        tag: "new_key_sig",
-                        reason: "expected 128 hex characters",
-                    }
-                })?;
+                let bad_sig = BindingError::InvalidTag {
+                    tag: "new_key_sig",
+                    reason: "expected 128 lowercase hex characters",
+                };
+                if sig_hex.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(bad_sig);
+                }
+                hex::decode_to_slice(sig_hex, &mut sig_bytes).map_err(|_| bad_sig)?;
                 let sig = Signature::from_slice(&sig_bytes)
                     .map_err(|_| BindingError::BadNewKeySignature)?;
                 let xonly = new_key.xonly().map_err(|_| BindingError::InvalidTag {
@@ -588,7 +618,10 @@ impl WitnessAttestation {
         if event.kind != Kind::Custom(kinds::WITNESS_ATTESTATION) {
             return Err(BindingError::WrongKind(event.kind.as_u16()));
         }
-        event.verify().map_err(|_| BindingError::InvalidSignature)?;
+        check_event(event)?;
+        if !event.content.is_empty() {
+            return Err(BindingError::AttestationContent);
+        }
         let names = [
             "i",
             "x_uid",
@@ -598,6 +631,15 @@ impl WitnessAttestation {
             "posted_at",
             "fetched_at",
         ];
+        if let Some(extra) = event
+            .tags
+            .iter()
+            .filter_map(|t| t.as_slice().first())
+            .find(|n| !names.contains(&n.as_str()))
+        {
+            // The witness writes exactly these tags; anything else is not an attestation of this version.
+            return Err(BindingError::ExtraAttestationTag(extra.clone()));
+        }
         let tags = protocol_tags(event, &names)?;
         let req = |n: &'static str| -> Result<&str, BindingError> {
             tag_value(&tags, n)?.ok_or(BindingError::MissingTag(n))
@@ -605,8 +647,15 @@ impl WitnessAttestation {
         let id = parse_i_tag(tags.get("i").ok_or(BindingError::MissingTag("i"))?)?;
         let challenge = req("challenge")?;
         validate_challenge(challenge)?;
+        let x_uid = parse_decimal("x_uid", req("x_uid")?)?;
+        if x_uid == 0 {
+            return Err(BindingError::InvalidTag {
+                tag: "x_uid",
+                reason: "zero is not an X user id",
+            });
+        }
         let attestation = Self {
-            x_uid: parse_decimal("x_uid", req("x_uid")?)?,
+            x_uid,
             handle: id.handle,
             post_id: id.post_id,
             subject: {

@@ -9,9 +9,7 @@
 //! by header hash is known at close time and can never go stale.
 
 use bitcoin::{
-    opcodes::all::OP_RETURN,
-    script::{Instruction, PushBytesBuf},
-    Script, ScriptBuf, Transaction, Txid,
+    opcodes::all::OP_RETURN, script::PushBytesBuf, Script, ScriptBuf, Transaction, Txid,
 };
 use nostr::{Event, EventBuilder, Kind, Tag, TagKind};
 
@@ -59,6 +57,10 @@ pub enum EpochError {
     /// The script is not `OP_RETURN <one push>`.
     #[error("not an OP_RETURN script with a single push")]
     NotOpReturn,
+    /// A Cairn output that is not the canonical 40-byte script (another push
+    /// opcode, trailing data, a payload of the wrong length).
+    #[error("Cairn output is not the canonical OP_RETURN script")]
+    NonCanonicalAnchorScript,
     /// The transaction has no Cairn anchor output.
     #[error("transaction has no Cairn anchor output")]
     NoAnchorOutput,
@@ -240,39 +242,77 @@ pub fn parse_op_return_payload(payload: &[u8]) -> Result<Hash, EpochError> {
         .map_err(|_| EpochError::NotAnchorPayload)
 }
 
-/// Extracts the header hash from an anchor output script (`OP_RETURN <payload>`).
-pub fn parse_anchor_script(script: &Script) -> Result<Hash, EpochError> {
-    let mut ins = script.instructions();
-    match ins.next() {
-        Some(Ok(Instruction::Op(op))) if op == OP_RETURN => {}
-        _ => return Err(EpochError::NotOpReturn),
+/// The data of the first push after a leading `OP_RETURN`, if the script
+/// starts that way and the push is complete. Any push opcode counts (a direct
+/// push `0x01..=0x4b`, `OP_PUSHDATA1/2/4`), so a differently encoded Cairn
+/// payload is still recognised as one, and then refused as non-canonical.
+fn first_push_after_op_return(script: &[u8]) -> Option<&[u8]> {
+    let (&op_return, rest) = script.split_first()?;
+    if op_return != OP_RETURN.to_u8() {
+        return None;
     }
-    let data = match ins.next() {
-        Some(Ok(Instruction::PushBytes(p))) => p.as_bytes(),
-        _ => return Err(EpochError::NotOpReturn),
+    let (&opcode, rest) = rest.split_first()?;
+    let (len, rest) = match opcode {
+        0x01..=0x4b => (usize::from(opcode), rest),
+        0x4c => (usize::from(*rest.first()?), &rest[1..]),
+        0x4d => (
+            usize::from(u16::from_le_bytes(rest.get(..2)?.try_into().ok()?)),
+            &rest[2..],
+        ),
+        0x4e => (
+            usize::try_from(u32::from_le_bytes(rest.get(..4)?.try_into().ok()?)).ok()?,
+            &rest[4..],
+        ),
+        _ => return None,
     };
-    if ins.next().is_some() {
+    rest.get(..len)
+}
+
+/// Whether `script` is a **Cairn output** (§9.2): `OP_RETURN` followed by a
+/// push whose data starts with [`MAGIC`], whatever else it holds. Every Cairn
+/// output counts towards "exactly one"; only the canonical one is valid.
+pub fn is_cairn_output(script: &Script) -> bool {
+    first_push_after_op_return(script.as_bytes()).is_some_and(|d| d.starts_with(MAGIC))
+}
+
+/// Extracts the header hash from an anchor output script. Only the canonical
+/// 40-byte script `0x6a 0x26 "CAIRN" 0x01 <header hash>` is accepted.
+pub fn parse_anchor_script(script: &Script) -> Result<Hash, EpochError> {
+    let bytes = script.as_bytes();
+    let Some(data) = first_push_after_op_return(bytes) else {
         return Err(EpochError::NotOpReturn);
+    };
+    if !data.starts_with(MAGIC) {
+        return Err(EpochError::NotAnchorPayload);
+    }
+    // Version first, so an unknown version is reported as such.
+    if let Some(&v) = data.get(MAGIC.len()) {
+        if v != PAYLOAD_VERSION {
+            return Err(EpochError::UnsupportedPayloadVersion(v));
+        }
+    }
+    if bytes.len() != 2 + PAYLOAD_LEN || bytes[1] as usize != PAYLOAD_LEN {
+        return Err(EpochError::NonCanonicalAnchorScript);
     }
     parse_op_return_payload(data)
 }
 
 /// Finds the single Cairn anchor output of `tx`: its index and the header hash.
+/// Outputs that are not Cairn outputs ([`is_cairn_output`]) are ignored; two
+/// Cairn outputs, or one that is not canonical, make `tx` invalid as an anchor.
 pub fn find_anchor(tx: &Transaction) -> Result<(usize, Hash), EpochError> {
-    let mut found = None;
-    for (i, out) in tx.output.iter().enumerate() {
-        if !out.script_pubkey.is_op_return() {
-            continue;
-        }
-        match parse_anchor_script(&out.script_pubkey) {
-            Ok(h) if found.is_none() => found = Some((i, h)),
-            Ok(_) => return Err(EpochError::MultipleAnchorOutputs),
-            // Other OP_RETURN outputs (not ours) are allowed and ignored.
-            Err(EpochError::NotAnchorPayload | EpochError::NotOpReturn) => {}
-            Err(e) => return Err(e),
-        }
+    let mut cairn = tx
+        .output
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| is_cairn_output(&o.script_pubkey));
+    let Some((i, out)) = cairn.next() else {
+        return Err(EpochError::NoAnchorOutput);
+    };
+    if cairn.next().is_some() {
+        return Err(EpochError::MultipleAnchorOutputs);
     }
-    found.ok_or(EpochError::NoAnchorOutput)
+    Ok((i, parse_anchor_script(&out.script_pubkey)?))
 }
 
 #[cfg(test)]
@@ -394,6 +434,53 @@ mod tests {
             find_anchor(&tx_with(vec![h.anchor_script(), h.anchor_script()])),
             Err(EpochError::MultipleAnchorOutputs)
         );
+    }
+
+    /// Every OP_RETURN whose first push starts with `CAIRN` is a Cairn output:
+    /// odd encodings next to a valid one make the transaction ambiguous, and on
+    /// their own they are refused rather than ignored (the old code ignored the
+    /// PUSHDATA1 and trailing-push forms and accepted the transaction).
+    #[test]
+    fn every_cairn_shaped_output_counts() {
+        let h = header();
+        let payload = h.op_return_payload();
+        let raw = |bytes: Vec<u8>| ScriptBuf::from_bytes(bytes);
+        let pushdata1 = raw([&[0x6a, 0x4c, 38][..], &payload].concat());
+        let trailing = raw([&[0x6a, 38][..], &payload, &[0x01, 0x00]].concat());
+        let mut v2 = payload;
+        v2[5] = 2;
+        let version2 = raw([&[0x6a, 38][..], &v2].concat());
+        let short = raw([&[0x6a, 5][..], b"CAIRN"].concat());
+        for odd in [&pushdata1, &trailing, &version2, &short] {
+            assert!(is_cairn_output(odd));
+            assert_eq!(
+                find_anchor(&tx_with(vec![h.anchor_script(), odd.clone()])),
+                Err(EpochError::MultipleAnchorOutputs)
+            );
+            assert!(find_anchor(&tx_with(vec![odd.clone()])).is_err());
+        }
+        assert_eq!(
+            find_anchor(&tx_with(vec![pushdata1])),
+            Err(EpochError::NonCanonicalAnchorScript)
+        );
+        assert_eq!(
+            find_anchor(&tx_with(vec![version2])),
+            Err(EpochError::UnsupportedPayloadVersion(2))
+        );
+        // Not Cairn outputs: another magic, a truncated push, no push at all.
+        let truncated = raw([&[0x6a, 0x4c, 80][..], &payload].concat());
+        for other in [
+            raw([&[0x6a, 5][..], b"CAIRX"].concat()),
+            truncated,
+            raw(vec![0x6a]),
+            raw([&[0x51, 38][..], &payload].concat()),
+        ] {
+            assert!(!is_cairn_output(&other));
+            assert_eq!(
+                find_anchor(&tx_with(vec![other, h.anchor_script()])),
+                Ok((1, h.hash()))
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`epoch`]: epoch headers and the OP_RETURN payload that anchors them on Bitcoin;
 //! - [`bundle`]: proof and absence bundles and their offline verification against
 //!   Bitcoin headers (a headers file, or the verifier's own node over RPC);
-//! - [`hash`] and [`kinds`]: the tagged hashes and the Nostr kinds the others share.
+//! - [`hash`], [`kinds`] and [`nip01`]: the tagged hashes, the Nostr kinds and the
+//!   exact NIP-01 event id the others share.
 //!
 //! # Dependency rule
 //!
@@ -33,6 +34,7 @@ pub mod epoch;
 pub mod hash;
 pub mod kinds;
 pub mod log;
+pub mod nip01;
 pub mod state;
 
 pub use hash::Hash;

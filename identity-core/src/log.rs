@@ -492,6 +492,9 @@ pub(crate) mod hex_hashes {
             .iter()
             .map(|s| {
                 let mut h = [0u8; 32];
+                if s.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(D::Error::custom("hash hex must be lowercase"));
+                }
                 hex::decode_to_slice(s, &mut h).map_err(D::Error::custom)?;
                 Ok(h)
             })

@@ -1,6 +1,7 @@
 //! Binding operations: parsing rules, the registry state machine and witness attestations.
 
 use cairn_identity_core::{
+    nip01::EventCheckError,
     binding::{
         proof_post_op, revoke_op, rotate_op, veto_op, BindingError, BindingOp, IdentityStatus,
         OpContext, OpKind, Registry, RegistryConfig, RegistryError, Status, WitnessAttestation,
@@ -390,7 +391,7 @@ fn malformed_events_are_rejected() {
     tampered.content = "changed".into();
     assert_eq!(
         BindingOp::from_event(&tampered),
-        Err(BindingError::InvalidSignature)
+        Err(BindingError::Event(EventCheckError::Id))
     );
 }
 
@@ -461,7 +462,7 @@ fn attestation_round_trip_and_matching() {
     tampered.created_at = nostr::Timestamp::from(1);
     assert_eq!(
         WitnessAttestation::from_event(&tampered),
-        Err(BindingError::InvalidSignature)
+        Err(BindingError::Event(EventCheckError::Id))
     );
 
     let op = bind(&alice, UID, "alice", CHALLENGE);

@@ -136,13 +136,11 @@ impl<'de> Deserialize<'de> for AbsenceBundle {
             merkle_block: j.merkle_block,
         }
         .decode()?;
-        let state_proof = hex::decode(&j.state_proof)
-            .map_err(|e| D::Error::custom(format!("state_proof: {e}")))?;
+        let state_proof = super::json::lower_hex::<D::Error>("state_proof", &j.state_proof)?;
         Ok(Self {
-            x_uid: j
-                .x_uid
-                .parse()
-                .map_err(|_| D::Error::custom("x_uid: not a decimal u64"))?,
+            // Canonical decimal, as in tags (§2): "+5" and "05" are not 5.
+            x_uid: crate::binding::parse_decimal("x_uid", &j.x_uid)
+                .map_err(|e| D::Error::custom(e.to_string()))?,
             state_proof: StateProof::from_bytes(&state_proof)
                 .map_err(|e| D::Error::custom(format!("state_proof: {e}")))?,
             epoch_header,

@@ -9,9 +9,10 @@
 use std::{collections::HashMap, path::Path};
 
 use bitcoin::{
-    block::Header, consensus::encode::deserialize, constants::genesis_block, hashes::Hash as _,
-    params::Params, pow::Target, BlockHash, Network,
+    block::Header, consensus::encode::deserialize, hashes::Hash as _, BlockHash, Network,
 };
+
+use super::pow::{decode_compact, hash_as_number, permitted_transition, NetworkRules};
 
 /// A failure of a chain view's backend (I/O, RPC).
 #[derive(Debug, thiserror::Error)]
@@ -102,44 +103,35 @@ pub struct HeaderChain {
     index: HashMap<BlockHash, u32>,
 }
 
-/// Checks that `header`'s `bits` are allowed and that its hash meets them.
-/// `prev` is the previous header with its height, when known.
+/// Checks that `header`'s `bits` are allowed and that its hash meets them
+/// (§11.6): Core's compact decoding, the network's limit, the retarget rule
+/// against `prev` (the previous header, when known), then the hash.
 pub(crate) fn check_header_work(
-    params: &Params,
+    rules: &NetworkRules,
     header: &Header,
     height: u32,
     prev: Option<&Header>,
 ) -> Result<(), HeaderChainError> {
-    let target = header.target();
-    if target > params.max_attainable_target || target == Target::ZERO {
+    let bits = header.bits.to_consensus();
+    let target = decode_compact(bits).ok_or(HeaderChainError::Difficulty(height))?;
+    if target > rules.pow_limit {
         return Err(HeaderChainError::Difficulty(height));
     }
     if let Some(prev) = prev {
-        let boundary = u64::from(height) % params.difficulty_adjustment_interval() == 0;
-        if params.no_pow_retargeting || (!params.allow_min_difficulty_blocks && !boundary) {
-            // Regtest never retargets; mainnet only every 2016 blocks.
-            if header.bits != prev.bits {
-                return Err(HeaderChainError::Difficulty(height));
-            }
-        } else if !params.allow_min_difficulty_blocks {
-            // A retarget moves the target by at most a factor of four either way.
-            let p = prev.target();
-            if target > p.max_transition_threshold(params) || target < p.min_transition_threshold()
-            {
-                return Err(HeaderChainError::Difficulty(height));
-            }
+        if !permitted_transition(rules, height, prev.bits.to_consensus(), bits) {
+            return Err(HeaderChainError::Difficulty(height));
         }
     }
-    header
-        .validate_pow(target)
-        .map_err(|_| HeaderChainError::ProofOfWork(height))?;
+    if hash_as_number(&header.block_hash()) > target {
+        return Err(HeaderChainError::ProofOfWork(height));
+    }
     Ok(())
 }
 
 impl HeaderChain {
     /// A chain starting at `network`'s genesis block; `headers[0]` must be the genesis header.
     pub fn from_genesis(network: Network, headers: Vec<Header>) -> Result<Self, HeaderChainError> {
-        let genesis = genesis_block(Params::new(network)).block_hash();
+        let genesis = NetworkRules::for_network(network).genesis;
         Self::build(
             network,
             Checkpoint {
@@ -203,7 +195,7 @@ impl HeaderChain {
         start: Checkpoint,
         headers: Vec<Header>,
     ) -> Result<Self, HeaderChainError> {
-        let params = Params::new(network);
+        let rules = NetworkRules::for_network(network);
         let first = headers.first().ok_or(HeaderChainError::Length(0))?;
         if first.block_hash() != start.hash {
             return Err(HeaderChainError::WrongStart {
@@ -224,7 +216,7 @@ impl HeaderChain {
                 return Err(HeaderChainError::Linkage(height));
             }
             // The first header is trusted by hash; its predecessor's bits are unknown.
-            check_header_work(&params, h, height, prev)?;
+            check_header_work(&rules, h, height, prev)?;
             prev_hash = h.block_hash();
             index.insert(prev_hash, height);
         }

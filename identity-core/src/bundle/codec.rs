@@ -8,7 +8,7 @@ use bitcoin::{
     consensus::{deserialize, serialize},
     MerkleBlock, Transaction,
 };
-use nostr::{secp256k1::schnorr::Signature, Event, EventId, Kind, PublicKey, Tag, Timestamp};
+use nostr::{secp256k1::schnorr::Signature, Event, Kind, PublicKey, Tag, Timestamp};
 
 use super::{LogPath, ProofBundle};
 use crate::{
@@ -193,7 +193,13 @@ impl<'a> Reader<'a> {
         let content = self.string(len, field)?;
         let tags = nostr::Tags::from_list(tags);
         // The id is a hash of the other fields, so the encoding leaves it out.
-        let id = EventId::new(&pubkey, &created_at, &kind, &tags, &content);
+        let id = crate::nip01::event_id(
+            &pubkey,
+            created_at.as_secs(),
+            kind.as_u16(),
+            &tags,
+            &content,
+        );
         Ok(Event::new(id, pubkey, created_at, kind, tags, content, sig))
     }
 

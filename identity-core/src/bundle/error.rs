@@ -91,6 +91,18 @@ pub enum BundleError {
         /// Attestations in the bundle.
         attestations: usize,
     },
+    /// A log leaf index is above 2^53 − 1 (§11.3 step 6; no JSON reader could carry it exactly).
+    #[error("log leaf index {0} is above 2^53 - 1")]
+    LeafIndexTooLarge(u64),
+    /// An attestation's leaf is not where the node logs it: right before its
+    /// operation's leaf (for the head operation), and in order before the head otherwise.
+    #[error("witness attestation {index} is not logged before its operation: {reason}")]
+    AttestationOrder {
+        /// Position in the bundle's attestations.
+        index: usize,
+        /// Which placement rule it breaks.
+        reason: &'static str,
+    },
     /// The state proof does not show `x_uid → record hash` under the header's state root.
     #[error("state proof: {0}")]
     StateProof(#[source] StateProofError),
@@ -101,6 +113,10 @@ pub enum BundleError {
     /// The anchor transaction has no inputs, so it cannot be an anchor.
     #[error("anchor transaction has no inputs")]
     NoInputs,
+    /// The header's `prev_header_hash` does not fit its epoch number (all
+    /// zeros exactly for epoch 0).
+    #[error("epoch header: {0}")]
+    HeaderLink(&'static str),
     /// The anchor transaction does not commit to the epoch header.
     #[error("anchor output: {0}")]
     Anchor(#[source] EpochError),
@@ -141,4 +157,95 @@ pub enum BundleError {
     /// The verifier's chain view failed.
     #[error(transparent)]
     ChainView(#[from] ChainViewError),
+}
+
+/// The verification steps of §11.3 (and §11.5), in order. Which step owns a
+/// rule is normative: a verifier that reports steps reports the first one, in
+/// this order, whose check fails (the test vectors name it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    /// 0. The bytes (or JSON) are not a canonical bundle.
+    Decode,
+    /// 1. The record bytes (§6.1); for an absence bundle, the `x_uid`.
+    Record,
+    /// 2. The operations: well-formed, one `x_uid`, one chain from a `bind`.
+    Operations,
+    /// 3. The witness attestations.
+    Attestations,
+    /// 4. Replaying the registry rules.
+    Replay,
+    /// 5. The replay gives the committed record.
+    RecordMatch,
+    /// 6. Log inclusion of the head operation and the attestations.
+    Log,
+    /// 7. The state proof.
+    State,
+    /// 8. The epoch header and the anchor transaction.
+    Anchor,
+    /// 9. The anchor's inclusion in its block.
+    BlockInclusion,
+    /// 10. The block's proof of work.
+    ProofOfWork,
+    /// 11. The block is on the verifier's chain at the claimed height.
+    Linkage,
+    /// 12. Enough confirmations.
+    Confirmations,
+}
+
+impl Step {
+    /// The step's name as the test vectors spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Step::Decode => "decode",
+            Step::Record => "record",
+            Step::Operations => "operations",
+            Step::Attestations => "attestations",
+            Step::Replay => "replay",
+            Step::RecordMatch => "record-match",
+            Step::Log => "log",
+            Step::State => "state",
+            Step::Anchor => "anchor",
+            Step::BlockInclusion => "block-inclusion",
+            Step::ProofOfWork => "proof-of-work",
+            Step::Linkage => "linkage",
+            Step::Confirmations => "confirmations",
+        }
+    }
+
+    /// The step's number in §11.3 (0 for decoding).
+    pub fn number(&self) -> u8 {
+        *self as u8
+    }
+}
+
+impl BundleError {
+    /// The step that rejected the bundle; `None` when the verifier could not
+    /// reach a verdict (its chain view failed).
+    pub fn step(&self) -> Option<Step> {
+        use BundleError as E;
+        Some(match self {
+            E::Decode(_) => Step::Decode,
+            E::Record(_) => Step::Record,
+            E::NoOperations | E::Operation { .. } | E::BrokenChain { .. } => Step::Operations,
+            E::AttestationCount { .. } | E::Attestation { .. } | E::UntrustedWitness { .. } => {
+                Step::Attestations
+            }
+            E::Transition { .. } => Step::Replay,
+            E::RecordMismatch(_) => Step::RecordMatch,
+            E::OpLogInclusion(_)
+            | E::AttestationLogInclusion { .. }
+            | E::AttestationPathCount { .. }
+            | E::LeafIndexTooLarge(_)
+            | E::AttestationOrder { .. } => Step::Log,
+            E::StateProof(_) => Step::State,
+            E::HeaderLink(_) | E::SixtyFourByteTransaction | E::NoInputs | E::Anchor(_) => {
+                Step::Anchor
+            }
+            E::MerkleBlock(_) | E::MerkleBlockPadding | E::TxNotInBlock => Step::BlockInclusion,
+            E::BadBits | E::ProofOfWork => Step::ProofOfWork,
+            E::NotOnChain(_) | E::HeightMismatch { .. } => Step::Linkage,
+            E::InsufficientConfirmations { .. } => Step::Confirmations,
+            E::ChainView(_) => return None,
+        })
+    }
 }

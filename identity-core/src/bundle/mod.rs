@@ -16,6 +16,7 @@ mod chain;
 mod codec;
 mod error;
 mod json;
+mod pow;
 mod record;
 mod rpc;
 mod verify;
@@ -23,7 +24,11 @@ mod verify;
 pub use absence::{verify_absence, AbsenceBundle, VerifiedAbsence, ABSENCE_VERSION};
 pub use chain::{ChainView, ChainViewError, Checkpoint, HeaderChain, HeaderChainError};
 pub use codec::{DecodeError, BUNDLE_MAGIC, BUNDLE_VERSION, MAX_BUNDLE_LEN};
-pub use error::BundleError;
+pub use error::{BundleError, Step};
+pub use pow::{
+    decode_compact, encode_compact, hash_as_number, permitted_transition, NetworkRules, Retarget,
+    Target256, MAINNET_POW_LIMIT, REGTEST_POW_LIMIT, RETARGET_INTERVAL, SIGNET_POW_LIMIT,
+};
 pub use record::{parse_record, RecordError};
 pub use rpc::RpcChainView;
 pub use verify::{

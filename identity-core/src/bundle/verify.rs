@@ -1,11 +1,15 @@
 //! The verification algorithm of `docs/identity-protocol.md` §11.3.
 
-use bitcoin::{params::Params, BlockHash, Network, Txid};
+use bitcoin::{BlockHash, Network, Txid};
 use nostr::{EventId, PublicKey};
 
 use super::{
-    chain::ChainView, codec::strip_witness, error::BundleError, record::parse_record, LogPath,
-    ProofBundle,
+    chain::ChainView,
+    codec::strip_witness,
+    error::BundleError,
+    pow::{decode_compact, hash_as_number, NetworkRules},
+    record::parse_record,
+    LogPath, ProofBundle,
 };
 use crate::{
     binding::{
@@ -13,6 +17,7 @@ use crate::{
     },
     epoch::EpochHeader,
     log::{leaf_hash, InclusionProof},
+    nip01::MAX_SAFE_INTEGER,
     state::state_key,
     Hash,
 };
@@ -97,16 +102,19 @@ enum Replayed {
 
 /// Checks every link of `bundle` (§11.3) against the verifier's `chain` under `policy`.
 ///
-/// Pure apart from the questions it asks `chain`: one `height_of` and one
-/// `tip_height`, so a fast [`ChainView`] makes verification take microseconds.
+/// Steps run in the order of §11.3 and the first failure is returned, so
+/// [`BundleError::step`] names the first failing step. Pure apart from the
+/// questions it asks `chain`: one `height_of` and one `tip_height`, so a fast
+/// [`ChainView`] makes verification take microseconds.
 pub fn verify<C: ChainView + ?Sized>(
     bundle: &ProofBundle,
     chain: &C,
     policy: &VerifyPolicy,
 ) -> Result<VerifiedIdentity, BundleError> {
+    // 1. Record.
     let record = parse_record(&bundle.record)?;
 
-    // 1. Operations: each a valid event, together one chain that ends at the record's head.
+    // 2. Operations: each a valid event, together one chain from a bind.
     if bundle.ops.is_empty() {
         return Err(BundleError::NoOperations);
     }
@@ -118,33 +126,15 @@ pub fn verify<C: ChainView + ?Sized>(
             BindingOp::from_event(e).map_err(|source| BundleError::Operation { index, source })
         })
         .collect::<Result<Vec<_>, _>>()?;
-
-    let proof_posts = ops
-        .iter()
-        .filter(|o| matches!(o.op, OpKind::Bind | OpKind::Recover))
-        .count();
-    if bundle.attestations.len() != proof_posts {
-        return Err(BundleError::AttestationCount {
-            expected: proof_posts,
-            found: bundle.attestations.len(),
-        });
-    }
-    let mut attestations = bundle.attestations.iter().enumerate();
-    let mut witnesses = Vec::with_capacity(proof_posts);
-
-    let mut key: Option<PublicKey> = None;
-    let mut state = Replayed::Revoked;
-    let mut handle = String::new();
     for (index, op) in ops.iter().enumerate() {
         let broken = |reason| BundleError::BrokenChain { index, reason };
-        let refused = |reason| BundleError::Transition { index, reason };
         if op.x_uid != record.x_uid {
             return Err(broken("x_uid differs from the record"));
         }
         if index == 0 {
             // A `bind` fixes key, status and handle by itself, so the chain may start at any bind.
             if op.op != OpKind::Bind {
-                return Err(refused("the operations must start with a bind"));
+                return Err(broken("the operations must start with a bind"));
             }
         } else {
             let last = &ops[index - 1];
@@ -155,6 +145,36 @@ pub fn verify<C: ChainView + ?Sized>(
                 return Err(broken("prev does not name the previous operation"));
             }
         }
+    }
+
+    // 3. Attestations: one per bind/recover, in order, valid, trusted, matching.
+    let proof_posts: Vec<&BindingOp> = ops
+        .iter()
+        .filter(|o| matches!(o.op, OpKind::Bind | OpKind::Recover))
+        .collect();
+    if bundle.attestations.len() != proof_posts.len() {
+        return Err(BundleError::AttestationCount {
+            expected: proof_posts.len(),
+            found: bundle.attestations.len(),
+        });
+    }
+    let mut witnesses = Vec::with_capacity(proof_posts.len());
+    for (index, (event, op)) in bundle.attestations.iter().zip(&proof_posts).enumerate() {
+        let att_err = |source| BundleError::Attestation { index, source };
+        let (att, witness) = WitnessAttestation::from_event(event).map_err(att_err)?;
+        if !policy.trusted_witnesses.is_empty() && !policy.trusted_witnesses.contains(&witness) {
+            return Err(BundleError::UntrustedWitness { index, witness });
+        }
+        att.matches(op).map_err(att_err)?;
+        witnesses.push(witness);
+    }
+
+    // 4. Replay (§6 without epochs, challenges and heights).
+    let mut key: Option<PublicKey> = None;
+    let mut state = Replayed::Revoked;
+    let mut handle = String::new();
+    for (index, op) in ops.iter().enumerate() {
+        let refused = |reason| BundleError::Transition { index, reason };
         let signer = op.signer();
         if let Replayed::Pending { new_key, .. } = state {
             // Only a completed recovery lets the recovering key sign (§6, recovery completion).
@@ -208,25 +228,10 @@ pub fn verify<C: ChainView + ?Sized>(
         }
         if let Some(id) = &op.identity {
             handle.clone_from(&id.handle);
-            let (att_index, event) = attestations.next().expect("counted above");
-            let att_err = |source| BundleError::Attestation {
-                index: att_index,
-                source,
-            };
-            let (att, witness) = WitnessAttestation::from_event(event).map_err(att_err)?;
-            if !policy.trusted_witnesses.is_empty() && !policy.trusted_witnesses.contains(&witness)
-            {
-                return Err(BundleError::UntrustedWitness {
-                    index: att_index,
-                    witness,
-                });
-            }
-            att.matches(op).map_err(att_err)?;
-            witnesses.push(witness);
         }
     }
 
-    // 2. The replay must give the committed record.
+    // 5. The replay must give the committed record.
     let head = ops.last().expect("non-empty");
     if record.seq != head.seq || record.head != head.id() {
         return Err(BundleError::RecordMismatch("head operation"));
@@ -257,8 +262,43 @@ pub fn verify<C: ChainView + ?Sized>(
         return Err(BundleError::RecordMismatch("key or status"));
     }
 
-    // 3. Log: the head operation (which commits to the rest through `prev`) and every attestation.
+    // 6. Log: the head operation (which commits to the rest through `prev`) and every attestation.
     let header = &bundle.epoch_header;
+    if bundle.attestation_paths.len() != bundle.attestations.len() {
+        return Err(BundleError::AttestationPathCount {
+            paths: bundle.attestation_paths.len(),
+            attestations: bundle.attestations.len(),
+        });
+    }
+    for p in std::iter::once(&bundle.op_path).chain(&bundle.attestation_paths) {
+        if p.leaf_index > MAX_SAFE_INTEGER {
+            return Err(BundleError::LeafIndexTooLarge(p.leaf_index));
+        }
+    }
+    // The node logs each attestation right before its operation (§7), so
+    // attestation leaves come in order, all before the head's leaf, and the
+    // head's own attestation (if it is a bind/recover) immediately before it.
+    let head_index = bundle.op_path.leaf_index;
+    let mut last: Option<u64> = None;
+    for (index, p) in bundle.attestation_paths.iter().enumerate() {
+        let order = |reason| BundleError::AttestationOrder { index, reason };
+        if last.is_some_and(|l| p.leaf_index <= l) {
+            return Err(order("attestation leaves are not in increasing order"));
+        }
+        if p.leaf_index >= head_index {
+            return Err(order(
+                "attestation leaf is not before the head operation's leaf",
+            ));
+        }
+        last = Some(p.leaf_index);
+    }
+    if matches!(head.op, OpKind::Bind | OpKind::Recover) && last.map(|l| l + 1) != Some(head_index)
+    {
+        return Err(BundleError::AttestationOrder {
+            index: bundle.attestations.len().saturating_sub(1),
+            reason: "the head operation's attestation is not the leaf right before it",
+        });
+    }
     let in_log = |path: &LogPath, kind, id: EventId| {
         InclusionProof {
             leaf_index: path.leaf_index,
@@ -269,12 +309,6 @@ pub fn verify<C: ChainView + ?Sized>(
     };
     in_log(&bundle.op_path, LogEntryKind::Binding, head.id())
         .map_err(BundleError::OpLogInclusion)?;
-    if bundle.attestation_paths.len() != bundle.attestations.len() {
-        return Err(BundleError::AttestationPathCount {
-            paths: bundle.attestation_paths.len(),
-            attestations: bundle.attestations.len(),
-        });
-    }
     for (index, (path, event)) in bundle
         .attestation_paths
         .iter()
@@ -285,7 +319,7 @@ pub fn verify<C: ChainView + ?Sized>(
             .map_err(|source| BundleError::AttestationLogInclusion { index, source })?;
     }
 
-    // 4. State: key(x_uid) → record hash under the header's state root.
+    // 7. State: key(x_uid) → record hash under the header's state root.
     bundle
         .state_proof
         .verify_inclusion(
@@ -295,7 +329,7 @@ pub fn verify<C: ChainView + ?Sized>(
         )
         .map_err(BundleError::StateProof)?;
 
-    // 5–8. The header is anchored in a block of the verifier's chain.
+    // 8–12. The header is anchored in a block of the verifier's chain.
     let anchored = verify_anchored(
         header,
         &bundle.anchor_tx,
@@ -342,7 +376,19 @@ pub(super) fn verify_anchored<C: ChainView + ?Sized>(
     chain: &C,
     policy: &VerifyPolicy,
 ) -> Result<Anchored, BundleError> {
-    // 5. Anchor transaction commits to the header.
+    // 8. The header's link field fits its epoch; the anchor transaction commits to the header.
+    let rules = NetworkRules::for_network(policy.network);
+    let zero_prev = header.prev_header_hash == [0; 32];
+    if header.epoch == 0 && !zero_prev {
+        return Err(BundleError::HeaderLink(
+            "epoch 0 must have an all-zero previous header hash",
+        ));
+    }
+    if header.epoch > 0 && zero_prev {
+        return Err(BundleError::HeaderLink(
+            "only epoch 0 has an all-zero previous header hash",
+        ));
+    }
     let stripped = strip_witness(tx);
     if stripped.base_size() == 64 || bitcoin::consensus::serialize(&stripped).len() == 64 {
         return Err(BundleError::SixtyFourByteTransaction);
@@ -353,7 +399,7 @@ pub(super) fn verify_anchored<C: ChainView + ?Sized>(
     header.verify_anchor(tx).map_err(BundleError::Anchor)?;
     let txid = tx.compute_txid();
 
-    // 6. The transaction is in the block: well-formed partial tree, exactly this txid, root in header.
+    // 9. The transaction is in the block: well-formed partial tree, exactly this txid, root in header.
     let (mut matches, mut indexes) = (Vec::new(), Vec::new());
     mb.extract_matches(&mut matches, &mut indexes)
         .map_err(BundleError::MerkleBlock)?;
@@ -364,19 +410,18 @@ pub(super) fn verify_anchored<C: ChainView + ?Sized>(
         return Err(BundleError::TxNotInBlock);
     }
 
-    // 7. Proof of work of the block header under the network's limits.
+    // 10. Proof of work: Core's compact decoding, the network's limit, hash ≤ target.
     let block = &mb.header;
-    let target = block.target();
-    if target > Params::new(policy.network).max_attainable_target
-        || target == bitcoin::pow::Target::ZERO
-    {
+    let target = decode_compact(block.bits.to_consensus()).ok_or(BundleError::BadBits)?;
+    if target > rules.pow_limit {
         return Err(BundleError::BadBits);
     }
-    let block_hash = block
-        .validate_pow(target)
-        .map_err(|_| BundleError::ProofOfWork)?;
+    let block_hash = block.block_hash();
+    if hash_as_number(&block_hash) > target {
+        return Err(BundleError::ProofOfWork);
+    }
 
-    // 8. The block is on the verifier's chain, at the claimed height, deep enough.
+    // 11–12. The block is on the verifier's chain, at the claimed height, deep enough.
     let height = chain
         .height_of(&block_hash)?
         .ok_or(BundleError::NotOnChain(block_hash))?;

@@ -176,7 +176,9 @@ impl RegistryNode {
         x_uid: u64,
         epoch: u64,
     ) -> (ProofBundle, HeaderChain) {
-        let header = self.header(epoch, [0x42; 32]);
+        // Epoch 0 links to nothing (§9.1); later epochs name a predecessor.
+        let prev = if epoch == 0 { [0; 32] } else { [0x42; 32] };
+        let header = self.header(epoch, prev);
         let tx = anchor_tx(&header);
         let (merkle_block, view) = anchor_chain(&tx, 2_500);
         let bundle = ProofBundle::assemble(
