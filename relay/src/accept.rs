@@ -68,6 +68,14 @@ pub fn ok_message(id: &str, result: &Result<Accepted, Refused>) -> String {
     }
 }
 
+/// A 64-character lowercase hex string, as NIP-01 spells keys in tags.
+fn is_hex_key(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The checks that need no signature: limits, time bounds, expiration, the
 /// AUTH kind, NIP-70 (against the pubkeys `authed` on the publishing
 /// connection) and the inbox policy. `event_len` is the event's serialized
@@ -130,6 +138,14 @@ pub(crate) fn check_event(
     if kind == KIND_GIFT_WRAP {
         if kinds::tag_values(event, "p").next().is_none() {
             return rule("invalid: gift wrap has no p tag".into());
+        }
+        // Recipients are keys: anything else could never be delivered (the
+        // privacy rule compares lowercase hex), and would let junk tags
+        // stand in for the recipients the rate limit counts.
+        if !kinds::tag_values(event, "p").all(is_hex_key) {
+            return rule(
+                "invalid: gift wrap p tags must be 64-character lowercase hex public keys".into(),
+            );
         }
         if !config.inbox.accepts(kinds::tag_values(event, "p")) {
             return rule("blocked: this relay accepts gift wraps only for its users".into());

@@ -94,6 +94,24 @@ pub struct Limits {
     pub created_at_lower_limit: Option<u64>,
     /// Messages that may wait for one slow reader before it is disconnected.
     pub max_outbound_queue: usize,
+    /// Bytes of messages that may wait for one connection's socket (a
+    /// single larger message still goes, alone). Also how much of a REQ's
+    /// stored results is read ahead of the socket; the rest is fetched as
+    /// the client reads.
+    pub max_outbound_bytes: usize,
+    /// Milliseconds a send may wait for room in the outbound queue while the
+    /// client reads nothing at all; then it is disconnected as a slow reader.
+    pub slow_reader_grace_ms: u64,
+    /// Most values in any one list of a filter (`ids`, `authors`, `kinds`,
+    /// each `#x`).
+    pub max_values_per_filter: usize,
+    /// Most values in all the filters of one REQ or COUNT together.
+    pub max_values_per_req: usize,
+    /// Most filter values one connection's open subscriptions hold together.
+    pub max_values_per_connection: usize,
+    /// Milliseconds of database time one REQ or COUNT may take; a query that
+    /// needs more is stopped and answered with CLOSED.
+    pub max_query_ms: u64,
     /// Seconds an AUTH event's `created_at` may differ from now.
     pub auth_window: u64,
 }
@@ -114,6 +132,12 @@ impl Default for Limits {
             created_at_upper_limit: 15 * 60,
             created_at_lower_limit: None,
             max_outbound_queue: 1_024,
+            max_outbound_bytes: 1024 * 1024,
+            slow_reader_grace_ms: 3_000,
+            max_values_per_filter: 2_500,
+            max_values_per_req: 5_000,
+            max_values_per_connection: 20_000,
+            max_query_ms: 1_000,
             auth_window: 10 * 60,
         }
     }

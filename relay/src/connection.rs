@@ -5,38 +5,45 @@
 //! Messages are handled in order, except that consecutive EVENTs are
 //! pipelined (verified and committed concurrently, answered in order); any
 //! other message first waits for the EVENTs before it.
+//!
+//! What one connection may cost is bounded: its outbound queue in bytes
+//! ([`crate::outbound`], which also drops a reader that stops reading), the
+//! filter values its subscriptions hold ([`crate::matching::check_sizes`]),
+//! the read-ahead of a REQ's stored results ([`Relay::open_results`]) and
+//! each query's database time (`max_query_ms`). A query in progress is
+//! dropped, which stops its statement, as soon as the client goes away.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, Peekable};
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use nostr::filter::MatchEventOptions;
 use nostr::{Event, Filter, PublicKey, Timestamp};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::accept::{check_event, ok_message, Accepted, Refused};
 use crate::auth::{check_auth_event, new_challenge};
 use crate::kinds::{self, is_private, KIND_GIFT_WRAP};
+use crate::matching::{check_sizes, matches};
 use crate::message::{out, ClientMessage, ParseError};
+use crate::outbound::{self, OutboundReceiver, OutboundSender, SendError};
 use crate::privacy::{asks_for_private_kinds, live_event_visible, stored_event_visible};
 use crate::relay::{ConnectionPermit, LiveEvent, Relay};
-use crate::store::{QueryContext, StoredEvent};
+use crate::store::{QueryBudget, QueryContext, StoreError, StoredEvent};
 
 /// EVENTs one connection may have in flight before reading pauses.
 pub const DEFAULT_MAX_PIPELINE: usize = 64;
 /// Most pubkeys one connection may authenticate as.
 pub const MAX_AUTHED_PUBKEYS: usize = 16;
-/// How long a send to a client may wait on a full queue before the client
-/// is considered stuck and disconnected.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a live event may wait for room in the outbound queue. The queue
-/// may be full of a large REQ's results that a healthy client is still
-/// reading, so a full queue alone does not make a slow reader; not draining
-/// it for this long does.
-pub const LIVE_SEND_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default slow-reader grace (`slow_reader_grace_ms`): how long a send
+/// may wait for room in a full outbound queue while the client reads
+/// nothing. The queue may be full of a large REQ's results that a healthy
+/// client is still reading, so a full queue alone does not make a slow
+/// reader; reading nothing for this long does.
+pub const LIVE_SEND_TIMEOUT: Duration = Duration::from_millis(3_000);
 /// `["EVENT",` + `]`: the part of an EVENT message that is not the event.
 const EVENT_ENVELOPE_LEN: usize = 10;
 
@@ -88,7 +95,12 @@ pub async fn serve_connection<In, Out>(
     In: Stream<Item = Incoming> + Unpin + Send,
     Out: Sink<Outgoing> + Unpin + Send,
 {
-    let (out_tx, out_rx) = mpsc::channel(relay.config.limits.max_outbound_queue.max(1));
+    let limits = &relay.config.limits;
+    let (out_tx, out_rx) = outbound::channel(
+        limits.max_outbound_queue,
+        limits.max_outbound_bytes,
+        Duration::from_millis(limits.slow_reader_grace_ms),
+    );
     let (close_tx, close_rx) = oneshot::channel();
     let session = Session {
         relay: Arc::clone(&relay),
@@ -96,6 +108,7 @@ pub async fn serve_connection<In, Out>(
         challenge: new_challenge(),
         authed: Vec::new(),
         subs: HashMap::new(),
+        held_values: 0,
         live: None,
         out: out_tx,
         close: Some(close_tx),
@@ -106,64 +119,49 @@ pub async fn serve_connection<In, Out>(
     futures::future::join(reader, writer).await;
 }
 
-/// Drains the outbound queue into the socket, batching frames between flushes.
+/// How long the writer may keep trying to reach the client once the session
+/// has ended: a socket that takes nothing cannot hold the connection open.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Drains the outbound queue into the socket, batching frames between
+/// flushes, until the session ends; then says goodbye within [`CLOSE_WAIT`].
 async fn write_loop<Out>(
     mut sink: Out,
-    mut queue: mpsc::Receiver<String>,
+    mut queue: OutboundReceiver,
     mut close: oneshot::Receiver<CloseRequest>,
 ) where
     Out: Sink<Outgoing> + Unpin + Send,
 {
-    let mut closing = None;
-    loop {
+    // The forwarding races the session's end, so a write stuck on a socket
+    // that takes nothing is abandoned when the session gives up on it.
+    let ended = {
+        let forwarding = forward(&mut sink, &mut queue);
+        tokio::pin!(forwarding);
         tokio::select! {
             biased;
-            request = &mut close, if closing.is_none() => {
-                match request {
-                    Ok(request) => closing = Some(request),
-                    // The session ended without asking to close: the client went away.
-                    Err(_) => {
-                        // Flush what is queued, then stop.
-                        while let Ok(text) = queue.try_recv() {
-                            if sink.feed(Outgoing::Text(text)).await.is_err() {
-                                return;
-                            }
-                        }
-                        let _ = sink.flush().await;
-                        return;
-                    }
-                }
-                break;
-            }
-            next = queue.recv() => {
-                let Some(text) = next else { break };
-                if sink.feed(Outgoing::Text(text)).await.is_err() {
+            ended = &mut close => ended,
+            sink_ok = &mut forwarding => {
+                if !sink_ok {
                     return;
                 }
-                // Coalesce whatever else is ready into one flush.
-                while let Ok(text) = queue.try_recv() {
-                    if sink.feed(Outgoing::Text(text)).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
+                close.await
             }
         }
-    }
-    if closing.is_none() {
-        closing = close.await.ok();
-    }
-    let Some(request) = closing else { return };
+    };
+    // `Err`: the session ended without asking to close (the client went away).
+    let request = ended.ok();
     // A well-behaved client gets what was queued before the close; a stuck one
     // (the reason we may be closing) gets a bounded wait.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if request.code != 1008 {
-            while let Ok(text) = queue.try_recv() {
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if request.as_ref().is_none_or(|r| r.code != 1008) {
+            while let Some((text, receipt)) = queue.try_recv() {
                 sink.feed(Outgoing::Text(text)).await.ok()?;
+                queue.taken(receipt);
             }
         }
+        let Some(request) = request else {
+            return sink.flush().await.ok();
+        };
         if let Some(notice) = request.notice {
             sink.feed(Outgoing::Text(out::notice(&notice))).await.ok()?;
         }
@@ -175,6 +173,30 @@ async fn write_loop<Out>(
         .ok()
     })
     .await;
+}
+
+/// Write queued messages to the socket, coalescing what is ready into one
+/// flush, until the queue closes (`true`) or the socket fails (`false`).
+async fn forward<Out>(sink: &mut Out, queue: &mut OutboundReceiver) -> bool
+where
+    Out: Sink<Outgoing> + Unpin + Send,
+{
+    while let Some((text, receipt)) = queue.recv().await {
+        if sink.feed(Outgoing::Text(text)).await.is_err() {
+            return false;
+        }
+        queue.taken(receipt);
+        while let Some((text, receipt)) = queue.try_recv() {
+            if sink.feed(Outgoing::Text(text)).await.is_err() {
+                return false;
+            }
+            queue.taken(receipt);
+        }
+        if sink.flush().await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 type Pending = FuturesOrdered<BoxFuture<'static, EventReply>>;
@@ -190,11 +212,20 @@ struct Session {
     permit: ConnectionPermit,
     challenge: String,
     authed: Vec<PublicKey>,
-    subs: HashMap<String, Vec<Filter>>,
+    subs: HashMap<String, Sub>,
+    /// Filter values all of `subs` hold together.
+    held_values: usize,
     live: Option<broadcast::Receiver<Arc<LiveEvent>>>,
-    out: mpsc::Sender<String>,
+    out: OutboundSender,
     close: Option<oneshot::Sender<CloseRequest>>,
     violations: u32,
+}
+
+/// An open subscription.
+struct Sub {
+    filters: Vec<Filter>,
+    /// Its filters' values (see [`crate::matching::filter_values`]).
+    values: usize,
 }
 
 /// How the read loop continues after one message.
@@ -204,10 +235,13 @@ enum Flow {
 }
 
 impl Session {
-    async fn run<In>(mut self, mut incoming: In)
+    async fn run<In>(mut self, incoming: In)
     where
         In: Stream<Item = Incoming> + Unpin + Send,
     {
+        // Peekable: a query in progress watches for the client going away
+        // without taking its next message (see `Self::unless_gone`).
+        let mut incoming = incoming.peekable();
         let shutdown = self.relay.shutdown_token().clone();
         let mut pending: Pending = FuturesOrdered::new();
         if self.send(out::auth(&self.challenge)).await.is_err() {
@@ -229,7 +263,7 @@ impl Session {
                 }
                 msg = incoming.next(), if pending.len() < DEFAULT_MAX_PIPELINE => {
                     let Some(msg) = msg else { break Flow::Continue };
-                    if let Flow::Close(c) = self.handle(msg, &mut pending).await {
+                    if let Flow::Close(c) = self.handle(msg, &mut pending, &mut incoming).await {
                         break Flow::Close(c)
                     }
                 }
@@ -248,25 +282,48 @@ impl Session {
         drop(self.permit);
     }
 
-    async fn send(&self, text: String) -> Result<(), ()> {
-        match self.out.send_timeout(text, SEND_TIMEOUT).await {
-            Ok(()) => Ok(()),
-            Err(_) => Err(()),
-        }
+    async fn send(&self, text: String) -> Result<(), SendError> {
+        self.out.send(text).await
     }
 
     /// Send, or close the connection if the client does not read.
     async fn send_or_close(&self, text: String) -> Flow {
         match self.send(text).await {
             Ok(()) => Flow::Continue,
-            Err(()) => Flow::Close(slow_reader()),
+            Err(_) => Flow::Close(slow_reader()),
+        }
+    }
+
+    /// Run `query` unless the client goes away first: then it is dropped
+    /// (which stops its statement) and `None` returned. A message that
+    /// arrives meanwhile stays in `incoming` for after the query.
+    async fn unless_gone<In, T>(
+        incoming: &mut Peekable<In>,
+        query: impl Future<Output = T>,
+    ) -> Option<T>
+    where
+        In: Stream<Item = Incoming> + Unpin,
+    {
+        let mut query = std::pin::pin!(query);
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut query => return Some(done),
+                next = std::pin::Pin::new(&mut *incoming).peek(), if watching => {
+                    // `None`: the client went away, and the query is dropped.
+                    next?;
+                    // A message is waiting: it is handled after the query.
+                    watching = false;
+                }
+            }
         }
     }
 
     async fn answer_event(&mut self, reply: EventReply) -> Flow {
         if let Flow::Close(c) = self.note_rate_limit(reply.rate_limited) {
             // Still tell the client why its event was refused.
-            let _ = self.out.try_send(reply.message);
+            self.out.try_send(reply.message);
             return Flow::Close(c);
         }
         self.send_or_close(reply.message).await
@@ -298,7 +355,15 @@ impl Session {
         Flow::Continue
     }
 
-    async fn handle(&mut self, msg: Incoming, pending: &mut Pending) -> Flow {
+    async fn handle<In>(
+        &mut self,
+        msg: Incoming,
+        pending: &mut Pending,
+        incoming: &mut Peekable<In>,
+    ) -> Flow
+    where
+        In: Stream<Item = Incoming> + Unpin + Send,
+    {
         let text = match msg {
             Incoming::Text(text) => text,
             Incoming::Binary => {
@@ -346,10 +411,14 @@ impl Session {
         }
         match parsed {
             Ok(ClientMessage::Event(event)) => self.on_event(event, text.len(), pending).await,
-            Ok(ClientMessage::Req { sub_id, filters }) => self.on_req(sub_id, filters).await,
-            Ok(ClientMessage::Count { sub_id, filters }) => self.on_count(sub_id, filters).await,
+            Ok(ClientMessage::Req { sub_id, filters }) => {
+                self.on_req(sub_id, filters, incoming).await
+            }
+            Ok(ClientMessage::Count { sub_id, filters }) => {
+                self.on_count(sub_id, filters, incoming).await
+            }
             Ok(ClientMessage::Close(sub_id)) => {
-                self.subs.remove(&sub_id);
+                self.unsubscribe(&sub_id);
                 if self.subs.is_empty() {
                     self.live = None;
                 }
@@ -398,7 +467,15 @@ impl Session {
             .map_err(|refused| refused.to_string())
     }
 
-    async fn on_req(&mut self, sub_id: String, filters: Vec<Filter>) -> Flow {
+    async fn on_req<In>(
+        &mut self,
+        sub_id: String,
+        filters: Vec<Filter>,
+        incoming: &mut Peekable<In>,
+    ) -> Flow
+    where
+        In: Stream<Item = Incoming> + Unpin + Send,
+    {
         if let Err(reason) = self.check_query(&sub_id, &filters) {
             let limited = reason.starts_with("rate-limited:");
             if let Flow::Close(c) = self.note_rate_limit(limited) {
@@ -406,7 +483,14 @@ impl Session {
             }
             return self.send_or_close(out::closed(&sub_id, &reason)).await;
         }
-        let limits = &self.relay.config.limits;
+        let relay = Arc::clone(&self.relay);
+        let limits = &relay.config.limits;
+        // A REQ with an open subscription's id replaces it: its values go.
+        let others = self.held_values - self.subs.get(&sub_id).map_or(0, |s| s.values);
+        let values = match check_sizes(limits, &filters, others) {
+            Ok(values) => values,
+            Err(reason) => return self.send_or_close(out::closed(&sub_id, &reason)).await,
+        };
         if !self.subs.contains_key(&sub_id) && self.subs.len() >= limits.max_subscriptions {
             let reason = format!(
                 "restricted: too many subscriptions (max {})",
@@ -419,20 +503,32 @@ impl Session {
         if self.live.is_none() {
             self.live = Some(self.relay.live.subscribe());
         }
-        self.subs.insert(sub_id.clone(), filters.clone());
+        self.unsubscribe(&sub_id);
+        self.held_values += values;
+        self.subs.insert(
+            sub_id.clone(),
+            Sub {
+                filters: filters.clone(),
+                values,
+            },
+        );
 
         let ctx = self.query_context();
-        let results = match self.relay.query_stored(&filters, &ctx).await {
-            Ok(results) => results,
-            Err(err) => {
-                tracing::warn!(error = %err, "query failed");
-                self.subs.remove(&sub_id);
-                return self
-                    .send_or_close(out::closed(&sub_id, "error: could not query the database"))
-                    .await;
-            }
+        let budget_ms = Some(limits.max_query_ms);
+        let read_ahead = limits.max_outbound_bytes;
+        let opened = relay.open_results(&filters, &ctx, budget_ms, read_ahead);
+        let mut results = match Self::unless_gone(incoming, opened).await {
+            None => return Flow::Continue,
+            Some(Ok(results)) => results,
+            Some(Err(err)) => return self.query_failed(&sub_id, &err).await,
         };
-        for stored in results {
+        loop {
+            let stored = match Self::unless_gone(incoming, results.next()).await {
+                None => return Flow::Continue,
+                Some(Ok(Some(stored))) => stored,
+                Some(Ok(None)) => break,
+                Some(Err(err)) => return self.query_failed(&sub_id, &err).await,
+            };
             if is_private(stored.kind) && !self.stored_event_visible(&stored) {
                 continue;
             }
@@ -443,13 +539,58 @@ impl Session {
         self.send_or_close(out::eose(&sub_id)).await
     }
 
+    /// Forget subscription `sub_id` (if open) and the values it held.
+    fn unsubscribe(&mut self, sub_id: &str) {
+        if let Some(sub) = self.subs.remove(sub_id) {
+            self.held_values -= sub.values;
+        }
+    }
+
+    /// A REQ's query failed: the subscription is closed with the reason.
+    async fn query_failed(&mut self, sub_id: &str, err: &StoreError) -> Flow {
+        self.unsubscribe(sub_id);
+        if self.subs.is_empty() {
+            self.live = None;
+        }
+        let reason = self.query_error_reason(err);
+        self.send_or_close(out::closed(sub_id, &reason)).await
+    }
+
+    /// The CLOSED reason for a failed REQ or COUNT query.
+    fn query_error_reason(&self, err: &StoreError) -> String {
+        match err.root() {
+            StoreError::Timeout => format!(
+                "error: query stopped after max_query_ms ({} ms); narrow the filters",
+                self.relay.config.limits.max_query_ms
+            ),
+            StoreError::TooManyValues { values, max } => {
+                format!("invalid: the filters list {values} values (max {max})")
+            }
+            other => {
+                tracing::warn!(error = %other, "query failed");
+                "error: could not query the database".into()
+            }
+        }
+    }
+
     /// Defence in depth: the store already filters private events in SQL;
     /// re-check each one against the event itself before it leaves.
     fn stored_event_visible(&self, stored: &StoredEvent) -> bool {
         stored_event_visible(stored, &self.authed)
     }
 
-    async fn on_count(&mut self, sub_id: String, filters: Vec<Filter>) -> Flow {
+    /// COUNT (NIP-45). A count that cannot finish within `max_query_ms` is
+    /// answered with CLOSED (`error: query stopped…`), never with a partial
+    /// number: SQLite stops a statement without a result.
+    async fn on_count<In>(
+        &mut self,
+        sub_id: String,
+        filters: Vec<Filter>,
+        incoming: &mut Peekable<In>,
+    ) -> Flow
+    where
+        In: Stream<Item = Incoming> + Unpin + Send,
+    {
         if let Err(reason) = self.check_query(&sub_id, &filters) {
             let limited = reason.starts_with("rate-limited:");
             if let Flow::Close(c) = self.note_rate_limit(limited) {
@@ -457,13 +598,22 @@ impl Session {
             }
             return self.send_or_close(out::closed(&sub_id, &reason)).await;
         }
+        let relay = Arc::clone(&self.relay);
+        let limits = &relay.config.limits;
+        // A COUNT holds nothing once answered, but may not exceed what a
+        // REQ may list.
+        if let Err(reason) = check_sizes(limits, &filters, 0) {
+            return self.send_or_close(out::closed(&sub_id, &reason)).await;
+        }
         let ctx = self.query_context();
-        match self.relay.store.count(&filters, &ctx).await {
-            Ok(n) => self.send_or_close(out::count(&sub_id, n)).await,
-            Err(err) => {
-                tracing::warn!(error = %err, "count failed");
-                self.send_or_close(out::closed(&sub_id, "error: could not query the database"))
-                    .await
+        let budget = QueryBudget::millis(limits.max_query_ms);
+        let counted = relay.store.count_within(&filters, &ctx, budget);
+        match Self::unless_gone(incoming, counted).await {
+            None => Flow::Continue,
+            Some(Ok(n)) => self.send_or_close(out::count(&sub_id, n)).await,
+            Some(Err(err)) => {
+                let reason = self.query_error_reason(&err);
+                self.send_or_close(out::closed(&sub_id, &reason)).await
             }
         }
     }
@@ -564,21 +714,12 @@ impl Session {
         if !live_event_visible(event, &self.authed) {
             return Flow::Continue;
         }
-        for (sub_id, filters) in &self.subs {
-            if filters
-                .iter()
-                .any(|f| f.match_event(event, MatchEventOptions::new()))
-            {
-                match self
-                    .out
-                    .send_timeout(out::event(sub_id, &live.json), LIVE_SEND_TIMEOUT)
-                    .await
-                {
+        for (sub_id, sub) in &self.subs {
+            if sub.filters.iter().any(|f| matches(f, event)) {
+                match self.out.send(out::event(sub_id, &live.json)).await {
                     Ok(()) => {}
-                    Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                        return Flow::Close(slow_reader())
-                    }
-                    Err(mpsc::error::SendTimeoutError::Closed(_)) => return Flow::Continue,
+                    Err(SendError::SlowReader) => return Flow::Close(slow_reader()),
+                    Err(SendError::Closed) => return Flow::Continue,
                 }
             }
         }
@@ -618,8 +759,9 @@ async fn verify_and_submit(relay: &Relay, event: Box<Event>) -> Result<Accepted,
     verified?;
     let limiters = &relay.limiters;
     let within_rate = if event.kind.as_u16() == KIND_GIFT_WRAP {
+        // Every recipient: the checks in `check_event` made each `p` a key
+        // and bounded their number by `max_event_tags`.
         kinds::tag_values(&event, "p")
-            .take(4)
             .all(|p| limiters.gift_wraps_per_recipient.check(&p.to_owned()))
     } else {
         limiters.events_per_pubkey.check(&event.pubkey)

@@ -32,12 +32,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use nostr::filter::MatchEventOptions;
 use nostr::{Event, EventId, Filter, JsonUtil, Timestamp};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{check_event, Accepted, Refused};
+use crate::matching::matches;
 use crate::privacy::{live_event_visible, may_receive};
 use crate::relay::{LiveEvent, Relay};
 use crate::store::{QueryContext, StoreError};
@@ -88,11 +88,7 @@ impl Subscription {
             if self.stored_ids.remove(&event.id) || !live_event_visible(event, &[]) {
                 continue;
             }
-            if self
-                .filters
-                .iter()
-                .any(|f| f.match_event(event, MatchEventOptions::new()))
-            {
+            if self.filters.iter().any(|f| matches(f, event)) {
                 return Ok(event.clone());
             }
         }

@@ -31,6 +31,12 @@ pub fn relay_information(config: &RelayConfig) -> Value {
         "max_connections": l.max_connections,
         "max_connections_per_ip": l.max_connections_per_ip,
         "max_outbound_queue": l.max_outbound_queue,
+        "max_outbound_bytes": l.max_outbound_bytes,
+        "slow_reader_grace_ms": l.slow_reader_grace_ms,
+        "max_values_per_filter": l.max_values_per_filter,
+        "max_values_per_req": l.max_values_per_req,
+        "max_values_per_connection": l.max_values_per_connection,
+        "max_query_ms": l.max_query_ms,
         "auth_window_secs": l.auth_window,
         "private_kinds_require_auth": [4, 1059],
         "rate_limits": {
@@ -74,6 +80,16 @@ mod tests {
         let doc = relay_information(&config);
         assert_eq!(doc["limitation"]["max_limit"], 123);
         assert_eq!(doc["limitation"]["created_at_lower_limit"], 3600);
+        for field in [
+            "max_outbound_bytes",
+            "slow_reader_grace_ms",
+            "max_values_per_filter",
+            "max_values_per_req",
+            "max_values_per_connection",
+            "max_query_ms",
+        ] {
+            assert!(doc["limitation"][field].is_u64(), "{field} not published");
+        }
         assert!(doc["supported_nips"]
             .as_array()
             .unwrap()

@@ -1,7 +1,7 @@
 //! The relay's shared state: configuration, storage, fan-out, verification,
 //! rate limits and connection accounting. One [`Relay`] serves every connection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ use crate::kinds::{classify, KindClass};
 use crate::nip11;
 use crate::ratelimit::RateLimiter;
 use crate::store::{
-    QueryContext, SaveOutcome, Store, StoreError, StoredEvent, Writer, DEFAULT_MAX_BATCH,
+    QueryBudget, QueryContext, QueryRow, SaveOutcome, Store, StoreError, StoredEvent, Writer,
+    DEFAULT_MAX_BATCH,
 };
 use crate::verify::VerifierPool;
 
@@ -27,6 +28,74 @@ use crate::verify::VerifierPool;
 /// last events alive, so this also bounds the memory it holds
 /// (at most this many times `max_event_length`).
 pub const DEFAULT_LIVE_BUFFER: usize = 2_048;
+
+/// A query's results, newest first (ties by id), each event once, read one
+/// at a time: what [`Relay::open_results`] could hold within its read-ahead
+/// comes with the keys; the JSON of the rest is fetched by key as the reader
+/// gets to it, at most the read-ahead's worth of bytes per fetch (and one
+/// event, however large). Events deleted in between are skipped. The store
+/// is not held between reads, so a slow reader costs no database connection.
+#[derive(Debug)]
+pub(crate) struct StoredResults {
+    store: Arc<dyn Store>,
+    rows: std::iter::Peekable<std::vec::IntoIter<QueryRow>>,
+    ready: VecDeque<StoredEvent>,
+    fetch_bytes: usize,
+    budget_ms: Option<u64>,
+}
+
+impl StoredResults {
+    /// The next event, or `None` after the last.
+    pub(crate) async fn next(&mut self) -> Result<Option<StoredEvent>, StoreError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            let Some(row) = self.rows.next() else {
+                return Ok(None);
+            };
+            if let Some(json) = row.json {
+                return Ok(Some(StoredEvent {
+                    id: row.id,
+                    created_at: row.created_at,
+                    kind: row.kind,
+                    json,
+                }));
+            }
+            // This row and the next ones without JSON, up to `fetch_bytes`.
+            let mut bytes = row.json_len;
+            let mut chunk = vec![row];
+            while let Some(next) = self.rows.peek() {
+                if next.json.is_some() || bytes + next.json_len > self.fetch_bytes {
+                    break;
+                }
+                bytes += next.json_len;
+                chunk.extend(self.rows.next());
+            }
+            let seqs: Vec<i64> = chunk.iter().map(|r| r.seq).collect();
+            let mut fetched: HashMap<i64, String> = self
+                .store
+                .fetch_json(
+                    &seqs,
+                    self.budget_ms
+                        .map_or_else(QueryBudget::default, QueryBudget::millis),
+                )
+                .await?
+                .into_iter()
+                .collect();
+            for row in chunk {
+                if let Some(json) = fetched.remove(&row.seq) {
+                    self.ready.push_back(StoredEvent {
+                        id: row.id,
+                        created_at: row.created_at,
+                        kind: row.kind,
+                        json,
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// An event on its way to live subscribers, with its JSON serialized once.
 #[derive(Debug)]
@@ -225,23 +294,68 @@ impl Relay {
         }
     }
 
-    /// Stored events matching any of `filters` as `ctx` may see them: newest
-    /// first (ties by id), each once.
+    /// Stored events matching any of `filters` as `ctx` may see them, all at
+    /// once (see [`StoredResults`]; for in-process subscribers, whose
+    /// filters are the relay's own).
     pub(crate) async fn query_stored(
         &self,
         filters: &[Filter],
         ctx: &QueryContext,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut results: Vec<StoredEvent> = Vec::new();
+        let mut results = self.open_results(filters, ctx, None, usize::MAX).await?;
+        let mut all = Vec::new();
+        while let Some(event) = results.next().await? {
+            all.push(event);
+        }
+        Ok(all)
+    }
+
+    /// Stored events matching any of `filters` as `ctx` may see them, to be
+    /// read one by one (see [`StoredResults`]), at most `read_ahead` bytes of
+    /// JSON held at a time beyond the one being read. `budget_ms` bounds the
+    /// database time of the filters' queries together, and of each later
+    /// fetch on its own (the client's reading in between is not counted).
+    pub(crate) async fn open_results(
+        &self,
+        filters: &[Filter],
+        ctx: &QueryContext,
+        budget_ms: Option<u64>,
+        read_ahead: usize,
+    ) -> Result<StoredResults, StoreError> {
+        let budget = budget_ms.map_or_else(QueryBudget::default, QueryBudget::millis);
+        // Identical filters match identical rows: query each once.
+        let mut distinct: Vec<&Filter> = Vec::with_capacity(filters.len());
         for filter in filters {
-            results.extend(self.store.query(filter, ctx).await?);
+            if !distinct.contains(&filter) {
+                distinct.push(filter);
+            }
         }
-        if filters.len() > 1 {
-            results.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-            let mut seen = HashSet::with_capacity(results.len());
-            results.retain(|e| seen.insert(e.id));
+        let mut hold = read_ahead;
+        let mut rows = Vec::new();
+        // Only the 32-byte ids, and only when rows can repeat.
+        let mut seen = HashSet::new();
+        for filter in &distinct {
+            let found = self.store.query_rows(filter, ctx, budget, hold).await?;
+            for row in found {
+                if distinct.len() > 1 && !seen.insert(row.id) {
+                    continue;
+                }
+                if let Some(json) = &row.json {
+                    hold = hold.saturating_sub(json.len());
+                }
+                rows.push(row);
+            }
         }
-        Ok(results)
+        if distinct.len() > 1 {
+            rows.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        }
+        Ok(StoredResults {
+            store: Arc::clone(&self.store),
+            rows: rows.into_iter().peekable(),
+            ready: VecDeque::new(),
+            fetch_bytes: read_ahead.max(1),
+            budget_ms,
+        })
     }
 
     /// Hand an event to live subscribers.

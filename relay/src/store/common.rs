@@ -9,7 +9,7 @@ use nostr::hashes::{sha256, Hash};
 use nostr::{Event, Filter, JsonUtil};
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{QueryContext, SaveOutcome, StoredEvent};
+use super::{QueryContext, QueryRow, SaveOutcome, StoreError, StoredEvent, MAX_BOUND_VALUES};
 use crate::kinds::{self, KindClass};
 
 /// Values longer than this are indexed by digest (see [`index_key`]).
@@ -63,17 +63,20 @@ impl PreparedEvent {
         let tags: BTreeSet<(String, Vec<u8>)> = kinds::indexable_tags(event)
             .map(|(name, value)| (name.to_owned(), index_key(value)))
             .collect();
-        let mut deletes_ids = Vec::new();
-        let mut deletes_coords = Vec::new();
+        // Sets: each target once, so the batched statements of
+        // `apply_deletion` never name a row twice (Postgres refuses an upsert
+        // that would).
+        let mut deletes_ids = BTreeSet::new();
+        let mut deletes_coords = BTreeSet::new();
         if kind == kinds::KIND_DELETION {
             for value in kinds::tag_values(event, "e") {
                 if let Ok(id) = nostr::EventId::from_hex(value) {
-                    deletes_ids.push(id.as_bytes().to_vec());
+                    deletes_ids.insert(id.as_bytes().to_vec());
                 }
             }
             for value in kinds::tag_values(event, "a") {
                 if let Some(coord) = parse_own_coordinate(value, &event.pubkey) {
-                    deletes_coords.push(coord);
+                    deletes_coords.insert(coord);
                 }
             }
         }
@@ -86,8 +89,8 @@ impl PreparedEvent {
             expires_at: kinds::expiration(event).map(to_i64),
             json: event.as_json(),
             tags: tags.into_iter().collect(),
-            deletes_ids,
-            deletes_coords,
+            deletes_ids: deletes_ids.into_iter().collect(),
+            deletes_coords: deletes_coords.into_iter().collect(),
         }
     }
 
@@ -278,7 +281,7 @@ impl Visibility {
 /// What a filter's SELECT returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Select {
-    /// `id, created_at, kind, json`, ordered and limited: for `query`.
+    /// `seq, id, created_at, kind, json`, ordered and limited: for `query`.
     Rows,
     /// `seq` only, unordered and unlimited: a `count` arm.
     Seq,
@@ -306,7 +309,7 @@ pub(super) fn push_filter_select<'a, DB>(
     String: Encode<'a, DB> + Type<DB>,
 {
     qb.push(match select {
-        Select::Rows => "SELECT e.id, e.created_at, e.kind, e.json FROM ",
+        Select::Rows => "SELECT e.seq, e.id, e.created_at, e.kind, e.json FROM ",
         Select::Seq => "SELECT e.seq FROM ",
     });
 
@@ -439,18 +442,83 @@ where
     Some(qb)
 }
 
-/// Turn a `query` row (`id, created_at, kind, json`) into a [`StoredEvent`].
-/// `kind` is generic because the backends decode the column as different
-/// integer widths.
-pub(super) fn stored_event<K: TryInto<u16>>(
-    (id, created_at, kind, json): (Vec<u8>, i64, K, String),
-) -> Result<StoredEvent, sqlx::Error> {
-    Ok(StoredEvent {
+/// Turn a `query` row (`seq, id, created_at, kind, json`) into a
+/// [`QueryRow`], keeping the JSON only if it fits in what is left of
+/// `hold_json` (which it then reduces). `kind` is generic because the
+/// backends decode the column as different integer widths.
+pub(super) fn query_row<K: TryInto<u16>>(
+    (seq, id, created_at, kind, json): (i64, Vec<u8>, i64, K, String),
+    hold_json: &mut usize,
+) -> Result<QueryRow, sqlx::Error> {
+    let json_len = json.len();
+    let json = if json_len <= *hold_json {
+        *hold_json -= json_len;
+        Some(json)
+    } else {
+        // Stop holding altogether, so rows stay in order: held ones first.
+        *hold_json = 0;
+        None
+    };
+    Ok(QueryRow {
+        seq,
         id: id_array(id)?,
         created_at: u64::try_from(created_at).unwrap_or_default(),
         kind: kind.try_into().unwrap_or_default(),
+        json_len,
         json,
     })
+}
+
+/// A [`QueryRow`] whose JSON was held, as a [`StoredEvent`].
+pub(super) fn stored_event(row: QueryRow) -> Result<StoredEvent, sqlx::Error> {
+    Ok(StoredEvent {
+        id: row.id,
+        created_at: row.created_at,
+        kind: row.kind,
+        json: row
+            .json
+            .ok_or_else(|| sqlx::Error::Protocol("row read without its JSON".into()))?,
+    })
+}
+
+/// Refuse, before any SQL, a query that would bind more than
+/// [`MAX_BOUND_VALUES`]: its filters' values plus each filter's fixed
+/// parameters and the viewers' (COUNT binds every filter in one statement).
+pub(super) fn check_bound_values<'a>(
+    filters: impl IntoIterator<Item = &'a Filter>,
+    ctx: &QueryContext,
+) -> Result<(), StoreError> {
+    /// since, until, limit, expiry, a driving tag's name and value, and a
+    /// name per tag letter are at most this many more per filter.
+    const FIXED_PER_FILTER: usize = 8;
+    let mut values = 0usize;
+    for filter in filters {
+        values += crate::matching::filter_values(filter)
+            + filter.generic_tags.len()
+            + FIXED_PER_FILTER
+            + 2 * ctx.viewers.len();
+    }
+    if values > MAX_BOUND_VALUES {
+        return Err(StoreError::TooManyValues {
+            values,
+            max: MAX_BOUND_VALUES,
+        });
+    }
+    Ok(())
+}
+
+/// The error a statement stopped by its [`super::QueryBudget`] ends with:
+/// SQLite's `SQLITE_INTERRUPT` (9), Postgres' `query_canceled` (57014).
+pub(super) fn budget_error(err: sqlx::Error) -> StoreError {
+    let stopped = err
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "9" || code == "57014");
+    if stopped {
+        StoreError::Timeout
+    } else {
+        StoreError::Database(err)
+    }
 }
 
 /// Decode an id column into a fixed array; the schema guarantees 32 bytes,
@@ -543,13 +611,16 @@ macro_rules! backend_sql {
             }
         }
 
-        /// Run one filter's `query` SELECT; no SQL when the filter can match
-        /// nothing or its limit is 0.
-        async fn query_events(
-            pool: &sqlx::Pool<$db>,
+        /// Run one filter's `query` SELECT, streaming its rows and keeping
+        /// JSON for at most `hold_json` bytes of them; no SQL when the filter
+        /// can match nothing or its limit is 0.
+        async fn query_rows_on(
+            conn: &mut $conn,
             filter: &nostr::Filter,
             ctx: &$crate::store::QueryContext,
-        ) -> Result<Vec<$crate::store::StoredEvent>, sqlx::Error> {
+            mut hold_json: usize,
+        ) -> Result<Vec<$crate::store::QueryRow>, sqlx::Error> {
+            use futures::TryStreamExt;
             use $crate::store::common::{push_filter_select, FilterPlan, Select, Visibility};
             let Some(plan) = FilterPlan::new(filter, ctx.max_limit) else {
                 return Ok(Vec::new());
@@ -559,23 +630,49 @@ macro_rules! backend_sql {
             }
             let mut qb = sqlx::QueryBuilder::<$db>::new("");
             push_filter_select(&mut qb, &plan, &Visibility::new(ctx), Select::Rows);
-            let rows: Vec<(Vec<u8>, i64, $kind, String)> =
-                qb.build_query_as().fetch_all(pool).await?;
-            rows.into_iter()
-                .map($crate::store::common::stored_event)
-                .collect()
+            let mut out = Vec::new();
+            let mut rows = qb
+                .build_query_as::<(i64, Vec<u8>, i64, $kind, String)>()
+                .fetch(&mut *conn);
+            while let Some(row) = rows.try_next().await? {
+                out.push($crate::store::common::query_row(row, &mut hold_json)?);
+            }
+            Ok(out)
+        }
+
+        /// `(seq, json)` of the events with these seqs, in chunks.
+        async fn fetch_json_on(
+            conn: &mut $conn,
+            seqs: &[i64],
+        ) -> Result<Vec<(i64, String)>, sqlx::Error> {
+            let mut out = Vec::with_capacity(seqs.len());
+            for chunk in seqs.chunks($crate::store::common::EVENT_CHUNK) {
+                let mut qb =
+                    sqlx::QueryBuilder::<$db>::new("SELECT seq, json FROM events WHERE seq IN (");
+                let mut list = qb.separated(", ");
+                for seq in chunk {
+                    list.push_bind(*seq);
+                }
+                qb.push(")");
+                out.extend(
+                    qb.build_query_as::<(i64, String)>()
+                        .fetch_all(&mut *conn)
+                        .await?,
+                );
+            }
+            Ok(out)
         }
 
         /// Count the events matching any of `filters`.
         async fn count_events(
-            pool: &sqlx::Pool<$db>,
+            conn: &mut $conn,
             filters: &[nostr::Filter],
             ctx: &$crate::store::QueryContext,
         ) -> Result<u64, sqlx::Error> {
             let Some(mut qb) = $crate::store::common::count_query::<$db>(filters, ctx) else {
                 return Ok(0);
             };
-            let n: i64 = qb.build_query_scalar().fetch_one(pool).await?;
+            let n: i64 = qb.build_query_scalar().fetch_one(&mut *conn).await?;
             Ok(u64::try_from(n).unwrap_or_default())
         }
 
@@ -752,43 +849,54 @@ macro_rules! backend_sql {
 
         /// NIP-09: remove the deleter's own events named by `e` and `a` tags
         /// and remember them, so they cannot be stored again.
+        ///
+        /// Batched: a few statements per [`EVENT_CHUNK`] targets, not two per
+        /// tag, so a kind 5 with thousands of tags holds the single writer
+        /// (and every client's OK behind it) only briefly.
+        ///
+        /// [`EVENT_CHUNK`]: $crate::store::common::EVENT_CHUNK
         async fn apply_deletion(
             conn: &mut $conn,
             ev: &$crate::store::common::PreparedEvent,
         ) -> Result<(), sqlx::Error> {
-            for id in &ev.deletes_ids {
+            use $crate::store::common::EVENT_CHUNK;
+            for ids in ev.deletes_ids.chunks(EVENT_CHUNK) {
                 // Deleting a deletion request has no effect (NIP-09).
-                let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM events WHERE id = ");
-                qb.push_bind(id.as_slice())
-                    .push(" AND pubkey = ")
-                    .push_bind(ev.pubkey.as_slice())
-                    .push(" AND kind <> 5 RETURNING seq");
+                let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM events WHERE pubkey = ");
+                qb.push_bind(ev.pubkey.as_slice()).push(" AND kind <> 5");
+                $crate::store::push_in(&mut qb, "id", ids);
+                qb.push(" RETURNING seq");
                 let seqs: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
                 delete_tags(conn, &seqs).await?;
                 let mut qb =
                     sqlx::QueryBuilder::<$db>::new("INSERT INTO deleted_ids (id, pubkey) ");
-                qb.push_values([id], |mut row, id| {
+                qb.push_values(ids, |mut row, id| {
                     row.push_bind(id.as_slice()).push_bind(ev.pubkey.as_slice());
                 });
                 qb.push(" ON CONFLICT DO NOTHING");
                 qb.build().execute(&mut *conn).await?;
             }
-            for (kind, d_tag) in &ev.deletes_coords {
+            for coords in ev.deletes_coords.chunks(EVENT_CHUNK) {
                 let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM events WHERE pubkey = ");
                 qb.push_bind(ev.pubkey.as_slice())
-                    .push(" AND kind = ")
-                    .push_bind(*kind)
-                    .push(" AND d_tag = ")
-                    .push_bind(d_tag.as_slice())
                     .push(" AND created_at <= ")
                     .push_bind(ev.created_at)
-                    .push(" RETURNING seq");
+                    .push(" AND (kind, d_tag) IN (VALUES ");
+                let mut list = qb.separated(", ");
+                for (kind, d_tag) in coords {
+                    list.push("(")
+                        .push_bind_unseparated(*kind)
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(d_tag.as_slice())
+                        .push_unseparated(")");
+                }
+                qb.push(") RETURNING seq");
                 let seqs: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
                 delete_tags(conn, &seqs).await?;
                 let mut qb = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO deleted_coords (pubkey, kind, d_tag, deleted_up_to) ",
                 );
-                qb.push_values([(kind, d_tag)], |mut row, (kind, d_tag)| {
+                qb.push_values(coords, |mut row, (kind, d_tag)| {
                     row.push_bind(ev.pubkey.as_slice())
                         .push_bind(*kind)
                         .push_bind(d_tag.as_slice())

@@ -2,6 +2,7 @@
 //! the group-commit [`Writer`] that batches writes without giving up durability.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use nostr::{Event, Filter, PublicKey};
@@ -41,6 +42,49 @@ pub struct StoredEvent {
     /// same fields and values as received, so id and signature verify).
     pub json: String,
 }
+
+/// One row of [`Store::query_rows`]: an event's sort key, and its JSON
+/// unless the caller's read-ahead budget was spent (then it is fetched later
+/// with [`Store::fetch_json`], by `seq`).
+#[derive(Debug, Clone)]
+pub struct QueryRow {
+    /// The store's own key for the event (what [`Store::fetch_json`] takes).
+    pub seq: i64,
+    /// Event id.
+    pub id: [u8; 32],
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Kind number.
+    pub kind: u16,
+    /// Length of the event's JSON in bytes.
+    pub json_len: usize,
+    /// The JSON, while within the read-ahead budget.
+    pub json: Option<String>,
+}
+
+/// What one REQ or COUNT may cost the database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryBudget {
+    /// Statements still running at this instant are stopped and the call
+    /// fails with [`StoreError::Timeout`] (`None`: no bound). SQLite checks
+    /// it inside the statement (a progress handler), Postgres as
+    /// `statement_timeout`.
+    pub deadline: Option<Instant>,
+}
+
+impl QueryBudget {
+    /// A budget of `ms` milliseconds from now.
+    pub fn millis(ms: u64) -> Self {
+        Self {
+            deadline: Some(Instant::now() + std::time::Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// Most values one statement may bind. SQLite accepts 32,766 and Postgres
+/// 65,535; queries that would need more fail with
+/// [`StoreError::TooManyValues`] before any SQL is run.
+pub const MAX_BOUND_VALUES: usize = 32_000;
 
 /// When the [`Writer`] hands the store a moment for [`Store::maintain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +139,17 @@ pub enum StoreError {
     /// the batch shares the one underlying error.
     #[error("{0}")]
     Batch(#[source] Arc<StoreError>),
+    /// A query would bind more values than [`MAX_BOUND_VALUES`].
+    #[error("query lists {values} values (max {max})")]
+    TooManyValues {
+        /// Values it would bind.
+        values: usize,
+        /// The most a statement may bind.
+        max: usize,
+    },
+    /// A query ran past its [`QueryBudget`] and was stopped.
+    #[error("query ran past its time budget")]
+    Timeout,
     /// A backend returned a different number of outcomes than events
     /// (a bug in the backend; nothing can be assumed about the batch).
     #[error("store returned the wrong number of outcomes")]
@@ -133,8 +188,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// empty `#x` set matches nothing, `#x` values are matched exactly (OR
     /// within a letter, AND across letters, first tag value only). A filter
     /// with NIP-50 `search` matches nothing (unsupported), as does `limit: 0`.
-    /// Callers should cap the number of values per filter: every value is a
-    /// bound parameter, and SQLite accepts at most 32,766 per statement.
+    /// Every value is a bound parameter: a filter that would bind more than
+    /// [`MAX_BOUND_VALUES`] fails with [`StoreError::TooManyValues`] before
+    /// any SQL runs (the relay's own limits refuse it earlier).
     async fn query(
         &self,
         filter: &Filter,
@@ -144,6 +200,57 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Number of distinct events matching any of `filters` (NIP-45), with
     /// the same privacy and expiration rules as [`Store::query`] (no limit).
     async fn count(&self, filters: &[Filter], ctx: &QueryContext) -> Result<u64, StoreError>;
+
+    /// [`Store::query`] as rows, streamed from the database: the JSON of the
+    /// first rows is kept while their total stays within `hold_json` bytes,
+    /// later rows carry only their key and length (fetch them with
+    /// [`Store::fetch_json`]). Stops with [`StoreError::Timeout`] at the
+    /// budget's deadline; dropping the future stops the statement too where
+    /// the backend allows it (SQLite). The default (for stores without
+    /// either) keeps every JSON and ignores the budget.
+    async fn query_rows(
+        &self,
+        filter: &Filter,
+        ctx: &QueryContext,
+        _budget: QueryBudget,
+        _hold_json: usize,
+    ) -> Result<Vec<QueryRow>, StoreError> {
+        Ok(self
+            .query(filter, ctx)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| QueryRow {
+                seq: i64::try_from(i).unwrap_or(i64::MAX),
+                id: e.id,
+                created_at: e.created_at,
+                kind: e.kind,
+                json_len: e.json.len(),
+                json: Some(e.json),
+            })
+            .collect())
+    }
+
+    /// The JSON of events by `seq` (from [`Store::query_rows`]), in no
+    /// particular order; events deleted since are missing.
+    async fn fetch_json(
+        &self,
+        _seqs: &[i64],
+        _budget: QueryBudget,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// [`Store::count`] within `budget`: [`StoreError::Timeout`] when the
+    /// count cannot finish by its deadline. The default ignores the budget.
+    async fn count_within(
+        &self,
+        filters: &[Filter],
+        ctx: &QueryContext,
+        _budget: QueryBudget,
+    ) -> Result<u64, StoreError> {
+        self.count(filters, ctx).await
+    }
 
     /// Upkeep of the write path that must not run inside a commit but may
     /// hold up the next one for a moment (SQLite: starting the WAL over; see

@@ -8,8 +8,8 @@ use nostr::{Event, Filter};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 
-use super::common::{BatchState, PreparedEvent};
-use super::{QueryContext, SaveOutcome, Store, StoreError, StoredEvent};
+use super::common::{budget_error, check_bound_values, BatchState, PreparedEvent};
+use super::{QueryBudget, QueryContext, QueryRow, SaveOutcome, Store, StoreError, StoredEvent};
 
 /// Connections in the pool.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -102,6 +102,39 @@ async fn delete_tags(conn: &mut PgConnection, seqs: &[i64]) -> Result<(), sqlx::
     Ok(())
 }
 
+/// Run `$body` (an expression over `$conn: &mut PgConnection`) within
+/// `$budget`: without a deadline on a pooled connection; with one inside a
+/// read transaction whose `statement_timeout` is the time left, so the
+/// server itself stops the statement (also when the client has gone: a
+/// dropped query's statement runs at most until then). Errors map through
+/// [`budget_error`].
+macro_rules! budgeted {
+    ($store:expr, $budget:expr, |$conn:ident| $body:expr) => {{
+        match $budget.deadline {
+            None => {
+                let mut pooled = $store.pool.acquire().await?;
+                let $conn: &mut PgConnection = &mut pooled;
+                $body.await.map_err(budget_error)
+            }
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                let ms = left.as_millis().clamp(1, i32::MAX as u128);
+                let mut tx = $store.pool.begin().await?;
+                // A number formatted here, not client input.
+                sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+                    .execute(&mut *tx)
+                    .await?;
+                let result = {
+                    let $conn: &mut PgConnection = &mut tx;
+                    $body.await.map_err(budget_error)?
+                };
+                tx.commit().await?;
+                Ok(result)
+            }
+        }
+    }};
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn save_batch(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
@@ -113,11 +146,49 @@ impl Store for PostgresStore {
         filter: &Filter,
         ctx: &QueryContext,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        Ok(query_events(&self.pool, filter, ctx).await?)
+        let rows = self
+            .query_rows(filter, ctx, QueryBudget::default(), usize::MAX)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(super::common::stored_event)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn count(&self, filters: &[Filter], ctx: &QueryContext) -> Result<u64, StoreError> {
-        Ok(count_events(&self.pool, filters, ctx).await?)
+        self.count_within(filters, ctx, QueryBudget::default())
+            .await
+    }
+
+    async fn query_rows(
+        &self,
+        filter: &Filter,
+        ctx: &QueryContext,
+        budget: QueryBudget,
+        hold_json: usize,
+    ) -> Result<Vec<QueryRow>, StoreError> {
+        check_bound_values([filter], ctx)?;
+        budgeted!(self, budget, |conn| query_rows_on(
+            conn, filter, ctx, hold_json
+        ))
+    }
+
+    async fn fetch_json(
+        &self,
+        seqs: &[i64],
+        budget: QueryBudget,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        budgeted!(self, budget, |conn| fetch_json_on(conn, seqs))
+    }
+
+    async fn count_within(
+        &self,
+        filters: &[Filter],
+        ctx: &QueryContext,
+        budget: QueryBudget,
+    ) -> Result<u64, StoreError> {
+        check_bound_values(filters, ctx)?;
+        budgeted!(self, budget, |conn| count_events(conn, filters, ctx))
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {

@@ -4,19 +4,23 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nostr::{Event, Filter};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
 use sqlx::{Encode, QueryBuilder, Sqlite, Type};
 
-use super::common::{BatchState, PreparedEvent, EVENT_CHUNK};
-use super::{QueryContext, SaveOutcome, Store, StoreError, StoredEvent, WriterPause};
+use super::common::{budget_error, check_bound_values, BatchState, PreparedEvent, EVENT_CHUNK};
+use super::{
+    QueryBudget, QueryContext, QueryRow, SaveOutcome, Store, StoreError, StoredEvent, WriterPause,
+};
 
 mod wal;
 
@@ -159,6 +163,30 @@ impl SqliteStore {
         })
     }
 
+    /// A read connection whose statements stop at `budget`'s deadline or
+    /// once the returned guard is dropped (a client that went away).
+    ///
+    /// Every use of the read pool goes through here, and each installs its
+    /// own progress handler, so the handler a cancelled query leaves on its
+    /// connection never outlives the next acquire. The in-memory store
+    /// (tests) reads on its write connection, which must never carry a
+    /// stopping handler, so it gets none and no budget.
+    async fn reader(&self, budget: QueryBudget) -> Result<Reader, sqlx::Error> {
+        let mut conn = self.read.acquire().await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        if self.wal.is_some() {
+            let flag = Arc::clone(&stop);
+            let deadline = budget.deadline;
+            conn.lock_handle()
+                .await?
+                .set_progress_handler(PROGRESS_OPS, move || {
+                    // `true` continues the statement.
+                    !(flag.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d))
+                });
+        }
+        Ok(Reader { conn, stop })
+    }
+
     /// Tell the checkpointer that the write connection committed.
     fn committed(&self) {
         if let Some(wal) = &self.wal {
@@ -171,6 +199,25 @@ impl SqliteStore {
     pub async fn optimize(&self) -> Result<(), StoreError> {
         sqlx::query("PRAGMA optimize").execute(&self.write).await?;
         Ok(())
+    }
+}
+
+/// SQLite virtual-machine steps between two checks of a read's budget
+/// (tens of microseconds of work).
+const PROGRESS_OPS: i32 = 1_000;
+
+/// A read connection that stops its statement when dropped (see
+/// [`SqliteStore::reader`]).
+struct Reader {
+    conn: PoolConnection<Sqlite>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // A statement still running on the worker thread (its future was
+        // dropped) is interrupted at its next progress check.
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -273,11 +320,56 @@ impl Store for SqliteStore {
         filter: &Filter,
         ctx: &QueryContext,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        Ok(query_events(&self.read, filter, ctx).await?)
+        let rows = self
+            .query_rows(filter, ctx, QueryBudget::default(), usize::MAX)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(super::common::stored_event)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn count(&self, filters: &[Filter], ctx: &QueryContext) -> Result<u64, StoreError> {
-        Ok(count_events(&self.read, filters, ctx).await?)
+        self.count_within(filters, ctx, QueryBudget::default())
+            .await
+    }
+
+    async fn query_rows(
+        &self,
+        filter: &Filter,
+        ctx: &QueryContext,
+        budget: QueryBudget,
+        hold_json: usize,
+    ) -> Result<Vec<QueryRow>, StoreError> {
+        check_bound_values([filter], ctx)?;
+        let mut conn = self.reader(budget).await?;
+        query_rows_on(&mut conn.conn, filter, ctx, hold_json)
+            .await
+            .map_err(budget_error)
+    }
+
+    async fn fetch_json(
+        &self,
+        seqs: &[i64],
+        budget: QueryBudget,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut conn = self.reader(budget).await?;
+        fetch_json_on(&mut conn.conn, seqs)
+            .await
+            .map_err(budget_error)
+    }
+
+    async fn count_within(
+        &self,
+        filters: &[Filter],
+        ctx: &QueryContext,
+        budget: QueryBudget,
+    ) -> Result<u64, StoreError> {
+        check_bound_values(filters, ctx)?;
+        let mut conn = self.reader(budget).await?;
+        count_events(&mut conn.conn, filters, ctx)
+            .await
+            .map_err(budget_error)
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
@@ -302,7 +394,8 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
+        let mut conn = self.reader(QueryBudget::default()).await?;
+        sqlx::query("SELECT 1").execute(&mut *conn.conn).await?;
         Ok(())
     }
 
