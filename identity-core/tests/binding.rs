@@ -1,12 +1,12 @@
 //! Binding operations: parsing rules, the registry state machine and witness attestations.
 
 use cairn_identity_core::{
-    nip01::EventCheckError,
     binding::{
         proof_post_op, revoke_op, rotate_op, veto_op, BindingError, BindingOp, IdentityStatus,
         OpContext, OpKind, Registry, RegistryConfig, RegistryError, Status, WitnessAttestation,
     },
     kinds,
+    nip01::EventCheckError,
 };
 use nostr::{Event, EventBuilder, EventId, Keys, Kind, Tag};
 
@@ -438,6 +438,90 @@ fn rotation_needs_a_valid_signature_by_the_new_key() {
     assert_eq!(BindingOp::from_event(&same), Err(BindingError::SameKey));
 }
 
+/// Event-level rules added for issue 16; each was accepted before.
+#[test]
+fn only_a_bind_has_seq_zero_and_post_ids_are_non_zero() {
+    let k = Keys::generate();
+    let mut tags: Vec<Vec<&str>> = vec![
+        vec!["op", "revoke"],
+        vec!["x_uid", "1234"],
+        vec!["seq", "0"],
+        vec!["prev", ""],
+    ];
+    assert_eq!(
+        BindingOp::from_event(&raw(&k, &tags)),
+        Err(BindingError::InvalidTag {
+            tag: "seq",
+            reason: "only a bind can have seq 0"
+        })
+    );
+    tags[0] = vec!["op", "bind"];
+    tags.push(vec!["i", "twitter:alice", "0"]);
+    tags.push(vec!["challenge", CHALLENGE]);
+    assert_eq!(
+        BindingOp::from_event(&raw(&k, &tags)),
+        Err(BindingError::InvalidTag {
+            tag: "i",
+            reason: "post id must be non-zero"
+        })
+    );
+    tags[4] = vec!["i", "twitter:alice", "1"];
+    BindingOp::from_event(&raw(&k, &tags)).unwrap();
+    // A control character without a NIP-01 escape makes any protocol event invalid.
+    let tag_list: Vec<Tag> = tags
+        .iter()
+        .map(|t| Tag::parse(t.clone()).unwrap())
+        .collect();
+    let bell = sign(
+        EventBuilder::new(Kind::Custom(kinds::BINDING), "bell\u{7}").tags(tag_list),
+        &k,
+    );
+    assert_eq!(
+        BindingOp::from_event(&bell),
+        Err(BindingError::Event(EventCheckError::ControlCharacter))
+    );
+}
+
+#[test]
+fn attestations_carry_exactly_their_tags_and_no_content() {
+    let node = Keys::generate();
+    let att = WitnessAttestation {
+        x_uid: UID,
+        handle: "alice".into(),
+        post_id: 42,
+        subject: Keys::generate().public_key(),
+        challenge: CHALLENGE.into(),
+        post_text_sha256: [5; 32],
+        posted_at: 1_700_000_000,
+        fetched_at: 1_700_000_060,
+    };
+    let good = sign(att.to_event_builder(), &node);
+    WitnessAttestation::from_event(&good).unwrap();
+    let with_alt = sign(
+        att.to_event_builder()
+            .tag(Tag::parse(["alt", "witness attestation"]).unwrap()),
+        &node,
+    );
+    assert_eq!(
+        WitnessAttestation::from_event(&with_alt),
+        Err(BindingError::ExtraAttestationTag("alt".into()))
+    );
+    let with_content = sign(
+        EventBuilder::new(Kind::Custom(kinds::WITNESS_ATTESTATION), "hello")
+            .tags(good.tags.iter().cloned()),
+        &node,
+    );
+    assert_eq!(
+        WitnessAttestation::from_event(&with_content),
+        Err(BindingError::AttestationContent)
+    );
+    let zero = WitnessAttestation { x_uid: 0, ..att };
+    assert!(matches!(
+        WitnessAttestation::from_event(&sign(zero.to_event_builder(), &node)),
+        Err(BindingError::InvalidTag { tag: "x_uid", .. })
+    ));
+}
+
 #[test]
 fn attestation_round_trip_and_matching() {
     let node = Keys::generate();
@@ -518,6 +602,10 @@ mod state_machine {
                 } else {
                     Some(EventId::from_byte_array([n as u8; 32]))
                 };
+                if seq == 0 && op != 0 {
+                    // Only a bind may have seq 0 (§4): anything else is not a well-formed event.
+                    continue;
+                }
                 let k = &keys[signer];
                 let challenge = format!("challenge{n:011}");
                 let builder = match op {
