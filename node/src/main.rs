@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cairn_node::cli::{self, identity, ln, msg, nwc, verify, wallet};
+use cairn_node::cli::{self, backup, identity, ln, msg, nwc, verify, wallet};
 use cairn_node::Settings;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -66,6 +66,14 @@ enum Command {
     /// message; `inbox` shows each payment as paid only when your node
     /// received it. See docs/payments-in-messages.md.
     Msg(msg::MsgArgs),
+    /// Write a consistent backup archive of the data directory while the node serves.
+    ///
+    /// Every SQLite database (events, identity, wallets, NWC, Lightning) as a
+    /// snapshot; the seed, keys and tokens only with --include-secrets. A
+    /// Postgres event database is not included: use pg_dump. See docs/operations.md.
+    Backup(backup::BackupArgs),
+    /// Restore a backup archive into a new or empty data directory.
+    Restore(backup::RestoreArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +108,8 @@ fn main() -> anyhow::Result<()> {
         Command::Ln(args) => cli::exit_with(runtime.block_on(ln::run_ln(args))),
         Command::Nwc(args) => cli::exit_with(runtime.block_on(nwc::run_nwc(args))),
         Command::Msg(args) => cli::exit_with(runtime.block_on(msg::run_msg(args))),
+        Command::Backup(args) => cli::exit_with(runtime.block_on(backup::run_backup(args))),
+        Command::Restore(args) => cli::exit_with(runtime.block_on(backup::run_restore(args))),
     }
 }
 

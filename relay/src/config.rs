@@ -26,6 +26,9 @@ pub struct RelayConfig {
     pub limits: Limits,
     /// Rate limits (token buckets).
     pub rate_limits: RateLimits,
+    /// How long stored events are kept, per kind class and kind (default:
+    /// forever), and an optional size cap; listed in NIP-11 `retention`.
+    pub retention: crate::retention::RetentionConfig,
     /// Which recipients kind 1059 gift wraps are accepted for.
     pub inbox: InboxPolicy,
 }
@@ -40,6 +43,7 @@ impl Default for RelayConfig {
             pubkey: None,
             limits: Limits::default(),
             rate_limits: RateLimits::default(),
+            retention: crate::retention::RetentionConfig::default(),
             inbox: InboxPolicy::default(),
         }
     }

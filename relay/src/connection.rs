@@ -404,6 +404,7 @@ impl Session {
             });
         }
         let parsed = ClientMessage::parse(&text);
+        crate::metrics::count_received(&parsed);
         if !matches!(parsed, Ok(ClientMessage::Event(_))) {
             if let Flow::Close(c) = self.drain(pending).await {
                 return Flow::Close(c);
@@ -728,6 +729,7 @@ impl Session {
 }
 
 fn slow_reader() -> CloseRequest {
+    metrics::counter!(crate::metrics::SLOW_READERS_DROPPED).increment(1);
     CloseRequest {
         notice: Some("error: you are reading too slowly; closing the connection".into()),
         code: 1008,

@@ -20,11 +20,13 @@ pub mod kinds;
 pub mod local;
 pub mod matching;
 pub mod message;
+pub mod metrics;
 pub mod nip11;
 mod outbound;
 pub mod privacy;
 pub mod ratelimit;
 pub mod relay;
+pub mod retention;
 pub mod store;
 #[cfg(feature = "test-relay")]
 pub mod testing;

@@ -170,12 +170,20 @@ fn truncate(s: &str, max: usize) -> &str {
 pub mod out {
     use serde_json::json;
 
+    use crate::metrics::{ok_reason, EVENTS, MESSAGES_SENT};
+
+    /// Counts a message built for a client (see [`crate::metrics`]).
+    fn sent(kind: &'static str) {
+        metrics::counter!(MESSAGES_SENT, "type" => kind).increment(1);
+    }
+
     fn quote(s: &str) -> String {
         serde_json::Value::from(s).to_string()
     }
 
     /// `["EVENT", sub, event]`
     pub fn event(sub_id: &str, event_json: &str) -> String {
+        sent("EVENT");
         let sub = quote(sub_id);
         let mut s = String::with_capacity(sub.len() + event_json.len() + 12);
         s.push_str("[\"EVENT\",");
@@ -188,31 +196,40 @@ pub mod out {
 
     /// `["OK", id, accepted, message]`
     pub fn ok(event_id: &str, accepted: bool, message: &str) -> String {
+        sent("OK");
+        let reason = ok_reason(accepted, message);
+        let accepted_label = if accepted { "true" } else { "false" };
+        metrics::counter!(EVENTS, "accepted" => accepted_label, "reason" => reason).increment(1);
         json!(["OK", event_id, accepted, message]).to_string()
     }
 
     /// `["EOSE", sub]`
     pub fn eose(sub_id: &str) -> String {
+        sent("EOSE");
         json!(["EOSE", sub_id]).to_string()
     }
 
     /// `["CLOSED", sub, message]`
     pub fn closed(sub_id: &str, message: &str) -> String {
+        sent("CLOSED");
         json!(["CLOSED", sub_id, message]).to_string()
     }
 
     /// `["NOTICE", message]`
     pub fn notice(message: &str) -> String {
+        sent("NOTICE");
         json!(["NOTICE", message]).to_string()
     }
 
     /// `["AUTH", challenge]`
     pub fn auth(challenge: &str) -> String {
+        sent("AUTH");
         json!(["AUTH", challenge]).to_string()
     }
 
     /// `["COUNT", sub, {"count": n}]`
     pub fn count(sub_id: &str, count: u64) -> String {
+        sent("COUNT");
         json!(["COUNT", sub_id, {"count": count}]).to_string()
     }
 }

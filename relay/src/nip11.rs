@@ -59,6 +59,9 @@ pub fn relay_information(config: &RelayConfig) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "limitation": limitation,
     });
+    if let Some(retention) = config.retention.nip11() {
+        doc["retention"] = retention;
+    }
     if let Some(contact) = &config.contact {
         doc["contact"] = contact.clone().into();
     }

@@ -335,7 +335,11 @@ impl Relay {
         // Only the 32-byte ids, and only when rows can repeat.
         let mut seen = HashSet::new();
         for filter in &distinct {
+            let started = std::time::Instant::now();
             let found = self.store.query_rows(filter, ctx, budget, hold).await?;
+            let shape = crate::metrics::filter_shape(filter);
+            metrics::histogram!(crate::metrics::QUERY_SECONDS, "shape" => shape)
+                .record(started.elapsed().as_secs_f64());
             for row in found {
                 if distinct.len() > 1 && !seen.insert(row.id) {
                     continue;

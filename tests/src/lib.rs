@@ -349,6 +349,16 @@ impl TestNode {
         format!("http://{}", self.addr)
     }
 
+    /// The running node (`None` while stopped).
+    pub fn running(&self) -> Option<&RunningNode> {
+        self.node.as_ref()
+    }
+
+    /// The metrics listener's address, when the node runs with `[metrics] bind`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.node.as_ref().and_then(|n| n.metrics_addr)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &std::path::Path {
         self.dir.path()

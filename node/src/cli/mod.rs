@@ -1,5 +1,5 @@
 //! The `cairn` commands other than `serve`, one module per command group:
-//! `identity`, `verify`, `wallet`, `ln`, `nwc` and `msg`. What several of
+//! `identity`, `verify`, `wallet`, `ln`, `nwc`, `msg` and `backup` (with restore). What several of
 //! them use (keys, the node's identity API, proof bundles, the admin API
 //! client, amounts) is in [`support`].
 //!
@@ -11,6 +11,7 @@ use std::io::Write as _;
 
 use anyhow::Result;
 
+pub mod backup;
 pub mod identity;
 pub mod ln;
 pub mod msg;

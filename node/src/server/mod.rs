@@ -1,10 +1,11 @@
 //! The HTTP/WebSocket server: [`start`] mounts the relay at `/` (WebSocket,
 //! NIP-11 and a text page, served by `cairn_relay::ws`) and the [`routes`]
-//! (identity, admin, zaps), opens the payments and zaps [`runtimes`], runs
+//! (identity, admin, zaps, health), opens the payments and zaps [`runtimes`], runs
 //! the background jobs, and [`RunningNode::shutdown`] stops it all.
 //! [`own_relay`] is how the payments services reach this relay in-process.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::redact::redact_url;
 use crate::settings::Settings;
 
+pub mod metrics;
 pub mod own_relay;
 pub mod routes;
 pub mod runtimes;
@@ -30,6 +32,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct RunningNode {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `[metrics] bind` is set.
+    pub metrics_addr: Option<SocketAddr>,
     relay: Arc<Relay>,
     server: JoinHandle<std::io::Result<()>>,
     connections: TaskTracker,
@@ -87,6 +91,7 @@ impl RunningNode {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let Self {
             addr: _,
+            metrics_addr: _,
             relay,
             server,
             connections,
@@ -147,12 +152,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.bind))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match settings.metrics.bind {
+        Some(bind) => Some(metrics::bind(bind).await?),
+        None => None,
+    };
     let public_url = settings
         .relay
         .public_url
         .clone()
         .unwrap_or_else(|| format!("ws://{addr}"));
     let (relay, writer) = Relay::new(settings.relay.clone(), &public_url, store);
+    let (writer, writer_running) = watch_writer(writer);
 
     tracing::info!(
         "cairn {} relay listening on ws://{addr} (NIP-11 at http://{addr}/), public URL {}",
@@ -165,6 +175,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         Arc::clone(&relay),
         Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
     ))];
+    let retention = &settings.relay.retention;
+    if retention.is_active() {
+        cairn_relay::retention::check_supported(&**relay.store(), retention)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        jobs.push(tokio::spawn(cairn_relay::retention::run(
+            Arc::clone(relay.store()),
+            retention.clone(),
+            relay.shutdown_token().clone(),
+        )));
+    }
     let identity = if settings.identity.enabled {
         let service = routes::identity::open_service(&settings, &relay).await?;
         let stop = relay.shutdown_token().clone().cancelled_owned();
@@ -215,10 +236,38 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         }),
         _ => None,
     };
+    app = app.merge(routes::health::router(routes::health::Readiness {
+        relay: Arc::clone(&relay),
+        writer_running,
+        identity: identity.clone(),
+        payments: payments.as_ref().map(|p| Arc::clone(p.slot())),
+    }));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let bound = listener.local_addr()?;
+            let sources = metrics::Sources {
+                relay: Arc::clone(&relay),
+                sqlite_file: database_url
+                    .strip_prefix("sqlite://")
+                    .map(std::path::PathBuf::from),
+                identity: identity.clone(),
+                payments: payments.as_ref().map(|p| Arc::clone(p.slot())),
+            };
+            jobs.push(metrics::serve(
+                listener,
+                sources,
+                relay.shutdown_token().clone(),
+            )?);
+            tracing::info!("Prometheus metrics at http://{bound}/metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     let shutdown = relay.shutdown_token().clone();
     let server = cairn_relay::ws::serve(listener, app, shutdown);
     Ok(RunningNode {
         addr,
+        metrics_addr,
         relay,
         server,
         connections,
@@ -228,6 +277,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         payments,
         zaps,
     })
+}
+
+/// The writer's task, wrapped so that `/ready` can tell whether it still
+/// runs: the flag turns false when it ends (a panic included, which is logged).
+fn watch_writer(writer: JoinHandle<()>) -> (JoinHandle<()>, Arc<AtomicBool>) {
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = Arc::clone(&running);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "the writer task failed");
+        }
+        flag.store(false, Ordering::Release);
+    });
+    (handle, running)
 }
 
 fn create_data_dir(settings: &Settings) -> anyhow::Result<()> {

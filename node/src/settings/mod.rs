@@ -1,6 +1,6 @@
 //! Node settings (`Settings`): defaults, then `cairn.toml`, then `CAIRN_*`
 //! environment variables, then command-line flags. Each larger section of the
-//! file has its own module: `[bitcoin]`, `[identity]`, `[payments]`, `[zaps]`.
+//! file has its own module: `[bitcoin]`, `[identity]`, `[payments]`, `[zaps]`, `[metrics]`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,11 +12,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod bitcoin;
 pub mod identity;
+pub mod metrics;
 pub mod payments;
 pub mod zaps;
 
 pub use self::bitcoin::BitcoinSettings;
 pub use self::identity::IdentitySettings;
+pub use self::metrics::MetricsSettings;
 pub use self::payments::PaymentsSettings;
 pub use self::zaps::ZapSettings;
 
@@ -40,6 +42,7 @@ const SETTING_NAMES: &[&str] = &[
     "identity",
     "payments",
     "zaps",
+    "metrics",
 ];
 
 /// All settings of a Cairn node.
@@ -64,6 +67,8 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     /// Payments to verified names: LNURL-pay, zaps, on-chain (off by default).
     pub zaps: ZapSettings,
+    /// Prometheus metrics on their own listener (off by default).
+    pub metrics: MetricsSettings,
 }
 
 impl Default for Settings {
@@ -78,6 +83,7 @@ impl Default for Settings {
             identity: IdentitySettings::default(),
             payments: PaymentsSettings::default(),
             zaps: ZapSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

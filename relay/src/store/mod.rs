@@ -9,6 +9,7 @@ use nostr::{Event, Filter, PublicKey};
 
 mod common;
 pub mod postgres;
+mod retention;
 pub mod sqlite;
 mod writer;
 
@@ -263,6 +264,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Delete events whose NIP-40 expiration is `<= now`; returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
 
+    /// Delete at most `limit` events matching `selection`, oldest first, in
+    /// one transaction (with their tags); returns how many. For retention
+    /// (`crate::retention`). The default deletes nothing.
+    async fn purge_selected(
+        &self,
+        _selection: &PurgeSelection,
+        _limit: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Bytes of live data in the event database, for a size cap; `None`
+    /// when the backend cannot tell cheaply (the default; Postgres, whose
+    /// files do not shrink when rows are deleted).
+    async fn live_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// A cheap round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -275,6 +294,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn database(&self) -> Option<Database> {
         None
     }
+}
+
+/// Which events [`Store::purge_selected`] deletes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgeSelection {
+    /// Inclusive kind ranges; an event must be in one of them (none: no event).
+    pub kinds: Vec<(u16, u16)>,
+    /// Kinds left alone even inside `kinds`.
+    pub except: Vec<u16>,
+    /// Only events with `created_at` before this (Unix seconds); `None`: any.
+    pub created_before: Option<u64>,
 }
 
 /// A connection pool to the relay's database (see [`Store::database`]).

@@ -69,7 +69,7 @@ async fn lookup_batch(
 /// Serialise write transactions: one advisory lock for every writer, so
 /// replacement and deletion checks never race, even with several nodes on
 /// one database.
-async fn lock_writes(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn lock_writes(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(WRITE_LOCK_KEY)
         .execute(&mut *conn)
@@ -79,7 +79,7 @@ async fn lock_writes(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 
 super::common::backend_sql!(Postgres, PgConnection, greatest = "GREATEST", kind = i32);
 
-async fn delete_seqs(conn: &mut PgConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
+pub(super) async fn delete_seqs(conn: &mut PgConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
     if seqs.is_empty() {
         return Ok(());
     }
@@ -193,6 +193,14 @@ impl Store for PostgresStore {
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         Ok(purge_expired_on(&self.pool, now).await?)
+    }
+
+    async fn purge_selected(
+        &self,
+        selection: &super::PurgeSelection,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(super::retention::purge_postgres(&self.pool, selection, limit).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

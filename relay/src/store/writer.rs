@@ -89,7 +89,10 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
             }
         }
 
-        match store.save_batch(&events).await {
+        let started = std::time::Instant::now();
+        let saved = store.save_batch(&events).await;
+        record_commit(events.len(), started.elapsed(), saved.is_ok());
+        match saved {
             Ok(outcomes) if outcomes.len() == replies.len() => {
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     // The caller may have gone away (e.g. its connection closed); the
@@ -125,6 +128,15 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_batch: usiz
         events.clear();
         maintain(&*store, WriterPause::BetweenBatches).await;
     }
+}
+
+/// The commit's metrics (see [`crate::metrics`]); no-ops without a recorder.
+fn record_commit(events: usize, took: Duration, ok: bool) {
+    use crate::metrics::{WRITER_BATCH_EVENTS, WRITER_COMMITS, WRITER_COMMIT_SECONDS};
+    metrics::histogram!(WRITER_BATCH_EVENTS).record(events as f64);
+    metrics::histogram!(WRITER_COMMIT_SECONDS).record(took.as_secs_f64());
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(WRITER_COMMITS, "result" => result).increment(1);
 }
 
 async fn maintain(store: &dyn Store, pause: WriterPause) {

@@ -260,7 +260,7 @@ async fn lookup_batch(
 }
 
 /// Nothing to do: every write already goes through the one write connection.
-async fn lock_writes(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+pub(super) async fn lock_writes(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
@@ -281,7 +281,7 @@ where
     qb
 }
 
-async fn delete_seqs(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
+pub(super) async fn delete_seqs(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
     if seqs.is_empty() {
         return Ok(());
     }
@@ -376,6 +376,20 @@ impl Store for SqliteStore {
         let purged = purge_expired_on(&self.write, now).await?;
         self.committed();
         Ok(purged)
+    }
+
+    async fn purge_selected(
+        &self,
+        selection: &super::PurgeSelection,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let purged = super::retention::purge_sqlite(&self.write, selection, limit).await?;
+        self.committed();
+        Ok(purged)
+    }
+
+    async fn live_bytes(&self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(super::retention::live_bytes_sqlite(&self.write).await?))
     }
 
     async fn maintain(&self, pause: WriterPause) -> Result<(), StoreError> {

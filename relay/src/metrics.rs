@@ -1,0 +1,138 @@
+//! The relay's metrics, through the [`metrics`] facade: every name the relay
+//! records is a constant here, with what it counts.
+//!
+//! The facade is a no-op until a recorder is installed (the node installs a
+//! Prometheus one when `[metrics] bind` is set), so the calls cost an atomic
+//! load when metrics are off. Labels take values from small fixed sets only
+//! (message types, OK prefixes, filter shapes): never an id, pubkey, IP or
+//! other client-chosen text, which would let a client grow the registry
+//! without bound.
+
+use nostr::Filter;
+
+use crate::message::{ClientMessage, ParseError};
+
+/// Counter: client messages received, label `type` (`EVENT`, `REQ`, `COUNT`,
+/// `CLOSE`, `AUTH`, `invalid`).
+pub const MESSAGES_RECEIVED: &str = "cairn_messages_received_total";
+/// Counter: relay messages built for clients, label `type` (`EVENT`, `OK`,
+/// `EOSE`, `CLOSED`, `NOTICE`, `AUTH`, `COUNT`).
+pub const MESSAGES_SENT: &str = "cairn_messages_sent_total";
+/// Counter: OK answers to clients' EVENTs, labels `accepted` (`true`/`false`)
+/// and `reason`: the NIP-01 prefix of the message (`duplicate`, `invalid`,
+/// `blocked`, `rate-limited`, `restricted`, `auth-required`, `error`…), or
+/// `stored` for an accepted event without one.
+pub const EVENTS: &str = "cairn_events_total";
+/// Counter: connections closed because the client read too slowly.
+pub const SLOW_READERS_DROPPED: &str = "cairn_slow_readers_dropped_total";
+/// Histogram: events per group commit.
+pub const WRITER_BATCH_EVENTS: &str = "cairn_writer_batch_events";
+/// Histogram: seconds one group commit (`Store::save_batch`) took.
+pub const WRITER_COMMIT_SECONDS: &str = "cairn_writer_commit_seconds";
+/// Counter: group commits, label `result` (`ok`, `error`).
+pub const WRITER_COMMITS: &str = "cairn_writer_commits_total";
+/// Histogram: seconds a stored-event query (one filter) took, label `shape`
+/// (see [`filter_shape`]).
+pub const QUERY_SECONDS: &str = "cairn_query_seconds";
+/// Counter: events removed by the retention policy, label `class`.
+pub const RETENTION_PURGED: &str = "cairn_retention_purged_total";
+
+/// Count one client message by its type (parse errors are `invalid`).
+pub(crate) fn count_received(parsed: &Result<ClientMessage, ParseError>) {
+    let kind = match parsed {
+        Ok(ClientMessage::Event(_)) => "EVENT",
+        Ok(ClientMessage::Req { .. }) => "REQ",
+        Ok(ClientMessage::Count { .. }) => "COUNT",
+        Ok(ClientMessage::Close(_)) => "CLOSE",
+        Ok(ClientMessage::Auth(_)) => "AUTH",
+        Err(_) => "invalid",
+    };
+    metrics::counter!(MESSAGES_RECEIVED, "type" => kind).increment(1);
+}
+
+/// The `reason` label of an OK message's text: its NIP-01 prefix (a word
+/// before `:` from a fixed set), `stored` for an accepted one without, else
+/// `other`.
+pub fn ok_reason(accepted: bool, message: &str) -> &'static str {
+    const PREFIXES: [&str; 9] = [
+        "duplicate",
+        "pow",
+        "blocked",
+        "rate-limited",
+        "invalid",
+        "restricted",
+        "mute",
+        "error",
+        "auth-required",
+    ];
+    match message.split_once(':') {
+        Some((prefix, _)) => PREFIXES
+            .into_iter()
+            .find(|p| *p == prefix)
+            .unwrap_or("other"),
+        None if accepted => "stored",
+        None => "other",
+    }
+}
+
+/// The `shape` label of a filter: which index can answer it, most selective
+/// first: `ids`, `authors_kinds`, `authors`, `tags`, `kinds`, else `scan`
+/// (time range only).
+pub fn filter_shape(filter: &Filter) -> &'static str {
+    let has_kinds = filter.kinds.as_ref().is_some_and(|k| !k.is_empty());
+    if filter.ids.as_ref().is_some_and(|s| !s.is_empty()) {
+        "ids"
+    } else if filter.authors.as_ref().is_some_and(|s| !s.is_empty()) {
+        if has_kinds {
+            "authors_kinds"
+        } else {
+            "authors"
+        }
+    } else if !filter.generic_tags.is_empty() {
+        "tags"
+    } else if has_kinds {
+        "kinds"
+    } else {
+        "scan"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nostr::{Alphabet, Keys, Kind, SingleLetterTag};
+
+    use super::*;
+
+    #[test]
+    fn ok_reasons_are_prefixes_or_stored() {
+        assert_eq!(ok_reason(true, ""), "stored");
+        assert_eq!(
+            ok_reason(true, "duplicate: already have this event"),
+            "duplicate"
+        );
+        assert_eq!(ok_reason(false, "invalid: bad signature"), "invalid");
+        assert_eq!(ok_reason(false, "rate-limited: slow down"), "rate-limited");
+        assert_eq!(ok_reason(false, "made-up: x"), "other");
+        assert_eq!(ok_reason(false, "no prefix"), "other");
+    }
+
+    #[test]
+    fn filter_shapes_follow_the_most_selective_field() {
+        let pk = Keys::generate().public_key();
+        assert_eq!(
+            filter_shape(&Filter::new().id(nostr::EventId::all_zeros())),
+            "ids"
+        );
+        assert_eq!(
+            filter_shape(&Filter::new().author(pk).kind(Kind::TextNote)),
+            "authors_kinds"
+        );
+        assert_eq!(filter_shape(&Filter::new().author(pk)), "authors");
+        assert_eq!(
+            filter_shape(&Filter::new().custom_tag(SingleLetterTag::lowercase(Alphabet::P), "x")),
+            "tags"
+        );
+        assert_eq!(filter_shape(&Filter::new().kind(Kind::TextNote)), "kinds");
+        assert_eq!(filter_shape(&Filter::new().limit(5)), "scan");
+    }
+}
