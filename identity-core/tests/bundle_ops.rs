@@ -114,10 +114,16 @@ fn revoke_then_rebind() {
         attestation_indexes: h.attestation_indexes[1..].to_vec(),
         head_index: h.head_index,
     };
-    assert!(matches!(
-        check(&node, &from_revoke, 2),
-        Err(BundleError::Transition { index: 0, .. })
-    ));
+    // (Step 2, *operations*: `ops[0]` must be a bind, §11.3.)
+    let err = check(&node, &from_revoke, 2).unwrap_err();
+    assert!(
+        matches!(err, BundleError::BrokenChain { index: 0, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.step(),
+        Some(cairn_identity_core::bundle::Step::Operations)
+    );
 }
 
 #[test]
