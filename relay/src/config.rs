@@ -31,6 +31,8 @@ pub struct RelayConfig {
     pub retention: crate::retention::RetentionConfig,
     /// Which recipients kind 1059 gift wraps are accepted for.
     pub inbox: InboxPolicy,
+    /// The HTTP/WebSocket edge: timeouts, per-IP keying, trusted proxies.
+    pub network: crate::net::NetworkConfig,
 }
 
 impl Default for RelayConfig {
@@ -45,6 +47,7 @@ impl Default for RelayConfig {
             rate_limits: RateLimits::default(),
             retention: crate::retention::RetentionConfig::default(),
             inbox: InboxPolicy::default(),
+            network: crate::net::NetworkConfig::default(),
         }
     }
 }

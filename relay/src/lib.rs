@@ -21,6 +21,7 @@ pub mod local;
 pub mod matching;
 pub mod message;
 pub mod metrics;
+pub mod net;
 pub mod nip11;
 mod outbound;
 pub mod privacy;

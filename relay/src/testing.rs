@@ -52,7 +52,7 @@ impl TestRelay {
         let connections = TaskTracker::new();
         let app = crate::ws::router(Arc::clone(&relay), connections.clone());
         let shutdown = relay.shutdown_token().clone();
-        let server = crate::ws::serve(listener, app, shutdown);
+        let server = crate::ws::serve(listener, app, relay.config().network.clone(), shutdown);
         Ok(Self {
             addr,
             relay,

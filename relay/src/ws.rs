@@ -7,22 +7,39 @@
 //! merges this router into its own, and [`crate::testing`] serves it to
 //! other crates' tests, so those test the very code that runs.
 //!
+//! [`serve`] runs its own accept loop (hyper's HTTP/1 server) so that the
+//! edge rules of `[relay.network]` hold before any handler runs: a header
+//! read timeout, a cap on not-yet-upgraded connections per client key, an
+//! accept loop that waits out `EMFILE` instead of spinning, and (in
+//! [`Keepalive`]) pings and an idle timeout on WebSockets. Per-IP limits
+//! key on [`client_key`]: the forwarded client only behind a trusted proxy,
+//! IPv6 by prefix.
+//!
 //! [`Session`]: crate::connection
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::{SinkExt, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use parking_lot::Mutex;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{serve_connection, Incoming, Outgoing};
+use crate::net::NetworkConfig;
 use crate::relay::{ConnectionPermit, Relay};
 
 /// Initial WebSocket read buffer; it grows for larger messages. Kept small
@@ -49,28 +66,207 @@ pub fn router(relay: Arc<Relay>, connections: TaskTracker) -> Router {
 
 /// Serves `app` (the [`router`], possibly merged with more routes) on
 /// `listener` until `shutdown` is cancelled, with each client's address as
-/// connect info. Every socket gets TCP_NODELAY: without it a reply split
-/// over several writes waits for the client's delayed ACK (~40 ms), which
-/// every REQ with more than a few results would pay.
+/// connect info, under the rules of `net` (see [`accept_loop`]).
 pub fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    shutdown: tokio_util::sync::CancellationToken,
+    net: NetworkConfig,
+    shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    tokio::spawn(accept_loop(listener, app, Arc::new(net), shutdown))
+}
+
+/// How long the accept loop waits after an error such as `EMFILE` (out of
+/// file descriptors) before it tries again: accepting at once would fail
+/// again and spin; the connection waits in the listen backlog meanwhile.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long, at shutdown, HTTP connections that are not WebSockets get to
+/// finish their request (idle keep-alive ones close at once).
+const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `shutdown`, each served on a task of its own.
+///
+/// - Every socket gets TCP_NODELAY: without it a reply split over several
+///   writes waits for the client's delayed ACK (~40 ms), which every REQ
+///   with more than a few results would pay.
+/// - A connection counts as pending for its client key
+///   ([`NetworkConfig::client_key`] of the TCP peer) until its HTTP
+///   connection ends, which for a WebSocket is at the upgrade; past
+///   `max_pending_per_ip` it is closed at once, so that half-sent requests
+///   from one address cannot hold the process's file descriptors. Trusted
+///   proxies are exempt (they carry everyone).
+/// - Request headers must arrive within `header_read_timeout`.
+/// - An accept error other than a reset connection (`EMFILE`, `ENFILE`,
+///   `ENOMEM`) is logged once, then the loop sleeps [`ACCEPT_RETRY`] and
+///   retries until accepting works again (which is logged too).
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    net: Arc<NetworkConfig>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let pending = Arc::new(PendingCounts::default());
+    let connections = TaskTracker::new();
+    let header_timeout = Duration::from_secs(net.header_read_timeout.max(1));
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) if is_connection_error(&err) => continue,
+            Err(err) => {
+                if failing {
+                    tracing::debug!(error = %err, "accept error");
+                } else {
+                    tracing::warn!(
+                        error = %err,
+                        "cannot accept connections (out of file descriptors?); retrying every \
+                         {} ms",
+                        ACCEPT_RETRY.as_millis()
+                    );
+                    failing = true;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                }
+            }
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!("accepting connections again");
+        }
+        let slot = if net.is_trusted_proxy(peer.ip()) {
+            None
+        } else {
+            let key = net.client_key(peer.ip());
+            match pending.enter(key, net.max_pending_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "too many pending connections from this address");
+                    continue;
+                }
+            }
+        };
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
-    });
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        connections.spawn(serve_http(
+            tcp,
+            peer,
+            app.clone(),
+            header_timeout,
+            slot,
+            shutdown.clone(),
+        ));
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(HTTP_SHUTDOWN_GRACE, connections.wait())
         .await
-    })
+        .is_err()
+    {
+        tracing::debug!("HTTP connections still open after the shutdown grace");
+    }
+    Ok(())
+}
+
+/// Errors of one connection that came and went before it was accepted.
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One HTTP/1 connection (WebSockets upgrade from it); `_slot` is its
+/// pending count, given back when the connection ends or is upgraded.
+async fn serve_http(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    header_timeout: Duration,
+    _slot: Option<PendingSlot>,
+    shutdown: CancellationToken,
+) {
+    let inner = hyper_util::service::TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        hyper::service::Service::call(&inner, req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+    }
+}
+
+/// Connections per client key that are not WebSockets (yet).
+#[derive(Default)]
+struct PendingCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One pending connection of `key`; dropping it gives the slot back.
+struct PendingSlot {
+    counts: Arc<PendingCounts>,
+    key: IpAddr,
+}
+
+impl PendingCounts {
+    fn enter(self: &Arc<Self>, key: IpAddr, max: usize) -> Option<PendingSlot> {
+        let mut counts = self.0.lock();
+        let count = counts.entry(key).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PendingSlot {
+            counts: Arc::clone(self),
+            key,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The key per-IP limits count a request under: the client's address by
+/// the rules of `net` (forwarding headers only from trusted proxies),
+/// folded by [`NetworkConfig::client_key`]. Other routes of the node
+/// (identity) limit by it too.
+pub fn client_key(net: &NetworkConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let values = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+    };
+    let client = net.client_ip(peer, values("forwarded"), values("x-forwarded-for"));
+    net.client_key(client)
 }
 
 /// `GET /`: a WebSocket upgrade goes to the relay; `Accept:
@@ -82,7 +278,8 @@ async fn root(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if let Ok(upgrade) = upgrade {
-        return accept_websocket(state, peer, upgrade);
+        let key = client_key(&state.relay.config().network, peer.ip(), &headers);
+        return accept_websocket(state, peer, key, upgrade);
     }
     let wants_nip11 = headers
         .get(header::ACCEPT)
@@ -119,15 +316,25 @@ const CORS_HEADERS: [(header::HeaderName, &str); 3] = [
     (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, OPTIONS"),
 ];
 
-fn accept_websocket(state: AppState, peer: SocketAddr, upgrade: WebSocketUpgrade) -> Response {
-    let permit = match state.relay.admit(peer.ip()) {
+/// Upgrades a client whose per-IP limits count under `key`.
+fn accept_websocket(
+    state: AppState,
+    peer: SocketAddr,
+    key: IpAddr,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let permit = match state.relay.admit(key) {
         Ok(permit) => permit,
         Err(err) => {
-            tracing::debug!(%peer, %err, "connection refused");
+            tracing::debug!(%peer, client = %key, %err, "connection refused");
             return (StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
         }
     };
     let max_message = state.relay.config().limits.max_message_length;
+    let idle = match state.relay.config().network.idle_timeout {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    };
     let relay = Arc::clone(&state.relay);
     let tracker = state.connections.clone();
     upgrade
@@ -137,11 +344,11 @@ fn accept_websocket(state: AppState, peer: SocketAddr, upgrade: WebSocketUpgrade
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             // Tracked so that shutdown can wait for every connection.
-            tracker.track_future(run_socket(relay, permit, socket))
+            tracker.track_future(run_socket(relay, permit, Keepalive::new(socket, idle)))
         })
 }
 
-async fn run_socket(relay: Arc<Relay>, permit: ConnectionPermit, socket: WebSocket) {
+async fn run_socket(relay: Arc<Relay>, permit: ConnectionPermit, socket: Keepalive) {
     let (sink, stream) = socket.split();
     // Text and binary frames pass through; control frames are answered by
     // the WebSocket library; a close or a fatal error ends the stream (after
@@ -179,5 +386,126 @@ fn classify_error(err: &axum::Error) -> Option<Incoming> {
         tungstenite::Error::Utf8(_) => Some(Incoming::InvalidUtf8),
         tungstenite::Error::Protocol(p) => Some(Incoming::ProtocolError(p.to_string())),
         _ => None,
+    }
+}
+
+/// A WebSocket that is closed when it stays silent: `idle / 2` after the
+/// last frame received the server pings, and `idle` after it the stream
+/// ends (with a close frame, when the socket takes one). Any frame — a pong
+/// included — counts as a sign of life, so a client whose WebSocket library
+/// answers pings stays connected however quiet it is; a peer that vanished
+/// (or never reads) does not hold its slot forever.
+struct Keepalive {
+    socket: WebSocket,
+    /// `None`: no idle timeout.
+    idle: Option<Duration>,
+    last_seen: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// A ping is waiting for room in the socket's write buffer.
+    ping_due: bool,
+    /// A ping was written and is being flushed.
+    flushing: bool,
+}
+
+impl Keepalive {
+    fn new(socket: WebSocket, idle: Option<Duration>) -> Self {
+        let now = Instant::now();
+        let first = idle.map_or(now, |idle| now + idle / 2);
+        Self {
+            socket,
+            idle,
+            last_seen: now,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            ping_due: false,
+            flushing: false,
+        }
+    }
+
+    /// Writes a queued ping as far as the socket lets it; `Err` when the
+    /// socket failed.
+    fn poll_ping(&mut self, cx: &mut Context<'_>) -> Result<(), axum::Error> {
+        if self.ping_due {
+            match self.socket.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.socket
+                        .start_send_unpin(Message::Ping(Default::default()))?;
+                    self.ping_due = false;
+                    self.flushing = true;
+                }
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => return Ok(()),
+            }
+        }
+        if self.flushing {
+            match self.socket.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.flushing = false,
+                Poll::Ready(Err(err)) => return Err(err),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Stream for Keepalive {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(item) = this.socket.poll_next_unpin(cx) {
+                if let (Some(idle), Some(_)) = (this.idle, &item) {
+                    this.last_seen = Instant::now();
+                    this.timer.as_mut().reset(this.last_seen + idle / 2);
+                }
+                return Poll::Ready(item);
+            }
+            let Some(idle) = this.idle else {
+                return Poll::Pending;
+            };
+            if this.poll_ping(cx).is_err() {
+                return Poll::Ready(None);
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if now >= this.last_seen + idle {
+                tracing::debug!("closing an idle WebSocket");
+                // Best effort: a peer that is gone does not read it anyway.
+                if let Poll::Ready(Ok(())) = this.socket.poll_ready_unpin(cx) {
+                    let _ = this
+                        .socket
+                        .start_send_unpin(Message::Close(Some(CloseFrame {
+                            code: 1001,
+                            reason: "idle timeout".into(),
+                        })));
+                    let _ = this.socket.poll_flush_unpin(cx);
+                }
+                return Poll::Ready(None);
+            }
+            this.ping_due = true;
+            this.timer.as_mut().reset(this.last_seen + idle);
+        }
+    }
+}
+
+impl Sink<Message> for Keepalive {
+    type Error = axum::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.socket.poll_ready_unpin(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        self.socket.start_send_unpin(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.socket.poll_flush_unpin(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.socket.poll_close_unpin(cx)
     }
 }

@@ -201,6 +201,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         app = app.merge(routes::identity::router(
             Arc::clone(service),
             &settings.identity,
+            &settings.relay.network,
         ));
     }
     let nwc_relay_url = settings
@@ -264,7 +265,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         None => None,
     };
     let shutdown = relay.shutdown_token().clone();
-    let server = cairn_relay::ws::serve(listener, app, shutdown);
+    let server = cairn_relay::ws::serve(listener, app, settings.relay.network.clone(), shutdown);
     Ok(RunningNode {
         addr,
         metrics_addr,

@@ -38,6 +38,15 @@ pub struct IdentitySettings {
     /// Challenges one client IP may ask for (`POST /identity/v1/challenges`):
     /// `per_second` refill, up to `burst`. Over it: 429 with `Retry-After`.
     pub challenges_per_ip: Rate,
+    /// Binding submissions one client IP may make (`POST
+    /// /identity/v1/bindings`; each may make the node ask X). Over it: 429.
+    pub bindings_per_ip: Rate,
+    /// Submissions naming one challenge (its `challenge` tag). Over it: 429.
+    pub bindings_per_challenge: Rate,
+    /// Seconds a submission whose proof check failed (X said no, or could
+    /// not be asked) is answered from memory when sent again unchanged,
+    /// without asking X again.
+    pub failed_binding_cache_secs: u64,
     /// Most challenges outstanding (issued, unused, unexpired) at once,
     /// across all clients. Over it: 429 with `Retry-After`.
     pub max_outstanding_challenges: u64,
@@ -72,6 +81,11 @@ impl Default for IdentitySettings {
             // A person binding an account needs one or two; a client that
             // keeps asking gets ten at once, then one every 50 s.
             challenges_per_ip: Rate::new(0.02, 10.0),
+            // Ten at once, then one every 10 s per address; per challenge
+            // three tries, then one every 30 s (a fixed post, a retry).
+            bindings_per_ip: Rate::new(0.1, 10.0),
+            bindings_per_challenge: Rate::new(1.0 / 30.0, 3.0),
+            failed_binding_cache_secs: 60,
             max_outstanding_challenges: DEFAULT_MAX_OUTSTANDING_CHALLENGES,
             recovery_delay_blocks: DEFAULT_RECOVERY_DELAY_BLOCKS,
             fee_floor_sat_per_vb: anchor.fee_floor.to_sat_per_vb_ceil(),
@@ -98,6 +112,15 @@ impl IdentitySettings {
             self.challenges_per_ip.per_second > 0.0 && self.challenges_per_ip.burst >= 1.0,
             "identity.challenges_per_ip: need per_second > 0 and burst >= 1"
         );
+        for (name, rate) in [
+            ("bindings_per_ip", self.bindings_per_ip),
+            ("bindings_per_challenge", self.bindings_per_challenge),
+        ] {
+            anyhow::ensure!(
+                rate.per_second > 0.0 && rate.burst >= 1.0,
+                "identity.{name}: need per_second > 0 and burst >= 1"
+            );
+        }
         anyhow::ensure!(
             self.fee_floor_sat_per_vb >= 1 && self.fee_floor_sat_per_vb <= self.fee_cap_sat_per_vb,
             "identity: need 1 <= fee_floor_sat_per_vb <= fee_cap_sat_per_vb"

@@ -124,3 +124,97 @@ async fn outstanding_challenges_are_capped_until_they_expire() -> Result<()> {
     })
     .await
 }
+
+/// Total requests the fake X received about `post`.
+fn x_hits(x: &FakeX, post: u64) -> usize {
+    use cairn_identity::x::Endpoint;
+    x.hits(Endpoint::Syndication, post) + x.hits(Endpoint::OEmbed, post)
+}
+
+/// Posts a binding submission from `client`: status and body.
+async fn submit_from(
+    client: &reqwest::Client,
+    node: &IdNode,
+    body: &Value,
+) -> Result<(StatusCode, Value)> {
+    let resp = client
+        .post(format!("{}/identity/v1/bindings", node.base))
+        .json(body)
+        .send()
+        .await?;
+    let status = resp.status();
+    Ok((status, resp.json().await.context("JSON body")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_binding_is_not_rechecked_on_x_and_submissions_are_rate_limited() -> Result<()> {
+    case(async {
+        let chain = TestChain::start().await?;
+        let x = FakeX::start().await?;
+        let node = IdNode::start_tuned(&chain, &x, |s| {
+            let id = &mut s.identity;
+            id.bindings_per_ip = cairn_relay::config::Rate::new(0.01, 4.0);
+            id.bindings_per_challenge = cairn_relay::config::Rate::new(0.01, 2.0);
+            id.failed_binding_cache_secs = 60;
+        })
+        .await?;
+        let user = User::new(4242, "resubmitter");
+        let (nonce, post) = challenge_and_post(&node, &x, &user, 1).await?;
+        // The post is gone from X: the proof fails.
+        x.delete(post.id);
+        let event = proof_event(&user, false, 0, None, &nonce, &post);
+        let body = json!({ "event": event, "post_id": post.id.to_string() });
+        let client = client_from("127.0.0.1")?;
+        let (status, err) = submit_from(&client, &node, &body).await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+        assert_eq!(err["error"], "proof_rejected", "{err}");
+        let asked = x_hits(&x, post.id);
+        assert!(asked > 0, "the first submission asked X");
+
+        // The same submission again: the same answer, from memory.
+        let (status, again) = submit_from(&client, &node, &body).await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{again}");
+        assert_eq!(again["error"], "proof_rejected", "{again}");
+        assert!(
+            again["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not checked again"),
+            "{again}"
+        );
+        assert_eq!(x_hits(&x, post.id), asked, "X was asked again");
+
+        // Other submissions for the same challenge: one more (the bucket
+        // holds two), then 429 — without asking X.
+        let other_post = json!({ "event": event, "post_id": (post.id + 1).to_string() });
+        let (status, err) = submit_from(&client, &node, &other_post).await?;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{err}");
+        let third = json!({ "event": event, "post_id": (post.id + 2).to_string() });
+        let before = x_hits(&x, post.id + 2);
+        let (status, err) = submit_from(&client, &node, &third).await?;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{err}");
+        assert_eq!(err["error"], "rate_limited", "{err}");
+        assert!(
+            err["message"].as_str().unwrap_or("").contains("challenge"),
+            "{err}"
+        );
+        assert_eq!(x_hits(&x, post.id + 2), before);
+
+        // Per address: four in all from 127.0.0.1 (malformed ones count),
+        // then 429; another address has its own bucket.
+        let (status, err) = submit_from(&client, &node, &json!({"junk": 1})).await?;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{err}");
+        assert_eq!(err["error"], "rate_limited", "{err}");
+        assert!(
+            err["message"].as_str().unwrap_or("").contains("address"),
+            "{err}"
+        );
+        let other = client_from("127.0.0.2")?;
+        let (status, err) = submit_from(&other, &node, &json!({"junk": 1})).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        node.finish().await?;
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}

@@ -57,6 +57,12 @@ pub fn identity_settings(
     // Every test client is 127.0.0.1; tests of the limit itself lower it.
     id.challenges_per_ip.per_second = 100.0;
     id.challenges_per_ip.burst = 100.0;
+    id.bindings_per_ip.per_second = 100.0;
+    id.bindings_per_ip.burst = 100.0;
+    id.bindings_per_challenge.per_second = 100.0;
+    id.bindings_per_challenge.burst = 100.0;
+    // Tests resubmit after changing what X answers.
+    id.failed_binding_cache_secs = 0;
     s
 }
 

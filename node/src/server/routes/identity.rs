@@ -6,28 +6,36 @@
 //!
 //! Challenges are stored until they expire, so issuing them is limited: per
 //! client IP by a token bucket (the relay's [`RateLimiter`], as for its own
-//! EVENT and REQ limits, keyed by the TCP peer address), and in total by the
-//! service's cap on outstanding challenges. Internal failures are logged and answered with a generic
+//! EVENT and REQ limits, keyed like them by `cairn_relay::ws::client_key`:
+//! the TCP peer, or the client a trusted proxy names, IPv6 per prefix), and
+//! in total by the service's cap on outstanding challenges. Binding
+//! submissions may make the node ask X, so they are limited per client IP
+//! and per challenge, and a submission whose proof check failed is answered
+//! from memory for a short time when sent again unchanged ([`BindingGuard`]):
+//! resubmitting a failing proof does not make the node ask X each time
+//! (which could get its address throttled by X). Internal failures are logged and answered with a generic
 //! message, so nothing about the database, the wallet or the RPC
 //! credentials leaks into responses.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use cairn_identity::service::{IdentityDb, IdentityService, Publisher, ServiceError};
+use cairn_relay::net::NetworkConfig;
 use cairn_relay::ratelimit::RateLimiter;
 use cairn_relay::store::Database;
 use cairn_relay::Relay;
 use nostr::nips::nip19::FromBech32;
-use nostr::{Event, PublicKey};
+use nostr::{Event, EventId, PublicKey};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::{Any, CorsLayer};
@@ -75,9 +83,93 @@ pub async fn open_service(
 /// Per-IP buckets for `POST /identity/v1/challenges`.
 type ChallengeLimiter = Arc<RateLimiter<IpAddr>>;
 
+/// How the per-IP limits tell clients apart (`[relay.network]`).
+#[derive(Clone)]
+struct ClientRules(Arc<NetworkConfig>);
+
+impl ClientRules {
+    fn key(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        cairn_relay::ws::client_key(&self.0, peer.ip(), headers)
+    }
+}
+
+/// Longest `challenge` tag value used as a rate-limit key (issued
+/// challenges are far shorter; a longer one cannot be valid).
+const MAX_CHALLENGE_KEY: usize = 128;
+/// Failed submissions remembered at most (memory bound).
+const MAX_CACHED_FAILURES: usize = 10_000;
+
+/// One binding submission: its event and the post id it names.
+type Submission = (EventId, Option<u64>);
+
+/// The limits of `POST /identity/v1/bindings` and its memory of failed
+/// proof checks, keyed by (event id, post id): the same submission again
+/// gets the same answer until `failure_ttl` has passed.
+struct BindingGuard {
+    per_ip: RateLimiter<IpAddr>,
+    per_challenge: RateLimiter<String>,
+    failure_ttl: Duration,
+    failures: Mutex<HashMap<Submission, (Instant, ApiError)>>,
+}
+
+impl BindingGuard {
+    fn new(settings: &IdentitySettings) -> Self {
+        Self {
+            per_ip: RateLimiter::new(settings.bindings_per_ip),
+            per_challenge: RateLimiter::new(settings.bindings_per_challenge),
+            failure_ttl: Duration::from_secs(settings.failed_binding_cache_secs),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The remembered answer to this submission, while it is fresh.
+    fn cached_failure(&self, key: &Submission) -> Option<ApiError> {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match failures.get(key) {
+            Some((at, error)) if at.elapsed() < self.failure_ttl => {
+                let ApiError(status, code, message) = error;
+                let left = self.failure_ttl.saturating_sub(at.elapsed()).as_secs() + 1;
+                Some(ApiError(
+                    *status,
+                    code,
+                    format!(
+                        "{message} (the same submission failed moments ago; it is not checked \
+                         again for {left} s)"
+                    ),
+                ))
+            }
+            Some(_) => {
+                failures.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember_failure(&self, key: Submission, error: &ApiError) {
+        if self.failure_ttl.is_zero() {
+            return;
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= MAX_CACHED_FAILURES {
+            let ttl = self.failure_ttl;
+            failures.retain(|_, (at, _)| at.elapsed() < ttl);
+            if failures.len() >= MAX_CACHED_FAILURES {
+                return;
+            }
+        }
+        failures.insert(key, (Instant::now(), error.clone()));
+    }
+}
+
 /// The identity routes (with permissive CORS: browsers verify too).
-/// Needs a server with `ConnectInfo<SocketAddr>` for the per-IP limit.
-pub fn router(service: Arc<IdentityService>, settings: &IdentitySettings) -> Router {
+/// Needs a server with `ConnectInfo<SocketAddr>` for the per-IP limits,
+/// which tell clients apart by the rules of `network`.
+pub fn router(
+    service: Arc<IdentityService>,
+    settings: &IdentitySettings,
+    network: &NetworkConfig,
+) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
@@ -85,12 +177,16 @@ pub fn router(service: Arc<IdentityService>, settings: &IdentitySettings) -> Rou
         .expose_headers([header::RETRY_AFTER]);
     let limiter: ChallengeLimiter = Arc::new(RateLimiter::new(settings.challenges_per_ip));
     let author_limiter: ChallengeLimiter = Arc::new(RateLimiter::new(settings.challenges_per_ip));
+    let bindings = Arc::new(BindingGuard::new(settings));
     Router::new()
         .route(
             "/identity/v1/challenges",
             post(create_challenge).layer(Extension(limiter)),
         )
-        .route("/identity/v1/bindings", post(submit_binding))
+        .route(
+            "/identity/v1/bindings",
+            post(submit_binding).layer(Extension(bindings)),
+        )
         // Asks X: limited per IP like challenges (a bucket of its own).
         .route(
             "/identity/v1/posts/{post_id}/author",
@@ -107,11 +203,13 @@ pub fn router(service: Arc<IdentityService>, settings: &IdentitySettings) -> Rou
                 serves_pending: settings.nip05_serves_pending,
             })),
         )
+        .layer(Extension(ClientRules(Arc::new(network.clone()))))
         .layer(cors)
         .with_state(service)
 }
 
 /// An API error: status, stable code, message.
+#[derive(Clone)]
 struct ApiError(StatusCode, &'static str, String);
 
 impl IntoResponse for ApiError {
@@ -198,11 +296,13 @@ struct ChallengeRequest {
 async fn create_challenge(
     State(service): State<Arc<IdentityService>>,
     Extension(limiter): Extension<ChallengeLimiter>,
+    Extension(clients): Extension<ClientRules>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<ChallengeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     // Limited before the body is looked at: malformed requests count too.
-    if let Err(wait) = limiter.acquire(&peer.ip()) {
+    if let Err(wait) = limiter.acquire(&clients.key(peer, &headers)) {
         return Ok(too_many(
             "rate_limited",
             "too many challenges requested from this address".into(),
@@ -233,10 +333,23 @@ struct BindingRequest {
 }
 
 /// `POST /identity/v1/bindings` `{"event", "post_id"}` → the receipt.
+/// Limited per client IP (before the body is looked at) and per challenge;
+/// a failed proof check is remembered (see [`BindingGuard`]).
 async fn submit_binding(
     State(service): State<Arc<IdentityService>>,
+    Extension(guard): Extension<Arc<BindingGuard>>,
+    Extension(clients): Extension<ClientRules>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<BindingRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    if let Err(wait) = guard.per_ip.acquire(&clients.key(peer, &headers)) {
+        return Ok(too_many(
+            "rate_limited",
+            "too many binding submissions from this address".into(),
+            wait,
+        ));
+    }
     let Json(req) = body.map_err(bad_json)?;
     let post_id = match req.post_id {
         None | Some(serde_json::Value::Null) => None,
@@ -255,8 +368,42 @@ async fn submit_binding(
         Some(Some(id)) => Some(id),
         None => None,
     };
-    let receipt = service.submit(&req.event, post_id).await?;
-    Ok((StatusCode::CREATED, Json(receipt)).into_response())
+    let submission = (req.event.id, post_id);
+    if let Some(cached) = guard.cached_failure(&submission) {
+        return Err(cached);
+    }
+    let challenge = req
+        .event
+        .tags
+        .iter()
+        .map(|t| t.as_slice())
+        .find(|t| t.first().is_some_and(|name| name == "challenge"))
+        .and_then(|t| t.get(1));
+    if let Some(challenge) = challenge {
+        let key = challenge
+            .chars()
+            .take(MAX_CHALLENGE_KEY)
+            .collect::<String>();
+        if let Err(wait) = guard.per_challenge.acquire(&key) {
+            return Ok(too_many(
+                "rate_limited",
+                "too many submissions for this challenge".into(),
+                wait,
+            ));
+        }
+    }
+    match service.submit(&req.event, post_id).await {
+        Ok(receipt) => Ok((StatusCode::CREATED, Json(receipt)).into_response()),
+        Err(e) => {
+            // The failures that cost a request to X.
+            let asked_x = matches!(e, ServiceError::Proof(_) | ServiceError::Mismatch(_));
+            let error = ApiError::from(e);
+            if asked_x {
+                guard.remember_failure(submission, &error);
+            }
+            Err(error)
+        }
+    }
 }
 
 /// `GET /identity/v1/posts/{post_id}/author`: the numeric X user id and
@@ -264,10 +411,12 @@ async fn submit_binding(
 async fn post_author(
     State(service): State<Arc<IdentityService>>,
     Extension(limiter): Extension<ChallengeLimiter>,
+    Extension(clients): Extension<ClientRules>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(post_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if let Err(wait) = limiter.acquire(&peer.ip()) {
+    if let Err(wait) = limiter.acquire(&clients.key(peer, &headers)) {
         return Ok(too_many(
             "rate_limited",
             "too many requests to X from this address".into(),
