@@ -180,3 +180,95 @@ async fn run() -> Result<()> {
     own.shutdown().await;
     Ok(())
 }
+
+/// Resolves every name to one address, counting the calls.
+struct PinnedResolver {
+    addr: std::net::SocketAddr,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl cairn_payments::zap::Resolver for PinnedResolver {
+    async fn resolve(&self, _host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(vec![std::net::SocketAddr::new(self.addr.ip(), port)])
+    }
+}
+
+/// A relay named by host is resolved once, and the receipt goes over a
+/// connection to the address that answer gave — the host name is never
+/// looked up again by a client library (which could be answered with
+/// another address: DNS rebinding). `relay.invalid` cannot resolve in real
+/// DNS, so the receipt arrives only through the checked address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_goes_to_the_address_that_was_checked() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let own_dir = tempfile::tempdir()?;
+        let own = relay_on("127.0.0.1:0", own_dir.path()).await?;
+        let far_dir = tempfile::tempdir()?;
+        let far = relay_on("127.0.0.1:0", far_dir.path()).await?;
+        let far_addr: std::net::SocketAddr = far.ws_url().trim_start_matches("ws://").parse()?;
+        let resolver = std::sync::Arc::new(PinnedResolver {
+            addr: far_addr,
+            calls: Default::default(),
+        });
+        let publisher = ReceiptPublisher::new(
+            RelayUrl::parse(&own.ws_url())?,
+            support::ws_link(&own.ws_url(), Keys::generate())?,
+            // Loopback stands in for the public address here.
+            RelayPolicy {
+                allow_private: true,
+            },
+            RetryPolicy::default(),
+        )
+        .with_resolver(resolver.clone());
+        let named = format!("ws://relay.invalid:{}", far_addr.port());
+        let db_dir = tempfile::tempdir()?;
+        let store = ZapStore::open(&db_dir.path().join("zaps.sqlite"))?;
+        let receipt = EventBuilder::new(Kind::ZapReceipt, "").sign_with_keys(&Keys::generate())?;
+        store.insert(&new_zap("dd", vec![named.clone()]))?;
+        store.set_receipt("dd", &receipt.as_json())?;
+        let zap = store.get("dd")?.context("zap")?;
+        assert_eq!(publisher.deliver(&store, &zap, &receipt, 1000).await?, 2);
+        assert_eq!(held(&far, &receipt).await?, 1, "the far relay has it");
+        assert_eq!(
+            resolver.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one resolution per attempt"
+        );
+        let row = store
+            .deliveries("dd")?
+            .into_iter()
+            .find(|d| d.relay == named)
+            .context("row")?;
+        assert!(row.delivered, "{row:?}");
+
+        // Strict policy: the same name answering with loopback is dropped,
+        // and nothing connects to it.
+        let strict = ReceiptPublisher::new(
+            RelayUrl::parse(&own.ws_url())?,
+            support::ws_link(&own.ws_url(), Keys::generate())?,
+            RelayPolicy {
+                allow_private: false,
+            },
+            RetryPolicy::default(),
+        )
+        .with_resolver(resolver.clone());
+        let receipt_e =
+            EventBuilder::new(Kind::ZapReceipt, "e").sign_with_keys(&Keys::generate())?;
+        store.insert(&new_zap("ee", vec![named.clone()]))?;
+        store.set_receipt("ee", &receipt_e.as_json())?;
+        let zap_e = store.get("ee")?.context("zap")?;
+        assert_eq!(strict.deliver(&store, &zap_e, &receipt_e, 1000).await?, 1);
+        assert_eq!(held(&far, &receipt_e).await?, 0);
+        assert!(store
+            .deliveries("ee")?
+            .iter()
+            .any(|d| d.relay == named && d.dropped));
+        far.shutdown().await;
+        own.shutdown().await;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}

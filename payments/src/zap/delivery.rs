@@ -7,24 +7,33 @@
 //! [`RelayPolicy`] forbids are dropped and never contacted.
 //!
 //! The node's own relay is reached in-process, through its [`RelayLink`];
-//! the relays a request names, over WebSockets (a fresh nostr-sdk client
-//! per publication).
+//! the relays a request names, over a WebSocket of their own per attempt.
+//! That WebSocket runs over a TCP connection made to the very address the
+//! [`RelayPolicy`] checked (the URL's host only names the TLS server and
+//! the `Host` header): a second resolution by a client library could answer
+//! with another address (DNS rebinding to loopback).
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nostr::{Event, RelayUrl};
-use nostr_sdk::Client;
+use futures::{SinkExt, StreamExt};
+use nostr::{Event, JsonUtil, RelayUrl};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
-use super::relay_filter::RelayPolicy;
+use super::relay_filter::{system_resolver, RelayPolicy, Resolver};
 use super::store::{DeliveryOutcome, PendingZap, ZapStore};
 use super::ZapError;
 use crate::relay_link::RelayLink;
 
-/// How long publishing waits for relay connections.
+/// How long publishing waits for a relay connection (TCP, TLS, WebSocket).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message taken from a relay: an OK is small, and the relay is a
+/// stranger's choice.
+const MAX_RELAY_MESSAGE: usize = 64 * 1024;
 /// Bound on one publication (connect + send to every relay).
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -64,6 +73,7 @@ pub struct ReceiptPublisher {
     own_link: Arc<dyn RelayLink>,
     policy: RelayPolicy,
     retry: RetryPolicy,
+    resolver: Arc<dyn Resolver>,
 }
 
 impl std::fmt::Debug for ReceiptPublisher {
@@ -89,7 +99,15 @@ impl ReceiptPublisher {
             own_link,
             policy,
             retry,
+            resolver: system_resolver(),
         }
+    }
+
+    /// The same publisher resolving relay names with `resolver` instead of
+    /// the system's (tests).
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// The retry policy.
@@ -119,14 +137,19 @@ impl ReceiptPublisher {
         if due.is_empty() {
             return Ok(0);
         }
-        // (URL, the relay as stored) of the due relays this node may contact.
+        // (URL, the relay as stored) of the due relays this node may contact;
+        // and the checked address of each remote one.
         let mut allowed: Vec<(RelayUrl, &str)> = Vec::new();
+        let mut remote: Vec<(RelayUrl, SocketAddr)> = Vec::new();
         for relay in &due {
             let verdict = match RelayUrl::parse(relay) {
                 Ok(url) if url == self.own_relay => Ok(Some(url)),
-                Ok(url) => match self.policy.allows_resolved(&url).await {
-                    Ok(true) => Ok(Some(url)),
-                    Ok(false) => Ok(None),
+                Ok(url) => match self.policy.resolve(&url, self.resolver.as_ref()).await {
+                    Ok(Some(addr)) => {
+                        remote.push((url.clone(), addr));
+                        Ok(Some(url))
+                    }
+                    Ok(None) => Ok(None),
                     Err(e) => Err(e),
                 },
                 Err(_) => Ok(None),
@@ -147,11 +170,6 @@ impl ReceiptPublisher {
                 }
             }
         }
-        let remote: Vec<RelayUrl> = allowed
-            .iter()
-            .map(|(url, _)| url.clone())
-            .filter(|url| *url != self.own_relay)
-            .collect();
         let mut accepted = send(receipt, &remote).await;
         if allowed.iter().any(|(url, _)| *url == self.own_relay) {
             let own = tokio::time::timeout(PUBLISH_TIMEOUT, self.own_link.publish(receipt.clone()));
@@ -201,44 +219,80 @@ impl ReceiptPublisher {
     }
 }
 
-/// Sends `event` to `relays`; the ones that accepted it. A fresh client each
-/// time: request relays are strangers' choices and must not pile up in a
-/// long-lived pool.
-async fn send(event: &Event, relays: &[RelayUrl]) -> HashSet<RelayUrl> {
-    if relays.is_empty() {
-        return HashSet::new();
-    }
-    let client = Client::default();
-    for url in relays {
-        let _ = client.add_relay(url.clone()).await;
-    }
-    let attempt = async {
-        let connected = client.try_connect(CONNECT_TIMEOUT).await;
-        for (url, why) in &connected.failed {
-            debug!(relay = %url, reason = %why, "cannot connect to a zap receipt relay");
+/// Sends `event` to each relay at its checked address, all at once; the
+/// ones that accepted it. Bounded by [`PUBLISH_TIMEOUT`] in total.
+async fn send(event: &Event, relays: &[(RelayUrl, SocketAddr)]) -> HashSet<RelayUrl> {
+    let attempts = relays.iter().map(|(url, addr)| async move {
+        match publish_to(url, *addr, event).await {
+            Ok(()) => Some(url.clone()),
+            Err(why) => {
+                debug!(relay = %url, %addr, reason = %why, "zap receipt not delivered");
+                None
+            }
         }
-        if connected.success.is_empty() {
-            return HashSet::new();
-        }
-        match client
-            .send_event_to(connected.success.iter().cloned(), event)
-            .await
-        {
-            Ok(out) => {
-                for (url, why) in &out.failed {
-                    debug!(relay = %url, reason = %why, "relay refused a zap receipt");
+    });
+    let all = futures::future::join_all(attempts);
+    tokio::time::timeout(PUBLISH_TIMEOUT, all)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Publishes `event` to the relay `url` over a TCP connection to `addr`
+/// (TLS for `wss://`, with the URL's host as server name); `Ok` once the
+/// relay answered `OK true`. A short-lived connection: request relays are
+/// strangers' choices and must not pile up in a long-lived pool.
+async fn publish_to(url: &RelayUrl, addr: SocketAddr, event: &Event) -> Result<(), String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_RELAY_MESSAGE))
+        .max_frame_size(Some(MAX_RELAY_MESSAGE));
+    let (mut ws, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async_tls_with_config(url.as_str(), tcp, Some(config), None),
+    )
+    .await
+    .map_err(|_| "WebSocket handshake timed out".to_owned())?
+    .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    let id = event.id.to_hex();
+    let message = format!(r#"["EVENT",{}]"#, event.as_json());
+    ws.send(Message::text(message))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let answer = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                if let Some(answer) = ok_answer(&text, &id) {
+                    break answer;
                 }
-                out.success
             }
-            Err(e) => {
-                debug!(error = %e, "cannot send a zap receipt");
-                HashSet::new()
-            }
+            Some(Ok(Message::Close(_))) | None => break Err("closed before OK".to_owned()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Err(format!("receive: {e}")),
         }
     };
-    let accepted = tokio::time::timeout(PUBLISH_TIMEOUT, attempt)
-        .await
-        .unwrap_or_default();
-    client.shutdown().await;
-    accepted
+    let _ = ws.close(None).await;
+    answer
+}
+
+/// The relay's verdict on event `id`, if `text` is its `["OK", id, …]`.
+fn ok_answer(text: &str, id: &str) -> Option<Result<(), String>> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    match value.as_array()?.as_slice() {
+        [kind, ok_id, accepted, rest @ ..] if kind == "OK" && ok_id == id => {
+            let reason = rest.first().and_then(|r| r.as_str()).unwrap_or_default();
+            Some(if accepted.as_bool() == Some(true) {
+                Ok(())
+            } else {
+                Err(format!("refused: {reason}"))
+            })
+        }
+        _ => None,
+    }
 }

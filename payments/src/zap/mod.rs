@@ -13,7 +13,9 @@
 //!   per payment hash, also across restarts. [`ReceiptPublisher`] records
 //!   each relay's delivery and retries the ones that missed it (same event).
 //! - [`RelayPolicy`] keeps strangers' relay URLs from making the node
-//!   connect to loopback, private or link-local addresses.
+//!   connect to loopback, private, link-local or any other special-purpose
+//!   address ([`is_special_purpose`]); a receipt goes to the very address
+//!   that was checked (one resolution per attempt, no DNS rebinding).
 
 mod delivery;
 mod receipt;
@@ -24,7 +26,7 @@ mod store;
 
 pub use delivery::{ReceiptPublisher, RetryPolicy};
 pub use receipt::build_receipt;
-pub use relay_filter::{is_private_ip, RelayPolicy};
+pub use relay_filter::{is_special_purpose, RelayPolicy, Resolver, SystemResolver};
 pub use request::{ZapRequest, ZapRequestError, MAX_RECEIPT_RELAYS, MAX_ZAP_REQUEST_LEN};
 pub use service::{ZapService, ZapServiceConfig, ZAP_KEY_FILE_NAME, ZAP_STORE_FILE_NAME};
 pub use store::{Delivery, DeliveryOutcome, PendingZap, ZapState, ZapStore};
