@@ -127,8 +127,23 @@ impl Dialect {
         self.version < CoreVersion::V28 || self.deprecated("warnings")
     }
 
-    /// Whether block headers and `getblockchaininfo` carry `target` (Core 29+).
+    /// Whether block headers and `getblockchaininfo` carry `target`, and
+    /// `getblockchaininfo` the tip's `bits` (Core 29+).
     pub fn sends_target(&self) -> bool {
+        self.version >= CoreVersion::V31
+    }
+
+    /// Whether `getblock` carries `coinbase_tx` (Core 30+).
+    pub fn sends_coinbase_tx(&self) -> bool {
+        self.version >= CoreVersion::V31
+    }
+
+    /// Whether `getmempoolinfo` and `getmempoolentry` answer in the cluster
+    /// mempool's terms (Core 31): `chunkweight` and `fees.chunk` per
+    /// entry; `limitclustercount`, `limitclustersize` and `optimal`, with
+    /// `permitbaremultisig` and `maxdatacarriersize`, and without Core 28's
+    /// `fullrbf`.
+    pub fn cluster_mempool_fields(&self) -> bool {
         self.version >= CoreVersion::V31
     }
 

@@ -137,6 +137,64 @@ impl Mempool {
         out
     }
 
+    /// The transactions connected to `txid` by spending, either way (its
+    /// cluster, in Core 31's cluster mempool).
+    pub fn cluster(&self, txid: &Txid) -> BTreeSet<Txid> {
+        let mut out = BTreeSet::new();
+        let mut stack = vec![*txid];
+        while let Some(t) = stack.pop() {
+            if let Some(e) = self.entries.get(&t) {
+                if out.insert(t) {
+                    stack.extend(self.parents(&e.tx));
+                    stack.extend(self.children(&t));
+                }
+            }
+        }
+        out
+    }
+
+    /// The chunk `txid` is mined in (Core 31's `chunkweight` and `fees.chunk`):
+    /// its weight and fee. The cluster is linearized by ancestor sets, best
+    /// feerate first (a child paying for its parent joins the parent's
+    /// chunk), which is what Core's linearization gives for the small
+    /// clusters tests build.
+    pub fn chunk(&self, txid: &Txid) -> (u64, Amount) {
+        let mut remaining = self.cluster(txid);
+        let sum = |set: &BTreeSet<Txid>| {
+            set.iter()
+                .filter_map(|t| self.entries.get(t))
+                .fold((0u64, Amount::ZERO), |(w, f), e| (w + e.weight, f + e.fee))
+        };
+        while !remaining.is_empty() {
+            let best = remaining
+                .iter()
+                .map(|t| {
+                    let set: BTreeSet<Txid> = self
+                        .ancestors_inclusive(t)
+                        .intersection(&remaining)
+                        .copied()
+                        .collect();
+                    let (w, f) = sum(&set);
+                    (set, w, f)
+                })
+                // fee/weight compared without division; ties go to the smaller set.
+                .max_by(|(_, wa, fa), (_, wb, fb)| {
+                    (u128::from(fa.to_sat()) * u128::from(*wb))
+                        .cmp(&(u128::from(fb.to_sat()) * u128::from(*wa)))
+                        .then(wb.cmp(wa))
+                })
+                .expect("not empty");
+            let (set, w, f) = best;
+            if set.contains(txid) {
+                return (w, f);
+            }
+            remaining.retain(|t| !set.contains(t));
+        }
+        self.entries
+            .get(txid)
+            .map_or((0, Amount::ZERO), |e| (e.weight, e.fee))
+    }
+
     /// Removes a transaction and its descendants.
     pub fn remove_with_descendants(&mut self, txid: &Txid) -> Vec<MempoolEntry> {
         self.descendants_inclusive(txid)

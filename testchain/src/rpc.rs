@@ -324,7 +324,7 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
             let bytes: u64 = entries.iter().map(|e| e.vsize).sum();
             let fees: Amount = entries.iter().map(|e| e.fee).sum();
             let min = Amount::from_sat(node.dialect.version.min_relay_fee_sat_per_kvb());
-            Ok(json!({
+            let mut info = json!({
                 "loaded": true,
                 "size": entries.len(),
                 "bytes": bytes,
@@ -335,8 +335,17 @@ pub fn dispatch(node: &mut Node, method: &str, params: &[Value]) -> Result<Value
                 "minrelaytxfee": btc(min),
                 "incrementalrelayfee": btc(min),
                 "unbroadcastcount": 0,
-                "fullrbf": true,
-            }))
+            });
+            if node.dialect.cluster_mempool_fields() {
+                info["permitbaremultisig"] = json!(true);
+                info["maxdatacarriersize"] = json!(100_000);
+                info["limitclustercount"] = json!(64);
+                info["limitclustersize"] = json!(101_000);
+                info["optimal"] = json!(true);
+            } else {
+                info["fullrbf"] = json!(true);
+            }
+            Ok(info)
         }
         "gettxout" => gettxout(node, &p),
         "scantxoutset" => scantxoutset(&node.chain, &node.dialect, &p),
@@ -442,6 +451,7 @@ fn blockchain_info(chain: &Chain, dialect: &Dialect) -> Value {
         "warnings": warnings(dialect),
     });
     if dialect.sends_target() {
+        info["bits"] = json!(format!("{:08x}", tip.block.header.bits.to_consensus()));
         info["target"] = json!(target_hex(&tip.block.header));
     }
     info
@@ -538,7 +548,31 @@ fn getblock(
             .collect()
     };
     o.insert("tx".into(), Value::Array(txs));
+    if dialect.sends_coinbase_tx() {
+        if let Some(cb) = b.txdata.first() {
+            o.insert("coinbase_tx".into(), coinbase_tx_json(cb));
+        }
+    }
     Ok(Value::Object(o))
+}
+
+/// Core 30+'s `coinbase_tx`: what the coinbase carries besides its outputs.
+fn coinbase_tx_json(cb: &bitcoin::Transaction) -> Value {
+    let mut o = Map::new();
+    o.insert("version".into(), json!(cb.version.0));
+    o.insert("locktime".into(), json!(cb.lock_time.to_consensus_u32()));
+    if let Some(input) = cb.input.first() {
+        o.insert("sequence".into(), json!(input.sequence.0));
+        o.insert(
+            "coinbase".into(),
+            json!(hex::encode(input.script_sig.as_bytes())),
+        );
+        // The witness reserved value, when the coinbase has a witness.
+        if let Some(item) = input.witness.nth(0) {
+            o.insert("witness".into(), json!(hex::encode(item)));
+        }
+    }
+    Value::Object(o)
 }
 
 trait BlockSizes {
@@ -682,6 +716,11 @@ fn mempool_entry_json(mempool: &Mempool, dialect: &Dialect, e: &MempoolEntry) ->
     // transaction is replaceable under full RBF); clients must not need it.
     if dialect.sends_bip125_replaceable() {
         entry["bip125-replaceable"] = json!(e.bip125_replaceable);
+    }
+    if dialect.cluster_mempool_fields() {
+        let (weight, fee) = mempool.chunk(&e.txid);
+        entry["chunkweight"] = json!(weight);
+        entry["fees"]["chunk"] = btc(fee);
     }
     entry
 }

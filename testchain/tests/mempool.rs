@@ -533,3 +533,47 @@ async fn replacement_on(v: CoreVersion) -> Result<()> {
     })
     .await
 }
+
+/// Core 31's cluster mempool: a child paying for its low-fee parent is
+/// mined in one chunk with it, so both entries report the pair's weight and
+/// fee as `chunkweight` and `fees.chunk`; a lone transaction is its own chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_pays_for_parent_in_one_chunk() -> Result<()> {
+    timed(async {
+        let chain = start_as(CoreVersion::V31).await?;
+        let wallet = InternalWallet::new();
+        let spk = wallet.script_pubkey();
+        let coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
+        let lone_coin = funded_coin(&chain, &wallet, Amount::from_sat(COIN)).await?;
+        // The parent pays ~1 sat/vB, the child ~50.
+        let parent = spend(&wallet, &[coin], vec![out(&spk, COIN - 200)]);
+        let parent_id = send(&chain, &parent).await?;
+        let child = spend(
+            &wallet,
+            &[Coin {
+                outpoint: OutPoint::new(parent_id, 0),
+                output: out(&spk, COIN - 200),
+            }],
+            vec![out(&spk, COIN - 200 - 5_000)],
+        );
+        let child_id = send(&chain, &child).await?;
+        let lone = spend(&wallet, &[lone_coin], vec![out(&spk, COIN - 1_000)]);
+        let lone_id = send(&chain, &lone).await?;
+        let entry = |t: Txid| chain.rpc("getmempoolentry", vec![json!(t.to_string())]);
+        let (p, c, l) = (
+            entry(parent_id).await?,
+            entry(child_id).await?,
+            entry(lone_id).await?,
+        );
+        let pair_weight = p["weight"].as_u64().unwrap_or(0) + c["weight"].as_u64().unwrap_or(0);
+        assert_eq!(p["chunkweight"], json!(pair_weight), "{p}");
+        assert_eq!(c["chunkweight"], json!(pair_weight), "{c}");
+        assert_eq!(p["fees"]["chunk"], json!(0.000052), "{p}");
+        assert_eq!(c["fees"]["chunk"], json!(0.000052), "{c}");
+        assert_eq!(l["chunkweight"], l["weight"], "{l}");
+        assert_eq!(l["fees"]["chunk"], json!(0.00001), "{l}");
+        chain.stop().await?;
+        Ok(())
+    })
+    .await
+}
