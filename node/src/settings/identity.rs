@@ -82,9 +82,9 @@ impl Default for IdentitySettings {
             // keeps asking gets ten at once, then one every 50 s.
             challenges_per_ip: Rate::new(0.02, 10.0),
             // Ten at once, then one every 10 s per address; per challenge
-            // three tries, then one every 30 s (a fixed post, a retry).
+            // three tries, then one every 20 s (a fixed post, a retry).
             bindings_per_ip: Rate::new(0.1, 10.0),
-            bindings_per_challenge: Rate::new(1.0 / 30.0, 3.0),
+            bindings_per_challenge: Rate::new(0.05, 3.0),
             failed_binding_cache_secs: 60,
             max_outstanding_challenges: DEFAULT_MAX_OUTSTANDING_CHALLENGES,
             recovery_delay_blocks: DEFAULT_RECOVERY_DELAY_BLOCKS,
