@@ -65,7 +65,8 @@ fn write_all() {
 }
 
 /// The verdict of one vector: the verified summary, or the failing step.
-fn run(v: &Value) -> Result<Value, Step> {
+/// The message of a rejection is returned with the step for `CAIRN_VECTORS_VERBOSE=1`.
+fn run(v: &Value) -> Result<Value, (Step, String)> {
     let h = &v["headers"];
     let chain = HeaderChain::from_file_bytes(
         &read(h["file"].as_str().unwrap()),
@@ -86,20 +87,24 @@ fn run(v: &Value) -> Result<Value, Step> {
     };
     let bytes = read(v["bundle"].as_str().unwrap());
     let step = |e: BundleError| {
-        e.step()
-            .unwrap_or_else(|| panic!("{}: no verdict: {e}", v["name"]))
+        let s = e
+            .step()
+            .unwrap_or_else(|| panic!("{}: no verdict: {e}", v["name"]));
+        (s, e.to_string())
     };
+    let decode = |e: String| (Step::Decode, e);
     if v["type"] == "absence" {
-        let bundle: AbsenceBundle = serde_json::from_slice(&bytes).map_err(|_| Step::Decode)?;
+        let bundle: AbsenceBundle =
+            serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
         let ok = verify_absence(&bundle, &chain, &policy).map_err(step)?;
         return Ok(
             serde_json::json!({"x_uid": ok.x_uid.to_string(), "confirmations": ok.confirmations}),
         );
     }
     let bundle = if v["form"] == "json" {
-        serde_json::from_slice::<ProofBundle>(&bytes).map_err(|_| Step::Decode)?
+        serde_json::from_slice::<ProofBundle>(&bytes).map_err(|e| decode(e.to_string()))?
     } else {
-        ProofBundle::from_bytes(&bytes).map_err(|_| Step::Decode)?
+        ProofBundle::from_bytes(&bytes).map_err(|e| decode(e.to_string()))?
     };
     let ok = verify(&bundle, &chain, &policy).map_err(step)?;
     let identity = cairn_identity_core::binding::Identity {
@@ -129,9 +134,14 @@ fn every_vector_has_its_verdict_and_step() {
         assert!(names.insert(name), "duplicate vector {name}");
         match (v["expect"].as_str().unwrap(), run(v)) {
             ("valid", Ok(result)) => assert_eq!(result, v["result"], "{name}: result"),
-            ("valid", Err(step)) => panic!("{name}: valid vector rejected at {}", step.as_str()),
+            ("valid", Err((step, e))) => {
+                panic!("{name}: valid vector rejected at {}: {e}", step.as_str())
+            }
             ("invalid", Ok(_)) => panic!("{name}: invalid vector accepted"),
-            ("invalid", Err(step)) => {
+            ("invalid", Err((step, e))) => {
+                if std::env::var("CAIRN_VECTORS_VERBOSE").as_deref() == Ok("1") {
+                    eprintln!("{name}: {}: {e}", step.as_str());
+                }
                 assert_eq!(step.as_str(), v["step"].as_str().unwrap(), "{name}: step");
                 // Names say which step rejects them.
                 assert!(

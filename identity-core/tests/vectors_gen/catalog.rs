@@ -1,6 +1,6 @@
 //! The list of vectors: valid histories and chains, then one invalid bundle per rule.
 
-use bitcoin::{hashes::Hash as _, Amount, Network, ScriptBuf, TxOut, Txid};
+use bitcoin::{hashes::Hash as _, Amount, Network, ScriptBuf, TxOut};
 use cairn_identity_core::{
     binding::{Identity, PendingRecovery, Status},
     bundle::ProofBundle,
@@ -52,6 +52,7 @@ fn net(n: Network) -> &'static str {
 }
 
 impl Catalog {
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         name: &str,
@@ -1648,18 +1649,14 @@ fn anchor_vectors(c: &mut Catalog) {
     );
 
     // Block inclusion.
-    let block = |c: &mut Catalog,
-                 name: &str,
-                 desc: &str,
-                 txs: usize,
-                 hook: Box<dyn Fn(&mut Vec<Txid>, Txid)>,
-                 rule: &str| {
-        let b = with(h.clone(), id.clone(), |p| {
-            p.chain = ChainSpec::regtest(txs);
-            p.txids_hook = Some(hook);
-        });
-        c.invalid(name, desc, &b, "block-inclusion", rule);
-    };
+    let block =
+        |c: &mut Catalog, name: &str, desc: &str, txs: usize, hook: Box<TxidsHook>, rule: &str| {
+            let b = with(h.clone(), id.clone(), |p| {
+                p.chain = ChainSpec::regtest(txs);
+                p.txids_hook = Some(hook);
+            });
+            c.invalid(name, desc, &b, "block-inclusion", rule);
+        };
     block(c, "block-inclusion-identical-siblings", "4 transactions [a, b, anchor, anchor]: an existing right sibling equal to its left (CVE-2012-2459)", 4, Box::new(|t, a| { t[2] = a; t[3] = a; }), "no identical existing sibling pair");
     block(
         c,

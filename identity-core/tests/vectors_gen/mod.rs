@@ -274,6 +274,12 @@ impl ChainSpec {
     }
 }
 
+/// Changes the anchor transaction (a defect).
+pub type TxHook = Box<dyn Fn(&mut Transaction)>;
+
+/// Changes the block's txids, given the anchor's (a defect).
+pub type TxidsHook = dyn Fn(&mut Vec<Txid>, Txid);
+
 /// Every part of one bundle before assembly, for the defect hooks.
 pub struct Parts {
     pub identity: Identity,
@@ -286,8 +292,8 @@ pub struct Parts {
     pub gap_before_head: bool,
     /// Value put in the state tree instead of the record's hash (a defect).
     pub state_value: Option<Hash>,
-    pub tx_hook: Option<Box<dyn Fn(&mut Transaction)>>,
-    pub txids_hook: Option<Box<dyn Fn(&mut Vec<Txid>, Txid)>>,
+    pub tx_hook: Option<TxHook>,
+    pub txids_hook: Option<Box<TxidsHook>>,
     pub mine: bool,
 }
 
@@ -421,7 +427,7 @@ pub fn block_for(
     tx: &Transaction,
     c: &ChainSpec,
     mined: bool,
-    txids_hook: Option<&dyn Fn(&mut Vec<Txid>, Txid)>,
+    txids_hook: Option<&TxidsHook>,
 ) -> (MerkleBlock, Vec<Header>) {
     let anchor = tx.compute_txid();
     let mut txids: Vec<Txid> = (0..c.block_txs)
