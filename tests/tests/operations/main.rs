@@ -4,6 +4,7 @@
 mod backup;
 mod health;
 mod metrics;
+mod retention;
 
 use std::net::SocketAddr;
 
