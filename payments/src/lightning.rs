@@ -47,7 +47,7 @@ use std::time::Duration;
 use bitcoin::hashes::sha256;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::{Address, FeeRate, Network, Txid};
-use ldk_node::lightning::events::{ClosureReason, PaymentFailureReason};
+use ldk_node::lightning::events::PaymentFailureReason;
 use ldk_node::lightning::ln::channelmanager::PaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning::ln::types::ChannelId;
@@ -322,7 +322,6 @@ pub struct LightningNode {
     /// Channels closed cooperatively (seen by this run's event loop): their
     /// closing transaction pays the on-chain wallet, which counts it while
     /// it is still unconfirmed.
-    coop_closed: Arc<Mutex<HashSet<ChannelId>>>,
     event_loop: Mutex<Option<EventLoop>>,
 }
 
@@ -387,7 +386,6 @@ impl LightningNode {
             node,
             events,
             new_events,
-            coop_closed: Arc::default(),
             event_loop: Mutex::new(None),
         })
     }
@@ -404,7 +402,6 @@ impl LightningNode {
             Arc::clone(&self.node),
             Arc::clone(&self.events),
             self.new_events.clone(),
-            Arc::clone(&self.coop_closed),
             stop_rx,
         ));
         *slot = Some(EventLoop { stop, task });
@@ -450,19 +447,6 @@ impl LightningNode {
     /// A new address of the Lightning node's own on-chain wallet (which funds channels).
     pub fn funding_address(&self) -> Result<Address, LightningError> {
         Ok(self.node.onchain_payment().new_address()?)
-    }
-
-    /// Sends `amount_sats` from the Lightning node's on-chain wallet.
-    pub fn send_onchain(
-        &self,
-        address: &Address,
-        amount_sats: u64,
-        fee_rate: Option<FeeRate>,
-    ) -> Result<Txid, LightningError> {
-        Ok(self
-            .node
-            .onchain_payment()
-            .send_to_address(address, amount_sats, fee_rate)?)
     }
 
     /// Sends from the Lightning node's on-chain wallet (where channel
@@ -535,7 +519,10 @@ impl LightningNode {
             .map(|c| c.channel_id)
             .collect();
         let closing: u64 = {
-            let coop = self.coop_closed.lock().unwrap_or_else(|p| p.into_inner());
+            // The event store is the one record of which closes were
+            // cooperative, so this holds after a restart too. Unreadable, the
+            // sum errs towards counting the channel (as ldk-node does).
+            let coop = self.events.cooperatively_closed().unwrap_or_default();
             balances
                 .lightning_balances
                 .iter()
@@ -544,7 +531,7 @@ impl LightningNode {
                         channel_id,
                         amount_satoshis,
                         ..
-                    } if coop.contains(channel_id) && !open.contains(channel_id) => {
+                    } if coop.contains(&channel_id.to_string()) && !open.contains(channel_id) => {
                         *amount_satoshis
                     }
                     _ => 0,
@@ -822,6 +809,17 @@ impl LightningNode {
                         reason = reason.or(failure_of(&ev, id));
                     }
                 }
+                let failed = record.as_ref().is_some_and(|p| {
+                    matches!(PaymentOutcome::of(p), PaymentOutcome::Failed { .. })
+                });
+                if failed && reason.is_none() {
+                    // It failed before this wait (or before a restart): the
+                    // reason recorded from its event, if it was seen.
+                    reason = record
+                        .as_ref()
+                        .and_then(payment_hash_of)
+                        .and_then(|h| self.events.failure_reason(&h.to_string()).ok().flatten());
+                }
                 return (record, reason);
             }
             // Any event may be the one (and a lagging receiver skips some):
@@ -907,7 +905,6 @@ async fn run_events(
     node: Arc<Node>,
     store: Arc<EventStore>,
     new_events: broadcast::Sender<Event>,
-    coop_closed: Arc<Mutex<HashSet<ChannelId>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -915,22 +912,6 @@ async fn run_events(
             _ = stop.changed() => break,
             event = node.next_event_async() => event,
         };
-        if let Event::ChannelClosed {
-            channel_id,
-            reason:
-                Some(
-                    ClosureReason::LegacyCooperativeClosure
-                    | ClosureReason::CounterpartyInitiatedCooperativeClosure
-                    | ClosureReason::LocallyInitiatedCooperativeClosure,
-                ),
-            ..
-        } = &event
-        {
-            coop_closed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(*channel_id);
-        }
         let store2 = Arc::clone(&store);
         let ev2 = event.clone();
         let recorded = tokio::task::spawn_blocking(move || store2.record(&ev2)).await;

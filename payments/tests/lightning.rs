@@ -478,7 +478,7 @@ async fn cooperative_close_counts_once_and_the_lightning_wallet_withdraws() -> R
         let Pair {
             chain,
             dir_a: _dir_a,
-            _dir_b,
+            _dir_b: dir_b,
             a,
             b,
             mut ev_a,
@@ -533,6 +533,38 @@ async fn cooperative_close_counts_once_and_the_lightning_wallet_withdraws() -> R
         })
         .await?;
         mempool_nonempty(&chain).await?;
+        // While the closing transaction is unconfirmed, the on-chain wallet
+        // already counts its output and ldk-node still lists the channel as
+        // claimable on close: counted once, here and after a restart (the
+        // record of which closes were cooperative is the event store's).
+        let total =
+            |n: &LightningNode| n.balances().total_onchain_balance_sats + n.channel_balance_sats();
+        sync_until("B's unconfirmed closing output", &[&b], || {
+            b.balances().total_onchain_balance_sats == FUNDING + 30_000
+        })
+        .await?;
+        ensure!(
+            b.balances().total_lightning_balance_sats == 30_000,
+            "ldk-node lists the closing channel too: {:?}",
+            b.balances().lightning_balances
+        );
+        assert_eq!(
+            total(&b),
+            FUNDING + 30_000,
+            "unconfirmed close counted once"
+        );
+        b.stop().await?;
+        drop(b);
+        // The channel is closed: B's new listening port does not matter.
+        let b = ln_node(dir_b.path(), &chain)?;
+        b.start()?;
+        sync_until(
+            "B restarted, closing output still unconfirmed",
+            &[&b],
+            || b.balances().total_onchain_balance_sats == FUNDING + 30_000,
+        )
+        .await?;
+        assert_eq!(total(&b), FUNDING + 30_000, "counted once after a restart");
         mine(&chain, 1).await?;
         sync_until("B's closing output on-chain", &[&a, &b], || {
             b.balances().spendable_onchain_balance_sats == FUNDING + 30_000
