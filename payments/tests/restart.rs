@@ -300,6 +300,15 @@ async fn payer_and_receiver_restart_mid_payment() -> Result<()> {
         .await?;
         assert_eq!(handled(&a, "PaymentSuccessful", &h1)?, 1);
         assert_eq!(handled(&a, "PaymentFailed", &h2)?, 1);
+        // Asked after the event went by, the outcome still carries LDK's
+        // reason (from the event store; ldk-node's record keeps only the status).
+        let outcome = a.payment_outcome(&PaymentHash(h2), Duration::ZERO).await;
+        assert_eq!(
+            outcome,
+            Some(cairn_payments::lightning::PaymentOutcome::Failed {
+                reason: "the recipient rejected the payment".into()
+            }),
+        );
         assert_eq!(handled(&b, "PaymentReceived", &h1)?, 1);
         let events_before = a.handled_events()?.len();
 
