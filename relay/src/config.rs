@@ -141,9 +141,9 @@ impl Default for Limits {
             max_outbound_queue: 1_024,
             max_outbound_bytes: 1024 * 1024,
             slow_reader_grace_ms: 3_000,
-            max_values_per_filter: 2_500,
-            max_values_per_req: 5_000,
-            max_values_per_connection: 20_000,
+            max_values_per_filter: 5_000,
+            max_values_per_req: 10_000,
+            max_values_per_connection: 50_000,
             max_query_ms: 1_000,
             auth_window: 10 * 60,
         }

@@ -104,7 +104,7 @@ pub async fn serve_connection<In, Out>(
     let (close_tx, close_rx) = oneshot::channel();
     let session = Session {
         relay: Arc::clone(&relay),
-        permit,
+        ip: permit.ip(),
         challenge: new_challenge(),
         authed: Vec::new(),
         subs: HashMap::new(),
@@ -115,13 +115,21 @@ pub async fn serve_connection<In, Out>(
         violations: 0,
     };
     let reader = session.run(incoming);
-    let writer = write_loop(outgoing, out_rx, close_rx);
+    let shutdown = relay.shutdown_token().clone();
+    let writer = write_loop(outgoing, out_rx, close_rx, shutdown);
     futures::future::join(reader, writer).await;
+    // Held until the writer is done too: a socket still being told why it
+    // is closed counts against its address's connection limit.
+    drop(permit);
 }
 
 /// How long the writer may keep trying to reach the client once the session
 /// has ended: a socket that takes nothing cannot hold the connection open.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The same for a slow reader, which gets only the NOTICE saying why (its
+/// queue is dropped at once): it may take a while to read what its socket
+/// already holds, and nothing else of it is kept meanwhile.
+const SLOW_READER_LINGER: Duration = Duration::from_secs(30);
 
 /// Drains the outbound queue into the socket, batching frames between
 /// flushes, until the session ends; then says goodbye within [`CLOSE_WAIT`].
@@ -129,6 +137,7 @@ async fn write_loop<Out>(
     mut sink: Out,
     mut queue: OutboundReceiver,
     mut close: oneshot::Receiver<CloseRequest>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) where
     Out: Sink<Outgoing> + Unpin + Send,
 {
@@ -150,14 +159,22 @@ async fn write_loop<Out>(
     };
     // `Err`: the session ended without asking to close (the client went away).
     let request = ended.ok();
+    let slow_reader = request.as_ref().is_some_and(|r| r.code == 1008);
+    if slow_reader {
+        // Free what it did not read; only the NOTICE and the close remain.
+        while queue.try_recv().is_some() {}
+    }
+    let wait = if slow_reader {
+        SLOW_READER_LINGER
+    } else {
+        CLOSE_WAIT
+    };
     // A well-behaved client gets what was queued before the close; a stuck one
-    // (the reason we may be closing) gets a bounded wait.
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        if request.as_ref().is_none_or(|r| r.code != 1008) {
-            while let Some((text, receipt)) = queue.try_recv() {
-                sink.feed(Outgoing::Text(text)).await.ok()?;
-                queue.taken(receipt);
-            }
+    // (the reason we may be closing) gets a bounded wait, cut short by shutdown.
+    let goodbye = tokio::time::timeout(wait, async {
+        while let Some((text, receipt)) = queue.try_recv() {
+            sink.feed(Outgoing::Text(text)).await.ok()?;
+            queue.taken(receipt);
         }
         let Some(request) = request else {
             return sink.flush().await.ok();
@@ -171,8 +188,11 @@ async fn write_loop<Out>(
         })
         .await
         .ok()
-    })
-    .await;
+    });
+    tokio::select! {
+        _ = goodbye => {}
+        _ = shutdown.cancelled(), if slow_reader => {}
+    }
 }
 
 /// Write queued messages to the socket, coalescing what is ready into one
@@ -209,7 +229,9 @@ struct EventReply {
 
 struct Session {
     relay: Arc<Relay>,
-    permit: ConnectionPermit,
+    /// The client's address (the connection's permit is held by
+    /// [`serve_connection`]).
+    ip: std::net::IpAddr,
     challenge: String,
     authed: Vec<PublicKey>,
     subs: HashMap<String, Sub>,
@@ -279,7 +301,6 @@ impl Session {
                 let _ = close.send(request);
             }
         }
-        drop(self.permit);
     }
 
     async fn send(&self, text: String) -> Result<(), SendError> {
@@ -449,7 +470,7 @@ impl Session {
         }
         // Per-IP limit before the signature check, so floods cost no CPU;
         // per-author limits after it, so nobody can drain another's bucket.
-        if !self.relay.limiters.events_per_ip.check(&self.permit.ip()) {
+        if !self.relay.limiters.events_per_ip.check(&self.ip) {
             let reply = EventReply {
                 message: out::ok(&id, false, "rate-limited: slow down, too many events"),
                 rate_limited: true,
@@ -641,7 +662,7 @@ impl Session {
             return Err("invalid: search (NIP-50) is not supported".into());
         }
         let limiters = &self.relay.limiters;
-        let ip_ok = limiters.reqs_per_ip.check(&self.permit.ip());
+        let ip_ok = limiters.reqs_per_ip.check(&self.ip);
         let key_ok = self
             .authed
             .first()
