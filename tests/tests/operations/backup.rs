@@ -184,3 +184,36 @@ fn a_damaged_archive_is_refused_and_leaves_nothing_behind() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_archive_says_the_events_need_pg_dump() -> Result<()> {
+    let Some(backend) = Backend::postgres_from_env() else {
+        cairn_e2e::skip_postgres("on_postgres_the_archive_says_the_events_need_pg_dump");
+        return Ok(());
+    };
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let node = TestNode::start(&backend).await?;
+        let secret = node.data_dir().join("seed");
+        cairn_bitcoin::private_file::create_new(&secret, b"not a real seed")?;
+        let out = tempfile::tempdir()?;
+        let archive = out.path().join("files.tar");
+        let manifest = backup(&node.settings, &archive, true).await?;
+        assert_eq!(manifest.event_database, "postgres");
+        assert!(
+            !manifest.files.iter().any(|f| f.path == "cairn.db"),
+            "{manifest:?}"
+        );
+        assert!(
+            manifest.files.iter().any(|f| f.path == "seed"),
+            "{manifest:?}"
+        );
+        node.finish().await?;
+        let target = out.path().join("restored");
+        let restored = restore(&archive, &target)?;
+        assert_eq!(restored, manifest);
+        assert_eq!(mode(&target.join("seed")), 0o600);
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .context("timed out")?
+}
