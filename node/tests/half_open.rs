@@ -26,14 +26,19 @@ impl Drop for Server {
     }
 }
 
-/// `cairn serve` with at most 1,024 open files, and the address it listens on.
-fn start(data_dir: &std::path::Path) -> (Server, SocketAddr) {
+/// `cairn serve` with at most 1,024 open files and the extra environment
+/// `env`: the server, the address it listens on, and its further stderr lines.
+fn start(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Server, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(r#"ulimit -n 1024 && exec "$0" serve --bind 127.0.0.1:0 --data-dir "$1""#)
         .arg(CAIRN)
         .arg(data_dir)
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -59,7 +64,7 @@ fn start(data_dir: &std::path::Path) -> (Server, SocketAddr) {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
         {
-            return (server, addr);
+            return (server, addr, rx);
         }
     }
 }
@@ -100,7 +105,7 @@ async fn nip11_from(source: IpAddr, addr: SocketAddr) -> std::io::Result<String>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_do_not_lock_others_out_at_ulimit_1024() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_server, addr) = start(&tmp.path().join("data"));
+    let (_server, addr, _log) = start(&tmp.path().join("data"), &[]);
     let attacker: IpAddr = "127.0.0.1".parse().unwrap();
     let mut held = Vec::with_capacity(1_100);
     let attack = async {
@@ -125,4 +130,46 @@ async fn half_sent_requests_do_not_lock_others_out_at_ulimit_1024() {
         started.elapsed()
     );
     drop(held);
+}
+
+/// Without the per-address cap the same attack exhausts the server's file
+/// descriptors (`EMFILE`). The accept loop must live through it: log it
+/// once (not once per retry, and without spinning), and accept again as
+/// soon as descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_loop_survives_running_out_of_file_descriptors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_server, addr, log) = start(
+        &tmp.path().join("data"),
+        &[("CAIRN_RELAY__NETWORK__MAX_PENDING_PER_IP", "100000")],
+    );
+    let attacker: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut held = Vec::with_capacity(1_100);
+    let attack = async {
+        for _ in 0..1_100 {
+            held.push(half_sent(addr, attacker).await.expect("connect"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), attack)
+        .await
+        .expect("1,100 connections opened within 60 s");
+    // Out of descriptors for a while: several retries' worth.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(held);
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(1),
+        nip11_from("127.0.0.2".parse().unwrap(), addr),
+    )
+    .await
+    .expect("answered within 1 s once descriptors are free")
+    .expect("answered");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    eprintln!("answered {:?} after the attack ended", started.elapsed());
+    let lines: Vec<String> = log.try_iter().collect();
+    let warned = lines
+        .iter()
+        .filter(|l| l.contains("cannot accept connections"))
+        .count();
+    assert_eq!(warned, 1, "EMFILE is logged once per episode: {lines:#?}");
 }
