@@ -700,24 +700,24 @@ impl Session {
             limits.auth_window,
         ) {
             return self
-                .send_or_close(out::ok(&id, false, &err.to_string()))
+                .send_or_close(out::auth_ok(&id, false, &err.to_string()))
                 .await;
         }
         let (event, verified) = self.relay.verifier.verify(event).await;
         if let Err(err) = verified {
             return self
-                .send_or_close(out::ok(&id, false, &err.to_string()))
+                .send_or_close(out::auth_ok(&id, false, &err.to_string()))
                 .await;
         }
         if !self.authed.contains(&event.pubkey) {
             if self.authed.len() >= MAX_AUTHED_PUBKEYS {
                 let reason =
                     format!("restricted: at most {MAX_AUTHED_PUBKEYS} pubkeys per connection");
-                return self.send_or_close(out::ok(&id, false, &reason)).await;
+                return self.send_or_close(out::auth_ok(&id, false, &reason)).await;
             }
             self.authed.push(event.pubkey);
         }
-        self.send_or_close(out::ok(&id, true, "")).await
+        self.send_or_close(out::auth_ok(&id, true, "")).await
     }
 
     async fn deliver_live(

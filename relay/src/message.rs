@@ -194,12 +194,20 @@ pub mod out {
         s
     }
 
-    /// `["OK", id, accepted, message]`
+    /// `["OK", id, accepted, message]` answering an EVENT (counted in
+    /// `cairn_events_total` by result).
     pub fn ok(event_id: &str, accepted: bool, message: &str) -> String {
         sent("OK");
         let reason = ok_reason(accepted, message);
         let accepted_label = if accepted { "true" } else { "false" };
         metrics::counter!(EVENTS, "accepted" => accepted_label, "reason" => reason).increment(1);
+        json!(["OK", event_id, accepted, message]).to_string()
+    }
+
+    /// `["OK", id, accepted, message]` answering an AUTH (not counted with
+    /// the EVENTs' results).
+    pub fn auth_ok(event_id: &str, accepted: bool, message: &str) -> String {
+        sent("OK");
         json!(["OK", event_id, accepted, message]).to_string()
     }
 
