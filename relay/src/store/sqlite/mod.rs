@@ -281,7 +281,10 @@ where
     qb
 }
 
-pub(super) async fn delete_seqs(conn: &mut SqliteConnection, seqs: &[i64]) -> Result<(), sqlx::Error> {
+pub(super) async fn delete_seqs(
+    conn: &mut SqliteConnection,
+    seqs: &[i64],
+) -> Result<(), sqlx::Error> {
     if seqs.is_empty() {
         return Ok(());
     }
@@ -389,7 +392,9 @@ impl Store for SqliteStore {
     }
 
     async fn live_bytes(&self) -> Result<Option<u64>, StoreError> {
-        Ok(Some(super::retention::live_bytes_sqlite(&self.write).await?))
+        Ok(Some(
+            super::retention::live_bytes_sqlite(&self.write).await?,
+        ))
     }
 
     async fn maintain(&self, pause: WriterPause) -> Result<(), StoreError> {
