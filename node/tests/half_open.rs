@@ -171,5 +171,16 @@ async fn the_accept_loop_survives_running_out_of_file_descriptors() {
         .iter()
         .filter(|l| l.contains("cannot accept connections"))
         .count();
-    assert_eq!(warned, 1, "EMFILE is logged once per episode: {lines:#?}");
+    // Once per episode, not once per 100 ms retry (a second second-long
+    // episode would log ten): when the held connections go, the server
+    // accepts the backlog the kernel queued meanwhile, which can run it out
+    // of descriptors once more, briefly.
+    let recovered = lines
+        .iter()
+        .filter(|l| l.contains("accepting connections again"))
+        .count();
+    assert!(
+        (1..=3).contains(&warned) && recovered >= 1,
+        "EMFILE is logged once per episode, and accepting resumes: {lines:#?}"
+    );
 }
