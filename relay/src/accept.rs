@@ -68,6 +68,12 @@ pub fn ok_message(id: &str, result: &Result<Accepted, Refused>) -> String {
     }
 }
 
+/// The most `p` tags a gift wrap may carry. NIP-59 wraps one seal for one
+/// recipient; each `p` costs a rate-limit bucket, so without this bound one
+/// event of `max_event_tags` junk recipients would drain thousands of
+/// people's gift-wrap budgets (and fill the limiter's map).
+pub const MAX_GIFT_WRAP_RECIPIENTS: usize = 8;
+
 /// A 64-character lowercase hex string, as NIP-01 spells keys in tags.
 fn is_hex_key(value: &str) -> bool {
     value.len() == 64
@@ -136,8 +142,14 @@ pub(crate) fn check_event(
         });
     }
     if kind == KIND_GIFT_WRAP {
-        if kinds::tag_values(event, "p").next().is_none() {
+        let recipients = kinds::tag_values(event, "p").count();
+        if recipients == 0 {
             return rule("invalid: gift wrap has no p tag".into());
+        }
+        if recipients > MAX_GIFT_WRAP_RECIPIENTS {
+            return rule(format!(
+                "invalid: a gift wrap has at most {MAX_GIFT_WRAP_RECIPIENTS} p tags (one per recipient), not {recipients}"
+            ));
         }
         // Recipients are keys: anything else could never be delivered (the
         // privacy rule compares lowercase hex), and would let junk tags

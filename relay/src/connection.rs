@@ -499,6 +499,9 @@ impl Session {
         In: Stream<Item = Incoming> + Unpin + Send,
     {
         if let Err(reason) = self.check_query(&sub_id, &filters) {
+            // A refused REQ reusing an open subscription's id closes it: the
+            // client is told CLOSED for that id and must not get more under it.
+            self.unsubscribe(&sub_id);
             let limited = reason.starts_with("rate-limited:");
             if let Flow::Close(c) = self.note_rate_limit(limited) {
                 return Flow::Close(c);
@@ -511,7 +514,10 @@ impl Session {
         let others = self.held_values - self.subs.get(&sub_id).map_or(0, |s| s.values);
         let values = match check_sizes(limits, &filters, others) {
             Ok(values) => values,
-            Err(reason) => return self.send_or_close(out::closed(&sub_id, &reason)).await,
+            Err(reason) => {
+                self.unsubscribe(&sub_id);
+                return self.send_or_close(out::closed(&sub_id, &reason)).await;
+            }
         };
         if !self.subs.contains_key(&sub_id) && self.subs.len() >= limits.max_subscriptions {
             let reason = format!(
@@ -783,7 +789,7 @@ async fn verify_and_submit(relay: &Relay, event: Box<Event>) -> Result<Accepted,
     let limiters = &relay.limiters;
     let within_rate = if event.kind.as_u16() == KIND_GIFT_WRAP {
         // Every recipient: the checks in `check_event` made each `p` a key
-        // and bounded their number by `max_event_tags`.
+        // and bounded their number by `MAX_GIFT_WRAP_RECIPIENTS`.
         kinds::tag_values(&event, "p")
             .all(|p| limiters.gift_wraps_per_recipient.check(&p.to_owned()))
     } else {

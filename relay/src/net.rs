@@ -37,6 +37,21 @@ pub struct NetworkConfig {
     /// Peers whose `Forwarded` / `X-Forwarded-For` headers name the client
     /// (a reverse proxy), as CIDR networks, e.g. `["127.0.0.1/32"]`.
     pub trusted_proxies: Vec<Cidr>,
+    /// The one header the trusted proxies write. Only that one is read: a
+    /// proxy passes the other through as the client sent it, so reading
+    /// both would let a client name any address it likes.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which forwarding header names the client (`forwarded_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, Caddy, HAProxy).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
 }
 
 impl Default for NetworkConfig {
@@ -47,6 +62,7 @@ impl Default for NetworkConfig {
             idle_timeout: 120,
             ipv6_prefix: 64,
             trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -83,8 +99,8 @@ impl NetworkConfig {
     /// The client's address: `peer` (the TCP peer), unless it is a trusted
     /// proxy; then the nearest address in the forwarding chain that is not
     /// a trusted proxy. `forwarded` are the `Forwarded` header values (RFC
-    /// 7239, preferred when present), `x_forwarded_for` the
-    /// `X-Forwarded-For` ones, each in the order received. An entry that is
+    /// 7239), `x_forwarded_for` the `X-Forwarded-For` ones, each in the
+    /// order received; only those of `forwarded_header` are read. An entry that is
     /// not an address (`unknown`, an obfuscated name) ends the walk: the
     /// last address known is used.
     pub fn client_ip<'a>(
@@ -97,18 +113,18 @@ impl NetworkConfig {
         if !self.is_trusted_proxy(peer) {
             return peer;
         }
-        let mut chain: Vec<Option<IpAddr>> = forwarded
-            .into_iter()
-            .flat_map(|v| v.split(','))
-            .map(forwarded_for)
-            .collect();
-        if chain.is_empty() {
-            chain = x_forwarded_for
+        let chain: Vec<Option<IpAddr>> = match self.forwarded_header {
+            ForwardedHeader::Forwarded => forwarded
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(forwarded_for)
+                .collect(),
+            ForwardedHeader::XForwardedFor => x_forwarded_for
                 .into_iter()
                 .flat_map(|v| v.split(','))
                 .map(|hop| parse_hop(hop.trim()))
-                .collect();
-        }
+                .collect(),
+        };
         let mut client = peer;
         for hop in chain.into_iter().rev() {
             if !self.is_trusted_proxy(client) {
@@ -307,9 +323,21 @@ mod tests {
             net.client_ip(proxy, [], ["6.6.6.6", "198.51.100.8"]),
             ip("198.51.100.8")
         );
-        // Forwarded wins over X-Forwarded-For; quoted IPv6 with a port.
+        // Only the configured header is read: a client's own `Forwarded`,
+        // passed through by an X-Forwarded-For proxy, names nobody.
         assert_eq!(
-            net.client_ip(
+            net.client_ip(proxy, ["for=9.9.9.9"], ["198.51.100.8"]),
+            ip("198.51.100.8")
+        );
+        assert_eq!(net.client_ip(proxy, ["for=9.9.9.9"], []), proxy);
+        let rfc = NetworkConfig {
+            forwarded_header: ForwardedHeader::Forwarded,
+            ..net.clone()
+        };
+        assert_eq!(rfc.client_ip(proxy, [], ["6.6.6.6"]), proxy);
+        // Quoted IPv6 with a port.
+        assert_eq!(
+            rfc.client_ip(
                 proxy,
                 ["for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https"],
                 ["198.51.100.8"]
@@ -317,11 +345,11 @@ mod tests {
             ip("2001:db8:cafe::17")
         );
         assert_eq!(
-            net.client_ip(proxy, ["For=192.0.2.60:8080;by=10.0.0.1"], []),
+            rfc.client_ip(proxy, ["For=192.0.2.60:8080;by=10.0.0.1"], []),
             ip("192.0.2.60")
         );
         // An obfuscated hop ends the walk at the last known address.
-        assert_eq!(net.client_ip(proxy, ["for=unknown"], []), proxy);
+        assert_eq!(rfc.client_ip(proxy, ["for=unknown"], []), proxy);
         // No header: the proxy itself.
         assert_eq!(net.client_ip(proxy, [], []), proxy);
         // A dual-stack socket's mapped peer address is matched as IPv4.

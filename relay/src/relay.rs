@@ -73,7 +73,7 @@ impl StoredResults {
                 chunk.extend(self.rows.next());
             }
             let seqs: Vec<i64> = chunk.iter().map(|r| r.seq).collect();
-            let mut fetched: HashMap<i64, String> = self
+            let mut fetched: HashMap<i64, (Vec<u8>, String)> = self
                 .store
                 .fetch_json(
                     &seqs,
@@ -82,9 +82,12 @@ impl StoredResults {
                 )
                 .await?
                 .into_iter()
+                .map(|(seq, id, json)| (seq, (id, json)))
                 .collect();
             for row in chunk {
-                if let Some(json) = fetched.remove(&row.seq) {
+                // Only the very event listed: its seq may have been reused
+                // since (see `Store::fetch_json`).
+                if let Some((_, json)) = fetched.remove(&row.seq).filter(|(id, _)| *id == row.id) {
                     self.ready.push_back(StoredEvent {
                         id: row.id,
                         created_at: row.created_at,

@@ -625,6 +625,14 @@ async fn gift_wrap_recipients_must_be_hex_keys(store: Arc<dyn Store>) {
         assert!(!accepted, "gift wrap with p {bad:?} accepted");
         assert!(message.starts_with("invalid:"), "{message}");
     }
+    // More recipients than a wrap has any use for: each would cost a
+    // rate-limit bucket.
+    let many: Vec<String> = (0..=cairn_relay::accept::MAX_GIFT_WRAP_RECIPIENTS)
+        .map(|_| Keys::generate().public_key().to_hex())
+        .collect();
+    let (accepted, message) = c.publish(&gift_wrap(&many)).await;
+    assert!(!accepted, "gift wrap with {} p tags accepted", many.len());
+    assert!(message.starts_with("invalid:"), "{message}");
     let (accepted, message) = c.publish(&gift_wrap(&[good])).await;
     assert!(accepted, "{message}");
 }

@@ -640,22 +640,23 @@ macro_rules! backend_sql {
             Ok(out)
         }
 
-        /// `(seq, json)` of the events with these seqs, in chunks.
+        /// `(seq, id, json)` of the events with these seqs, in chunks.
         async fn fetch_json_on(
             conn: &mut $conn,
             seqs: &[i64],
-        ) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        ) -> Result<Vec<(i64, Vec<u8>, String)>, sqlx::Error> {
             let mut out = Vec::with_capacity(seqs.len());
             for chunk in seqs.chunks($crate::store::common::EVENT_CHUNK) {
-                let mut qb =
-                    sqlx::QueryBuilder::<$db>::new("SELECT seq, json FROM events WHERE seq IN (");
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT seq, id, json FROM events WHERE seq IN (",
+                );
                 let mut list = qb.separated(", ");
                 for seq in chunk {
                     list.push_bind(*seq);
                 }
                 qb.push(")");
                 out.extend(
-                    qb.build_query_as::<(i64, String)>()
+                    qb.build_query_as::<(i64, Vec<u8>, String)>()
                         .fetch_all(&mut *conn)
                         .await?,
                 );

@@ -232,13 +232,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             .collect())
     }
 
-    /// The JSON of events by `seq` (from [`Store::query_rows`]), in no
-    /// particular order; events deleted since are missing.
+    /// `(seq, id, json)` of events by `seq` (from [`Store::query_rows`]), in
+    /// no particular order; events deleted since are missing. The id is
+    /// returned because SQLite may give a deleted event's `seq` to a newer
+    /// event (rowids are reused without AUTOINCREMENT): the caller must
+    /// check it is the event it listed, or it could send another one (even
+    /// someone's gift wrap) under the first one's filter and kind.
     async fn fetch_json(
         &self,
         _seqs: &[i64],
         _budget: QueryBudget,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<(i64, Vec<u8>, String)>, StoreError> {
         Ok(Vec::new())
     }
 

@@ -177,7 +177,7 @@ impl Store for PostgresStore {
         &self,
         seqs: &[i64],
         budget: QueryBudget,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<(i64, Vec<u8>, String)>, StoreError> {
         budgeted!(self, budget, |conn| fetch_json_on(conn, seqs))
     }
 

@@ -199,6 +199,18 @@ async fn a_failing_binding_is_not_rechecked_on_x_and_submissions_are_rate_limite
             "{err}"
         );
         assert_eq!(x_hits(&x, post.id + 2), before);
+        // The challenge is public (it is in the post): someone else's signed
+        // events carrying it draw on their own bucket, not on its owner's.
+        let mallory = User::new(666, "mallory");
+        let forged = proof_event(&mallory, false, 0, None, &nonce, &post);
+        let from_mallory = client_from("127.0.0.3")?;
+        let (status, err) = submit_from(
+            &from_mallory,
+            &node,
+            &json!({ "event": forged, "post_id": post.id.to_string() }),
+        )
+        .await?;
+        assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{err}");
 
         // Per address: four in all from 127.0.0.1 (malformed ones count),
         // then 429; another address has its own bucket.

@@ -165,16 +165,22 @@ async fn per_ip_limits_key_on_the_ipv6_prefix_and_trust_only_configured_proxies(
         }
         let third = ws_with_headers(&proxied, &xff("2001:db8:1:2:abcd::3")).await?;
         assert_eq!(third.err(), Some(503), "a third address of the same /64");
-        // Another /64, and a client named by `Forwarded`, are others.
+        // Another /64 is another client.
         let other = ws_with_headers(&proxied, &xff("2001:db8:1:3::1")).await?;
         open.push(other.map_err(|s| anyhow::anyhow!("another /64 refused with {s}"))?);
-        for _ in 0..2 {
-            let ws =
-                ws_with_headers(&proxied, &[("forwarded", "for=\"[2001:db8:9::1]:443\"")]).await?;
-            open.push(ws.map_err(|s| anyhow::anyhow!("Forwarded client refused: {s}"))?);
-        }
-        let ws = ws_with_headers(&proxied, &[("forwarded", "for=\"[2001:db8:9::2]\"")]).await?;
-        assert_eq!(ws.err(), Some(503), "the Forwarded client's /64 is full");
+        // This proxy writes X-Forwarded-For (the default `forwarded_header`):
+        // a `Forwarded` header is the client's own and names nobody, so
+        // these count against the /64 of their X-Forwarded-For entry.
+        let spoof = |xff: &'static str| {
+            [
+                ("forwarded", "for=\"[2001:db8:9::1]:443\""),
+                ("x-forwarded-for", xff),
+            ]
+        };
+        let ws = ws_with_headers(&proxied, &spoof("2001:db8:1:3::7")).await?;
+        open.push(ws.map_err(|s| anyhow::anyhow!("second of that /64 refused: {s}"))?);
+        let ws = ws_with_headers(&proxied, &spoof("2001:db8:1:3::8")).await?;
+        assert_eq!(ws.err(), Some(503), "a Forwarded header chose the key");
         // A client that spoofs the header through the proxy is still
         // counted by the address the proxy saw (the rightmost entry).
         for _ in 0..2 {

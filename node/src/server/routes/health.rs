@@ -77,7 +77,12 @@ impl Readiness {
         let database =
             match tokio::time::timeout(READY_CHECK_TIMEOUT, self.relay.store().ping()).await {
                 Ok(Ok(())) => json!({"ok": true}),
-                Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+                Ok(Err(e)) => {
+                    // The detail (it may name the database host or user) goes
+                    // to the log, not to whoever asks the public port.
+                    tracing::warn!(error = %e, "readiness: database check failed");
+                    json!({"ok": false, "error": "database check failed (see the log)"})
+                }
                 Err(_) => json!({"ok": false, "error": "no answer within 2 s"}),
             };
         let writer = json!({"ok": self.writer_running.load(Ordering::Acquire)});
@@ -124,7 +129,10 @@ async fn identity_state(service: &IdentityService) -> Value {
             "queued_epochs": s.anchoring.queued_epochs.len(),
             "unconfirmed_epochs": s.anchoring.unconfirmed_epochs.len(),
         }),
-        Ok(Err(e)) => json!({"enabled": true, "ok": false, "error": e.to_string()}),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: identity check failed");
+            json!({"enabled": true, "ok": false, "error": "identity check failed (see the log)"})
+        }
         Err(_) => json!({"enabled": true, "ok": false, "error": "no answer within 2 s"}),
     }
 }

@@ -379,11 +379,19 @@ async fn submit_binding(
         .map(|t| t.as_slice())
         .find(|t| t.first().is_some_and(|name| name == "challenge"))
         .and_then(|t| t.get(1));
-    if let Some(challenge) = challenge {
-        let key = challenge
-            .chars()
-            .take(MAX_CHALLENGE_KEY)
-            .collect::<String>();
+    // Charged per (challenge, signer) and only for a signed event: the
+    // challenge is public (it is in the X post), so a limit on the bare
+    // challenge, or on unsigned junk, would let anyone lock its owner out.
+    // An unsigned event goes on to `submit`, which refuses it without X.
+    if let Some(challenge) = challenge.filter(|_| req.event.verify().is_ok()) {
+        let key = format!(
+            "{}:{}",
+            challenge
+                .chars()
+                .take(MAX_CHALLENGE_KEY)
+                .collect::<String>(),
+            req.event.pubkey.to_hex()
+        );
         if let Err(wait) = guard.per_challenge.acquire(&key) {
             return Ok(too_many(
                 "rate_limited",

@@ -355,7 +355,7 @@ impl Store for SqliteStore {
         &self,
         seqs: &[i64],
         budget: QueryBudget,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<(i64, Vec<u8>, String)>, StoreError> {
         let mut conn = self.reader(budget).await?;
         fetch_json_on(&mut conn.conn, seqs)
             .await
