@@ -113,40 +113,37 @@ impl Mempool {
 
     /// A transaction and all its in-mempool descendants.
     pub fn descendants_inclusive(&self, txid: &Txid) -> BTreeSet<Txid> {
-        let mut out = BTreeSet::new();
-        let mut stack = vec![*txid];
-        while let Some(t) = stack.pop() {
-            if self.entries.contains_key(&t) && out.insert(t) {
-                stack.extend(self.children(&t));
-            }
-        }
-        out
+        self.reachable(txid, |t, _| self.children(t).into_iter().collect())
     }
 
     /// A transaction and all its in-mempool ancestors.
     pub fn ancestors_inclusive(&self, txid: &Txid) -> BTreeSet<Txid> {
-        let mut out = BTreeSet::new();
-        let mut stack = vec![*txid];
-        while let Some(t) = stack.pop() {
-            if let Some(e) = self.entries.get(&t) {
-                if out.insert(t) {
-                    stack.extend(self.parents(&e.tx));
-                }
-            }
-        }
-        out
+        self.reachable(txid, |_, e| self.parents(&e.tx).into_iter().collect())
     }
 
     /// The transactions connected to `txid` by spending, either way (its
     /// cluster, in Core 31's cluster mempool).
     pub fn cluster(&self, txid: &Txid) -> BTreeSet<Txid> {
+        self.reachable(txid, |t, e| {
+            let mut next: Vec<Txid> = self.parents(&e.tx).into_iter().collect();
+            next.extend(self.children(t));
+            next
+        })
+    }
+
+    /// The in-mempool transactions reachable from `txid` (itself included)
+    /// by following `next` from each one.
+    fn reachable(
+        &self,
+        txid: &Txid,
+        next: impl Fn(&Txid, &MempoolEntry) -> Vec<Txid>,
+    ) -> BTreeSet<Txid> {
         let mut out = BTreeSet::new();
         let mut stack = vec![*txid];
         while let Some(t) = stack.pop() {
             if let Some(e) = self.entries.get(&t) {
                 if out.insert(t) {
-                    stack.extend(self.parents(&e.tx));
-                    stack.extend(self.children(&t));
+                    stack.extend(next(&t, e));
                 }
             }
         }
