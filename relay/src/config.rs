@@ -33,6 +33,8 @@ pub struct RelayConfig {
     pub inbox: InboxPolicy,
     /// The HTTP/WebSocket edge: timeouts, per-IP keying, trusted proxies.
     pub network: crate::net::NetworkConfig,
+    /// Several processes on one Postgres database (see `docs/scale-out.md`).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for RelayConfig {
@@ -48,6 +50,26 @@ impl Default for RelayConfig {
             retention: crate::retention::RetentionConfig::default(),
             inbox: InboxPolicy::default(),
             network: crate::net::NetworkConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+/// Live fan-out across processes sharing one Postgres database (unused on
+/// SQLite, which one process owns).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Wait before reconnecting a lost listener connection (doubling on each
+    /// failure in a row, up to 30 s). Events stored meanwhile are caught up
+    /// after the reconnection.
+    pub listener_retry_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            listener_retry_ms: 1_000,
         }
     }
 }

@@ -34,6 +34,16 @@ pub const WRITER_COMMITS: &str = "cairn_writer_commits_total";
 /// Histogram: seconds a stored-event query (one filter) took, label `shape`
 /// (see [`filter_shape`]).
 pub const QUERY_SECONDS: &str = "cairn_query_seconds";
+/// Counter: events from other processes on the same Postgres database
+/// handed to this process's live fan-out, label `via` (`notify`: a
+/// notification; `catch_up`: read after the listener reconnected).
+pub const CLUSTER_EVENTS: &str = "cairn_cluster_events_total";
+/// Counter: times the cluster listener's connection was lost (each followed
+/// by a reconnection and a catch-up).
+pub const CLUSTER_LISTENER_LOST: &str = "cairn_cluster_listener_lost_total";
+/// Counter: ephemeral events too big for a `NOTIFY` payload, delivered on
+/// the accepting process only.
+pub const CLUSTER_EPHEMERAL_TOO_BIG: &str = "cairn_cluster_ephemeral_too_big_total";
 /// Counter: events removed by the retention policy, label `class`.
 pub const RETENTION_PURGED: &str = "cairn_retention_purged_total";
 

@@ -212,6 +212,13 @@ impl Relay {
             connections: Mutex::new(ConnectionCounts::default()),
             shutdown: CancellationToken::new(),
         });
+        let retry = std::time::Duration::from_millis(relay.config.cluster.listener_retry_ms.max(1));
+        if let Some(remote) = relay
+            .store
+            .remote_events(retry, relay.shutdown.child_token())
+        {
+            tokio::spawn(fan_out_remote(Arc::downgrade(&relay), remote));
+        }
         (relay, writer_task)
     }
 
@@ -279,6 +286,11 @@ impl Relay {
     /// EVENTs, [`Self::publish`] and the node's own events all end here.
     pub async fn submit(&self, event: Event) -> Result<Accepted, Refused> {
         if classify(event.kind.as_u16()) == KindClass::Ephemeral {
+            // Other processes on the same database first (a round trip), so
+            // the event is on its way everywhere when OK comes back.
+            if let Err(err) = self.store.relay_ephemeral(&event).await {
+                tracing::warn!(error = %err, "could not relay an ephemeral event to other processes");
+            }
             self.fan_out(event);
             return Ok(Accepted::Relayed);
         }
@@ -373,5 +385,29 @@ impl Relay {
         let json = event.as_json();
         // An error only means nobody is subscribed right now.
         let _ = self.live.send(Arc::new(LiveEvent { event, json }));
+    }
+}
+
+/// Hand the events other processes on the database stored or relayed (see
+/// [`Store::remote_events`]) to this process's live subscribers, through the
+/// same fan-out, so each connection applies its own filters and privacy
+/// rules. Holds only a weak handle: ends once the relay is gone.
+async fn fan_out_remote(
+    relay: std::sync::Weak<Relay>,
+    mut remote: tokio::sync::mpsc::Receiver<crate::store::RemoteEvent>,
+) {
+    while let Some(crate::store::RemoteEvent { json }) = remote.recv().await {
+        let Some(relay) = relay.upgrade() else {
+            return;
+        };
+        if relay.live.receiver_count() == 0 {
+            continue;
+        }
+        match Event::from_json(&json) {
+            Ok(event) => {
+                let _ = relay.live.send(Arc::new(LiveEvent { event, json }));
+            }
+            Err(err) => tracing::warn!(error = %err, "an event from the database does not parse"),
+        }
     }
 }

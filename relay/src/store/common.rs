@@ -571,6 +571,8 @@ pub(super) const PURGE_CHUNK: usize = 1000;
 macro_rules! backend_sql {
     ($db:ty, $conn:ty, greatest = $greatest:literal, kind = $kind:ty) => {
         /// `Store::save_batch`: the whole batch in one transaction on `pool`.
+        // Postgres saves through its own version, which also NOTIFYs.
+        #[allow(dead_code)]
         async fn save_batch_on(
             pool: &sqlx::Pool<$db>,
             events: &[nostr::Event],

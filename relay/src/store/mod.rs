@@ -16,6 +16,15 @@ mod writer;
 pub(crate) use common::push_in;
 pub use writer::{Writer, DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY};
 
+/// An event that another process sharing the database stored (or relayed,
+/// if ephemeral), for this process's live fan-out (see
+/// [`Store::remote_events`]).
+#[derive(Debug, Clone)]
+pub struct RemoteEvent {
+    /// The event's JSON as stored.
+    pub json: String,
+}
+
 /// What happened to one event handed to [`Store::save_batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SaveOutcome {
@@ -291,6 +300,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Close connections (after the writer has drained).
     async fn close(&self);
+
+    /// Start hearing of the events that *other* processes sharing this
+    /// database store or relay, for this process's live fan-out: each once,
+    /// none of this store's own, and none missed across a lost connection
+    /// (retried after `retry`, doubling). Ends with `shutdown` or when the
+    /// receiver is dropped. `None` (the default) when the database cannot
+    /// be shared (SQLite). Must be called inside a Tokio runtime.
+    fn remote_events(
+        &self,
+        _retry: std::time::Duration,
+        _shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::sync::mpsc::Receiver<RemoteEvent>> {
+        None
+    }
+
+    /// Tell the other processes sharing this database about an ephemeral
+    /// event (fanned out, never stored) so that their subscribers get it
+    /// too. The default, for a store nobody shares, does nothing.
+    async fn relay_ephemeral(&self, _event: &Event) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The database behind this store, for other parts of the node that keep
     /// their own tables in it (and run their own migrations on it).

@@ -1,6 +1,14 @@
 //! PostgreSQL backend, chosen with `database_url = "postgres://…"`.
+//!
+//! Several processes may share one database: each announces the events it
+//! stores (and the ephemeral events it relays) with `NOTIFY` and hears the
+//! others' on a listener connection, so that live subscribers on every
+//! process get every event once ([`notify`] has the rules, [`listen`] the
+//! connection).
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -9,7 +17,18 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Postgres;
 
 use super::common::{budget_error, check_bound_values, BatchState, PreparedEvent};
-use super::{QueryBudget, QueryContext, QueryRow, SaveOutcome, Store, StoreError, StoredEvent};
+use super::{
+    QueryBudget, QueryContext, QueryRow, RemoteEvent, SaveOutcome, Store, StoreError, StoredEvent,
+};
+
+mod listen;
+pub mod notify;
+
+use notify::{Origin, OwnSeqs};
+
+/// Events from the listener waiting for the relay's fan-out; when full, the
+/// listener waits (and Postgres queues the notifications meanwhile).
+const REMOTE_QUEUE: usize = 1_024;
 
 /// Connections in the pool.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -27,6 +46,14 @@ const WRITE_LOCK_KEY: i64 = 0x6361_6972_6e00_0001;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// This store among the processes sharing the database.
+    origin: Origin,
+    /// Seqs this store committed that its listener has not passed yet.
+    own: Arc<OwnSeqs>,
+    /// The highest seq when the store opened: the listener delivers what
+    /// other processes store after it (nobody here can be subscribed to
+    /// anything earlier).
+    opened_at: i64,
 }
 
 impl PostgresStore {
@@ -42,7 +69,67 @@ impl PostgresStore {
         // the same `_sqlx_migrations`: ignore their versions, which this set does not know.
         let mut migrator = sqlx::migrate!("../migrations/postgres");
         migrator.set_ignore_missing(true).run(&pool).await?;
-        Ok(Self { pool })
+        let opened_at: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            origin: Origin::random(),
+            own: Arc::default(),
+            opened_at,
+        })
+    }
+
+    /// `Store::save_batch`, announcing each stored event to the other
+    /// processes inside the same transaction (see [`notify`]).
+    async fn save_and_notify(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, sqlx::Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared: Vec<PreparedEvent> = events.iter().map(PreparedEvent::new).collect();
+        let mut tx = self.pool.begin().await?;
+        lock_writes(&mut tx).await?;
+        let outcomes = save_all(&mut tx, &prepared).await?;
+        let stored: HashMap<&[u8], &PreparedEvent> = prepared
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == SaveOutcome::Stored)
+            .map(|(ev, _)| (ev.id.as_slice(), ev))
+            .collect();
+        if !stored.is_empty() {
+            let ids: Vec<&[u8]> = stored.keys().copied().collect();
+            // Events deleted again later in the batch are not there: nothing
+            // to announce for them.
+            let seqs: Vec<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT seq, id FROM events WHERE id = ANY($1) ORDER BY seq")
+                    .bind(&ids)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let payloads: Vec<String> = seqs
+                .iter()
+                .filter_map(|(seq, id)| {
+                    let ev = stored.get(id.as_slice())?;
+                    Some(notify::payload_for_stored(
+                        self.origin,
+                        *seq,
+                        &hex::encode(id),
+                        &ev.json,
+                    ))
+                })
+                .collect();
+            // Recorded before the commit, so that no notification (and no
+            // catch-up) can see these seqs before they are known as ours.
+            self.own.record(seqs.iter().map(|(seq, _)| *seq));
+            // In seq order, so that listeners see seqs rising (notifications
+            // of one transaction arrive in the order sent).
+            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, i) ORDER BY i")
+                .bind(notify::CHANNEL)
+                .bind(&payloads)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 }
 
@@ -138,7 +225,44 @@ macro_rules! budgeted {
 #[async_trait]
 impl Store for PostgresStore {
     async fn save_batch(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
-        Ok(save_batch_on(&self.pool, events).await?)
+        Ok(self.save_and_notify(events).await?)
+    }
+
+    fn remote_events(
+        &self,
+        retry: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::sync::mpsc::Receiver<RemoteEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(REMOTE_QUEUE);
+        tokio::spawn(listen::run(
+            self.pool.clone(),
+            self.origin,
+            Arc::clone(&self.own),
+            tx,
+            retry,
+            self.opened_at,
+            shutdown,
+        ));
+        Some(rx)
+    }
+
+    async fn relay_ephemeral(&self, event: &Event) -> Result<(), StoreError> {
+        use nostr::JsonUtil;
+        let json = event.as_json();
+        let Some(payload) = notify::payload_for_ephemeral(self.origin, &json) else {
+            tracing::debug!(
+                bytes = json.len(),
+                "ephemeral event too big for NOTIFY: delivered on this process only"
+            );
+            metrics::counter!(crate::metrics::CLUSTER_EPHEMERAL_TOO_BIG).increment(1);
+            return Ok(());
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(notify::CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn query(

@@ -1,0 +1,208 @@
+//! The listener: one dedicated connection per process that LISTENs on
+//! [`CHANNEL`] and hands other processes' events to this process's live
+//! fan-out (the rules are in [`super::notify`]).
+//!
+//! Invariants:
+//! - The connection is its own (a one-connection pool, application name
+//!   `cairn listener <pid>`), so queries never wait behind it and an
+//!   operator can tell it apart in `pg_stat_activity`.
+//! - When it is lost (the server restarted, `pg_terminate_backend`, a
+//!   network cut) the listener logs it, waits (`retry`, doubling up to
+//!   [`MAX_RETRY`]), connects again, LISTENs, and only then catches up on
+//!   every event stored meanwhile (`seq` above the cursor, in order), so
+//!   there is no silent gap and nothing is delivered twice.
+//! - Ephemeral events announced while the connection was down are lost
+//!   (they are never stored); that is the same promise live delivery of an
+//!   ephemeral event always makes.
+//! - It stops when `shutdown` is cancelled or the receiving side is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::notify::{Action, Cursor, Origin, OwnSeqs, Payload, CHANNEL};
+
+use crate::store::RemoteEvent;
+
+/// Longest wait between two connection attempts.
+pub const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Events read per catch-up query.
+const CATCH_UP_PAGE: i64 = 500;
+
+/// Why a listening session ended.
+enum End {
+    /// Shutdown, or nobody receives any more: stop.
+    Stop,
+}
+
+/// Run the listener until `shutdown` (see the module docs).
+pub(super) async fn run(
+    pool: PgPool,
+    origin: Origin,
+    own: Arc<OwnSeqs>,
+    tx: mpsc::Sender<RemoteEvent>,
+    retry: Duration,
+    start: i64,
+    shutdown: CancellationToken,
+) {
+    let mut cursor = Cursor::new(origin, start);
+    let mut failures: u32 = 0;
+    let mut connected_before = false;
+    loop {
+        let session = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = session(&pool, &own, &tx, &mut cursor, &mut failures, &mut connected_before) => s,
+        };
+        match session {
+            Ok(End::Stop) => return,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                metrics::counter!(crate::metrics::CLUSTER_LISTENER_LOST).increment(1);
+                let wait = retry
+                    .saturating_mul(2u32.saturating_pow(failures - 1))
+                    .min(MAX_RETRY);
+                tracing::warn!(
+                    error = %e,
+                    "cluster listener connection lost; reconnecting in {} ms",
+                    wait.as_millis()
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One connection's life: connect, LISTEN, catch up, then deliver
+/// notifications until the connection fails.
+async fn session(
+    pool: &PgPool,
+    own: &OwnSeqs,
+    tx: &mpsc::Sender<RemoteEvent>,
+    cursor: &mut Cursor,
+    failures: &mut u32,
+    connected_before: &mut bool,
+) -> Result<End, sqlx::Error> {
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(&format!("cairn listener {}", std::process::id()));
+    let own_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(super::DEFAULT_ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    let result = listen_on(pool, &own_pool, own, tx, cursor, failures, connected_before).await;
+    // Bounded: closing waits for the dropped listener's connection.
+    let _ = tokio::time::timeout(super::DEFAULT_ACQUIRE_TIMEOUT, own_pool.close()).await;
+    result
+}
+
+async fn listen_on(
+    pool: &PgPool,
+    own_pool: &PgPool,
+    own: &OwnSeqs,
+    tx: &mpsc::Sender<RemoteEvent>,
+    cursor: &mut Cursor,
+    failures: &mut u32,
+    connected_before: &mut bool,
+) -> Result<End, sqlx::Error> {
+    // A lost connection ends the session (`try_recv` gives `None`): the
+    // reconnection, with its catch-up, is ours, not PgListener's silent one.
+    let mut listener = PgListener::connect_with(own_pool).await?;
+    listener.listen(CHANNEL).await?;
+    // LISTEN is in effect: whatever commits from now on is notified, so
+    // reading what was stored past the cursor now leaves no gap.
+    let Some(caught_up) = catch_up(pool, cursor, own, tx).await? else {
+        return Ok(End::Stop);
+    };
+    if *connected_before {
+        tracing::info!(caught_up, "cluster listener reconnected");
+    } else {
+        tracing::info!(
+            caught_up,
+            "cluster listener connected (live events from other processes)"
+        );
+        *connected_before = true;
+    }
+    *failures = 0;
+    loop {
+        let Some(notification) = listener.try_recv().await? else {
+            return Err(sqlx::Error::Protocol(
+                "the listener connection was closed".into(),
+            ));
+        };
+        let payload = match Payload::decode(notification.payload()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a notification");
+                continue;
+            }
+        };
+        let json = match cursor.on_notification(&payload, own) {
+            Action::Skip => continue,
+            Action::Deliver(json) => json.to_owned(),
+            Action::Fetch { seq, id } => match fetch(pool, seq, id).await? {
+                Some(json) => json,
+                // Deleted (or replaced) since: nothing to deliver.
+                None => continue,
+            },
+        };
+        metrics::counter!(crate::metrics::CLUSTER_EVENTS, "via" => "notify").increment(1);
+        if tx.send(RemoteEvent { json }).await.is_err() {
+            return Ok(End::Stop);
+        }
+    }
+}
+
+/// Deliver every stored event past the cursor, in seq order; the number
+/// delivered, or `None` when nobody receives any more.
+async fn catch_up(
+    pool: &PgPool,
+    cursor: &mut Cursor,
+    own: &OwnSeqs,
+    tx: &mpsc::Sender<RemoteEvent>,
+) -> Result<Option<u64>, sqlx::Error> {
+    let mut delivered = 0u64;
+    loop {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, json FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(cursor.high())
+                .bind(CATCH_UP_PAGE)
+                .fetch_all(pool)
+                .await?;
+        let page = rows.len();
+        for (seq, json) in rows {
+            if cursor.catch_up(seq, own) {
+                delivered += 1;
+                metrics::counter!(crate::metrics::CLUSTER_EVENTS, "via" => "catch_up").increment(1);
+                if tx.send(RemoteEvent { json }).await.is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+        if page < CATCH_UP_PAGE as usize {
+            return Ok(Some(delivered));
+        }
+    }
+}
+
+/// The JSON of the event at `seq`, if it is still the one with `id_hex`.
+async fn fetch(pool: &PgPool, seq: i64, id_hex: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(Vec<u8>, String)> =
+        sqlx::query_as("SELECT id, json FROM events WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row
+        .filter(|(id, _)| hex::encode(id) == id_hex)
+        .map(|(_, json)| json))
+}
