@@ -34,6 +34,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
         }
         Ok(ClientMessage::Event(_)) | Ok(ClientMessage::Auth(_)) => {}
+        Ok(ClientMessage::NegOpen { sub_id, .. })
+        | Ok(ClientMessage::NegMsg { sub_id, .. })
+        | Ok(ClientMessage::NegClose(sub_id)) => {
+            let out = cairn_relay::message::out::neg_err(&sub_id, "x", None);
+            assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
+        }
+        Err(ParseError::BadNeg { sub_id, message }) => {
+            let out = cairn_relay::message::out::neg_err(&sub_id, &message, None);
+            assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());
+        }
         Err(ParseError::BadEvent { id, message }) => {
             let out = cairn_relay::message::out::ok(&id, false, &message);
             assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok());

@@ -33,6 +33,8 @@ pub struct RelayConfig {
     pub inbox: InboxPolicy,
     /// The HTTP/WebSocket edge: timeouts, per-IP keying, trusted proxies.
     pub network: crate::net::NetworkConfig,
+    /// NIP-77 negentropy syncing and its limits (`[relay.negentropy]`).
+    pub negentropy: crate::negentropy::NegentropyConfig,
     /// Several processes on one Postgres database (see `docs/scale-out.md`).
     pub cluster: ClusterConfig,
 }
@@ -50,6 +52,7 @@ impl Default for RelayConfig {
             retention: crate::retention::RetentionConfig::default(),
             inbox: InboxPolicy::default(),
             network: crate::net::NetworkConfig::default(),
+            negentropy: crate::negentropy::NegentropyConfig::default(),
             cluster: ClusterConfig::default(),
         }
     }

@@ -34,6 +34,8 @@ use crate::privacy::{asks_for_private_kinds, live_event_visible, stored_event_vi
 use crate::relay::{ConnectionPermit, LiveEvent, Relay};
 use crate::store::{QueryBudget, QueryContext, StoreError, StoredEvent};
 
+mod negentropy_session;
+
 /// EVENTs one connection may have in flight before reading pauses.
 pub const DEFAULT_MAX_PIPELINE: usize = 64;
 /// Most pubkeys one connection may authenticate as.
@@ -113,6 +115,7 @@ pub async fn serve_connection<In, Out>(
         out: out_tx,
         close: Some(close_tx),
         violations: 0,
+        neg: crate::negentropy::Sessions::new(),
     };
     let reader = session.run(incoming);
     let shutdown = relay.shutdown_token().clone();
@@ -241,6 +244,8 @@ struct Session {
     out: OutboundSender,
     close: Option<oneshot::Sender<CloseRequest>>,
     violations: u32,
+    /// Open NIP-77 sessions (see `negentropy_session`).
+    neg: crate::negentropy::Sessions,
 }
 
 /// An open subscription.
@@ -282,6 +287,9 @@ impl Session {
                 }
                 live = recv_live(&mut self.live) => {
                     if let Flow::Close(c) = self.deliver_live(live).await { break Flow::Close(c) }
+                }
+                _ = sleep_until_some(self.neg.next_expiry()) => {
+                    if let Flow::Close(c) = self.expire_neg_sessions().await { break Flow::Close(c) }
                 }
                 msg = incoming.next(), if pending.len() < DEFAULT_MAX_PIPELINE => {
                     let Some(msg) = msg else { break Flow::Continue };
@@ -447,6 +455,21 @@ impl Session {
                 Flow::Continue
             }
             Ok(ClientMessage::Auth(event)) => self.on_auth(event).await,
+            Ok(ClientMessage::NegOpen {
+                sub_id,
+                filter,
+                message,
+            }) => self.on_neg_open(sub_id, *filter, message, incoming).await,
+            Ok(ClientMessage::NegMsg { sub_id, message }) => self.on_neg_msg(sub_id, message).await,
+            Ok(ClientMessage::NegClose(sub_id)) => {
+                self.neg.close(&sub_id);
+                Flow::Continue
+            }
+            Err(ParseError::BadNeg { sub_id, message }) => {
+                self.neg.close(&sub_id);
+                self.send_or_close(out::neg_err(&sub_id, &message, None))
+                    .await
+            }
             Err(ParseError::Notice(message)) => self.send_or_close(out::notice(&message)).await,
             Err(ParseError::BadEvent { id, message }) => {
                 self.send_or_close(out::ok(&id, false, &message)).await
@@ -761,6 +784,14 @@ fn slow_reader() -> CloseRequest {
         notice: Some("error: you are reading too slowly; closing the connection".into()),
         code: 1008,
         reason: "slow reader",
+    }
+}
+
+/// Until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => futures::future::pending().await,
     }
 }
 

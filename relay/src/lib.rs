@@ -8,7 +8,8 @@
 //! `ws`, an axum router the node mounts; `testing`, feature `test-relay`,
 //! serves it to other crates' tests). Services in the same process publish
 //! and subscribe without a socket ([`local`]); both paths take an event
-//! through the same rules ([`accept`]).
+//! through the same rules ([`accept`]). NIP-77 set reconciliation is in
+//! [`negentropy`].
 
 #![warn(missing_docs)]
 
@@ -21,6 +22,7 @@ pub mod local;
 pub mod matching;
 pub mod message;
 pub mod metrics;
+pub mod negentropy;
 pub mod net;
 pub mod nip11;
 mod outbound;

@@ -1,4 +1,4 @@
-//! Parsing client messages (NIP-01, NIP-42, NIP-45) and building relay messages.
+//! Parsing client messages (NIP-01, NIP-42, NIP-45, NIP-77) and building relay messages.
 //!
 //! Incoming text is split into its top-level array elements as raw JSON so
 //! that each part is parsed once, into exactly the type it should be, and a
@@ -30,6 +30,24 @@ pub enum ClientMessage {
     Close(String),
     /// `["AUTH", <signed kind 22242 event>]` (NIP-42)
     Auth(Box<Event>),
+    /// `["NEG-OPEN", <sub id>, <filter>, <initial message, hex>]` (NIP-77)
+    NegOpen {
+        /// Session id (its own namespace, apart from REQ's).
+        sub_id: String,
+        /// The one filter whose matches are reconciled.
+        filter: Box<Filter>,
+        /// The negentropy message, hex-encoded.
+        message: String,
+    },
+    /// `["NEG-MSG", <sub id>, <message, hex>]` (NIP-77)
+    NegMsg {
+        /// Session id.
+        sub_id: String,
+        /// The negentropy message, hex-encoded.
+        message: String,
+    },
+    /// `["NEG-CLOSE", <sub id>]` (NIP-77)
+    NegClose(String),
 }
 
 /// Why a client message could not be parsed, and how to answer it.
@@ -44,6 +62,15 @@ pub enum ParseError {
     BadEvent {
         /// The event id as sent (hex).
         id: String,
+        /// Reason, prefixed.
+        message: String,
+    },
+    /// A NEG-OPEN/NEG-MSG with a readable session id but a bad filter or
+    /// message: answer `NEG-ERR <sub id>`.
+    #[error("{message}")]
+    BadNeg {
+        /// The session id.
+        sub_id: String,
         /// Reason, prefixed.
         message: String,
     },
@@ -84,6 +111,23 @@ impl ClientMessage {
                 [id] => Ok(Self::Close(parse_sub_id(id, "CLOSE")?)),
                 _ => Err(ParseError::Notice(
                     "invalid: CLOSE takes exactly one subscription id".to_owned(),
+                )),
+            },
+            "NEG-OPEN" => parse_neg_open(args),
+            "NEG-MSG" => match args {
+                [id, message] => {
+                    let sub_id = parse_sub_id(id, "NEG-MSG")?;
+                    let message = parse_hex_arg(message, &sub_id)?;
+                    Ok(Self::NegMsg { sub_id, message })
+                }
+                _ => Err(ParseError::Notice(
+                    "invalid: NEG-MSG takes a subscription id and a message".to_owned(),
+                )),
+            },
+            "NEG-CLOSE" => match args {
+                [id] => Ok(Self::NegClose(parse_sub_id(id, "NEG-CLOSE")?)),
+                _ => Err(ParseError::Notice(
+                    "invalid: NEG-CLOSE takes exactly one subscription id".to_owned(),
                 )),
             },
             other => Err(ParseError::Notice(format!(
@@ -156,6 +200,45 @@ fn parse_sub_args(args: &[&RawValue], verb: &str) -> Result<(String, Vec<Filter>
         }
     }
     Ok((sub_id, filters))
+}
+
+fn parse_neg_open(args: &[&RawValue]) -> Result<ClientMessage, ParseError> {
+    let Some((id, rest)) = args.split_first() else {
+        return Err(ParseError::Notice(
+            "invalid: NEG-OPEN needs a subscription id".to_owned(),
+        ));
+    };
+    let sub_id = parse_sub_id(id, "NEG-OPEN")?;
+    let [filter, message] = rest else {
+        return Err(ParseError::BadNeg {
+            sub_id,
+            message: "invalid: NEG-OPEN takes a subscription id, one filter and a message"
+                .to_owned(),
+        });
+    };
+    let filter = match Filter::from_json(filter.get()) {
+        Ok(filter) => filter,
+        Err(err) => {
+            return Err(ParseError::BadNeg {
+                sub_id,
+                message: format!("invalid: bad filter: {}", truncate(&err.to_string(), 120)),
+            })
+        }
+    };
+    let message = parse_hex_arg(message, &sub_id)?;
+    Ok(ClientMessage::NegOpen {
+        sub_id,
+        filter: Box::new(filter),
+        message,
+    })
+}
+
+/// A negentropy message: a JSON string (decoded from hex by the session).
+fn parse_hex_arg(raw: &RawValue, sub_id: &str) -> Result<String, ParseError> {
+    serde_json::from_str::<String>(raw.get()).map_err(|_| ParseError::BadNeg {
+        sub_id: sub_id.to_owned(),
+        message: "invalid: the negentropy message must be a hex string".to_owned(),
+    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -235,6 +318,22 @@ pub mod out {
         json!(["AUTH", challenge]).to_string()
     }
 
+    /// `["NEG-MSG", sub, hex message]` (NIP-77)
+    pub fn neg_msg(sub_id: &str, message: &[u8]) -> String {
+        sent("NEG-MSG");
+        json!(["NEG-MSG", sub_id, hex::encode(message)]).to_string()
+    }
+
+    /// `["NEG-ERR", sub, reason]`, or `["NEG-ERR", sub, reason, max]` when
+    /// the reason is a record limit (NIP-77).
+    pub fn neg_err(sub_id: &str, reason: &str, max_records: Option<usize>) -> String {
+        sent("NEG-ERR");
+        match max_records {
+            Some(max) => json!(["NEG-ERR", sub_id, reason, max]).to_string(),
+            None => json!(["NEG-ERR", sub_id, reason]).to_string(),
+        }
+    }
+
     /// `["COUNT", sub, {"count": n}]`
     pub fn count(sub_id: &str, count: u64) -> String {
         sent("COUNT");
@@ -295,6 +394,28 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_negentropy_messages() {
+        let msg = ClientMessage::parse(r#"["NEG-OPEN","n",{"kinds":[1]},"6100"]"#).unwrap();
+        assert!(
+            matches!(msg, ClientMessage::NegOpen { ref sub_id, ref message, .. } if sub_id == "n" && message == "6100")
+        );
+        let msg = ClientMessage::parse(r#"["NEG-MSG","n","61"]"#).unwrap();
+        assert!(matches!(msg, ClientMessage::NegMsg { ref message, .. } if message == "61"));
+        let msg = ClientMessage::parse(r#"["NEG-CLOSE","n"]"#).unwrap();
+        assert!(matches!(msg, ClientMessage::NegClose(ref id) if id == "n"));
+        // The old 5-element form (with an id size) and bad filters get NEG-ERR.
+        let err = ClientMessage::parse(r#"["NEG-OPEN","n",{},32,"61"]"#).unwrap_err();
+        assert!(matches!(err, ParseError::BadNeg { ref sub_id, .. } if sub_id == "n"));
+        let err = ClientMessage::parse(r#"["NEG-OPEN","n",{"kinds":"x"},"61"]"#).unwrap_err();
+        assert!(matches!(err, ParseError::BadNeg { .. }));
+        assert_eq!(
+            out::neg_err("n", "blocked: x", Some(5)),
+            r#"["NEG-ERR","n","blocked: x",5]"#
+        );
+        assert_eq!(out::neg_msg("n", &[0x61]), r#"["NEG-MSG","n","61"]"#);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub(crate) fn count_received(parsed: &Result<ClientMessage, ParseError>) {
         Ok(ClientMessage::Count { .. }) => "COUNT",
         Ok(ClientMessage::Close(_)) => "CLOSE",
         Ok(ClientMessage::Auth(_)) => "AUTH",
+        Ok(ClientMessage::NegOpen { .. }) => "NEG-OPEN",
+        Ok(ClientMessage::NegMsg { .. }) => "NEG-MSG",
+        Ok(ClientMessage::NegClose(_)) => "NEG-CLOSE",
         Err(_) => "invalid",
     };
     metrics::counter!(MESSAGES_RECEIVED, "type" => kind).increment(1);

@@ -5,8 +5,23 @@ use serde_json::{json, Value};
 
 use crate::config::RelayConfig;
 
-/// NIPs this relay implements.
+/// NIPs this relay implements, besides those that can be turned off
+/// ([`supported_nips`] adds them).
 pub const SUPPORTED_NIPS: &[u16] = &[1, 9, 11, 17, 40, 42, 45, 59, 70];
+
+/// NIP-77 (negentropy), advertised only while `[relay.negentropy] enabled`.
+pub const NIP_NEGENTROPY: u16 = 77;
+
+/// The NIPs `config` has on: [`SUPPORTED_NIPS`], and 77 when negentropy is
+/// enabled, in order.
+pub fn supported_nips(config: &RelayConfig) -> Vec<u16> {
+    let mut nips = SUPPORTED_NIPS.to_vec();
+    if config.negentropy.enabled {
+        nips.push(NIP_NEGENTROPY);
+        nips.sort_unstable();
+    }
+    nips
+}
 
 /// The document served at `/` for `Accept: application/nostr+json`.
 pub fn relay_information(config: &RelayConfig) -> Value {
@@ -48,13 +63,17 @@ pub fn relay_information(config: &RelayConfig) -> Value {
             "max_violations": r.max_violations,
         },
     });
+    if config.negentropy.enabled {
+        // NIP-11 has no field for NIP-77's limits: Cairn's own, like the above.
+        limitation["negentropy"] = config.negentropy.nip11();
+    }
     if let Some(lower) = l.created_at_lower_limit {
         limitation["created_at_lower_limit"] = lower.into();
     }
     let mut doc = json!({
         "name": config.name,
         "description": config.description,
-        "supported_nips": SUPPORTED_NIPS,
+        "supported_nips": supported_nips(config),
         "software": "cairn",
         "version": env!("CARGO_PKG_VERSION"),
         "limitation": limitation,
@@ -98,5 +117,25 @@ mod tests {
             .unwrap()
             .contains(&json!(42)));
         assert!(doc.get("contact").is_none());
+    }
+
+    #[test]
+    fn negentropy_is_advertised_only_when_enabled() {
+        let mut config = RelayConfig::default();
+        config.negentropy.max_records = 7;
+        let doc = relay_information(&config);
+        assert!(doc["supported_nips"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(77)));
+        assert_eq!(doc["limitation"]["negentropy"]["max_records"], 7);
+        assert_eq!(doc["limitation"]["negentropy"]["protocol_version"], 1);
+        config.negentropy.enabled = false;
+        let doc = relay_information(&config);
+        assert!(!doc["supported_nips"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(77)));
+        assert!(doc["limitation"].get("negentropy").is_none());
     }
 }

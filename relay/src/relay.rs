@@ -176,6 +176,8 @@ pub struct Relay {
     pub(crate) live: broadcast::Sender<Arc<LiveEvent>>,
     pub(crate) verifier: VerifierPool,
     pub(crate) limiters: Limiters,
+    /// Records all NIP-77 sessions hold together.
+    pub(crate) negentropy_records: crate::negentropy::RecordBudget,
     connections: Mutex<ConnectionCounts>,
     shutdown: CancellationToken,
 }
@@ -201,6 +203,8 @@ impl Relay {
             reqs_per_ip: RateLimiter::new(r.reqs_per_ip),
             reqs_per_pubkey: RateLimiter::new(r.reqs_per_pubkey),
         };
+        let negentropy_records =
+            crate::negentropy::RecordBudget::new(config.negentropy.max_records_total);
         let relay = Arc::new(Self {
             public_url: normalize_relay_url(public_url).unwrap_or_else(|| public_url.to_owned()),
             config,
@@ -209,6 +213,7 @@ impl Relay {
             live,
             verifier: VerifierPool::new(threads),
             limiters,
+            negentropy_records,
             connections: Mutex::new(ConnectionCounts::default()),
             shutdown: CancellationToken::new(),
         });

@@ -155,6 +155,7 @@ conformance!(
     large_batch,
     writer_answers_every_caller,
     odd_tag_values,
+    sync_items_are_what_query_sees,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1678,4 +1679,123 @@ async fn ingest_sqlite() {
         total
     );
     store.close().await;
+}
+
+/// `sync_items` (NIP-77's sets) lists exactly what `query` returns for the
+/// same filter and viewers, however many (`max_limit` does not apply, a
+/// filter's `limit` does), private kinds only for their recipient, and
+/// refuses more than `max_items` after reading at most one more.
+async fn sync_items_are_what_query_sees(store: Arc<dyn Store>) {
+    use cairn_relay::store::{QueryBudget, StoreError};
+    let author = Keys::generate();
+    let recipient = Keys::generate();
+    let rp = recipient.public_key().to_hex();
+    let notes: Vec<Event> = (0..(MAX_LIMIT as u64 + 100))
+        .map(|i| {
+            let n = i.to_string();
+            event(
+                &author,
+                1,
+                T0 + i / 2,
+                vec![tag(&["t", "x"]), tag(&["n", &n])],
+            )
+        })
+        .collect();
+    let wrap = event(&Keys::generate(), 1059, T0, vec![tag(&["p", &rp])]);
+    let dm = event(&author, 4, T0, vec![tag(&["p", &rp])]);
+    let expired = event(&author, 1, T0, vec![tag(&["expiration", "1"])]);
+    save_all(&store, &notes).await;
+    save_all(&store, &[wrap.clone(), dm.clone(), expired.clone()]).await;
+
+    let items = |filter: Filter, viewers: Vec<&Keys>, max: usize| {
+        let store = store.clone();
+        let cx = ctx(&viewers);
+        async move {
+            store
+                .sync_items(&filter, &cx, QueryBudget::default(), max)
+                .await
+                .map(|items| {
+                    let mut pairs: Vec<(u64, EventId)> = items
+                        .iter()
+                        .map(|i| (i.created_at, EventId::from_byte_array(i.id)))
+                        .collect();
+                    pairs.sort();
+                    pairs
+                })
+        }
+    };
+    let expect = |evs: Vec<&Event>| {
+        let mut pairs: Vec<(u64, EventId)> =
+            evs.iter().map(|e| (e.created_at.as_secs(), e.id)).collect();
+        pairs.sort();
+        pairs
+    };
+
+    // More than max_limit: all of them, with their created_at.
+    let got = items(Filter::new().kind(Kind::TextNote), vec![], 10_000)
+        .await
+        .expect("items");
+    assert_eq!(got, expect(notes.iter().collect()));
+    // Tag-driven filters too.
+    let got = items(Filter::new().hashtag("x"), vec![], 10_000)
+        .await
+        .expect("items");
+    assert_eq!(got.len(), notes.len());
+    // A filter's limit keeps the newest, as query does.
+    let got = items(Filter::new().kind(Kind::TextNote).limit(3), vec![], 10_000)
+        .await
+        .expect("items");
+    let newest: Vec<EventId> = query(
+        &store,
+        Filter::new().kind(Kind::TextNote).limit(3),
+        &ctx(&[]),
+    )
+    .await
+    .into_iter()
+    .map(|e| EventId::from_byte_array(e.id))
+    .collect();
+    let mut got_ids: Vec<EventId> = got.iter().map(|(_, id)| *id).collect();
+    let mut newest_sorted = newest.clone();
+    got_ids.sort();
+    newest_sorted.sort();
+    assert_eq!(got_ids, newest_sorted);
+
+    // Privacy: without the recipient, no private event, with or without kinds.
+    for filter in [
+        Filter::new(),
+        Filter::new().kinds([Kind::from(4), Kind::from(1059)]),
+    ] {
+        let got = items(filter.clone(), vec![], 10_000).await.expect("items");
+        assert!(got.iter().all(|(_, id)| *id != wrap.id && *id != dm.id));
+        let got = items(filter.clone(), vec![&author], 10_000)
+            .await
+            .expect("items");
+        assert!(
+            got.iter().any(|(_, id)| *id == dm.id),
+            "kind 4 to its author"
+        );
+        assert!(got.iter().all(|(_, id)| *id != wrap.id));
+        let got = items(filter, vec![&recipient], 10_000)
+            .await
+            .expect("items");
+        assert!(got.iter().any(|(_, id)| *id == wrap.id));
+        assert!(got.iter().any(|(_, id)| *id == dm.id));
+    }
+    // Expired events are not listed.
+    let got = items(Filter::new(), vec![], 10_000).await.expect("items");
+    assert!(got.iter().all(|(_, id)| *id != expired.id));
+
+    // Over max_items: refused; exactly max_items: fine.
+    let n = notes.len();
+    let err = items(Filter::new().kind(Kind::TextNote), vec![], n - 1)
+        .await
+        .expect_err("too many");
+    assert!(
+        matches!(err, StoreError::TooManyItems { max } if max == n - 1),
+        "{err}"
+    );
+    let got = items(Filter::new().kind(Kind::TextNote), vec![], n)
+        .await
+        .expect("exactly max");
+    assert_eq!(got.len(), n);
 }

@@ -285,6 +285,9 @@ pub(super) enum Select {
     Rows,
     /// `seq` only, unordered and unlimited: a `count` arm.
     Seq,
+    /// `seq, id, created_at, kind` (no JSON), ordered and limited as
+    /// `Rows`: for `sync_items`.
+    Items,
 }
 
 /// Append one filter's SELECT to `qb`.
@@ -311,6 +314,7 @@ pub(super) fn push_filter_select<'a, DB>(
     qb.push(match select {
         Select::Rows => "SELECT e.seq, e.id, e.created_at, e.kind, e.json FROM ",
         Select::Seq => "SELECT e.seq FROM ",
+        Select::Items => "SELECT e.seq, e.id, e.created_at, e.kind FROM ",
     });
 
     let driver = plan.tags.iter().position(|(_, values)| values.len() == 1);
@@ -378,7 +382,7 @@ pub(super) fn push_filter_select<'a, DB>(
 
     crate::privacy::push_may_receive(qb, &vis.viewers, &vis.viewer_tags);
 
-    if select == Select::Rows {
+    if select != Select::Seq {
         qb.push(" ORDER BY ")
             .push(time_col)
             .push(" DESC, e.id ASC LIMIT ")
@@ -523,7 +527,7 @@ pub(super) fn budget_error(err: sqlx::Error) -> StoreError {
 
 /// Decode an id column into a fixed array; the schema guarantees 32 bytes,
 /// so anything else is reported as a decode error rather than a panic.
-fn id_array(bytes: Vec<u8>) -> Result<[u8; 32], sqlx::Error> {
+pub(super) fn id_array(bytes: Vec<u8>) -> Result<[u8; 32], sqlx::Error> {
     <[u8; 32]>::try_from(bytes.as_slice())
         .map_err(|_| sqlx::Error::Decode("stored event id is not 32 bytes".into()))
 }
@@ -638,6 +642,47 @@ macro_rules! backend_sql {
                 .fetch(&mut *conn);
             while let Some(row) = rows.try_next().await? {
                 out.push($crate::store::common::query_row(row, &mut hold_json)?);
+            }
+            Ok(out)
+        }
+
+        /// `Store::sync_items`: one filter's matches without their JSON,
+        /// at most `max_items + 1` rows read (the last one only to tell
+        /// that there are too many).
+        async fn sync_items_on(
+            conn: &mut $conn,
+            filter: &nostr::Filter,
+            ctx: &$crate::store::QueryContext,
+            max_items: usize,
+        ) -> Result<Vec<$crate::store::SyncItem>, $crate::store::StoreError> {
+            use futures::TryStreamExt;
+            use $crate::store::common::{push_filter_select, FilterPlan, Select, Visibility};
+            let Some(plan) = FilterPlan::new(filter, max_items.saturating_add(1)) else {
+                return Ok(Vec::new());
+            };
+            if plan.limit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut qb = sqlx::QueryBuilder::<$db>::new("");
+            push_filter_select(&mut qb, &plan, &Visibility::new(ctx), Select::Items);
+            let mut out = Vec::new();
+            let mut rows = qb
+                .build_query_as::<(i64, Vec<u8>, i64, $kind)>()
+                .fetch(&mut *conn);
+            while let Some((seq, id, created_at, kind)) = rows
+                .try_next()
+                .await
+                .map_err($crate::store::common::budget_error)?
+            {
+                if out.len() == max_items {
+                    return Err($crate::store::StoreError::TooManyItems { max: max_items });
+                }
+                out.push($crate::store::SyncItem {
+                    seq,
+                    id: $crate::store::common::id_array(id)?,
+                    created_at: u64::try_from(created_at).unwrap_or_default(),
+                    kind: kind.try_into().unwrap_or_default(),
+                });
             }
             Ok(out)
         }

@@ -72,6 +72,21 @@ pub struct QueryRow {
     pub json: Option<String>,
 }
 
+/// One record of a NIP-77 (negentropy) reconciliation, from
+/// [`Store::sync_items`]: what the protocol compares (`created_at`, `id`),
+/// and what the relay needs to re-check a private event before it counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncItem {
+    /// The store's own key for the event (what [`Store::fetch_json`] takes).
+    pub seq: i64,
+    /// Event id.
+    pub id: [u8; 32],
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Kind number.
+    pub kind: u16,
+}
+
 /// What one REQ or COUNT may cost the database.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueryBudget {
@@ -160,6 +175,13 @@ pub enum StoreError {
     /// A query ran past its [`QueryBudget`] and was stopped.
     #[error("query ran past its time budget")]
     Timeout,
+    /// A NIP-77 reconciliation would cover more events than it may
+    /// ([`Store::sync_items`]'s `max_items`).
+    #[error("more than {max} events match")]
+    TooManyItems {
+        /// The most it may cover.
+        max: usize,
+    },
     /// A backend returned a different number of outcomes than events
     /// (a bug in the backend; nothing can be assumed about the batch).
     #[error("store returned the wrong number of outcomes")]
@@ -253,6 +275,40 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         _budget: QueryBudget,
     ) -> Result<Vec<(i64, Vec<u8>, String)>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// The records a NIP-77 reconciliation over `filter` compares: every
+    /// event matching it that `ctx` may see (privacy and expiration exactly
+    /// as [`Store::query`]), without reading their JSON. `ctx.max_limit` does
+    /// not apply; a filter's own `limit` keeps the newest `limit` (as REQ).
+    /// More than `max_items` fails with [`StoreError::TooManyItems`] after
+    /// reading at most `max_items + 1` rows; `budget` as [`Store::query_rows`].
+    /// In no particular order. The default goes through
+    /// [`Store::query_rows`] (which may read the JSON).
+    async fn sync_items(
+        &self,
+        filter: &Filter,
+        ctx: &QueryContext,
+        budget: QueryBudget,
+        max_items: usize,
+    ) -> Result<Vec<SyncItem>, StoreError> {
+        let ctx = QueryContext {
+            max_limit: max_items.saturating_add(1),
+            ..ctx.clone()
+        };
+        let rows = self.query_rows(filter, &ctx, budget, 0).await?;
+        if rows.len() > max_items {
+            return Err(StoreError::TooManyItems { max: max_items });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| SyncItem {
+                seq: row.seq,
+                id: row.id,
+                created_at: row.created_at,
+                kind: row.kind,
+            })
+            .collect())
     }
 
     /// [`Store::count`] within `budget`: [`StoreError::Timeout`] when the

@@ -222,6 +222,35 @@ macro_rules! budgeted {
     }};
 }
 
+/// `sync_items_on` within `budget`, as [`budgeted!`] does for the others
+/// (its body returns `StoreError` already, so it is spelled out here).
+async fn budgeted_items(
+    store: &PostgresStore,
+    budget: QueryBudget,
+    filter: &Filter,
+    ctx: &QueryContext,
+    max_items: usize,
+) -> Result<Vec<super::SyncItem>, StoreError> {
+    match budget.deadline {
+        None => {
+            let mut pooled = store.pool.acquire().await?;
+            sync_items_on(&mut pooled, filter, ctx, max_items).await
+        }
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = left.as_millis().clamp(1, i32::MAX as u128);
+            let mut tx = store.pool.begin().await?;
+            // A number formatted here, not client input.
+            sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+                .execute(&mut *tx)
+                .await?;
+            let items = sync_items_on(&mut tx, filter, ctx, max_items).await?;
+            tx.commit().await?;
+            Ok(items)
+        }
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn save_batch(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
@@ -295,6 +324,17 @@ impl Store for PostgresStore {
         budgeted!(self, budget, |conn| query_rows_on(
             conn, filter, ctx, hold_json
         ))
+    }
+
+    async fn sync_items(
+        &self,
+        filter: &Filter,
+        ctx: &QueryContext,
+        budget: QueryBudget,
+        max_items: usize,
+    ) -> Result<Vec<super::SyncItem>, StoreError> {
+        check_bound_values([filter], ctx)?;
+        budgeted_items(self, budget, filter, ctx, max_items).await
     }
 
     async fn fetch_json(

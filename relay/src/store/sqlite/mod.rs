@@ -351,6 +351,18 @@ impl Store for SqliteStore {
             .map_err(budget_error)
     }
 
+    async fn sync_items(
+        &self,
+        filter: &Filter,
+        ctx: &QueryContext,
+        budget: QueryBudget,
+        max_items: usize,
+    ) -> Result<Vec<super::SyncItem>, StoreError> {
+        check_bound_values([filter], ctx)?;
+        let mut conn = self.reader(budget).await?;
+        sync_items_on(&mut conn.conn, filter, ctx, max_items).await
+    }
+
     async fn fetch_json(
         &self,
         seqs: &[i64],
