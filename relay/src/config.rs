@@ -96,7 +96,9 @@ impl InboxPolicy {
     }
 }
 
-/// Limits enforced by the relay. Every one of them is published in NIP-11.
+/// Limits enforced by the relay. Every one of them is published in NIP-11,
+/// except the per-client query concurrency (`max_concurrent_queries_per_ip`,
+/// `query_wait_ms`), for which NIP-11 has no field.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -144,6 +146,15 @@ pub struct Limits {
     /// Milliseconds of database time one REQ or COUNT may take; a query that
     /// needs more is stopped and answered with CLOSED.
     pub max_query_ms: u64,
+    /// REQ and COUNT queries of one client (key, see
+    /// [`crate::net::NetworkConfig::client_key`]) that may run against the
+    /// database at once, over all its connections (0: no limit). Further
+    /// ones wait, in order, for up to `query_wait_ms`. Not in NIP-11, which
+    /// has no field for it.
+    pub max_concurrent_queries_per_ip: usize,
+    /// Milliseconds a REQ or COUNT may wait for one of its client's query
+    /// slots; then it is answered with CLOSED `rate-limited:`.
+    pub query_wait_ms: u64,
     /// Seconds an AUTH event's `created_at` may differ from now.
     pub auth_window: u64,
 }
@@ -170,6 +181,8 @@ impl Default for Limits {
             max_values_per_req: 10_000,
             max_values_per_connection: 50_000,
             max_query_ms: 1_000,
+            max_concurrent_queries_per_ip: 2,
+            query_wait_ms: 5_000,
             auth_window: 10 * 60,
         }
     }

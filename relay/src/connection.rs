@@ -12,6 +12,10 @@
 //! the read-ahead of a REQ's stored results ([`Relay::open_results`]) and
 //! each query's database time (`max_query_ms`). A query in progress is
 //! dropped, which stops its statement, as soon as the client goes away.
+//! How many queries one client address runs at once, over all its
+//! connections, is capped too (`max_concurrent_queries_per_ip`, see
+//! [`with_query_slot`]), so that one address cannot hold every database
+//! connection.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +35,7 @@ use crate::matching::{check_sizes, matches};
 use crate::message::{out, ClientMessage, ParseError};
 use crate::outbound::{self, OutboundReceiver, OutboundSender, SendError};
 use crate::privacy::{asks_for_private_kinds, live_event_visible, stored_event_visible};
+use crate::ratelimit::Busy;
 use crate::relay::{ConnectionPermit, LiveEvent, Relay};
 use crate::store::{QueryBudget, QueryContext, StoreError, StoredEvent};
 
@@ -567,11 +572,22 @@ impl Session {
         let ctx = self.query_context();
         let budget_ms = Some(limits.max_query_ms);
         let read_ahead = limits.max_outbound_bytes;
-        let opened = relay.open_results(&filters, &ctx, budget_ms, read_ahead);
+        let opened = with_query_slot(
+            &relay,
+            self.ip,
+            relay.open_results(&filters, &ctx, budget_ms, read_ahead),
+        );
         let mut results = match Self::unless_gone(incoming, opened).await {
             None => return Flow::Continue,
-            Some(Ok(results)) => results,
-            Some(Err(err)) => return self.query_failed(&sub_id, &err).await,
+            Some(Ok(Ok(results))) => results,
+            Some(Ok(Err(err))) => return self.query_failed(&sub_id, &err).await,
+            Some(Err(Busy)) => {
+                self.unsubscribe(&sub_id);
+                if self.subs.is_empty() {
+                    self.live = None;
+                }
+                return self.send_or_close(self.queries_busy(&sub_id)).await;
+            }
         };
         loop {
             let stored = match Self::unless_gone(incoming, results.next()).await {
@@ -624,6 +640,19 @@ impl Session {
         }
     }
 
+    /// The CLOSED message for a query that found all of its address's
+    /// query slots taken for `query_wait_ms`.
+    fn queries_busy(&self, sub_id: &str) -> String {
+        let limits = &self.relay.config.limits;
+        out::closed(
+            sub_id,
+            &format!(
+                "rate-limited: too many queries at once from your address (max {}); try again",
+                limits.max_concurrent_queries_per_ip
+            ),
+        )
+    }
+
     /// Defence in depth: the store already filters private events in SQL;
     /// re-check each one against the event itself before it leaves.
     fn stored_event_visible(&self, stored: &StoredEvent) -> bool {
@@ -658,11 +687,16 @@ impl Session {
         }
         let ctx = self.query_context();
         let budget = QueryBudget::millis(limits.max_query_ms);
-        let counted = relay.store.count_within(&filters, &ctx, budget);
+        let counted = with_query_slot(
+            &relay,
+            self.ip,
+            relay.store.count_within(&filters, &ctx, budget),
+        );
         match Self::unless_gone(incoming, counted).await {
             None => Flow::Continue,
-            Some(Ok(n)) => self.send_or_close(out::count(&sub_id, n)).await,
-            Some(Err(err)) => {
+            Some(Err(Busy)) => self.send_or_close(self.queries_busy(&sub_id)).await,
+            Some(Ok(Ok(n))) => self.send_or_close(out::count(&sub_id, n)).await,
+            Some(Ok(Err(err))) => {
                 let reason = self.query_error_reason(&err);
                 self.send_or_close(out::closed(&sub_id, &reason)).await
             }
@@ -776,6 +810,21 @@ impl Session {
         }
         Flow::Continue
     }
+}
+
+/// Run `query` (a REQ's or COUNT's database part) holding one of the query
+/// slots of client `ip` (`max_concurrent_queries_per_ip`), waiting for one
+/// in turn for up to `query_wait_ms`; `Err(Busy)` when none came free. The
+/// slot covers the filters' queries, not the streaming of their results,
+/// so a client that reads slowly holds no slot; waiting holds nothing but
+/// the connection, and stops when the client leaves (the future is dropped).
+async fn with_query_slot<T>(
+    relay: &Relay,
+    ip: std::net::IpAddr,
+    query: impl Future<Output = T>,
+) -> Result<T, Busy> {
+    let _slot = relay.limiters.queries_per_ip.acquire(&ip).await?;
+    Ok(query.await)
 }
 
 fn slow_reader() -> CloseRequest {

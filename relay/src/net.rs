@@ -25,8 +25,9 @@ pub struct NetworkConfig {
     /// first request, and between keep-alive requests); then it is closed.
     pub header_read_timeout: u64,
     /// Connections per client (key) that have not (yet) become WebSockets:
-    /// half-sent requests, NIP-11 fetches. Further ones are closed at once.
-    /// Trusted proxies are exempt.
+    /// half-sent requests, NIP-11 fetches (also kept-alive ones, until
+    /// `header_read_timeout`). Further ones are answered `503` with
+    /// `Retry-After: 1` and closed at once. Trusted proxies are exempt.
     pub max_pending_per_ip: usize,
     /// Seconds a WebSocket may stay silent before it is closed. After half
     /// of it the server pings; a pong (or any frame) keeps it open.
@@ -58,7 +59,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             header_read_timeout: 10,
-            max_pending_per_ip: 32,
+            max_pending_per_ip: 64,
             idle_timeout: 120,
             ipv6_prefix: 64,
             trusted_proxies: Vec::new(),

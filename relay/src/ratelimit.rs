@@ -1,10 +1,18 @@
-//! Token-bucket rate limiting keyed by client IP, pubkey or recipient.
+//! Token-bucket rate limiting keyed by client IP, pubkey or recipient
+//! ([`RateLimiter`]), and a cap on how many of one key's queries run at once
+//! ([`ConcurrencyLimiter`]).
+//!
+//! Invariant of [`ConcurrencyLimiter`]: a key is tracked only while one of
+//! its slots is held or waited for, so its map is bounded by the queries in
+//! progress, not by the addresses ever seen.
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Rate;
 
@@ -94,9 +102,142 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
+/// At most `max` slots held at once per key (0: no limit); a caller waits
+/// for one in arrival order (the semaphore is fair), at most `wait`.
+#[derive(Debug)]
+pub struct ConcurrencyLimiter<K> {
+    max: usize,
+    wait: Duration,
+    keys: Mutex<HashMap<K, Arc<Semaphore>>>,
+}
+
+/// No slot came free within the limiter's wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// One held slot of a key (or a wait for one); dropping it gives it back
+/// and forgets the key once nobody else holds or waits for one of it.
+#[derive(Debug)]
+pub struct Slot<'a, K: Hash + Eq> {
+    limiter: &'a ConcurrencyLimiter<K>,
+    key: K,
+    semaphore: Option<Arc<Semaphore>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<K: Hash + Eq + Clone> ConcurrencyLimiter<K> {
+    /// `max` concurrent slots per key (0: unlimited), each waited for at most `wait`.
+    pub fn new(max: usize, wait: Duration) -> Self {
+        Self {
+            max,
+            wait,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot of `key`, once one is free: `Ok(None)` when there is no
+    /// limit, `Err(Busy)` when none came free within the wait.
+    pub async fn acquire(&self, key: &K) -> Result<Option<Slot<'_, K>>, Busy> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        // Every clone of a key's semaphore is made under the lock, and a
+        // `Slot` owns it from here on, so its `Drop` sees every holder.
+        let semaphore = Arc::clone(
+            self.keys
+                .lock()
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.max))),
+        );
+        let mut slot = Slot {
+            limiter: self,
+            key: key.clone(),
+            semaphore: Some(Arc::clone(&semaphore)),
+            permit: None,
+        };
+        // `timeout` polls the acquisition first: a free slot is taken even
+        // with a zero wait. The acquisition owns the last loose clone and
+        // is gone (or is the permit) before `slot` can be dropped.
+        let acquired = tokio::time::timeout(self.wait, semaphore.acquire_owned()).await;
+        match acquired {
+            // The semaphore is never closed.
+            Ok(Ok(permit)) => {
+                slot.permit = Some(permit);
+                Ok(Some(slot))
+            }
+            Ok(Err(_)) | Err(_) => Err(Busy),
+        }
+    }
+
+    /// Keys with a slot held or waited for.
+    pub fn tracked(&self) -> usize {
+        self.keys.lock().len()
+    }
+}
+
+impl<K: Hash + Eq> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        // The permit holds a clone of the semaphore too: give it back first.
+        drop(self.permit.take());
+        let mut keys = self.limiter.keys.lock();
+        drop(self.semaphore.take());
+        if keys
+            .get(&self.key)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            keys.remove(&self.key);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn concurrent_slots_are_capped_per_key_and_queued() {
+        let limiter = ConcurrencyLimiter::new(1, Duration::from_secs(30));
+        let first = limiter.acquire(&"a").await.unwrap().expect("a slot");
+        // Another key is independent.
+        let other = limiter.acquire(&"b").await.unwrap().expect("b slot");
+        assert_eq!(limiter.tracked(), 2);
+        // A second query of "a" waits while the first holds the slot ...
+        let mut second = Box::pin(limiter.acquire(&"a"));
+        assert!((&mut second).now_or_never().is_none(), "did not wait");
+        // ... and gets it once the first is done.
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the freed slot is handed on")
+            .unwrap()
+            .expect("a slot");
+        // With no wait allowed, a busy key is refused at once.
+        let impatient = ConcurrencyLimiter::new(1, Duration::ZERO);
+        let held = impatient.acquire(&"a").await.unwrap();
+        assert!(held.is_some());
+        assert_eq!(impatient.acquire(&"a").await.err(), Some(Busy));
+        drop(held);
+        assert!(impatient.acquire(&"a").await.unwrap().is_some());
+        drop((second, other));
+        // Nothing is kept for keys without a query in progress, also
+        // after a wait that gave up.
+        assert_eq!(limiter.tracked(), 0);
+        assert_eq!(impatient.tracked(), 0);
+    }
+
+    #[tokio::test]
+    async fn zero_means_no_limit() {
+        let limiter = ConcurrencyLimiter::new(0, Duration::ZERO);
+        let held: Vec<_> = futures::future::join_all((0..100).map(|_| limiter.acquire(&1)))
+            .await
+            .into_iter()
+            .map(|s| s.expect("never busy"))
+            .collect();
+        assert!(held.iter().all(Option::is_none));
+        assert_eq!(limiter.tracked(), 0);
+    }
 
     #[test]
     fn burst_then_refill() {

@@ -16,7 +16,7 @@ use crate::auth::normalize_relay_url;
 use crate::config::RelayConfig;
 use crate::kinds::{classify, KindClass};
 use crate::nip11;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{ConcurrencyLimiter, RateLimiter};
 use crate::store::{
     QueryBudget, QueryContext, QueryRow, SaveOutcome, Store, StoreError, StoredEvent, Writer,
     DEFAULT_MAX_BATCH,
@@ -117,6 +117,8 @@ pub(crate) struct Limiters {
     pub gift_wraps_per_recipient: RateLimiter<String>,
     pub reqs_per_ip: RateLimiter<IpAddr>,
     pub reqs_per_pubkey: RateLimiter<PublicKey>,
+    /// REQ/COUNT queries running at once per client key.
+    pub queries_per_ip: ConcurrencyLimiter<IpAddr>,
 }
 
 /// Why a new connection was refused.
@@ -202,6 +204,10 @@ impl Relay {
             gift_wraps_per_recipient: RateLimiter::new(r.gift_wraps_per_recipient),
             reqs_per_ip: RateLimiter::new(r.reqs_per_ip),
             reqs_per_pubkey: RateLimiter::new(r.reqs_per_pubkey),
+            queries_per_ip: ConcurrencyLimiter::new(
+                config.limits.max_concurrent_queries_per_ip,
+                std::time::Duration::from_millis(config.limits.query_wait_ms),
+            ),
         };
         let negentropy_records =
             crate::negentropy::RecordBudget::new(config.negentropy.max_records_total);

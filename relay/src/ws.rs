@@ -92,9 +92,11 @@ const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// - A connection counts as pending for its client key
 ///   ([`NetworkConfig::client_key`] of the TCP peer) until its HTTP
 ///   connection ends, which for a WebSocket is at the upgrade; past
-///   `max_pending_per_ip` it is closed at once, so that half-sent requests
-///   from one address cannot hold the process's file descriptors. Trusted
-///   proxies are exempt (they carry everyone).
+///   `max_pending_per_ip` it is answered `503` with `Retry-After` and
+///   closed at once ([`refuse_pending`]), so that half-sent requests from
+///   one address cannot hold the process's file descriptors, while a real
+///   client behind a busy NAT learns to come back shortly. Trusted proxies
+///   are exempt (they carry everyone).
 /// - Request headers must arrive within `header_read_timeout`.
 /// - An accept error other than a reset connection (`EMFILE`, `ENFILE`,
 ///   `ENOMEM`) is logged once, then the loop sleeps [`ACCEPT_RETRY`] and
@@ -146,6 +148,7 @@ async fn accept_loop(
                 Some(slot) => Some(slot),
                 None => {
                     tracing::debug!(%peer, "too many pending connections from this address");
+                    refuse_pending(tcp);
                     continue;
                 }
             }
@@ -171,6 +174,38 @@ async fn accept_loop(
         tracing::debug!("HTTP connections still open after the shutdown grace");
     }
     Ok(())
+}
+
+/// The answer to a connection past `max_pending_per_ip`, whatever it asked.
+const TOO_MANY_PENDING: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Retry-After: 1\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 65\r\n\
+Connection: close\r\n\
+\r\n\
+rate-limited: too many unfinished connections from your address\r\n";
+
+/// Answers a connection past `max_pending_per_ip` with [`TOO_MANY_PENDING`]
+/// and closes it, without parsing its request and without ever waiting: the
+/// whole point is that it holds nothing. Best effort: what the client sent
+/// already is read first (closing over unread data sends a reset, which
+/// can overtake the answer), and a socket that cannot take the few bytes
+/// of the answer at once is just closed.
+fn refuse_pending(tcp: tokio::net::TcpStream) {
+    use std::io::{Read, Write};
+    // The std socket (still non-blocking) reads and writes at once; tokio's
+    // would report "would block" until its reactor has seen the socket.
+    let Ok(mut tcp) = tcp.into_std() else {
+        return;
+    };
+    let mut scratch = [0u8; 4096];
+    for _ in 0..4 {
+        match tcp.read(&mut scratch) {
+            Ok(n) if n == scratch.len() => continue,
+            _ => break,
+        }
+    }
+    let _ = tcp.write(TOO_MANY_PENDING);
 }
 
 /// Errors of one connection that came and went before it was accepted.
@@ -507,5 +542,23 @@ impl Sink<Message> for Keepalive {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.socket.poll_close_unpin(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pending_refusal_is_a_complete_http_response() {
+        let text = std::str::from_utf8(super::TOO_MANY_PENDING).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains("\r\nRetry-After: 1\r\n"));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
     }
 }

@@ -135,6 +135,13 @@ both!(
     deletions_with_thousands_of_tags_commit_quickly,
 );
 
+/// The query slots sit above the store (in the connection), so one backend
+/// is enough; SQLite is the one with only 4 read connections to protect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_address_runs_only_its_share_of_queries_at_once() {
+    with_sqlite(one_address_runs_only_its_share_of_queries_at_once).await;
+}
+
 /// A config with rate limits out of the way.
 fn config() -> RelayConfig {
     let mut c = RelayConfig::default();
@@ -162,7 +169,12 @@ impl Client {
     /// Connect; the relay's `AUTH` challenge is read already. The socket
     /// takes at most `socket_room` messages that the client has not read.
     async fn connect(relay: &Arc<Relay>, socket_room: usize) -> Self {
-        let permit = relay.admit("127.0.0.1".parse().unwrap()).expect("admitted");
+        Self::connect_from(relay, socket_room, "127.0.0.1").await
+    }
+
+    /// [`Self::connect`] from client address `ip`.
+    async fn connect_from(relay: &Arc<Relay>, socket_room: usize, ip: &str) -> Self {
+        let permit = relay.admit(ip.parse().unwrap()).expect("admitted");
         let (tx, incoming) = mpsc::unbounded();
         let (outgoing, rx) = mpsc::channel(socket_room);
         let task = tokio::spawn(serve_connection(
@@ -727,4 +739,152 @@ fn rand_id() -> [u8; 32] {
     let mut id = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut id);
     id
+}
+
+/// A COUNT's answer: the number, or the CLOSED reason.
+async fn count_answer(c: &mut Client) -> Result<u64, String> {
+    let v = c.recv().await;
+    match v[0].as_str() {
+        Some("COUNT") => Ok(v[2]["count"].as_u64().unwrap()),
+        Some("CLOSED") => Err(v[2].as_str().unwrap().to_owned()),
+        _ => panic!("unexpected {v}"),
+    }
+}
+
+/// A REQ's answer to EOSE: the number of events, or the CLOSED reason.
+async fn req_answer(c: &mut Client, sub: &str) -> Result<usize, String> {
+    let mut events = 0;
+    loop {
+        let v = c.recv().await;
+        match v[0].as_str() {
+            Some("EVENT") if v[1] == sub => events += 1,
+            Some("EOSE") if v[1] == sub => return Ok(events),
+            Some("CLOSED") if v[1] == sub => return Err(v[2].as_str().unwrap().to_owned()),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}
+
+/// Item 3, the part the time budget leaves: one address looping expensive
+/// COUNTs and REQs over several connections could take every database
+/// connection. With `max_concurrent_queries_per_ip = 1` and no wait allowed,
+/// a second query of the same address while one runs is refused with
+/// `rate-limited:`; another address is never refused; with a wait, the
+/// second query queues and runs; 0 lifts the cap. (Before: no such cap, so
+/// nothing was ever refused and one address's queries all ran at once.)
+/// Overlap depends on scheduling, so the refusal is waited for over rounds
+/// (with a deadline), while the properties that hold every round are
+/// checked every round.
+async fn one_address_runs_only_its_share_of_queries_at_once(store: Arc<dyn Store>) {
+    let keys = Keys::generate();
+    let base = now() - 100_000;
+    let events: Vec<Event> = (0..4_000u64)
+        .map(|i| {
+            let tags: Vec<Tag> = (0..10)
+                .map(|k| Tag::hashtag(format!("v{}", (i + k) % 50)))
+                .collect();
+            EventBuilder::text_note(format!("n {i}"))
+                .tags(tags)
+                .custom_created_at(Timestamp::from(base + i))
+                .sign_with_keys(&keys)
+                .unwrap()
+        })
+        .collect();
+    save_all(&store, &events).await;
+    let filters: Vec<Value> = (0..16)
+        .map(|i| {
+            let values: Vec<String> = (0..40).map(|v| format!("v{}", (v + i) % 50)).collect();
+            json!({"#t": values, "since": base + i as u64, "limit": 3})
+        })
+        .collect();
+    let parsed: Vec<Filter> = filters
+        .iter()
+        .map(|f| Filter::from_json(f.to_string()).unwrap())
+        .collect();
+    let expected = store.count(&parsed, &ctx()).await.unwrap();
+    assert!(expected > 3_000, "{expected}");
+    let message = |verb: &str, sub: &str| {
+        let mut m = vec![json!(verb), json!(sub)];
+        m.extend(filters.iter().cloned());
+        Value::Array(m)
+    };
+    let setup = |max: usize, wait_ms: u64| {
+        let mut config = config();
+        config.limits.max_query_ms = 600_000;
+        config.limits.max_concurrent_queries_per_ip = max;
+        config.limits.query_wait_ms = wait_ms;
+        relay(config, Arc::clone(&store))
+    };
+    // One round: `a` COUNTs and `b` REQs from one address, `c` COUNTs from
+    // another, all at once; how many of the first address's were refused.
+    async fn round(
+        a: &mut Client,
+        b: &mut Client,
+        c: &mut Client,
+        message: &(dyn Fn(&str, &str) -> Value + Sync),
+        expected: u64,
+    ) -> usize {
+        a.send(message("COUNT", "a"));
+        b.send(message("REQ", "b"));
+        c.send(message("COUNT", "c"));
+        let (ra, rb, rc) = futures::join!(count_answer(a), req_answer(b, "b"), count_answer(c));
+        assert_eq!(rc, Ok(expected), "another address was held up");
+        let mut refused = 0;
+        if let Err(reason) = &ra {
+            assert!(reason.starts_with("rate-limited: "), "{reason}");
+            refused += 1;
+        } else {
+            assert_eq!(ra, Ok(expected));
+        }
+        if let Err(reason) = &rb {
+            assert!(reason.starts_with("rate-limited: "), "{reason}");
+            refused += 1;
+        } else {
+            assert!(rb.as_ref().is_ok_and(|n| *n >= 3), "{rb:?}");
+        }
+        assert!(refused < 2, "one of them holds the slot");
+        refused
+    }
+
+    // No wait allowed: the address's second query at a time is refused.
+    let capped = setup(1, 0);
+    let (mut a, mut b) = (
+        Client::connect_from(&capped, 64, "192.0.2.1").await,
+        Client::connect_from(&capped, 64, "192.0.2.1").await,
+    );
+    let mut c = Client::connect_from(&capped, 64, "192.0.2.2").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rounds = 0;
+    while round(&mut a, &mut b, &mut c, &message, expected).await == 0 {
+        rounds += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no query refused in {rounds} rounds"
+        );
+    }
+    b.send(json!(["CLOSE", "b"]));
+
+    // A wait long enough: the second query waits its turn and runs.
+    let queued = setup(1, 60_000);
+    let (mut a, mut b) = (
+        Client::connect_from(&queued, 64, "192.0.2.1").await,
+        Client::connect_from(&queued, 64, "192.0.2.1").await,
+    );
+    let mut c = Client::connect_from(&queued, 64, "192.0.2.2").await;
+    for _ in 0..5 {
+        assert_eq!(round(&mut a, &mut b, &mut c, &message, expected).await, 0);
+        b.send(json!(["CLOSE", "b"]));
+    }
+
+    // 0: no cap, nothing refused even without a wait.
+    let open = setup(0, 0);
+    let (mut a, mut b) = (
+        Client::connect_from(&open, 64, "192.0.2.1").await,
+        Client::connect_from(&open, 64, "192.0.2.1").await,
+    );
+    let mut c = Client::connect_from(&open, 64, "192.0.2.2").await;
+    for _ in 0..5 {
+        assert_eq!(round(&mut a, &mut b, &mut c, &message, expected).await, 0);
+        b.send(json!(["CLOSE", "b"]));
+    }
 }
