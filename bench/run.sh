@@ -5,7 +5,8 @@
 #
 #   bash bench/run.sh                      # everything (seeding 1M events takes minutes)
 #   SEED_EVENTS=100000 bash bench/run.sh   # a quicker, smaller store for query
-# Other knobs: INGEST_EVENTS, SUBSCRIBERS, IDLE, DATA, URL, OUT, CARGO_TARGET_DIR.
+#   ABUSE_SECONDS=8 bash bench/run.sh      # longer abuse phases (default 4 s each)
+# Other knobs: INGEST_EVENTS, SUBSCRIBERS, IDLE, ABUSE_SEED, DATA, URL, OUT, CARGO_TARGET_DIR.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,15 +18,18 @@ SEED_EVENTS=${SEED_EVENTS:-1000000}
 IDLE=${IDLE:-10000}
 INGEST_EVENTS=${INGEST_EVENTS:-100000}
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
+ABUSE_SECONDS=${ABUSE_SECONDS:-4}
+ABUSE_SEED=${ABUSE_SEED:-20000}
 
 cargo build --release -p cairn-node -p cairn-bench
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 rm -rf "$DATA"
 RELAY=
+# start_relay <nth "listening" line> [config] [data dir]
 start_relay() {
-    "$TARGET/release/cairn" serve --config bench/bench.toml --bind 127.0.0.1:7777 --data-dir "$DATA" \
-        >>"$DATA.log" 2>&1 &
+    "$TARGET/release/cairn" serve --config "${2:-bench/bench.toml}" --bind 127.0.0.1:7777 \
+        --data-dir "${3:-$DATA}" >>"$DATA.log" 2>&1 &
     RELAY=$!
     for _ in $(seq 100); do
         [ "$(grep -c listening "$DATA.log" 2>/dev/null)" -ge "$1" ] && return
@@ -63,4 +67,21 @@ bench query --requests 2000 --manifest "$DATA.seed.json"
 stop_relay
 start_relay 2
 bench idle --connections "$IDLE"
+# Abuse: attacks from 127.0.0.2 while bystanders on 127.0.0.1 work, on a
+# fresh store each: first with the cost limits it compares lifted
+# ("before"), then with the defaults ("after"); see bench/abuse.toml.
+stop_relay
+rm -rf "$DATA-abuse"
+export CAIRN_RELAY__LIMITS__MAX_CONCURRENT_QUERIES_PER_IP=0 CAIRN_RELAY__LIMITS__MAX_QUERY_MS=600000 \
+    CAIRN_RELAY__NETWORK__MAX_PENDING_PER_IP=100000
+start_relay 3 bench/abuse.toml "$DATA-abuse"
+unset CAIRN_RELAY__LIMITS__MAX_CONCURRENT_QUERIES_PER_IP CAIRN_RELAY__LIMITS__MAX_QUERY_MS \
+    CAIRN_RELAY__NETWORK__MAX_PENDING_PER_IP
+echo "### abuse, before (query slots, query time budget and pending-connection cap lifted)"
+bench abuse --seconds "$ABUSE_SECONDS" --seed-events "$ABUSE_SEED"
+stop_relay
+rm -rf "$DATA-abuse"
+start_relay 4 bench/abuse.toml "$DATA-abuse"
+echo "### abuse, after (defaults)"
+bench abuse --seconds "$ABUSE_SECONDS" --seed-events "$ABUSE_SEED"
 echo "relay log: $DATA.log; results appended to $OUT"

@@ -2,6 +2,7 @@
 //! a running Cairn relay (or any Nostr relay). Every event is built and
 //! signed before the clock starts. See `docs/benchmarks.md`.
 
+mod abuse;
 mod events;
 mod fanout;
 mod filewatch;
@@ -55,6 +56,9 @@ enum Command {
     Query(query::QueryArgs),
     /// Hold idle connections open and measure the relay's memory per connection.
     Idle(idle::IdleArgs),
+    /// Attacks from one address while bystanders on another publish and
+    /// query: their latency and success, the relay's CPU and peak RSS.
+    Abuse(abuse::AbuseArgs),
 }
 
 #[tokio::main]
@@ -68,6 +72,7 @@ async fn main() -> Result<()> {
             Command::Seed(a) => seed::run(url, a).await,
             Command::Query(a) => query::run(url, a).await,
             Command::Idle(a) => idle::run(url, a).await,
+            Command::Abuse(a) => abuse::run(url, a).await,
         }
     };
     let report = tokio::time::timeout(Duration::from_secs(cli.max_seconds), work)

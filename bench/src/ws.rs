@@ -2,6 +2,7 @@
 //! the pipelined publisher shared by `ingest` and `seed`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +29,69 @@ pub async fn connect(url: &str, limit: Duration) -> Result<Ws> {
         .map_err(|_| anyhow!("connect to {url} timed out after {limit:?}"))?
         .with_context(|| format!("connecting to {url}"))?;
     Ok(ws)
+}
+
+/// The socket address a `ws://host:port` URL names (its first resolution).
+pub async fn resolve(url: &str) -> Result<std::net::SocketAddr> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url.into_client_request().context("parsing the relay URL")?;
+    let uri = request.uri();
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("no host in {url}"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    let first = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next();
+    first.ok_or_else(|| anyhow!("{host} resolves to nothing"))
+}
+
+/// A TCP connection to `addr` from the local address `from` (`None` or
+/// unspecified: the system's choice). On loopback every `127.x.y.z` is
+/// this machine, so one host can be several clients to per-IP limits.
+pub async fn tcp_from(addr: std::net::SocketAddr, from: Option<IpAddr>) -> Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(from) = from.filter(|ip| !ip.is_unspecified()) {
+        socket
+            .bind(std::net::SocketAddr::new(from, 0))
+            .with_context(|| format!("binding the client address {from}"))?;
+    }
+    let tcp = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Open one WebSocket (`ws://` only) from the local address `from`.
+pub async fn connect_from(url: &str, from: Option<IpAddr>, limit: Duration) -> Result<Ws> {
+    if from.is_none_or(|ip| ip.is_unspecified()) {
+        return connect(url, limit).await;
+    }
+    if !url.starts_with("ws://") {
+        bail!("a client address (--*-from) works only with ws:// URLs");
+    }
+    let opened = async {
+        let addr = resolve(url).await?;
+        let tcp = tcp_from(addr, from).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), None)
+                .await
+                .with_context(|| format!("WebSocket handshake with {url}"))?;
+        anyhow::Ok(ws)
+    };
+    timeout(limit, opened)
+        .await
+        .map_err(|_| anyhow!("connect to {url} timed out after {limit:?}"))?
 }
 
 /// Open `count` WebSockets, at most `parallel` handshakes at a time.
