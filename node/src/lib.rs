@@ -7,6 +7,7 @@
 
 pub mod admin_token;
 pub mod cli;
+pub mod outbox;
 pub mod redact;
 pub mod server;
 pub mod settings;

@@ -202,6 +202,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
             Arc::clone(service),
             &settings.identity,
             &settings.relay.network,
+            crate::outbox::owner_inboxes(&settings, &relay)?,
         ));
     }
     let nwc_relay_url = settings
@@ -222,6 +223,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     } else {
         None
     };
+    if settings.outbox.enabled {
+        let (routes, job) = crate::outbox::serve(&settings, &relay).await?;
+        app = app.merge(routes);
+        jobs.push(job);
+        tracing::info!("outbox at http://{addr}/admin/v1/outbox (token in the data directory)");
+    }
     // Payments to verified names (LNURL-pay, zaps): a wallet and names.
     let zaps = match (&payments, &identity) {
         (Some(runtime), Some(service)) => routes::zaps::mount(

@@ -13,12 +13,14 @@ use serde::{Deserialize, Serialize};
 pub mod bitcoin;
 pub mod identity;
 pub mod metrics;
+pub mod outbox;
 pub mod payments;
 pub mod zaps;
 
 pub use self::bitcoin::BitcoinSettings;
 pub use self::identity::IdentitySettings;
 pub use self::metrics::MetricsSettings;
+pub use self::outbox::OutboxSettings;
 pub use self::payments::PaymentsSettings;
 pub use self::zaps::ZapSettings;
 
@@ -43,6 +45,7 @@ const SETTING_NAMES: &[&str] = &[
     "payments",
     "zaps",
     "metrics",
+    "outbox",
 ];
 
 /// All settings of a Cairn node.
@@ -69,6 +72,8 @@ pub struct Settings {
     pub zaps: ZapSettings,
     /// Prometheus metrics on their own listener (off by default).
     pub metrics: MetricsSettings,
+    /// The durable outbox of the owner's messages and its delivery worker.
+    pub outbox: OutboxSettings,
 }
 
 impl Default for Settings {
@@ -84,6 +89,7 @@ impl Default for Settings {
             payments: PaymentsSettings::default(),
             zaps: ZapSettings::default(),
             metrics: MetricsSettings::default(),
+            outbox: OutboxSettings::default(),
         }
     }
 }

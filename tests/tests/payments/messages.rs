@@ -160,6 +160,10 @@ async fn run() -> Result<()> {
         },
         admin: Some(sender_node.admin.clone()),
         own_relay: Some(sender_node.node.ws_url()),
+        // Published once from here, as before the outbox: this test is
+        // about payments (the outbox has its own, node/tests/outbox.rs).
+        outbox: None,
+        wait: std::time::Duration::ZERO,
     };
 
     // --- an unverified handle is refused without --to, used with it ---

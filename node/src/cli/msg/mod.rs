@@ -39,6 +39,7 @@ use crate::settings::Settings;
 pub mod claims;
 pub mod inbox;
 pub mod lnurl;
+pub mod outbox;
 pub mod relays;
 pub mod send;
 pub mod verification;
@@ -80,6 +81,22 @@ enum MsgCommand {
     Send(Box<SendArgs>),
     /// Show your private messages, with each payment verified against your node.
     Inbox(InboxArgs),
+    /// What your node's outbox holds: each message sent, and per destination
+    /// relay whether it is queued, delivered (when), retrying (next try,
+    /// last error) or expired.
+    Outbox(OutboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct OutboxArgs {
+    #[command(flatten)]
+    own: OwnNodeArgs,
+    /// Most items to show, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Print the node's answer as JSON, for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Your own node: its settings (chain view, relay) and admin API (payments).
@@ -223,6 +240,10 @@ struct SendArgs {
     own: OwnNodeArgs,
     #[command(flatten)]
     chain: ChainArgs,
+    /// Seconds to wait for the first delivery tries before reporting
+    /// (delivery goes on in your node either way).
+    #[arg(long, value_name = "SECS", default_value_t = outbox::DEFAULT_SEND_WAIT.as_secs())]
+    wait: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -278,12 +299,17 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                 keys,
                 node_url,
                 verify: a.chain.options(&settings)?,
-                // Only paying needs the node's admin API.
+                // Only paying needs the node's payments.
                 admin: match request.payment {
                     Some(_) => Some(admin_args.client()?),
                     None => None,
                 },
                 own_relay: Some(own_relay_url(&settings)),
+                // Every message goes through the node's outbox.
+                outbox: Some(admin_args.client().context(
+                    "msg send queues the message in your node's outbox: start `cairn serve`",
+                )?),
+                wait: std::time::Duration::from_secs(a.wait),
             };
             let sent = send(&ctx, &request).await?;
             outln!("{}", render_sent(&sent))?;
@@ -326,6 +352,17 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
             };
             let messages = inbox(&ctx).await?;
             outln!("{}", render_inbox(&messages, &ctx.keys.public_key()))?;
+        }
+        MsgCommand::Outbox(a) => {
+            let admin = a.own.admin().client()?;
+            let v = outbox::outbox(&admin, a.limit).await?;
+            if a.json {
+                outln!("{}", serde_json::to_string_pretty(&v)?)?;
+            } else {
+                let page: outbox::OutboxPage =
+                    serde_json::from_value(v).context("the node's outbox answer")?;
+                outln!("{}", outbox::render_outbox(&page))?;
+            }
         }
     }
     Ok(())

@@ -33,6 +33,12 @@ pub struct SendContext {
     pub admin: Option<AdminClient>,
     /// The sender's own relay, for the copy to self when the sender lists no inbox relays.
     pub own_relay: Option<String>,
+    /// The sender's own node's outbox (its admin API): with it the message
+    /// is queued there and delivered by the node until each relay accepts
+    /// it; without it, it is published once, from here.
+    pub outbox: Option<AdminClient>,
+    /// How long to wait for the outbox's first tries before reporting.
+    pub wait: std::time::Duration,
 }
 
 /// A payment to make with the message.
@@ -167,6 +173,9 @@ pub struct SentMessage {
     pub delivered_to: Vec<String>,
     /// Relays that accepted the copy to self.
     pub copied_to: Vec<String>,
+    /// The outbox items (the wrap and the copy) as the node showed them
+    /// after the wait; empty when sent without the outbox.
+    pub queued: Vec<crate::outbox::ItemView>,
 }
 
 /// `cairn msg send`: resolve, pay (or take `existing`, paying nothing),
@@ -206,15 +215,46 @@ pub async fn send(ctx: &SendContext, request: &SendRequest) -> Result<SentMessag
         &request.text,
         payment.as_ref(),
     );
-    let delivered = deliver(
-        &ctx.keys,
-        recipient.key,
-        rumor.clone(),
-        &node_relay,
-        ctx.own_relay.as_deref().unwrap_or(&node_relay),
-    )
-    .await;
-    let (delivered_to, copied_to) = match (delivered, &payment) {
+    let delivered = match &ctx.outbox {
+        Some(admin) => {
+            let hints = match &recipient.handle {
+                Some(h) => super::outbox::nip05_relays(&ctx.node_url, h, &recipient.key).await,
+                None => Vec::new(),
+            };
+            super::outbox::queue_message(
+                admin,
+                &ctx.keys,
+                recipient.key,
+                rumor.clone(),
+                &hints,
+                &node_relay,
+                ctx.wait,
+            )
+            .await
+            .map(|items| {
+                let accepted = |role: &str| -> Vec<String> {
+                    items
+                        .iter()
+                        .filter(|i| i.role == role)
+                        .flat_map(|i| &i.deliveries)
+                        .filter(|d| d.state == "delivered")
+                        .map(|d| d.relay.clone())
+                        .collect()
+                };
+                (accepted("message"), accepted("copy"), items)
+            })
+        }
+        None => deliver(
+            &ctx.keys,
+            recipient.key,
+            rumor.clone(),
+            &node_relay,
+            ctx.own_relay.as_deref().unwrap_or(&node_relay),
+        )
+        .await
+        .map(|(d, c)| (d, c, Vec::new())),
+    };
+    let (delivered_to, copied_to, queued) = match (delivered, &payment) {
         (Ok(d), _) => d,
         // Paid but not delivered: without the proof the user could only pay again.
         (Err(e), Some(p)) => {
@@ -228,6 +268,7 @@ pub async fn send(ctx: &SendContext, request: &SendRequest) -> Result<SentMessag
         rumor_id: rumor.id.expect("build_rumor sets the id"),
         delivered_to,
         copied_to,
+        queued,
     })
 }
 
@@ -366,16 +407,43 @@ pub fn render_sent(s: &SentMessage) -> String {
         ),
         (None, _) => npub(&s.recipient.key),
     };
-    let mut out = format!(
-        "sent message {} to {to}\ndelivered to: {}\ncopy to self: {}",
-        s.rumor_id,
-        s.delivered_to.join(", "),
-        if s.copied_to.is_empty() {
-            "none (no relay accepted it)".to_owned()
-        } else {
-            s.copied_to.join(", ")
+    let mut out = if s.queued.is_empty() {
+        format!(
+            "sent message {} to {to}\ndelivered to: {}\ncopy to self: {}",
+            s.rumor_id,
+            s.delivered_to.join(", "),
+            if s.copied_to.is_empty() {
+                "none (no relay accepted it)".to_owned()
+            } else {
+                s.copied_to.join(", ")
+            }
+        )
+    } else {
+        let mut out = format!(
+            "queued message {} to {to} in your node's outbox",
+            s.rumor_id
+        );
+        for item in &s.queued {
+            out.push_str(if item.role == "copy" {
+                "\ncopy to self:"
+            } else {
+                "\nto the recipient:"
+            });
+            for d in &item.deliveries {
+                out.push_str(&format!("\n  {}", super::outbox::render_delivery(d)));
+            }
         }
-    );
+        if s.queued
+            .iter()
+            .flat_map(|i| &i.deliveries)
+            .any(|d| d.state == "queued" || d.state == "retrying")
+        {
+            out.push_str(
+                "\nyour node keeps trying until each relay accepts it: see `cairn msg outbox`",
+            );
+        }
+        out
+    };
     if let Some(p) = &s.payment {
         let amount = p.request.amount_msat().unwrap_or(0) / 1000;
         let receipt = match (&p.request, p.txid()) {
@@ -417,6 +485,8 @@ mod tests {
             },
             admin: None,
             own_relay: None,
+            outbox: None,
+            wait: std::time::Duration::ZERO,
         };
         let txid = "cd".repeat(32);
         let request = SendRequest {

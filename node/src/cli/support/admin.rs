@@ -93,7 +93,7 @@ impl AdminClient {
                     let path = token_path(&settings.data_dir);
                     AdminToken::load(&path).with_context(|| {
                         format!(
-                            "no admin token: is the node running with [payments] enabled and \
+                            "no admin token: is the node running (`cairn serve`, with [outbox] or [payments] enabled) with \
                              data_dir {}? (or set {ADMIN_TOKEN_ENV})",
                             settings.data_dir.display()
                         )

@@ -109,7 +109,7 @@ pub fn router(slot: Arc<PaymentsSlot>, token: AdminToken) -> Router {
         ))
 }
 
-async fn require_token(token: Arc<AdminToken>, req: Request, next: Next) -> Response {
+pub(crate) async fn require_token(token: Arc<AdminToken>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

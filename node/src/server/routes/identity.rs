@@ -165,10 +165,14 @@ impl BindingGuard {
 /// The identity routes (with permissive CORS: browsers verify too).
 /// Needs a server with `ConnectInfo<SocketAddr>` for the per-IP limits,
 /// which tell clients apart by the rules of `network`.
+///
+/// `owner_inboxes`: the node owner's key and inbox relays (`[outbox]
+/// key_file`), listed as `relays` in the NIP-05 answers for the owner's names.
 pub fn router(
     service: Arc<IdentityService>,
     settings: &IdentitySettings,
     network: &NetworkConfig,
+    owner_inboxes: Option<(PublicKey, Vec<String>)>,
 ) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
@@ -201,6 +205,7 @@ pub fn router(
             "/.well-known/nostr.json",
             get(nip05).layer(Extension(Nip05Policy {
                 serves_pending: settings.nip05_serves_pending,
+                owner_inboxes: owner_inboxes.map(Arc::new),
             })),
         )
         .layer(Extension(ClientRules(Arc::new(network.clone()))))
@@ -499,10 +504,11 @@ async fn status(State(service): State<Arc<IdentityService>>) -> Result<Response,
     Ok(Json(service.status().await?).into_response())
 }
 
-/// `[identity] nip05_serves_pending`.
-#[derive(Debug, Clone, Copy)]
+/// `[identity] nip05_serves_pending`, and the owner's inbox relays.
+#[derive(Debug, Clone)]
 struct Nip05Policy {
     serves_pending: bool,
+    owner_inboxes: Option<Arc<(PublicKey, Vec<String>)>>,
 }
 
 #[derive(Deserialize)]
@@ -514,7 +520,9 @@ struct Nip05Query {
 /// "states": {"<handle>": "pending|anchored|final"}}` (`states` says which
 /// state of the record the key reflects; NIP-05 clients ignore it). Only the
 /// asked name is answered; the whole registry is not listed. Pending
-/// bindings only with `nip05_serves_pending`.
+/// bindings only with `nip05_serves_pending`. A name bound to the node
+/// owner's key also gets `"relays": {"<hex key>": [this node, …]}`, the
+/// owner's inbox relays (where messages to them should go).
 async fn nip05(
     State(service): State<Arc<IdentityService>>,
     Extension(policy): Extension<Nip05Policy>,
@@ -522,13 +530,23 @@ async fn nip05(
 ) -> Response {
     let mut names = serde_json::Map::new();
     let mut states = serde_json::Map::new();
+    let mut relays = serde_json::Map::new();
     if let Some(name) = query.name {
         let name = name.to_ascii_lowercase();
         if let Some(answer) = service.nip05_answer(&name, policy.serves_pending).await {
             names.insert(name.clone(), json!(answer.key.to_hex()));
             states.insert(name, json!(answer.state.as_str()));
+            if let Some(owner) = policy.owner_inboxes.as_deref() {
+                if owner.0 == answer.key {
+                    relays.insert(answer.key.to_hex(), json!(owner.1));
+                }
+            }
         }
     }
     // CORS (`Access-Control-Allow-Origin: *`) comes from the router's layer.
-    Json(json!({ "names": names, "states": states })).into_response()
+    let mut body = json!({ "names": names, "states": states });
+    if !relays.is_empty() {
+        body["relays"] = serde_json::Value::Object(relays);
+    }
+    Json(body).into_response()
 }

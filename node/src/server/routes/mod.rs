@@ -5,4 +5,5 @@
 pub mod admin;
 pub mod health;
 pub mod identity;
+pub mod outbox;
 pub mod zaps;

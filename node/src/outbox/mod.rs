@@ -1,0 +1,333 @@
+//! The durable outbox: every event the owner sends (each message's gift
+//! wrap for the recipient and the copy to self, and the owner's kind 10050
+//! inbox list) is stored in the node's database, one row per (event,
+//! destination relay), and delivered by a worker inside `cairn serve`.
+//!
+//! Modules: [`schedule`] (pure: what an `OK` means, backoff with jitter, time
+//! to live, state transitions), [`store`] (the tables), [`worker`] (the
+//! connections), and here the destinations ([`destinations`]) and the inbox
+//! list ([`publish_inbox_list`]).
+//!
+//! Invariants:
+//!
+//! - **Nothing is sent before it is committed.** [`worker::Outbox::enqueue`]
+//!   commits the item and all its delivery rows in one transaction and only
+//!   then wakes the worker, which reads what it sends from the table. A
+//!   `kill -9` at any moment loses nothing that `enqueue` returned for.
+//! - **A relay that accepted an event is not sent it again.** The row is
+//!   marked delivered where its `OK true` is read, before the next answer is
+//!   handled; only pending rows are ever loaded or updated, so a late or
+//!   second answer cannot move a delivered row back.
+//! - **At least once, and at most once but for a crash.** A `kill -9` (or a
+//!   failed commit) between a relay's `OK` and our commit leaves the row
+//!   pending: after the restart it is sent once more. That is harmless —
+//!   relays deduplicate by event id and answer `duplicate:`, which counts as
+//!   delivered (and is kept in `ok_message`, so such resends can be seen).
+//!   At most `in_flight` rows per relay are exposed to this at once.
+//! - **Claims, not locks.** Loading rows for a relay pushes their next try
+//!   `claim_secs` ahead, so a second process on the same Postgres (which
+//!   also skips rows locked by another's claim) leaves them alone, and rows
+//!   of a process killed mid-batch are due again when the claim ends.
+//! - **Bounded.** At most `max_relays` relays are served at once, each by one
+//!   task over one connection reused for all its rows, loading at most
+//!   `batch` rows and keeping at most `in_flight` waiting for an `OK`:
+//!   memory and connections do not grow with the number of recipients or
+//!   of pending rows. A relay that cannot be reached costs one connection
+//!   attempt per round, its due rows failing in batched transactions.
+//! - **Retries back off and end.** A transient failure (no connection, no
+//!   answer, `rate-limited:`, `error:`, an unknown prefix, `auth-required:`
+//!   that AUTH did not cure) is retried with exponential backoff and jitter
+//!   up to `retry_max_secs`; a permanent refusal (`invalid:`, `blocked:`,
+//!   `pow:`, `restricted:`, `mute:`) is not retried; nothing is tried after
+//!   its item's `ttl_secs`. All of it survives restarts: it is in the table.
+//! - **AUTH only when asked.** The worker AUTHs (NIP-42, signed with the
+//!   owner's key when `[outbox] key_file` is set) only after a relay answers
+//!   `auth-required:`, then sends the refused events again on the same
+//!   connection without counting a failed try.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_relay::auth::normalize_relay_url;
+use cairn_relay::store::{Database, QueryContext};
+use cairn_relay::Relay;
+use nostr::{Event, EventBuilder, Filter, JsonUtil, Keys, Kind, PublicKey, Tag, TagStandard};
+
+use crate::settings::Settings;
+
+pub mod schedule;
+pub mod store;
+pub mod worker;
+
+pub use store::{DeliveryView, ItemView, NewItem, OutboxDb, Role, Totals};
+pub use worker::{Outbox, WorkerConfig};
+
+/// Why the outbox could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The database failed.
+    #[error("outbox database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database migrations failed.
+    #[error("outbox migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store is not an SQL one.
+    #[error("the outbox needs an SQL store")]
+    NoDatabase,
+    /// No relay to deliver to.
+    #[error("no destination relay for {0}")]
+    NoDestination(String),
+    /// An event could not be built or signed.
+    #[error("cannot sign: {0}")]
+    Sign(String),
+}
+
+/// Bound on looking up a recipient's inbox list on other relays.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the outbox on the relay's database, running its migrations.
+pub async fn open(
+    settings: &Settings,
+    relay: &Arc<Relay>,
+    signer: Keys,
+) -> Result<Arc<Outbox>, OutboxError> {
+    let db = match relay.store().database() {
+        Some(Database::Sqlite(pool)) => OutboxDb::Sqlite(pool),
+        Some(Database::Postgres(pool)) => OutboxDb::Postgres(pool),
+        None => return Err(OutboxError::NoDatabase),
+    };
+    db.migrate().await?;
+    Ok(Arc::new(Outbox::new(
+        db,
+        settings.outbox.worker_config(),
+        relay,
+        signer,
+    )))
+}
+
+/// `urls` normalized, invalid ones dropped, first occurrence kept.
+pub fn normalize_all<'a>(urls: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for u in urls {
+        match normalize_relay_url(u) {
+            Some(n) if n.starts_with("ws://") || n.starts_with("wss://") => {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            _ => tracing::debug!(url = u, "outbox: not a relay URL, skipped"),
+        }
+    }
+    out
+}
+
+/// `pubkey`'s newest kind 10050 found in this relay's store or on `relays`.
+pub async fn find_inbox_list(
+    relay: &Relay,
+    pubkey: &PublicKey,
+    relays: &[String],
+) -> Option<Event> {
+    let filter = Filter::new()
+        .author(*pubkey)
+        .kind(Kind::InboxRelays)
+        .limit(1);
+    let ctx = QueryContext {
+        viewers: Vec::new(),
+        now: nostr::Timestamp::now().as_secs(),
+        max_limit: 1,
+    };
+    let mut found: Vec<Event> = relay
+        .store()
+        .query(&filter, &ctx)
+        .await
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Event::from_json(&s.json).ok())
+        .collect();
+    if !relays.is_empty() {
+        let client = nostr_sdk::Client::default();
+        for r in relays {
+            let _ = client.add_relay(r.as_str()).await;
+        }
+        client.try_connect(LOOKUP_TIMEOUT).await;
+        if let Ok(events) = client
+            .fetch_events_from(relays.iter().map(String::as_str), filter, LOOKUP_TIMEOUT)
+            .await
+        {
+            found.extend(events);
+        }
+        client.shutdown().await;
+    }
+    found
+        .into_iter()
+        .filter(|e| e.pubkey == *pubkey && e.kind == Kind::InboxRelays && e.verify().is_ok())
+        .max_by_key(|e| e.created_at)
+}
+
+/// Where a gift wrap for `recipient` goes: the relays of their newest kind
+/// 10050 (looked up in this relay's store, on `lookup_relays` and on the
+/// relays their NIP-05 answer lists, `hints`); without one, the `hints`,
+/// else `fallback` (the node that answered for their handle).
+pub async fn destinations(
+    relay: &Relay,
+    recipient: &PublicKey,
+    hints: &[String],
+    lookup_relays: &[String],
+    fallback: Option<&str>,
+) -> Vec<String> {
+    let hints = normalize_all(hints.iter().map(String::as_str));
+    let own = normalize_all([relay.public_url()]);
+    let lookups: Vec<String> = normalize_all(
+        lookup_relays
+            .iter()
+            .map(String::as_str)
+            .chain(hints.iter().map(String::as_str)),
+    )
+    .into_iter()
+    .filter(|r| !own.contains(r))
+    .collect();
+    if let Some(list) = find_inbox_list(relay, recipient, &lookups).await {
+        let listed = normalize_all(
+            nostr::nips::nip17::extract_relay_list(&list)
+                .map(|u| u.as_str_without_trailing_slash()),
+        );
+        if !listed.is_empty() {
+            return listed;
+        }
+    }
+    if !hints.is_empty() {
+        return hints;
+    }
+    normalize_all(fallback)
+}
+
+/// The owner's inbox relays: this node, then `[outbox] inbox_relays`.
+pub fn own_inboxes(settings: &Settings, relay: &Relay) -> Vec<String> {
+    normalize_all(
+        std::iter::once(relay.public_url())
+            .chain(settings.outbox.inbox_relays.iter().map(String::as_str)),
+    )
+}
+
+/// Publishes the owner's kind 10050 (this node, then `[outbox]
+/// inbox_relays`) through the outbox to this relay, the inbox relays and
+/// `[outbox] publish_relays`, when it differs from the last one enqueued;
+/// earlier lists still pending are dropped. Returns whether a new list was
+/// enqueued.
+pub async fn publish_inbox_list(
+    outbox: &Outbox,
+    settings: &Settings,
+    relay: &Relay,
+    owner: &Keys,
+) -> Result<bool, OutboxError> {
+    let inboxes = own_inboxes(settings, relay);
+    if let Some(json) = outbox.db().latest_list(&owner.public_key()).await? {
+        if let Ok(last) = Event::from_json(&json) {
+            let listed = normalize_all(
+                nostr::nips::nip17::extract_relay_list(&last)
+                    .map(|u| u.as_str_without_trailing_slash()),
+            );
+            if listed == inboxes {
+                return Ok(false);
+            }
+        }
+    }
+    let tags = inboxes
+        .iter()
+        .filter_map(|r| nostr::RelayUrl::parse(r).ok())
+        .map(|u| Tag::from_standardized(TagStandard::Relay(u)));
+    let event = EventBuilder::new(Kind::InboxRelays, "")
+        .tags(tags)
+        .sign_with_keys(owner)
+        .map_err(|e| OutboxError::Sign(e.to_string()))?;
+    let now = event.created_at.as_secs();
+    let relays = normalize_all(
+        inboxes
+            .iter()
+            .map(String::as_str)
+            .chain(settings.outbox.publish_relays.iter().map(String::as_str)),
+    );
+    let id = outbox
+        .enqueue(&NewItem {
+            event,
+            role: Role::InboxList,
+            recipient: owner.public_key(),
+            rumor_id: None,
+            created_at: now,
+            expires_at: now.saturating_add(settings.outbox.ttl_secs),
+            relays,
+        })
+        .await?;
+    outbox.db().supersede_lists(&owner.public_key(), id).await?;
+    tracing::info!(inboxes = ?inboxes, "outbox: publishing the owner's inbox list (kind 10050)");
+    Ok(true)
+}
+
+/// The owner's keys from `[outbox] key_file`, when set.
+pub fn owner_keys(settings: &Settings) -> anyhow::Result<Option<Keys>> {
+    settings
+        .outbox
+        .key_file
+        .as_deref()
+        .map(|path| crate::cli::support::keys::load_keys(Some(path)))
+        .transpose()
+        .map_err(|e| e.context("[outbox] key_file"))
+}
+
+/// The owner's key and inbox relays, when the outbox runs with `[outbox]
+/// key_file`: what the NIP-05 answers for the owner's names list.
+pub fn owner_inboxes(
+    settings: &Settings,
+    relay: &Relay,
+) -> anyhow::Result<Option<(PublicKey, Vec<String>)>> {
+    if !settings.outbox.enabled {
+        return Ok(None);
+    }
+    Ok(owner_keys(settings)?.map(|k| (k.public_key(), own_inboxes(settings, relay))))
+}
+
+/// Starts the outbox of a node: opens it, publishes the owner's inbox list
+/// when it changed, and returns the admin routes and the worker's task
+/// (which ends when the relay shuts down).
+pub async fn serve(
+    settings: &Settings,
+    relay: &Arc<Relay>,
+) -> anyhow::Result<(axum::Router, tokio::task::JoinHandle<()>)> {
+    let owner = owner_keys(settings)?;
+    // Without the owner's key, AUTH proves nothing about the owner; a key
+    // of this run keeps it from linking the runs either.
+    let signer = owner.clone().unwrap_or_else(Keys::generate);
+    let outbox = open(settings, relay, signer).await?;
+    if let Some(owner) = &owner {
+        publish_inbox_list(&outbox, settings, relay, owner).await?;
+    }
+    let token = crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?;
+    let routes = crate::server::routes::outbox::router(
+        Arc::clone(&outbox),
+        Arc::clone(relay),
+        Arc::new(settings.clone()),
+        token,
+    );
+    let job = tokio::spawn(worker::run(outbox, relay.shutdown_token().clone()));
+    Ok((routes, job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls_are_normalized_and_deduplicated() {
+        assert_eq!(
+            normalize_all([
+                "wss://a.example/",
+                "wss://a.example",
+                "http://x",
+                "nonsense",
+                "ws://b:7"
+            ]),
+            vec!["wss://a.example".to_owned(), "ws://b:7".to_owned()]
+        );
+    }
+}

@@ -1,0 +1,393 @@
+//! The outbox end to end, with real `cairn serve` processes on loopback and
+//! the real CLI: Alice messages Bob while Bob's node is down, and the
+//! message arrives once it is up, without Alice doing anything; then Alice's
+//! node is killed with SIGKILL in the middle of delivering a batch and,
+//! once restarted, delivers the rest, none twice (at most the one event in
+//! flight at the kill is sent again, and Bob's relay answers `duplicate:`).
+//!
+//! Short backoff and claims come from the config; every wait polls for its
+//! condition with a deadline.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nostr::nips::nip19::ToBech32;
+use nostr::Keys;
+use serde_json::Value;
+
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+const WAIT: Duration = Duration::from_secs(60);
+/// Messages of the kill -9 round.
+const BATCH: usize = 20;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A port free now, for a node that must come back on the same one.
+fn reserve_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct User {
+    name: &'static str,
+    keys: Keys,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl User {
+    fn new(root: &Path, name: &'static str, extra: &str) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = Keys::generate();
+        let key_file = dir.join("owner.nsec");
+        std::fs::write(&key_file, keys.secret_key().to_secret_hex()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let port = reserve_port();
+        let config = format!(
+            "bind = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[outbox]\nkey_file = \"{}\"\n\
+             retry_initial_secs = 1\nretry_max_secs = 2\nclaim_secs = 2\ntimeout_secs = 5\n{extra}",
+            dir.join("data").display(),
+            key_file.display()
+        );
+        std::fs::write(dir.join("cairn.toml"), config).unwrap();
+        Self {
+            name,
+            keys,
+            port,
+            dir,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("cairn.toml")
+    }
+
+    fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.join("data").join("cairn.db")
+    }
+
+    /// `cairn <args> --config <this user's config>`.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(CAIRN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .env_remove("RUST_LOG")
+            .env_remove("CAIRN_NSEC")
+            .stdin(Stdio::null())
+            .output()
+            .expect("cairn runs")
+    }
+
+    fn serve(&self) -> Node {
+        let mut child = Command::new(CAIRN)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cairn serve starts");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                // Logged once the outbox (and its admin token) is ready.
+                Ok(line) if line.contains("outbox at http://") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("{}'s cairn serve did not start", self.name);
+                }
+            }
+        }
+        // Keep draining stderr so the node never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Node(child)
+    }
+
+    /// `cairn msg outbox --json`.
+    fn outbox(&self) -> Value {
+        let out = self.cli(&["msg", "outbox", "--json", "--limit", "1000"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("outbox JSON")
+    }
+
+    fn send(&self, to: &User, message: &str, wait_secs: &str) -> String {
+        let npub = to.keys.public_key().to_bech32().unwrap();
+        let key_file = self.dir.join("owner.nsec");
+        let out = self.cli(&[
+            "msg",
+            "send",
+            &npub,
+            message,
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--wait",
+            wait_secs,
+        ]);
+        assert!(out.status.success(), "msg send: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+}
+
+/// A running `cairn serve`, killed (SIGKILL) when dropped.
+struct Node(Child);
+
+impl Node {
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it returns `Some`, at most [`WAIT`].
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The deliveries to `relay` of the outbox items with `role`.
+fn deliveries<'a>(outbox: &'a Value, role: &str, relay: &str) -> Vec<(&'a Value, &'a Value)> {
+    outbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["role"] == role)
+        .flat_map(|i| {
+            i["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(move |d| d["relay"] == relay)
+                .map(move |d| (i, d))
+        })
+        .collect()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// `(event_id, state, ok_message)` of every delivery to `relay` in the
+/// SQLite outbox at `db` (read directly: the node may be dead).
+fn db_deliveries(db: &Path, relay: &str) -> Vec<(String, String, Option<String>)> {
+    block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let rows = sqlx::query_as(
+            "SELECT i.event_id, d.state, d.ok_message FROM outbox_deliveries d \
+             JOIN outbox_items i ON i.id = d.item_id WHERE d.relay = $1 AND i.role = 'message'",
+        )
+        .bind(relay)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        rows
+    })
+}
+
+/// How many of `ids` (hex) Bob's event store holds, as gift wraps.
+fn stored_wraps(db: &Path, ids: &[String]) -> usize {
+    block_on(async {
+        let url = format!("sqlite://{}", db.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let mut n = 0;
+        for id in ids {
+            let (c,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM events WHERE id = $1 AND kind = 1059")
+                    .bind(hex::decode(id).unwrap())
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n += usize::try_from(c).unwrap();
+        }
+        pool.close().await;
+        n
+    })
+}
+
+#[test]
+fn a_message_to_a_stopped_node_arrives_when_it_starts_and_a_kill_loses_or_repeats_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let alice = User::new(
+        tmp.path(),
+        "alice",
+        "in_flight = 1\nsend_interval_ms = 250\n",
+    );
+    // Bob's node publishes his inbox list to Alice's relay too.
+    let bob = User::new(
+        tmp.path(),
+        "bob",
+        &format!("publish_relays = [\"{}\"]\n", alice.ws()),
+    );
+
+    let alice_node = alice.serve();
+    let bob_node = bob.serve();
+    // Bob's node publishes his kind 10050 (Bob's node as inbox) through its
+    // own outbox, to its relay and to Alice's.
+    wait_for("Bob's inbox list on Alice's relay", || {
+        let o = bob.outbox();
+        let d = deliveries(&o, "inbox-list", &alice.ws());
+        (d.len() == 1 && d[0].1["state"] == "delivered").then_some(())
+    });
+    let listed = bob.outbox();
+    assert_eq!(
+        deliveries(&listed, "inbox-list", &bob.ws())[0].1["state"],
+        "delivered",
+        "{listed:#}"
+    );
+    bob_node.kill();
+
+    // 1. Bob's node is down: the message is queued and retried.
+    let sent = alice.send(&bob, "hello while you were away", "3");
+    assert!(sent.contains("queued message"), "{sent}");
+    assert!(
+        sent.contains(&bob.ws()),
+        "the destination is Bob's node: {sent}"
+    );
+    let retrying = wait_for("a failed try to Bob's node", || {
+        let o = alice.outbox();
+        let d = deliveries(&o, "message", &bob.ws());
+        (d.len() == 1 && d[0].1["state"] == "retrying").then(|| d[0].1.clone())
+    });
+    assert!(
+        retrying["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{retrying:#}"
+    );
+    assert!(retrying["next_attempt_at"].as_u64().is_some());
+    // The copy to self went to Alice's own node at once.
+    let o = alice.outbox();
+    assert_eq!(
+        deliveries(&o, "copy", &alice.ws())[0].1["state"],
+        "delivered"
+    );
+    let text_view = text(&alice.cli(&["msg", "outbox"]).stdout);
+    assert!(text_view.contains("retrying: try"), "{text_view}");
+
+    // 2. Bob's node comes back on the same port: delivered, nobody asked.
+    let bob_node = bob.serve();
+    let delivered = wait_for("delivery to Bob's node", || {
+        let o = alice.outbox();
+        let d = deliveries(&o, "message", &bob.ws());
+        (d[0].1["state"] == "delivered").then(|| d[0].1.clone())
+    });
+    assert!(
+        delivered["delivered_at"].as_u64().is_some(),
+        "{delivered:#}"
+    );
+    let text_view = text(&alice.cli(&["msg", "outbox"]).stdout);
+    assert!(text_view.contains("delivered 20"), "a date: {text_view}");
+    let bob_key = bob.dir.join("owner.nsec");
+    let inbox = bob.cli(&["msg", "inbox", "--key-file", bob_key.to_str().unwrap()]);
+    assert!(
+        text(&inbox.stdout).contains("hello while you were away"),
+        "{}{}",
+        text(&inbox.stdout),
+        text(&inbox.stderr)
+    );
+    bob_node.kill();
+
+    // 3. A batch queued while Bob is down; Alice's node is killed while it
+    // delivers them (one at a time, 250 ms apart) once Bob is back.
+    for i in 0..BATCH {
+        alice.send(&bob, &format!("batch message {i}"), "0");
+    }
+    let bob_node = bob.serve();
+    wait_for("some of the batch delivered", || {
+        let o = alice.outbox();
+        let n = deliveries(&o, "message", &bob.ws())
+            .iter()
+            .filter(|(_, d)| d["state"] == "delivered")
+            .count();
+        // The first message plus at least three of the batch.
+        (n >= 4).then_some(())
+    });
+    alice_node.kill();
+    let at_kill = db_deliveries(&alice.db(), &bob.ws());
+    assert_eq!(at_kill.len(), BATCH + 1, "every message has its row");
+    let delivered_at_kill = at_kill.iter().filter(|r| r.1 == "delivered").count();
+    assert!(
+        delivered_at_kill > 1 && delivered_at_kill < BATCH + 1,
+        "killed mid-delivery: {delivered_at_kill} of {} delivered",
+        BATCH + 1
+    );
+
+    // 4. Restarted, Alice's node delivers the rest by itself.
+    let alice_node = alice.serve();
+    wait_for("the whole batch delivered", || {
+        let o = alice.outbox();
+        let d = deliveries(&o, "message", &bob.ws());
+        d.iter()
+            .all(|(_, d)| d["state"] == "delivered")
+            .then_some(())
+    });
+    let rows = db_deliveries(&alice.db(), &bob.ws());
+    assert_eq!(rows.len(), BATCH + 1);
+    assert!(rows.iter().all(|r| r.1 == "delivered"), "{rows:?}");
+    // Only the one event in flight at the kill may have been sent again
+    // (its OK read but not yet committed): Bob's relay then said so.
+    let resent = rows
+        .iter()
+        .filter(|r| r.2.as_deref().is_some_and(|m| m.starts_with("duplicate:")))
+        .count();
+    assert!(resent <= 1, "sent twice: {rows:?}");
+    // Bob's relay holds each wrap once (ids are unique there).
+    let ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(stored_wraps(&bob.db(), &ids), BATCH + 1);
+    // Nothing left to do, and nothing was lost on the way.
+    let o = alice.outbox();
+    assert_eq!(o["totals"]["queued"], 0, "{o:#}");
+    assert_eq!(o["totals"]["retrying"], 0, "{o:#}");
+    drop(alice_node);
+    drop(bob_node);
+}
