@@ -1,7 +1,8 @@
 //! The Cairn node, in three sections: [`settings`] (what `cairn.toml` and
 //! `CAIRN_*` say), [`server`] (the HTTP/WebSocket server that mounts the
 //! relay, its routes and runtimes, background jobs and shutdown) and [`cli`]
-//! (the `cairn` commands other than `serve`). [`redact`] and [`admin_token`]
+//! (the `cairn` commands other than `serve`); [`web`] holds the pages the
+//! server shows browsers. [`redact`] and [`admin_token`]
 //! are shared by the server and the CLI. The `cairn` binary is a thin clap
 //! layer over this.
 
@@ -11,6 +12,7 @@ pub mod outbox;
 pub mod redact;
 pub mod server;
 pub mod settings;
+pub mod web;
 
 pub use server::{start, RunningNode};
 pub use settings::Settings;

@@ -1,4 +1,5 @@
-//! Lookups: where an identity stands, by handle, by key, or for NIP-05.
+//! Lookups: where an identity stands, by handle, by key, or for NIP-05,
+//! and the history of its operations.
 //!
 //! The standing combines the registry's record with its epoch's cached
 //! anchor record; the bundle is attached once that epoch's anchor is in a
@@ -6,13 +7,15 @@
 //! `rotated` or `revoked`), so an old key never silently resolves to nothing.
 
 use nostr::nips::nip19::ToBech32;
-use nostr::PublicKey;
+use nostr::{Event, PublicKey};
 use tracing::warn;
 
 use crate::anchor::AnchorState;
-use crate::binding::{IdentityStatus, Status};
+use crate::binding::{BindingOp, IdentityStatus, Status};
 
-use super::{BindingState, IdentityService, IdentityView, Nip05Answer, ServiceError, Standing};
+use super::{
+    BindingState, HistoryEntry, IdentityService, IdentityView, Nip05Answer, ServiceError, Standing,
+};
 
 impl IdentityService {
     /// Where the identity holding `handle` stands.
@@ -34,6 +37,52 @@ impl IdentityService {
             *core.keys.get(key).ok_or(ServiceError::NotFound("key"))?
         };
         self.view(x_uid, Some(*key)).await
+    }
+
+    /// Every operation accepted for `x_uid`, oldest first, each with how
+    /// far its epoch's anchor is. Empty for an unknown id. Pending
+    /// operations are included (their `anchoring` says `pending`): this is
+    /// the node's record, not what a bundle proves.
+    pub async fn history(&self, x_uid: u64) -> Vec<HistoryEntry> {
+        let ops: Vec<(Event, u64, bool)> = {
+            let core = self.core.lock().await;
+            core.history
+                .get(&x_uid)
+                .map(|h| {
+                    h.iter()
+                        .map(|o| (o.event.clone(), o.epoch, o.attestation.is_some()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ops.into_iter()
+            .filter_map(|(event, epoch, attested)| {
+                // Accepted operations were parsed before; one that no longer
+                // parses would be a bug, and is left out rather than shown wrong.
+                let op = BindingOp::from_event(&event).ok()?;
+                let record = self.cached_record(epoch);
+                let block_height = record.as_ref().and_then(|r| match r.state {
+                    AnchorState::Confirmed { height, .. } => Some(height),
+                    _ => None,
+                });
+                Some(HistoryEntry {
+                    op: op.op.as_str(),
+                    seq: op.seq,
+                    event_id: event.id.to_hex(),
+                    signer: event.pubkey.to_bech32().unwrap_or_default(),
+                    created_at: event.created_at.as_secs(),
+                    handle: op.identity.as_ref().map(|i| i.handle.clone()),
+                    post_id: op.identity.as_ref().map(|i| i.post_id.to_string()),
+                    new_key: op.new_key.and_then(|k| k.to_bech32().ok()),
+                    vetoes: op.target.map(|t| t.to_hex()),
+                    attested,
+                    epoch,
+                    anchoring: self.anchoring_state(epoch),
+                    anchor_txid: record.and_then(|r| r.txid).map(|t| t.to_string()),
+                    block_height,
+                })
+            })
+            .collect()
     }
 
     /// What NIP-05 answers for `name`, and which state of the record it

@@ -70,8 +70,8 @@ pub use config::{
 pub use db::IdentityDb;
 pub use error::ServiceError;
 pub use views::{
-    AnchorView, AnchoringStatus, BindingReceipt, BindingState, EpochClose, EpochView, IdentityView,
-    IssuedChallenge, Nip05Answer, ServiceStatus, Standing,
+    AnchorView, AnchoringStatus, BindingReceipt, BindingState, EpochClose, EpochView, HistoryEntry,
+    IdentityView, IssuedChallenge, Nip05Answer, ServiceStatus, Standing,
 };
 pub use witness::{load_or_create_witness_key, WITNESS_KEY_FILE};
 

@@ -211,6 +211,40 @@ pub struct IdentityView<B = ProofBundle> {
     pub bundle: Option<B>,
 }
 
+/// One accepted operation of an identity, as the history of a handle page
+/// shows it (see [`IdentityService::history`](super::IdentityService::history)).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// `bind`, `rotate`, `revoke`, `recover` or `veto`.
+    pub op: &'static str,
+    /// Its `seq`.
+    pub seq: u64,
+    /// The binding event's id, hex.
+    pub event_id: String,
+    /// The key that signed it, NIP-19.
+    pub signer: String,
+    /// The event's `created_at` (Unix seconds): when its signer says it signed.
+    pub created_at: u64,
+    /// The proof post's handle (`bind` and `recover`).
+    pub handle: Option<String>,
+    /// The proof post's id, decimal (`bind` and `recover`).
+    pub post_id: Option<String>,
+    /// The key rotated to, NIP-19 (`rotate`).
+    pub new_key: Option<String>,
+    /// The recovery vetoed, hex (`veto`).
+    pub vetoes: Option<String>,
+    /// Whether this node's witness attested the proof post (`bind` and `recover`).
+    pub attested: bool,
+    /// The epoch it was accepted into.
+    pub epoch: u64,
+    /// How far that epoch's anchor is: `pending`, `anchored` or `final`.
+    pub anchoring: Standing,
+    /// That epoch's anchor txid, once the wallet has built one.
+    pub anchor_txid: Option<String>,
+    /// Height of the block holding the anchor, once confirmed.
+    pub block_height: Option<u32>,
+}
+
 /// What NIP-05 serves for a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nip05Answer {

@@ -1,6 +1,7 @@
 //! The HTTP/WebSocket server: [`start`] mounts the relay at `/` (WebSocket,
 //! NIP-11 and a text page, served by `cairn_relay::ws`) and the [`routes`]
-//! (identity, admin, zaps, health), opens the payments and zaps [`runtimes`], runs
+//! (identity, admin, zaps, health) and the web pages ([`crate::web`]: HTML at
+//! `/` for browsers, `/@handle`), opens the payments and zaps [`runtimes`], runs
 //! the background jobs, and [`RunningNode::shutdown`] stops it all.
 //! [`own_relay`] is how the payments services reach this relay in-process.
 
@@ -250,6 +251,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         identity: identity.clone(),
         payments: payments.as_ref().map(|p| Arc::clone(p.slot())),
     }));
+    // Last, so that its `/` layer sees every route (see `crate::web`).
+    let lightning_names = match &zaps {
+        Some(_) => settings.zaps.names.clone(),
+        None => Vec::new(),
+    };
+    app = crate::web::mount(
+        app,
+        crate::web::Web::new(
+            Arc::clone(&relay),
+            identity
+                .as_ref()
+                .map(|s| (Arc::clone(s), settings.identity.confirmations)),
+            lightning_names,
+        ),
+    );
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let bound = listener.local_addr()?;

@@ -1,0 +1,17 @@
+//! The public web pages in a real browser: headless Chromium (Debian's
+//! `chromium`, driven over the DevTools protocol by [`cdp`]) against a real
+//! node with the identity witness on `testchain` and the fake X, set up by
+//! the identity tests' own helpers.
+//!
+//! Screenshots of every page land in `$CARGO_TARGET_DIR/screenshots/` (or
+//! `target/screenshots/`). Without Chromium the tests fail, saying how to
+//! install it: `.ci/run` installs it.
+
+mod cdp;
+#[path = "../identity/fake_x.rs"]
+#[allow(dead_code)]
+mod fake_x;
+mod pages;
+#[path = "../identity/support.rs"]
+#[allow(dead_code)]
+mod support;
