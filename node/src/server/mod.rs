@@ -4,6 +4,9 @@
 //! `/` for browsers, `/@handle`), opens the payments and zaps [`runtimes`], runs
 //! the background jobs, and [`RunningNode::shutdown`] stops it all.
 //! [`own_relay`] is how the payments services reach this relay in-process.
+//! Jobs that must run on one process at a time when several share a Postgres
+//! database (expiration and retention purges, identity's epochs) run under
+//! a [`lease`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::redact::redact_url;
 use crate::settings::Settings;
 
+pub mod lease;
 pub mod metrics;
 pub mod own_relay;
 pub mod routes;
@@ -172,30 +176,66 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     );
     tracing::info!("storage: {}", describe_database(&database_url));
 
-    let mut jobs = vec![tokio::spawn(purge_expired_events(
-        Arc::clone(&relay),
-        Duration::from_secs(settings.expiration_purge_interval_secs.max(1)),
-    ))];
+    // Postgres: the once-only jobs wait for their lease (see `lease`).
+    let lease_pool = match relay.store().database() {
+        Some(cairn_relay::store::Database::Postgres(pool)) => Some(pool),
+        _ => None,
+    };
+    let mut leases = Vec::new();
+    let mut jobs = Vec::new();
+    let mut under_lease = |job, work| {
+        let (task, state) = lease::spawn(
+            job,
+            lease_pool.clone(),
+            relay.shutdown_token().clone(),
+            work,
+        );
+        jobs.push(task);
+        leases.push(state);
+    };
+    {
+        let relay = Arc::clone(&relay);
+        let every = Duration::from_secs(settings.expiration_purge_interval_secs.max(1));
+        under_lease(
+            lease::Job::Expiration,
+            Box::new(move |stop| {
+                Box::pin(purge_expired_events(Arc::clone(&relay), every, stop)) as lease::BoxedWork
+            }) as lease::WorkFn,
+        );
+    }
     let retention = &settings.relay.retention;
     if retention.is_active() {
         cairn_relay::retention::check_supported(&**relay.store(), retention)
             .await
             .map_err(anyhow::Error::msg)?;
-        jobs.push(tokio::spawn(cairn_relay::retention::run(
-            Arc::clone(relay.store()),
-            retention.clone(),
-            relay.shutdown_token().clone(),
-        )));
+        let store = Arc::clone(relay.store());
+        let retention = retention.clone();
+        under_lease(
+            lease::Job::Retention,
+            Box::new(move |stop| {
+                Box::pin(cairn_relay::retention::run(
+                    Arc::clone(&store),
+                    retention.clone(),
+                    stop,
+                )) as lease::BoxedWork
+            }),
+        );
     }
     let identity = if settings.identity.enabled {
         let service = routes::identity::open_service(&settings, &relay).await?;
-        let stop = relay.shutdown_token().clone().cancelled_owned();
-        jobs.push(tokio::spawn(Arc::clone(&service).run(stop)));
+        let for_job = Arc::clone(&service);
+        under_lease(
+            lease::Job::Identity,
+            Box::new(move |stop: tokio_util::sync::CancellationToken| {
+                Box::pin(Arc::clone(&for_job).run(stop.cancelled_owned())) as lease::BoxedWork
+            }),
+        );
         tracing::info!("identity service enabled at http://{addr}/identity/v1/");
         Some(service)
     } else {
         None
     };
+    drop(under_lease);
     let connections = TaskTracker::new();
     let mut app = cairn_relay::ws::router(Arc::clone(&relay), connections.clone());
     if let Some(service) = &identity {
@@ -250,6 +290,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         writer_running,
         identity: identity.clone(),
         payments: payments.as_ref().map(|p| Arc::clone(p.slot())),
+        leases,
     }));
     // Last, so that its `/` layer sees every route (see `crate::web`).
     let lightning_names = match &zaps {
@@ -377,8 +418,11 @@ fn data_dir_permission_error(
     }
 }
 
-async fn purge_expired_events(relay: Arc<Relay>, every: Duration) {
-    let shutdown = relay.shutdown_token().clone();
+async fn purge_expired_events(
+    relay: Arc<Relay>,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {

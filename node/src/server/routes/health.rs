@@ -14,8 +14,14 @@
 //!  "writer":{"ok":true},
 //!  "identity":{"enabled":true,"ok":true,"open_epoch":3,"log_size":12,
 //!              "anchoring":"ok","queued_epochs":0,"unconfirmed_epochs":1},
-//!  "payments":{"enabled":false}}
+//!  "payments":{"enabled":false},
+//!  "leases":{"expiration":true,"identity":true}}
 //! ```
+//!
+//! `leases` says which once-only jobs run in this process (see
+//! [`crate::server::lease`]): with several processes on one Postgres
+//! database, each job is `true` on exactly one of them; it is information,
+//! not a condition of readiness (a standby is ready).
 //!
 //! Invariants: no check waits longer than [`READY_CHECK_TIMEOUT`] (a probe
 //! must not hang on a stuck database); error texts come from errors that
@@ -36,6 +42,7 @@ use cairn_identity::service::IdentityService;
 use cairn_relay::Relay;
 use serde_json::{json, Value};
 
+use crate::server::lease::LeaseState;
 use crate::server::runtimes::payments::PaymentsSlot;
 
 /// Longest time one readiness check may take before it counts as failed.
@@ -52,6 +59,8 @@ pub struct Readiness {
     pub identity: Option<Arc<IdentityService>>,
     /// The payments slot, when payments are enabled.
     pub payments: Option<Arc<PaymentsSlot>>,
+    /// The once-only jobs and whether this process holds their lease.
+    pub leases: Vec<LeaseState>,
 }
 
 /// The `/health` and `/ready` routes.
@@ -97,6 +106,11 @@ impl Readiness {
                 Err(reason) => json!({"enabled": true, "ok": false, "error": reason}),
             },
         };
+        let leases: serde_json::Map<String, Value> = self
+            .leases
+            .iter()
+            .map(|l| (l.job.name().to_owned(), Value::Bool(l.held())))
+            .collect();
         let ok = |v: &Value| v["ok"].as_bool().unwrap_or(false);
         let enabled_ok = |v: &Value| v["enabled"] == json!(false) || ok(v);
         let ready = ok(&database) && ok(&writer) && enabled_ok(&identity) && enabled_ok(&payments);
@@ -113,6 +127,7 @@ impl Readiness {
                 "writer": writer,
                 "identity": identity,
                 "payments": payments,
+                "leases": leases,
             }),
         )
     }

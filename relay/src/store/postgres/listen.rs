@@ -14,7 +14,8 @@
 //! - Ephemeral events announced while the connection was down are lost
 //!   (they are never stored); that is the same promise live delivery of an
 //!   ephemeral event always makes.
-//! - It stops when `shutdown` is cancelled or the receiving side is gone.
+//! - It stops when `shutdown` is cancelled, the store's pool is closed
+//!   (`Store::close`), or the receiving side is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ pub(super) async fn run(
     loop {
         let session = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = pool.close_event() => return,
             s = session(&pool, &own, &tx, &mut cursor, &mut failures, &mut connected_before) => s,
         };
         match session {
@@ -72,6 +74,7 @@ pub(super) async fn run(
                 );
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = pool.close_event() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
