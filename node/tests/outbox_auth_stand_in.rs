@@ -132,14 +132,18 @@ async fn run() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let mut settings = cairn_node::Settings::default();
-    settings.bind = "127.0.0.1:0".parse().unwrap();
-    settings.data_dir = tmp.path().join("data");
-    settings.outbox.key_file = Some(key_file);
-    settings.outbox.retry_initial_secs = 1;
-    settings.outbox.retry_max_secs = 2;
-    settings.outbox.timeout_secs = 5;
-
+    let settings = cairn_node::Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data_dir: tmp.path().join("data"),
+        outbox: cairn_node::settings::OutboxSettings {
+            key_file: Some(key_file),
+            retry_initial_secs: 1,
+            retry_max_secs: 2,
+            timeout_secs: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let (ok_to, blocked, slow) = (
         Keys::generate().public_key(),
         Keys::generate().public_key(),
@@ -229,21 +233,22 @@ async fn run() {
         "the failed try is remembered"
     );
 
-    let seen = seen.lock().unwrap();
-    // AUTH was signed with the owner's key.
-    assert!(!seen.authed.is_empty());
-    assert!(seen.authed.iter().all(|k| *k == owner.public_key()));
-    // Each accepted wrap was taken once.
-    for w in [&wraps[0], &wraps[2]] {
-        assert_eq!(seen.taken.iter().filter(|id| **id == w.id).count(), 1);
+    {
+        let seen = seen.lock().unwrap();
+        // AUTH was signed with the owner's key.
+        assert!(!seen.authed.is_empty());
+        assert!(seen.authed.iter().all(|k| *k == owner.public_key()));
+        // Each accepted wrap was taken once.
+        for w in [&wraps[0], &wraps[2]] {
+            assert_eq!(seen.taken.iter().filter(|id| **id == w.id).count(), 1);
+        }
+        // The blocked one was not sent again after its refusal: once refused
+        // with auth-required, once (after AUTH) with blocked.
+        let times = |id: &nostr::EventId| seen.received.iter().filter(|r| *r == id).count();
+        assert_eq!(times(&wraps[1].id), 2);
+        // The rate-limited one: auth-required, rate-limited, then on a new
+        // connection auth-required again and taken.
+        assert_eq!(times(&wraps[2].id), 4);
     }
-    // The blocked one was not sent again after its refusal: once refused
-    // with auth-required, once (after AUTH) with blocked.
-    let times = |id: &nostr::EventId| seen.received.iter().filter(|r| *r == id).count();
-    assert_eq!(times(&wraps[1].id), 2);
-    // The rate-limited one: auth-required, rate-limited, then on a new
-    // connection auth-required again and taken.
-    assert_eq!(times(&wraps[2].id), 4);
-    drop(seen);
     node.shutdown().await.unwrap();
 }
