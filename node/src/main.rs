@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cairn_node::cli::{self, backup, identity, ln, msg, nwc, verify, wallet};
+use cairn_node::cli::{self, backup, identity, ln, msg, nwc, sync, verify, wallet};
 use cairn_node::Settings;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -74,6 +74,13 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup archive into a new or empty data directory.
     Restore(backup::RestoreArgs),
+    /// Reconcile this node's events with another relay (NIP-77 negentropy) and
+    /// transfer the difference: `--pull`, `--push` or `--both` (the default).
+    ///
+    /// Reads the node's database (it may be serving meanwhile), AUTHs as the
+    /// key of --key-file or CAIRN_NSEC when given; progress on stderr, a
+    /// summary on stdout. See docs/sync.md.
+    Sync(sync::SyncArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         Command::Msg(args) => cli::exit_with(runtime.block_on(msg::run_msg(args))),
         Command::Backup(args) => cli::exit_with(runtime.block_on(backup::run_backup(args))),
         Command::Restore(args) => cli::exit_with(runtime.block_on(backup::run_restore(args))),
+        Command::Sync(args) => cli::exit_with(runtime.block_on(sync::run_sync(args))),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The `cairn` commands other than `serve`, one module per command group:
-//! `identity`, `verify`, `wallet`, `ln`, `nwc`, `msg` and `backup` (with restore). What several of
+//! `identity`, `verify`, `wallet`, `ln`, `nwc`, `msg`, `sync` and `backup` (with restore). What several of
 //! them use (keys, the node's identity API, proof bundles, the admin API
 //! client, amounts) is in [`support`].
 //!
@@ -17,6 +17,7 @@ pub mod ln;
 pub mod msg;
 pub mod nwc;
 pub mod support;
+pub mod sync;
 pub mod verify;
 pub mod wallet;
 
