@@ -8,6 +8,7 @@ mod edge_cases;
 mod filters;
 mod kinds;
 mod limits;
+mod negentropy;
 mod nip11;
 mod persistence;
 mod privacy;
