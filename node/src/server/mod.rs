@@ -235,7 +235,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     } else {
         None
     };
-    drop(under_lease);
     let connections = TaskTracker::new();
     let mut app = cairn_relay::ws::router(Arc::clone(&relay), connections.clone());
     if let Some(service) = &identity {
