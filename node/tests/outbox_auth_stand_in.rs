@@ -246,9 +246,11 @@ async fn run() {
         // with auth-required, once (after AUTH) with blocked.
         let times = |id: &nostr::EventId| seen.received.iter().filter(|r| *r == id).count();
         assert_eq!(times(&wraps[1].id), 2);
-        // The rate-limited one: auth-required, rate-limited, then on a new
-        // connection auth-required again and taken.
-        assert_eq!(times(&wraps[2].id), 4);
+        // The rate-limited one: auth-required, rate-limited, then once more
+        // (taken): on the same connection when its retry fell due before
+        // that connection was done, else on a new one after a new AUTH.
+        let n = times(&wraps[2].id);
+        assert!((3..=4).contains(&n), "{n}");
     }
     node.shutdown().await.unwrap();
 }
