@@ -133,8 +133,12 @@ impl Backoff {
     }
 }
 
-/// The state after one try made at `now` by the `attempts`-th try (counting
-/// this one), for a delivery whose time to live ends at `expires_at`.
+/// The state after one try made at `now` (since the Unix epoch, to the
+/// sub-second) by the `attempts`-th try (counting this one), for a delivery
+/// whose time to live ends at `expires_at` (Unix seconds).
+///
+/// The next try is at the whole second at or after `now + delay`: from a
+/// truncated `now`, a "1 s" retry could fall due a millisecond later.
 ///
 /// A transient failure whose next try would come after `expires_at`
 /// expires now: the owner learns it will not be delivered as soon as that
@@ -143,16 +147,23 @@ impl Backoff {
 pub fn next_state(
     outcome: Outcome,
     attempts: u32,
-    now: u64,
+    now: Duration,
     expires_at: u64,
     backoff: &Backoff,
     jitter: f64,
 ) -> State {
     match outcome {
-        Outcome::Accepted(message) => State::Delivered { at: now, message },
+        Outcome::Accepted(message) => State::Delivered {
+            at: now.as_secs(),
+            message,
+        },
         Outcome::Refused(error) => State::Failed { error },
         Outcome::AuthRequired(error) | Outcome::Transient(error) => {
-            let next_at = now.saturating_add(backoff.delay(attempts, jitter).as_secs().max(1));
+            let delay = backoff.delay(attempts, jitter).max(Duration::from_secs(1));
+            let due = now.saturating_add(delay);
+            let next_at = due
+                .as_secs()
+                .saturating_add(u64::from(due.subsec_nanos() > 0));
             if next_at > expires_at {
                 State::Expired { error: Some(error) }
             } else {
@@ -235,21 +246,29 @@ mod tests {
     fn transitions_follow_the_outcome() {
         let now = 1_000;
         let exp = now + 86_400;
+        let now_d = Duration::from_secs(now);
         assert_eq!(
-            next_state(Outcome::Accepted("".into()), 1, now, exp, &B, 0.0),
+            next_state(Outcome::Accepted("".into()), 1, now_d, exp, &B, 0.0),
             State::Delivered {
                 at: now,
                 message: String::new()
             }
         );
         assert_eq!(
-            next_state(Outcome::Refused("invalid: x".into()), 1, now, exp, &B, 0.0),
+            next_state(
+                Outcome::Refused("invalid: x".into()),
+                1,
+                now_d,
+                exp,
+                &B,
+                0.0
+            ),
             State::Failed {
                 error: "invalid: x".into()
             }
         );
         assert_eq!(
-            next_state(Outcome::Transient("down".into()), 2, now, exp, &B, 0.0),
+            next_state(Outcome::Transient("down".into()), 2, now_d, exp, &B, 0.0),
             State::Retrying {
                 next_at: now + 10,
                 error: "down".into()
@@ -260,7 +279,7 @@ mod tests {
             next_state(
                 Outcome::AuthRequired("auth-required: x".into()),
                 1,
-                now,
+                now_d,
                 exp,
                 &B,
                 0.0
@@ -272,7 +291,15 @@ mod tests {
     #[test]
     fn a_retry_past_the_time_to_live_expires_at_once() {
         let now = 1_000;
-        let s = next_state(Outcome::Transient("down".into()), 1, now, now + 3, &B, 0.0);
+        let now_d = Duration::from_secs(now);
+        let s = next_state(
+            Outcome::Transient("down".into()),
+            1,
+            now_d,
+            now + 3,
+            &B,
+            0.0,
+        );
         assert_eq!(
             s,
             State::Expired {
@@ -282,8 +309,38 @@ mod tests {
         assert!(!s.is_pending());
         // Exactly at the end still gets its try.
         assert!(matches!(
-            next_state(Outcome::Transient("x".into()), 1, now, now + 5, &B, 0.0),
+            next_state(Outcome::Transient("x".into()), 1, now_d, now + 5, &B, 0.0),
             State::Retrying { next_at: 1_005, .. }
+        ));
+        // A 1 s retry from 1000.999 s is due at 1002, a whole second or
+        // more later, not at 1001 (a millisecond later).
+        let tight = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(1),
+        };
+        let late = Duration::from_millis(1_000_999);
+        assert!(matches!(
+            next_state(
+                Outcome::Transient("x".into()),
+                1,
+                late,
+                now + 60,
+                &tight,
+                0.0
+            ),
+            State::Retrying { next_at: 1_002, .. }
+        ));
+        // On the second exactly, no rounding up.
+        assert!(matches!(
+            next_state(
+                Outcome::Transient("x".into()),
+                1,
+                now_d,
+                now + 60,
+                &tight,
+                0.0
+            ),
+            State::Retrying { next_at: 1_001, .. }
         ));
         assert!(is_expired(10, 10));
         assert!(!is_expired(9, 10));

@@ -228,6 +228,15 @@ impl OutboxDb {
     /// transaction. An item already stored (same event id) keeps its row;
     /// relays it did not have yet are added. Returns the item's row id.
     pub async fn enqueue(&self, item: &NewItem) -> Result<i64, sqlx::Error> {
+        let ids = self.enqueue_all(std::slice::from_ref(item)).await?;
+        Ok(ids[0])
+    }
+
+    /// Stores `items` as [`OutboxDb::enqueue`] does, all in one
+    /// transaction: either every item of a request is queued or none is, so
+    /// a caller told of a failure can send again without the recipient
+    /// getting a message twice. Returns the row ids in the items' order.
+    pub async fn enqueue_all(&self, items: &[NewItem]) -> Result<Vec<i64>, sqlx::Error> {
         const ITEM: &str = "INSERT INTO outbox_items \
              (event_id, event_json, role, recipient, rumor_id, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING";
@@ -235,34 +244,38 @@ impl OutboxDb {
         const DELIVERY: &str = "INSERT INTO outbox_deliveries \
              (item_id, relay, state, attempts, next_attempt_at) VALUES ($1, $2, 'queued', 0, $3) \
              ON CONFLICT (item_id, relay) DO NOTHING";
-        let event_id = item.event.id.to_hex();
-        let json = nostr::JsonUtil::as_json(&item.event);
-        let rumor = item.rumor_id.map(|r| r.to_hex());
-        let id = on_pool!(self, pool => {
+        let ids = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query(ITEM)
-                .bind(&event_id)
-                .bind(&json)
-                .bind(item.role.as_str())
-                .bind(item.recipient.to_hex())
-                .bind(&rumor)
-                .bind(to_i(item.created_at))
-                .bind(to_i(item.expires_at))
-                .execute(&mut *tx)
-                .await?;
-            let (id,): (i64,) = sqlx::query_as(ID).bind(&event_id).fetch_one(&mut *tx).await?;
-            for relay in &item.relays {
-                sqlx::query(DELIVERY)
-                    .bind(id)
-                    .bind(relay)
+            let mut ids = Vec::with_capacity(items.len());
+            for item in items {
+                let event_id = item.event.id.to_hex();
+                let json = nostr::JsonUtil::as_json(&item.event);
+                let rumor = item.rumor_id.map(|r| r.to_hex());
+                sqlx::query(ITEM)
+                    .bind(&event_id)
+                    .bind(&json)
+                    .bind(item.role.as_str())
+                    .bind(item.recipient.to_hex())
+                    .bind(&rumor)
                     .bind(to_i(item.created_at))
+                    .bind(to_i(item.expires_at))
                     .execute(&mut *tx)
                     .await?;
+                let (id,): (i64,) = sqlx::query_as(ID).bind(&event_id).fetch_one(&mut *tx).await?;
+                for relay in &item.relays {
+                    sqlx::query(DELIVERY)
+                        .bind(id)
+                        .bind(relay)
+                        .bind(to_i(item.created_at))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                ids.push(id);
             }
             tx.commit().await?;
-            id
+            ids
         });
-        Ok(id)
+        Ok(ids)
     }
 
     /// Up to `limit` relays with deliveries due at `now`, the longest
@@ -682,6 +695,36 @@ mod tests {
         };
         assert_eq!(state_of(first), "expired");
         assert_eq!(state_of(second), "queued");
+
+        // One request's items are committed together or not at all: the
+        // second item's delivery row cannot be written, so the first item
+        // (already inserted in the transaction) is not kept either.
+        let poison = match &db {
+            OutboxDb::Sqlite(pool) => {
+                sqlx::query(
+                    "CREATE TRIGGER outbox_test_poison BEFORE INSERT ON outbox_deliveries \
+                     WHEN NEW.relay = 'ws://poison' BEGIN SELECT RAISE(ABORT, 'poison'); END",
+                )
+                .execute(pool)
+                .await
+                .unwrap();
+                "ws://poison"
+            }
+            // Postgres text cannot hold a NUL byte.
+            OutboxDb::Postgres(_) => "ws://poi\0son",
+        };
+        let before = db.list(100, None).await.unwrap().len();
+        let fine = item(&["ws://a"], 3_000);
+        let bad = item(&[poison], 3_000);
+        assert!(db.enqueue_all(&[fine.clone(), bad]).await.is_err());
+        let after = db.list(100, None).await.unwrap();
+        assert_eq!(after.len(), before, "nothing of the failed request kept");
+        assert!(after.iter().all(|i| i.event_id != fine.event.id.to_hex()));
+        // Both good: both kept, ids in order.
+        let other = item(&["ws://b"], 3_000);
+        let ids = db.enqueue_all(&[fine.clone(), other]).await.unwrap();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(db.enqueue(&fine).await.unwrap(), ids[0]);
     }
 
     #[tokio::test]

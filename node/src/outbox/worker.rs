@@ -89,6 +89,14 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Commits all `items` in one transaction (all or none; see
+    /// [`OutboxDb::enqueue_all`]), then wakes the worker.
+    pub async fn enqueue_all(&self, items: &[NewItem]) -> Result<Vec<i64>, OutboxError> {
+        let ids = self.db.enqueue_all(items).await?;
+        self.wake.notify_one();
+        Ok(ids)
+    }
+
     /// Wakes the worker (new rows, e.g. written by another process).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -97,6 +105,14 @@ impl Outbox {
 
 fn now() -> u64 {
     nostr::Timestamp::now().as_secs()
+}
+
+/// Time since the Unix epoch, to the sub-second: retries are scheduled from
+/// it (see [`next_state`]).
+fn precise_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// Longest the worker sleeps without looking at the table.
@@ -229,7 +245,7 @@ fn failed_try(outbox: &Outbox, d: &DueDelivery, outcome: Outcome) -> (u32, State
     let state = next_state(
         outcome,
         attempts,
-        now(),
+        precise_now(),
         d.expires_at,
         &outbox.config.backoff,
         rand::random::<f64>(),

@@ -6,7 +6,9 @@
 //!   "message"|"copy", "hints": [relay…], "fallback": relay}]}`: checks each
 //!   gift wrap (signature, kind 1059, one `p` tag), finds its destinations
 //!   (see [`crate::outbox::destinations`]; a copy goes to the owner's inboxes),
-//!   commits it with one row per destination, and answers the items as
+//!   commits them all in one transaction (all or none: a failed request can
+//!   be sent again without duplicates) with one row per destination, and
+//!   answers the items as
 //!   `GET` shows them. The caller signed the wraps: the node never sees the
 //!   sender's key.
 //! - `GET /admin/v1/outbox?limit=N&rumor=<id>`: `{"totals": {…}, "items":
@@ -160,7 +162,10 @@ async fn enqueue(
     }
     let settings = &s.settings;
     let now = nostr::Timestamp::now().as_secs();
-    let mut ids = Vec::new();
+    // Destinations are found for every item first, then all items are
+    // committed in one transaction: a request that fails stores nothing, so
+    // sending it again does not deliver a message twice.
+    let mut new_items = Vec::with_capacity(items.len());
     for (e, role, recipient) in items {
         let relays = match role {
             Role::Copy => outbox::own_inboxes(settings, &s.relay),
@@ -181,7 +186,7 @@ async fn enqueue(
                 format!("no destination relay for {}", recipient.to_hex()),
             );
         }
-        let item = NewItem {
+        new_items.push(NewItem {
             event: e.event.clone(),
             role,
             recipient,
@@ -189,18 +194,18 @@ async fn enqueue(
             created_at: now,
             expires_at: now.saturating_add(settings.outbox.ttl_secs),
             relays,
-        };
-        match s.outbox.enqueue(&item).await {
-            Ok(id) => ids.push(id),
-            Err(err) => {
-                tracing::warn!(error = %err, "outbox: cannot enqueue");
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the outbox database is unavailable",
-                );
-            }
-        }
+        });
     }
+    let ids = match s.outbox.enqueue_all(&new_items).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            tracing::warn!(error = %err, "outbox: cannot enqueue");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the outbox database is unavailable",
+            );
+        }
+    };
     // The rows as committed (the worker may have started on them already).
     let rumor = req.events[0].rumor_id.map(|r| r.to_hex());
     let items = match &rumor {
