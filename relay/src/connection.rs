@@ -724,6 +724,19 @@ impl Session {
         if filters.iter().any(|f| f.search.is_some()) {
             return Err("invalid: search (NIP-50) is not supported".into());
         }
+        self.check_req_rate()?;
+        if self.authed.is_empty() && filters.iter().any(asks_for_private_kinds) {
+            return Err(
+                "auth-required: private messages are delivered only to their authenticated recipient"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The REQ rate limits (per address, and per first authenticated
+    /// pubkey), which REQ, COUNT and every NIP-77 message count against.
+    fn check_req_rate(&mut self) -> Result<(), String> {
         let limiters = &self.relay.limiters;
         let ip_ok = limiters.reqs_per_ip.check(&self.ip);
         let key_ok = self
@@ -734,12 +747,6 @@ impl Session {
             return Err("rate-limited: slow down, too many requests".into());
         }
         self.violations = 0;
-        if self.authed.is_empty() && filters.iter().any(asks_for_private_kinds) {
-            return Err(
-                "auth-required: private messages are delivered only to their authenticated recipient"
-                    .into(),
-            );
-        }
         Ok(())
     }
 

@@ -25,8 +25,13 @@
 //!   the size of each reply ([`NegentropyConfig::frame_size_limit`]; incoming
 //!   messages are bounded by `max_message_length`), and how long an idle
 //!   session keeps its set ([`NegentropyConfig::idle_timeout_secs`]). A
-//!   NEG-OPEN is rate-limited with REQs. Building a set and reconciling run
-//!   on the blocking pool, so a large set does not stall the async workers.
+//!   NEG-OPEN and every NEG-MSG count against the REQ rate limits. A set's
+//!   room in `max_records_total` is reserved before it is built (the
+//!   filter's `limit` or `max_records`), and the set is built holding one
+//!   of the address's query slots (`max_concurrent_queries_per_ip`), as a
+//!   REQ. Building a set and reconciling run on the blocking pool, so a
+//!   large set does not stall the async workers, and at most one
+//!   reconciliation step per core runs at once over the whole relay.
 //! - A session ends with NEG-CLOSE, a NEG-ERR, a NEG-OPEN reusing its id, or
 //!   the connection; its records are released then.
 
@@ -119,23 +124,64 @@ impl NegentropyConfig {
     }
 }
 
-/// Records all sessions of one relay hold (see
-/// [`NegentropyConfig::max_records_total`]).
+/// What all sessions of one relay share: the records they hold (see
+/// [`NegentropyConfig::max_records_total`]), and the reconciliation steps
+/// that may run at once (one per core), so that many connections sending
+/// NEG-MSGs cannot fill the blocking pool with O(n) steps.
 #[derive(Debug)]
-pub struct RecordBudget(Arc<Semaphore>);
+pub struct RecordBudget {
+    records: Arc<Semaphore>,
+    total: usize,
+    steps: Semaphore,
+}
 
 impl RecordBudget {
-    /// A budget of `records`.
+    /// A budget of `records`, and one reconciliation step at a time per core.
     pub fn new(records: usize) -> Self {
-        Self(Arc::new(Semaphore::new(
-            records.min(Semaphore::MAX_PERMITS),
-        )))
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_steps(records, cores)
     }
 
-    fn take(&self, records: usize) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(records).ok()?;
-        Arc::clone(&self.0).try_acquire_many_owned(n).ok()
+    fn with_steps(records: usize, steps: usize) -> Self {
+        let total = records.min(Semaphore::MAX_PERMITS);
+        Self {
+            records: Arc::new(Semaphore::new(total)),
+            total,
+            steps: Semaphore::new(steps.max(1)),
+        }
     }
+
+    /// Reserve room for a set of at most `records` before it is built (so
+    /// that the sets being built count against the budget too); the
+    /// session gives back what its set does not use ([`Sessions::open`]).
+    /// More than the whole budget reserves the whole budget.
+    pub(crate) fn reserve(&self, records: usize) -> Result<OwnedSemaphorePermit, NegError> {
+        let n = u32::try_from(records.min(self.total)).unwrap_or(u32::MAX);
+        Arc::clone(&self.records)
+            .try_acquire_many_owned(n)
+            .map_err(|_| NegError::Blocked {
+                reason: "the relay is reconciling too many events right now; try again later"
+                    .into(),
+                max_records: None,
+            })
+    }
+
+    /// Run one reconciliation step on the blocking pool, in turn with the
+    /// other sessions' steps.
+    async fn run_step<T: Send + 'static>(
+        &self,
+        step: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, NegError> {
+        // The semaphore is never closed.
+        let _turn = self.steps.acquire().await.map_err(|_| failed())?;
+        tokio::task::spawn_blocking(step)
+            .await
+            .map_err(|_| failed())
+    }
+}
+
+fn failed() -> NegError {
+    NegError::Invalid("negentropy: reconciliation failed".into())
 }
 
 /// Why a NIP-77 message was answered with NEG-ERR (the text is the reason).
@@ -198,7 +244,8 @@ impl Sessions {
     }
 
     /// Start session `sub_id` over `items` with the client's initial message;
-    /// returns the reply.
+    /// returns the reply. `reserved` is what [`RecordBudget::reserve`] gave
+    /// before the set was built; the session keeps `items.len()` of it.
     pub(crate) async fn open(
         &mut self,
         sub_id: String,
@@ -206,32 +253,39 @@ impl Sessions {
         initial: Vec<u8>,
         config: &NegentropyConfig,
         budget: &RecordBudget,
+        mut reserved: OwnedSemaphorePermit,
     ) -> Result<Vec<u8>, NegError> {
-        let permit = budget.take(items.len()).ok_or_else(|| NegError::Blocked {
-            reason: "the relay is reconciling too many events right now; try again later".into(),
-            max_records: None,
-        })?;
+        let held = reserved.num_permits();
+        if items.len() > held {
+            // Only when the whole budget is smaller than max_records.
+            return Err(NegError::Blocked {
+                reason: "the relay is reconciling too many events right now; try again later"
+                    .into(),
+                max_records: None,
+            });
+        }
+        drop(reserved.split(held - items.len()));
         let frame = config.frame_size();
-        let (engine, reply) = tokio::task::spawn_blocking(move || {
-            let mut storage = NegentropyStorageVector::with_capacity(items.len());
-            for item in &items {
-                storage.insert(item.created_at, Id::from_byte_array(item.id))?;
-            }
-            drop(items);
-            storage.seal()?;
-            let mut engine = Negentropy::owned(storage, frame)?;
-            let reply = engine.reconcile(&initial)?;
-            Ok::<_, negentropy::Error>((engine, reply))
-        })
-        .await
-        .map_err(|_| NegError::Invalid("negentropy: reconciliation failed".into()))?
-        .map_err(protocol_error)?;
+        let (engine, reply) = budget
+            .run_step(move || {
+                let mut storage = NegentropyStorageVector::with_capacity(items.len());
+                for item in &items {
+                    storage.insert(item.created_at, Id::from_byte_array(item.id))?;
+                }
+                drop(items);
+                storage.seal()?;
+                let mut engine = Negentropy::owned(storage, frame)?;
+                let reply = engine.reconcile(&initial)?;
+                Ok::<_, negentropy::Error>((engine, reply))
+            })
+            .await?
+            .map_err(protocol_error)?;
         self.open.insert(
             sub_id,
             Open {
                 engine: Some(engine),
                 idle_until: Instant::now() + idle(config),
-                _records: permit,
+                _records: reserved,
             },
         );
         Ok(reply)
@@ -243,21 +297,21 @@ impl Sessions {
         sub_id: &str,
         message: Vec<u8>,
         config: &NegentropyConfig,
+        budget: &RecordBudget,
     ) -> Result<Vec<u8>, NegError> {
         let Some(engine) = self.open.get_mut(sub_id).and_then(|o| o.engine.take()) else {
             return Err(NegError::Closed("no such negentropy session".into()));
         };
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut engine = engine;
-            let reply = engine.reconcile(&message);
-            (engine, reply)
-        })
-        .await;
+        let joined = budget
+            .run_step(move || {
+                let mut engine = engine;
+                let reply = engine.reconcile(&message);
+                (engine, reply)
+            })
+            .await;
         let Ok((engine, reply)) = joined else {
             self.open.remove(sub_id);
-            return Err(NegError::Invalid(
-                "negentropy: reconciliation failed".into(),
-            ));
+            return Err(failed());
         };
         match reply {
             Ok(reply) => {
@@ -333,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_reconcile_with_a_client() {
         let config = NegentropyConfig::default();
-        let budget = RecordBudget::new(10);
+        let budget = RecordBudget::with_steps(10, 1);
         let relay_items = vec![item(1, 1), item(2, 2), item(3, 3)];
         let mut client_set = NegentropyStorageVector::new();
         for (t, b) in [(2u64, 2u8), (4, 4)] {
@@ -349,6 +403,7 @@ mod tests {
                 client.initiate().unwrap(),
                 &config,
                 &budget,
+                budget.reserve(5).unwrap(),
             )
             .await
             .unwrap();
@@ -357,7 +412,7 @@ mod tests {
             .reconcile_with_ids(&msg, &mut have, &mut need)
             .unwrap()
         {
-            msg = sessions.step("s", next, &config).await.unwrap();
+            msg = sessions.step("s", next, &config, &budget).await.unwrap();
         }
         assert_eq!(have, vec![Id::from_byte_array([4; 32])]);
         need.sort();
@@ -365,17 +420,22 @@ mod tests {
             need,
             vec![Id::from_byte_array([1; 32]), Id::from_byte_array([3; 32])]
         );
-        // The budget is held while the session is open and freed by close.
-        assert!(budget.take(8).is_none());
+        // The set's 3 records are held while the session is open (the other
+        // 2 reserved went back at once), and freed by close.
+        assert!(budget.reserve(8).is_err());
+        let seven = budget.reserve(7).unwrap();
+        drop(seven);
         sessions.close("s");
-        assert!(budget.take(10).is_some());
+        assert!(budget.reserve(10).is_ok());
     }
 
     #[tokio::test]
     async fn budget_and_bad_messages_are_refused() {
         let config = NegentropyConfig::default();
-        let budget = RecordBudget::new(1);
+        let budget = RecordBudget::with_steps(1, 1);
         let mut sessions = Sessions::new();
+        // A reservation beyond the budget takes the whole budget; a set
+        // larger than that is refused.
         let err = sessions
             .open(
                 "s".into(),
@@ -383,24 +443,42 @@ mod tests {
                 vec![0x61],
                 &config,
                 &budget,
+                budget.reserve(2).unwrap(),
             )
             .await
             .unwrap_err();
         assert!(matches!(err, NegError::Blocked { .. }), "{err}");
+        let held = budget.reserve(1).unwrap();
+        assert!(matches!(budget.reserve(1), Err(NegError::Blocked { .. })));
+        drop(held);
         let err = sessions
-            .open("s".into(), vec![], vec![0x10], &config, &budget)
+            .open(
+                "s".into(),
+                vec![],
+                vec![0x10],
+                &config,
+                &budget,
+                budget.reserve(0).unwrap(),
+            )
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("invalid:"), "{err}");
         // Another version: the one-byte answer naming V1.
         let reply = sessions
-            .open("v2".into(), vec![], vec![0x62], &config, &budget)
+            .open(
+                "v2".into(),
+                vec![],
+                vec![0x62],
+                &config,
+                &budget,
+                budget.reserve(0).unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(reply, vec![PROTOCOL_VERSION]);
         assert!(decode_message("zz").is_err());
         let err = sessions
-            .step("missing", vec![0x61], &config)
+            .step("missing", vec![0x61], &config, &budget)
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("closed:"), "{err}");

@@ -517,6 +517,39 @@ async fn an_idle_session_expires() {
     .await;
 }
 
+/// Every NEG-MSG counts against the REQ rate limit (each step is O(n) in
+/// the set): with a burst of 2 and no refill to speak of, the NEG-OPEN and
+/// the first NEG-MSG pass, the next NEG-MSG is refused with `rate-limited:`
+/// and its session closed. (Before, NEG-MSGs were never limited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neg_msg_counts_against_the_req_rate_limit() {
+    with_sqlite(|store: Arc<dyn Store>| async move {
+        let mut config = config();
+        config.rate_limits.reqs_per_ip = Rate::new(0.001, 2.0);
+        let relay = relay(config, store);
+        let mut client = Client::connect(&relay).await;
+        client.send(open_message("s"));
+        let reply = client.recv().await;
+        assert_eq!(reply[0], "NEG-MSG", "{reply}");
+        client.send(json!(["NEG-MSG", "s", "61"]));
+        let reply = client.recv().await;
+        assert_eq!(reply[1], "s", "{reply}");
+        assert!(
+            reply[0] == "NEG-MSG" || !reply[2].as_str().unwrap().starts_with("rate-limited:"),
+            "{reply}"
+        );
+        client.send(json!(["NEG-MSG", "s", "61"]));
+        let reply = client.recv().await;
+        assert_eq!(reply[0], "NEG-ERR", "{reply}");
+        assert_eq!(reply[1], "s", "{reply}");
+        assert!(
+            reply[2].as_str().unwrap().starts_with("rate-limited:"),
+            "{reply}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_negentropy_is_refused() {
     with_sqlite(|store: Arc<dyn Store>| async move {
