@@ -9,7 +9,8 @@
 //! it at the end; without that variable the tests print a message and pass.
 //! Every wait has a deadline; absence is checked against a later marker
 //! event (a process delivers other processes' events in commit order), not
-//! by sleeping.
+//! by sleeping. A test that times out is aborted, which kills its `cairn
+//! serve` children, and its database is dropped all the same.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
@@ -25,13 +26,18 @@ use sqlx::Connection as _;
 use tokio_tungstenite::tungstenite::Message;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-/// Longest wait for any one condition.
-const WAIT: Duration = Duration::from_secs(30);
+/// Longest wait for any one condition (generous: CI is a busy 2-core box).
+const WAIT: Duration = Duration::from_secs(60);
 /// Whole-test bound.
-const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+const TEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// The listener's reconnection delay in these tests: the events published
-/// right after its connection is terminated land in the gap.
-const LISTENER_RETRY_MS: u64 = 4_000;
+/// right after its connection is terminated land in the gap (the test
+/// checks that they did: no new listener connection existed yet).
+const LISTENER_RETRY_MS: u64 = 15_000;
+/// How long two processes may both report a lease: the holder's documented
+/// overlap is about `DEFAULT_CHECK + CHECK_TIMEOUT` (4 s), and `/ready` is
+/// read from one process after the other, not at one instant.
+const LEASE_OVERLAP: Duration = Duration::from_secs(15);
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -76,11 +82,27 @@ impl Db {
         sqlx::PgConnection::connect(&self.admin_url).await.unwrap()
     }
 
-    /// Terminate the backend of `pid`'s listener connection: true if one was.
-    async fn terminate_listener_of(&self, pid: u32) -> bool {
+    /// The backend pids of `pid`'s listener connections.
+    async fn listener_backends_of(&self, pid: u32) -> Vec<i32> {
         let mut admin = self.admin().await;
-        let killed: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+        let backends: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+        )
+        .bind(&self.name)
+        .bind(format!("cairn listener {pid}"))
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        let _ = admin.close().await;
+        backends
+    }
+
+    /// Terminate the backend of `pid`'s listener connection: its backend
+    /// pid, if there was exactly one and it was signalled.
+    async fn terminate_listener_of(&self, pid: u32) -> Option<i32> {
+        let mut admin = self.admin().await;
+        let killed: Vec<(i32, bool)> = sqlx::query_as(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND application_name = $2",
         )
         .bind(&self.name)
@@ -89,7 +111,29 @@ impl Db {
         .await
         .unwrap();
         let _ = admin.close().await;
-        killed == [true]
+        match killed[..] {
+            [(backend, true)] => Some(backend),
+            _ => None,
+        }
+    }
+
+    /// The application names of the sessions holding an advisory lock
+    /// taken by a `cairn lease expiration` connection: Postgres' own view
+    /// of who holds that lease, at one instant.
+    async fn expiration_lease_sessions(&self) -> Vec<String> {
+        let mut admin = self.admin().await;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT a.application_name FROM pg_locks l \
+             JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.datname = $1 \
+             AND a.application_name LIKE 'cairn lease expiration %'",
+        )
+        .bind(&self.name)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        let _ = admin.close().await;
+        names
     }
 
     async fn drop_now(self) {
@@ -119,14 +163,25 @@ where
         return;
     };
     let db = Arc::new(db);
-    let result = tokio::time::timeout(TEST_TIMEOUT, tokio::spawn(body(Arc::clone(&db)))).await;
-    if let Ok(db) = Arc::try_unwrap(db) {
-        db.drop_now().await;
+    let mut task = tokio::spawn(body(Arc::clone(&db)));
+    let result = match tokio::time::timeout(TEST_TIMEOUT, &mut task).await {
+        Ok(joined) => Some(joined),
+        Err(_) => {
+            // Dropping the body (its `Serve`s) kills its children and
+            // releases its handle on the database.
+            task.abort();
+            let _ = task.await;
+            None
+        }
+    };
+    match Arc::try_unwrap(db) {
+        Ok(db) => db.drop_now().await,
+        Err(_) => eprintln!("the test body kept its database: not dropped"),
     }
     match result {
-        Err(_) => panic!("test timed out"),
-        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
-        Ok(Ok(())) => {}
+        None => panic!("test timed out after {TEST_TIMEOUT:?}"),
+        Some(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Some(Ok(())) => {}
     }
 }
 
@@ -139,7 +194,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(db: &Db) -> Serve {
+    async fn start(db: &Db) -> Serve {
         let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(CAIRN)
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
@@ -173,16 +228,20 @@ impl Serve {
             log,
             _data: data,
         };
-        let line = serve.wait_log("listening", |l| l.contains("listening on ws://"));
+        let line = serve
+            .wait_log("listening", |l| l.contains("listening on ws://"))
+            .await;
         let addr = line
             .split("listening on ws://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .expect("an address");
         serve.addr = addr.parse().expect("a socket address");
-        serve.wait_log("the cluster listener", |l| {
-            l.contains("cluster listener connected")
-        });
+        serve
+            .wait_log("the cluster listener", |l| {
+                l.contains("cluster listener connected")
+            })
+            .await;
         serve
     }
 
@@ -195,7 +254,7 @@ impl Serve {
     }
 
     /// The first log line matching `pred`, waiting up to [`WAIT`].
-    fn wait_log(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    async fn wait_log(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(line) = self.log.lock().unwrap().iter().find(|l| pred(l)) {
@@ -212,15 +271,21 @@ impl Serve {
                 "no log line for {what} within {WAIT:?}: {:?}",
                 self.log.lock().unwrap()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// `/ready`'s `leases` object.
-    async fn leases(&self) -> Value {
+    /// Whether `/ready` says this process holds the expiration lease;
+    /// `None` when `/ready` did not answer in time (a busy machine: the
+    /// caller polls again).
+    async fn holds_expiration(&self) -> Option<bool> {
         let url = format!("http://{}/ready", self.addr);
-        let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        body["leases"].clone()
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
+        Some(body["leases"]["expiration"] == json!(true))
     }
 }
 
@@ -376,7 +441,10 @@ fn count(ids: &[String], event: &Event) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_published_on_one_process_reaches_the_others_once_with_privacy() {
     with_db(|db| async move {
-        let nodes: Vec<Serve> = (0..3).map(|_| Serve::start(&db)).collect();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Serve::start(&db).await);
+        }
         let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
         let author = Keys::generate();
         let recipient = Keys::generate();
@@ -470,65 +538,73 @@ async fn an_event_published_on_one_process_reaches_the_others_once_with_privacy(
     .await;
 }
 
+/// Poll until exactly one of `nodes` holds the expiration lease, both in
+/// its own `/ready` and in Postgres' locks (one instant, unlike `/ready`
+/// read from one process after the other); its index. Fails when two
+/// processes report it for longer than [`LEASE_OVERLAP`], or when no single
+/// holder shows within [`WAIT`].
+async fn the_one_holder(db: &Db, nodes: &[Serve], what: &str) -> usize {
+    let deadline = Instant::now() + WAIT;
+    let mut two_since: Option<Instant> = None;
+    loop {
+        let mut held = Vec::new();
+        let mut all_answered = true;
+        for (i, node) in nodes.iter().enumerate() {
+            match node.holds_expiration().await {
+                Some(true) => held.push(i),
+                Some(false) => {}
+                None => all_answered = false,
+            }
+        }
+        if held.len() > 1 {
+            let since = *two_since.get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < LEASE_OVERLAP,
+                "{what}: two holders at once for {LEASE_OVERLAP:?}: {held:?}"
+            );
+        } else {
+            two_since = None;
+        }
+        let mut sessions = Vec::new();
+        if let ([one], true) = (&held[..], all_answered) {
+            sessions = db.expiration_lease_sessions().await;
+            if sessions == [format!("cairn lease expiration {}", nodes[*one].pid())] {
+                return *one;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no single holder within {WAIT:?}: /ready says {held:?}, locks {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_once_only_jobs_move_when_their_holder_is_killed() {
     with_db(|db| async move {
-        let mut nodes: Vec<Serve> = (0..3).map(|_| Serve::start(&db)).collect();
-
-        let holders = |leases: &[Value]| -> Vec<usize> {
-            leases
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l["expiration"] == json!(true))
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let deadline = Instant::now() + WAIT;
-        let holder = loop {
-            let mut leases = Vec::new();
-            for node in &nodes {
-                leases.push(node.leases().await);
-            }
-            let held = holders(&leases);
-            assert!(held.len() <= 1, "two holders at once: {leases:?}");
-            if let [one] = held[..] {
-                break one;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nobody took the lease: {leases:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        nodes[holder].wait_log("the lease", |l| {
-            l.contains("holds the lease") && l.contains("expiration")
-        });
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Serve::start(&db).await);
+        }
+        let holder = the_one_holder(&db, &nodes, "the first holder").await;
+        nodes[holder]
+            .wait_log("the lease", |l| {
+                l.contains("holds the lease") && l.contains("expiration")
+            })
+            .await;
 
         // Kill the holder (no clean release): its session ends, and another
         // process takes the job over.
         let mut killed = nodes.remove(holder);
         let _ = killed.child.kill();
         let _ = killed.child.wait();
-        let deadline = Instant::now() + WAIT;
-        let successor = loop {
-            let mut leases = Vec::new();
-            for node in &nodes {
-                leases.push(node.leases().await);
-            }
-            let held = holders(&leases);
-            assert!(held.len() <= 1, "two holders at once: {leases:?}");
-            if let [one] = held[..] {
-                break one;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the lease did not move: {leases:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        nodes[successor].wait_log("the lease moving", |l| {
-            l.contains("holds the lease") && l.contains("expiration")
-        });
+        let successor = the_one_holder(&db, &nodes, "the lease moving").await;
+        nodes[successor]
+            .wait_log("the lease moving", |l| {
+                l.contains("holds the lease") && l.contains("expiration")
+            })
+            .await;
     })
     .await;
 }
@@ -536,8 +612,8 @@ async fn the_once_only_jobs_move_when_their_holder_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_listener_catches_up_with_nothing_missed_or_repeated() {
     with_db(|db| async move {
-        let a = Serve::start(&db);
-        let mut b = Serve::start(&db);
+        let a = Serve::start(&db).await;
+        let mut b = Serve::start(&db).await;
         let author = Keys::generate();
         let tag = t_tag("gap");
         let mut watcher = Client::connect(&b.url()).await;
@@ -547,37 +623,52 @@ async fn a_terminated_listener_catches_up_with_nothing_missed_or_repeated() {
         let mut on_a = Client::connect(&a.url()).await;
         let mut on_b = Client::connect(&b.url()).await;
 
-        assert!(
-            db.terminate_listener_of(b.pid()).await,
-            "B's listener connection was found and terminated"
-        );
+        let old_backend = db
+            .terminate_listener_of(b.pid())
+            .await
+            .expect("B's listener connection was found and terminated");
         // B reconnects only after LISTENER_RETRY_MS: these land in the gap.
         // Some are B's own (its subscribers have them already: no repeat).
         let mut published = Vec::new();
+        let mut from_a = 0;
         for i in 0..6 {
             let event = note(&author, &format!("in the gap {i}"), vec![tag.clone()]);
             if i % 3 == 2 {
                 on_b.publish(&event).await;
             } else {
                 on_a.publish(&event).await;
+                from_a += 1;
             }
             published.push(event);
         }
         let big = note(&author, &"y".repeat(12_000), vec![tag.clone()]);
         on_a.publish(&big).await;
+        from_a += 1;
         published.push(big);
 
-        let line = b.wait_log("the reconnection", |l| {
-            l.contains("cluster listener reconnected")
-        });
+        // The gap was real: B had not connected again (its terminated
+        // backend may still be on its way out) when all of these were
+        // committed, so its catch-up must deliver every one of A's.
+        let backends = db.listener_backends_of(b.pid()).await;
+        assert!(
+            backends.iter().all(|&p| p == old_backend),
+            "B's listener came back within {LISTENER_RETRY_MS} ms, before the gap's events were \
+             all published: {backends:?}"
+        );
+
+        let line = b
+            .wait_log("the reconnection", |l| {
+                l.contains("cluster listener reconnected")
+            })
+            .await;
         let caught_up: u64 = line
             .split("caught_up=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("a caught_up count in {line:?}"));
-        assert!(
-            (1..=5).contains(&caught_up),
+        assert_eq!(
+            caught_up, from_a,
             "the catch-up delivered A's gap events, never B's own: {line}"
         );
 
