@@ -44,6 +44,15 @@
 //!   owner's key when `[outbox] key_file` is set) only after a relay answers
 //!   `auth-required:`, then sends the refused events again on the same
 //!   connection without counting a failed try.
+//! - **Destinations are bounded and WebSocket only.** A recipient's relays
+//!   (their kind 10050, or the `relays` their NIP-05 answer lists, which a
+//!   stranger controls) are normalised, deduplicated, anything but `ws://`
+//!   and `wss://` dropped, and capped at [`MAX_DESTINATIONS`]: one message
+//!   cannot make the node connect to an unbounded list. Loopback and private
+//!   addresses are not refused (local setups and the tests use them), so a
+//!   recipient's list can point the node at hosts on its own network: the
+//!   node only speaks NIP-01 there, but an operator exposing it to
+//!   untrusted senders' lookups should keep that in mind (SSRF).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +112,18 @@ pub async fn open(
         relay,
         signer,
     )))
+}
+
+/// Most destination relays one item goes to, and most relays one
+/// recipient's hints add to a lookup: what a stranger's NIP-05 answer or
+/// kind 10050 lists beyond this is ignored.
+pub const MAX_DESTINATIONS: usize = 8;
+
+/// `urls` normalized, deduplicated, capped at [`MAX_DESTINATIONS`].
+pub fn capped<'a>(urls: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out = normalize_all(urls);
+    out.truncate(MAX_DESTINATIONS);
+    out
 }
 
 /// `urls` normalized, invalid ones dropped, first occurrence kept.
@@ -168,7 +189,8 @@ pub async fn find_inbox_list(
 /// Where a gift wrap for `recipient` goes: the relays of their newest kind
 /// 10050 (looked up in this relay's store, on `lookup_relays` and on the
 /// relays their NIP-05 answer lists, `hints`); without one, the `hints`,
-/// else `fallback` (the node that answered for their handle).
+/// else `fallback` (the node that answered for their handle). At most
+/// [`MAX_DESTINATIONS`] `ws(s)://` relays, deduplicated.
 pub async fn destinations(
     relay: &Relay,
     recipient: &PublicKey,
@@ -176,7 +198,7 @@ pub async fn destinations(
     lookup_relays: &[String],
     fallback: Option<&str>,
 ) -> Vec<String> {
-    let hints = normalize_all(hints.iter().map(String::as_str));
+    let hints = capped(hints.iter().map(String::as_str));
     let own = normalize_all([relay.public_url()]);
     let lookups: Vec<String> = normalize_all(
         lookup_relays
@@ -188,7 +210,7 @@ pub async fn destinations(
     .filter(|r| !own.contains(r))
     .collect();
     if let Some(list) = find_inbox_list(relay, recipient, &lookups).await {
-        let listed = normalize_all(
+        let listed = capped(
             nostr::nips::nip17::extract_relay_list(&list)
                 .map(|u| u.as_str_without_trailing_slash()),
         );
@@ -329,5 +351,22 @@ mod tests {
             ]),
             vec!["wss://a.example".to_owned(), "ws://b:7".to_owned()]
         );
+    }
+
+    #[test]
+    fn destinations_are_capped_after_deduplication() {
+        let many: Vec<String> = (0..3)
+            .flat_map(|_| (0..20).map(|i| format!("wss://r{i}.example/")))
+            .chain(["https://web.example".to_owned()])
+            .collect();
+        let out = capped(
+            std::iter::once("ftp://x")
+                .chain(["wss://r0.example"; 5])
+                .chain(many.iter().map(String::as_str)),
+        );
+        assert_eq!(out.len(), MAX_DESTINATIONS);
+        assert_eq!(out[0], "wss://r0.example");
+        assert_eq!(out[1], "wss://r1.example", "duplicates do not use the cap");
+        assert!(out.iter().all(|u| u.starts_with("wss://")));
     }
 }

@@ -23,6 +23,8 @@ pub const DEFAULT_SEND_WAIT: Duration = Duration::from_secs(10);
 
 /// The relays `handle`'s NIP-05 answer on `node_url` lists for `key`
 /// (`relays` in `nostr.json`); empty when there are none or it cannot be read.
+/// Only `ws(s)://` URLs, deduplicated, at most
+/// [`crate::outbox::MAX_DESTINATIONS`]: the answer is the recipient's node's.
 pub async fn nip05_relays(node_url: &str, handle: &str, key: &PublicKey) -> Vec<String> {
     let url = format!(
         "{}/.well-known/nostr.json?name={handle}",
@@ -40,12 +42,7 @@ pub async fn nip05_relays(node_url: &str, handle: &str, key: &PublicKey) -> Vec<
         .as_ref()
         .and_then(|v| v.pointer(&format!("/relays/{}", key.to_hex())))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|a| crate::outbox::capped(a.iter().filter_map(Value::as_str)))
         .unwrap_or_default()
 }
 
@@ -73,10 +70,10 @@ pub async fn queue_message(
           "hints": hints, "fallback": fallback },
         { "event": copy, "role": "copy", "rumor_id": rumor_id },
     ]});
-    let _: Value = admin
-        .post("/admin/v1/outbox", &body)
-        .await
-        .context("your node did not queue the message (is `cairn serve` running?)")?;
+    let _: Value = admin.post("/admin/v1/outbox", &body).await.context(
+        "your node did not queue the message (is `cairn serve` running, with \
+             `[outbox] enabled = true`, the default?)",
+    )?;
     let start = Instant::now();
     loop {
         let page: OutboxPage = admin
