@@ -305,10 +305,16 @@ pub async fn run_msg(args: MsgArgs) -> Result<()> {
                     None => None,
                 },
                 own_relay: Some(own_relay_url(&settings)),
-                // Every message goes through the node's outbox.
-                outbox: Some(admin_args.client().context(
-                    "msg send queues the message in your node's outbox: start `cairn serve`",
-                )?),
+                // Every message goes through the node's outbox, unless
+                // `[outbox] enabled = false`: the node then has no outbox
+                // API, and the message is published once, from here.
+                outbox: if settings.outbox.enabled {
+                    Some(admin_args.client().context(
+                        "msg send queues the message in your node's outbox: start `cairn serve`",
+                    )?)
+                } else {
+                    None
+                },
                 wait: std::time::Duration::from_secs(a.wait),
             };
             let sent = send(&ctx, &request).await?;
