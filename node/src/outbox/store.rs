@@ -278,6 +278,42 @@ impl OutboxDb {
         Ok(ids)
     }
 
+    /// Deletes up to `limit` items whose time to live ended before `before`
+    /// and that have nothing left to try (every delivery delivered, failed
+    /// or expired), with their deliveries, in one transaction. Returns how
+    /// many items went.
+    pub async fn prune(&self, before: u64, limit: usize) -> Result<u64, sqlx::Error> {
+        let deliveries = format!(
+            "DELETE FROM outbox_deliveries WHERE item_id IN (SELECT i.id FROM outbox_items i \
+             WHERE i.expires_at < $1 AND NOT EXISTS (SELECT 1 FROM outbox_deliveries p \
+             WHERE p.item_id = i.id AND p.{PENDING}) ORDER BY i.expires_at LIMIT $2)"
+        );
+        // The items just emptied (and any without deliveries), old enough.
+        const ITEMS: &str = "DELETE FROM outbox_items WHERE id IN (SELECT i.id \
+             FROM outbox_items i WHERE i.expires_at < $1 AND NOT EXISTS \
+             (SELECT 1 FROM outbox_deliveries d WHERE d.item_id = i.id) \
+             ORDER BY i.expires_at LIMIT $2)";
+        let before = to_i(before);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let n = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&deliveries)
+                .bind(before)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await?;
+            let n = sqlx::query(ITEMS)
+                .bind(before)
+                .bind(limit)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            n
+        });
+        Ok(n)
+    }
+
     /// Up to `limit` relays with deliveries due at `now`, the longest
     /// waiting first.
     pub async fn due_relays(&self, now: u64, limit: usize) -> Result<Vec<String>, sqlx::Error> {
@@ -725,6 +761,28 @@ mod tests {
         let ids = db.enqueue_all(&[fine.clone(), other]).await.unwrap();
         assert_eq!(ids.len(), 2);
         assert_eq!(db.enqueue(&fine).await.unwrap(), ids[0]);
+
+        // Pruning: a finished item past its retention goes with its
+        // deliveries; one still pending, or not old enough, stays.
+        let done = item(&["ws://p1", "ws://p2"], 10);
+        let done_id = db.enqueue(&done).await.unwrap();
+        let delivered = State::Delivered {
+            at: 11,
+            message: String::new(),
+        };
+        db.record(done_id, "ws://p1", 1, &delivered).await.unwrap();
+        let failed = State::Failed {
+            error: "blocked: x".into(),
+        };
+        db.record(done_id, "ws://p2", 1, &failed).await.unwrap();
+        let pending = item(&["ws://p3"], 20);
+        let pending_id = db.enqueue(&pending).await.unwrap();
+        assert_eq!(db.prune(100, 500).await.unwrap(), 0, "not past retention");
+        assert_eq!(db.prune(1_000, 500).await.unwrap(), 1);
+        let left = db.list(1_000, None).await.unwrap();
+        assert!(left.iter().all(|i| i.id != done_id));
+        assert!(left.iter().any(|i| i.id == pending_id));
+        assert_eq!(db.prune(1_000, 500).await.unwrap(), 0);
     }
 
     #[tokio::test]

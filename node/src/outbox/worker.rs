@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     pub timeout: Duration,
     /// Pause between two events sent on one connection (0: none).
     pub send_interval: Duration,
+    /// How long finished items are kept after their time to live ended
+    /// (`None`: forever).
+    pub retention: Option<Duration>,
 }
 
 /// The outbox of a running node: where messages are queued and the worker
@@ -117,16 +120,41 @@ fn precise_now() -> Duration {
 
 /// Longest the worker sleeps without looking at the table.
 const MAX_IDLE: Duration = Duration::from_secs(30);
+/// How often finished items past their retention are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Most items deleted in one transaction.
+const PRUNE_BATCH: usize = 500;
 
 /// Delivers until `stop` is cancelled; then lets the running relay tasks
 /// finish their current answers (bounded by the timeout) and returns.
 pub async fn run(outbox: Arc<Outbox>, stop: CancellationToken) {
     let mut busy: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut next_prune = 0u64;
     loop {
         let t = now();
         if let Err(e) = outbox.db.expire_due(t).await {
             tracing::warn!(error = %e, "outbox: cannot expire deliveries");
+        }
+        // Finished items go after their retention, a bounded batch at a
+        // time and at most once per PRUNE_EVERY, off the write pool's
+        // busy path.
+        if let (Some(keep), true) = (outbox.config.retention, t >= next_prune) {
+            let before = t.saturating_sub(keep.as_secs());
+            match outbox.db.prune(before, PRUNE_BATCH).await {
+                // A full batch: more to do, next round.
+                Ok(n) if n >= PRUNE_BATCH as u64 => {}
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(items = n, "outbox: pruned finished items");
+                    }
+                    next_prune = t + PRUNE_EVERY.as_secs();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox: cannot prune finished items");
+                    next_prune = t + PRUNE_EVERY.as_secs();
+                }
+            }
         }
         let room = outbox.config.max_relays.saturating_sub(tasks.len());
         if room > 0 {
@@ -219,7 +247,7 @@ async fn serve_relay(outbox: &Outbox, relay: &str, stop: &CancellationToken) {
         if batch.is_empty() {
             break;
         }
-        if let Err(e) = send_batch(outbox, relay, &mut conn, batch).await {
+        if let Err(e) = send_batch(outbox, relay, &mut conn, batch, stop).await {
             tracing::debug!(relay, error = %e, "outbox: connection ended");
             break;
         }
@@ -271,6 +299,10 @@ async fn deliver_in_process(outbox: &Outbox, relay: &str, stop: &CancellationTok
             return;
         }
         for d in &batch {
+            if stop.is_cancelled() {
+                // The rest stays claimed, due again when the claim ends.
+                return;
+            }
             let outcome = match (outbox.own.upgrade(), Event::from_json(&d.event_json)) {
                 (None, _) => Outcome::Transient("the relay is stopping".into()),
                 (_, Err(e)) => Outcome::Refused(format!("invalid: stored event: {e}")),
@@ -361,11 +393,17 @@ impl Connection {
 /// Sends `batch` over `conn` and records every answer. An error means the
 /// connection is no longer usable; every row of the batch not answered yet
 /// has been recorded as a failed try before it returns.
+///
+/// Once `stop` is cancelled nothing more is sent: the answers to the events
+/// in flight are awaited (each bounded by the timeout), and the rows not
+/// sent stay claimed, due again when their claim ends. So a slow relay
+/// holds shutdown for at most `in_flight` answers, not the whole batch.
 async fn send_batch(
     outbox: &Outbox,
     relay: &str,
     conn: &mut Connection,
     batch: Vec<DueDelivery>,
+    stop: &CancellationToken,
 ) -> Result<(), String> {
     let cfg = &outbox.config;
     let mut queue: VecDeque<DueDelivery> = batch.into();
@@ -374,7 +412,14 @@ async fn send_batch(
     let mut after_auth: Vec<DueDelivery> = Vec::new();
     let result: Result<(), String> = async {
         while !queue.is_empty() || !in_flight.is_empty() || !after_auth.is_empty() {
-            while in_flight.len() < cfg.in_flight.max(1) {
+            if stop.is_cancelled() {
+                queue.clear();
+                after_auth.clear();
+                if in_flight.is_empty() {
+                    break;
+                }
+            }
+            while in_flight.len() < cfg.in_flight.max(1) && !stop.is_cancelled() {
                 let Some(d) = queue.pop_front() else { break };
                 let event = match Event::from_json(&d.event_json) {
                     Ok(e) => e,
@@ -385,7 +430,11 @@ async fn send_batch(
                     }
                 };
                 if !cfg.send_interval.is_zero() {
-                    tokio::time::sleep(cfg.send_interval).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(cfg.send_interval) => {}
+                        // Not sent: it stays claimed, due again later.
+                        _ = stop.cancelled() => break,
+                    }
                 }
                 in_flight.insert(event.id, d);
                 conn.send(ClientMessage::event(event)).await?;

@@ -125,8 +125,18 @@ impl RunningNode {
         {
             tracing::warn!("connections did not close within the grace period");
         }
-        for job in jobs {
-            let _ = job.await;
+        // Background jobs (the outbox worker among them) stop on the
+        // shutdown signal; a stuck one does not hold shutdown past the grace.
+        let joined = async {
+            for job in jobs {
+                let _ = job.await;
+            }
+        };
+        if tokio::time::timeout(DEFAULT_SHUTDOWN_GRACE, joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("background jobs did not stop within the grace period");
         }
         drop(identity);
         let store: Arc<dyn Store> = Arc::clone(relay.store());

@@ -11,6 +11,9 @@ use crate::outbox::worker::WorkerConfig;
 
 /// Default time to live of a queued message: a week.
 pub const DEFAULT_TTL_SECS: u64 = 7 * 86_400;
+/// Default time finished items (every delivery delivered, failed or
+/// expired) are kept after their time to live ends: 30 days.
+pub const DEFAULT_RETENTION_SECS: u64 = 30 * 86_400;
 /// Default delay before the first retry.
 pub const DEFAULT_RETRY_INITIAL_SECS: u64 = 10;
 /// Default longest delay between retries.
@@ -40,6 +43,10 @@ pub struct OutboxSettings {
     pub key_file: Option<PathBuf>,
     /// Seconds a message is tried before it is given up as expired.
     pub ttl_secs: u64,
+    /// Seconds a finished item (no delivery queued or retrying) is kept
+    /// after its time to live ended, for `msg outbox`; then the worker
+    /// deletes it. 0 keeps them forever.
+    pub retention_secs: u64,
     /// Delay before the first retry; it doubles on each failed try.
     pub retry_initial_secs: u64,
     /// Longest delay between two tries.
@@ -75,6 +82,7 @@ impl Default for OutboxSettings {
             enabled: true,
             key_file: None,
             ttl_secs: DEFAULT_TTL_SECS,
+            retention_secs: DEFAULT_RETENTION_SECS,
             retry_initial_secs: DEFAULT_RETRY_INITIAL_SECS,
             retry_max_secs: DEFAULT_RETRY_MAX_SECS,
             max_relays: DEFAULT_MAX_RELAYS,
@@ -104,6 +112,7 @@ impl OutboxSettings {
             claim: Duration::from_secs(self.claim_secs.max(1)),
             timeout: Duration::from_secs(self.timeout_secs.max(1)),
             send_interval: Duration::from_millis(self.send_interval_ms),
+            retention: (self.retention_secs > 0).then(|| Duration::from_secs(self.retention_secs)),
         }
     }
 }
