@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use cairn_relay::nip11::SUPPORTED_NIPS;
+use cairn_relay::nip11::supported_nips;
 
 use super::{html, Frame, Web};
 
@@ -51,7 +51,9 @@ pub(super) fn page(web: &Web, headers: &HeaderMap) -> Response {
         description: config.description.clone(),
         relay_url: web.relay.public_url().to_owned(),
         contact: config.contact.clone(),
-        nips: SUPPORTED_NIPS
+        // The NIP-11 document's list, so the page and NIP-11 agree (77 only
+        // while negentropy is enabled).
+        nips: supported_nips(config)
             .iter()
             .map(|n| format!("{n:02}"))
             .collect::<Vec<_>>()
