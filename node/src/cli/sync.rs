@@ -24,9 +24,15 @@
 //! - **Pulled events enter through the relay engine's ingest path**
 //!   ([`Relay::publish`]: the checks of a client's EVENT, the signature
 //!   check, the group-commit writer; `OK` means durably stored), not raw
-//!   inserts. Live subscribers of a `cairn serve` running on the same
-//!   database do not see them as they arrive: they are stored, not fanned
-//!   out by that process.
+//!   inserts. On SQLite, live subscribers of a `cairn serve` running on the
+//!   same database do not see them as they arrive (they are stored, not
+//!   fanned out by that process; they see them on their next REQ); on
+//!   Postgres this command's `Relay` NOTIFYs like any node, so the serving
+//!   process fans them out (docs/scale-out.md). On SQLite this command is
+//!   a second writer process on the node's database file: each write waits
+//!   up to the busy timeout (5 s) for the other's transaction, and a
+//!   pulled event whose write still finds the file locked counts as failed
+//!   (exit status 2; run again).
 //! - **Pushed events go out as EVENTs**, a bounded number in flight, each
 //!   waiting for its OK; `rate-limited:` answers are retried with backoff.
 //!
