@@ -16,6 +16,15 @@
 //!   ephemeral event always makes.
 //! - It stops when `shutdown` is cancelled, the store's pool is closed
 //!   (`Store::close`), or the receiving side is gone.
+//! - **It never blocks while listening.** A listener that stopped reading
+//!   would make Postgres keep every notification for it in the server-wide
+//!   notification queue, and once that queue is full every `COMMIT` that
+//!   notifies fails, on every process. So when this process's queue to its
+//!   fan-out is full, the listener drops its connection (and with it its
+//!   LISTEN), rewinds its cursor to before the event it could not hand
+//!   over, waits until the queue has drained to half, and connects again:
+//!   the catch-up by seq delivers what it skipped (ephemeral events
+//!   announced meanwhile are lost, as above).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +47,8 @@ const CATCH_UP_PAGE: i64 = 500;
 enum End {
     /// Shutdown, or nobody receives any more: stop.
     Stop,
+    /// This process's fan-out queue was full: reconnect once it drains.
+    Behind,
 }
 
 /// Run the listener until `shutdown` (see the module docs).
@@ -61,6 +72,27 @@ pub(super) async fn run(
         };
         match session {
             Ok(End::Stop) => return,
+            Ok(End::Behind) => {
+                metrics::counter!(crate::metrics::CLUSTER_LISTENER_LOST).increment(1);
+                tracing::warn!(
+                    "this process's fan-out is behind: dropped the cluster listener \
+                     connection; catching up by seq once it drains"
+                );
+                let half = tx.max_capacity() / 2;
+                loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    if tx.capacity() >= half {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = pool.close_event() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 metrics::counter!(crate::metrics::CLUSTER_LISTENER_LOST).increment(1);
@@ -150,6 +182,10 @@ async fn listen_on(
                 continue;
             }
         };
+        let stored_seq = match payload {
+            Payload::Stored { seq, .. } | Payload::Reference { seq, .. } => Some(seq),
+            Payload::Ephemeral { .. } => None,
+        };
         let json = match cursor.on_notification(&payload, own) {
             Action::Skip => continue,
             Action::Deliver(json) => json.to_owned(),
@@ -159,9 +195,19 @@ async fn listen_on(
                 None => continue,
             },
         };
-        metrics::counter!(crate::metrics::CLUSTER_EVENTS, "via" => "notify").increment(1);
-        if tx.send(RemoteEvent { json }).await.is_err() {
-            return Ok(End::Stop);
+        match tx.try_send(RemoteEvent { json }) {
+            Ok(()) => {
+                metrics::counter!(crate::metrics::CLUSTER_EVENTS, "via" => "notify").increment(1);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Ok(End::Stop),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Never wait while listening (see the module docs): the
+                // catch-up after reconnecting delivers this one again.
+                if let Some(seq) = stored_seq {
+                    cursor.rewind_before(seq);
+                }
+                return Ok(End::Behind);
+            }
         }
     }
 }

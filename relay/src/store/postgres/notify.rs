@@ -280,6 +280,12 @@ impl Cursor {
         }
     }
 
+    /// Go back to just before `seq` (an event seen but not handed over), so
+    /// that the next catch-up reads it again. Seqs above it were not seen.
+    pub fn rewind_before(&mut self, seq: i64) {
+        self.high = self.high.min(seq.saturating_sub(1));
+    }
+
     /// Decide on a stored event read in a catch-up (`seq > high`, in seq
     /// order): deliver unless this process stored it (or it is a repeat).
     pub fn catch_up(&mut self, seq: i64, own: &OwnSeqs) -> bool {
@@ -422,6 +428,22 @@ mod tests {
         assert_eq!(cursor.on_notification(&repeat, &own), Action::Skip);
         assert!(!cursor.catch_up(9, &own), "own, though never notified");
         assert!(own.is_empty());
+    }
+
+    #[test]
+    fn a_rewound_cursor_catches_up_the_event_it_could_not_hand_over() {
+        let own = OwnSeqs::default();
+        let mut cursor = Cursor::new(ME, 10);
+        let theirs = Payload::Stored {
+            origin: OTHER,
+            seq: 11,
+            json: "{}",
+        };
+        assert_eq!(cursor.on_notification(&theirs, &own), Action::Deliver("{}"));
+        cursor.rewind_before(11);
+        assert_eq!(cursor.high(), 10);
+        assert!(cursor.catch_up(11, &own), "read again by the catch-up");
+        assert_eq!(cursor.high(), 11);
     }
 
     #[test]
