@@ -259,8 +259,19 @@ async fn lookup_batch(
     Ok(BatchState::new(known, tombstones))
 }
 
-/// Nothing to do: every write already goes through the one write connection.
-pub(super) async fn lock_writes(_conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+/// Take the database's write lock before the transaction reads anything.
+///
+/// Within this process every write goes through the one write connection,
+/// but another process may write to the same file (`cairn sync` beside a
+/// serving node). A deferred transaction that reads first and then writes
+/// gets `SQLITE_BUSY` at once when the other process wrote meanwhile (its
+/// snapshot is stale; the busy timeout does not apply), while a transaction
+/// whose first statement writes waits out the busy timeout like
+/// `BEGIN IMMEDIATE`. A write that matches no row is such a first statement.
+pub(super) async fn lock_writes(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM events WHERE 0")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
