@@ -10,7 +10,9 @@
 //! - **It moves when the holder stops.** A clean shutdown stops the job,
 //!   then unlocks; a crash or kill closes the connection, which releases
 //!   the lock. Standbys try again every [`DEFAULT_POLL`], so the job
-//!   resumes elsewhere within about that long.
+//!   resumes elsewhere within about that long; a standby keeps one
+//!   connection per job for its attempts (not a new one each time), and
+//!   opens another only when that one failed.
 //! - **A holder that loses its connection stops the job.** The holder
 //!   checks its connection every [`DEFAULT_CHECK`] (a query bounded by
 //!   [`CHECK_TIMEOUT`]); when the check fails the job is cancelled and
@@ -134,11 +136,13 @@ async fn hold_when_possible(
     work: &WorkFn,
 ) {
     let mut standby_logged = false;
+    // The standby's connection, kept between attempts.
+    let mut standby: Option<PgConnection> = None;
     loop {
         // Connect and take the lock, or wait and try again.
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = tokio::time::timeout(CHECK_TIMEOUT, acquire(job, pool)) => c,
+            c = tokio::time::timeout(CHECK_TIMEOUT, acquire(job, pool, &mut standby)) => c,
         };
         let mut conn = match conn {
             Ok(Ok(Some(conn))) => conn,
@@ -163,6 +167,8 @@ async fn hold_when_possible(
                 continue;
             }
             Err(_) => {
+                // Interrupted mid-query: that connection is not reusable.
+                standby = None;
                 tracing::warn!(job = job.name(), "the lease query did not answer in time");
                 if sleep_or_shutdown(DEFAULT_POLL, shutdown).await {
                     return;
@@ -201,23 +207,37 @@ async fn hold_when_possible(
     }
 }
 
-/// A lease connection holding `job`'s lock, or `None` when another holds it.
-async fn acquire(job: Job, pool: &PgPool) -> Result<Option<PgConnection>, sqlx::Error> {
-    let options = (*pool.connect_options()).clone().application_name(&format!(
-        "cairn lease {} {}",
-        job.name(),
-        std::process::id()
-    ));
-    let mut conn = PgConnection::connect_with(&options).await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+/// A lease connection holding `job`'s lock, or `None` when another holds
+/// it. The attempt is made on `standby` (connected first if it is `None`),
+/// which keeps the connection when the lock is not free and is emptied when
+/// the attempt failed or took the lock.
+async fn acquire(
+    job: Job,
+    pool: &PgPool,
+    standby: &mut Option<PgConnection>,
+) -> Result<Option<PgConnection>, sqlx::Error> {
+    if standby.is_none() {
+        let options = (*pool.connect_options()).clone().application_name(&format!(
+            "cairn lease {} {}",
+            job.name(),
+            std::process::id()
+        ));
+        *standby = Some(PgConnection::connect_with(&options).await?);
+    }
+    let Some(conn) = standby.as_mut() else {
+        return Ok(None);
+    };
+    let got = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
         .bind(job.key())
-        .fetch_one(&mut conn)
-        .await?;
-    if got {
-        Ok(Some(conn))
-    } else {
-        let _ = conn.close().await;
-        Ok(None)
+        .fetch_one(conn)
+        .await;
+    match got {
+        Ok(true) => Ok(standby.take()),
+        Ok(false) => Ok(None),
+        Err(e) => {
+            *standby = None;
+            Err(e)
+        }
     }
 }
 
