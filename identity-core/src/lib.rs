@@ -10,6 +10,8 @@
 //! - [`log`]: the append-only Merkle log of accepted operations (RFC 6962 hashing);
 //! - [`state`]: the sparse Merkle tree mapping each `x_uid` to its current record;
 //! - [`epoch`]: epoch headers and the OP_RETURN payload that anchors them on Bitcoin;
+//! - [`segment`]: which operations an epoch holds, in log order, so that a
+//!   mirror can replay a witness's log from its published events;
 //! - [`bundle`]: proof and absence bundles and their offline verification against
 //!   Bitcoin headers (a headers file, or the verifier's own node over RPC);
 //! - [`hash`], [`kinds`] and [`nip01`]: the tagged hashes, the Nostr kinds and the
@@ -35,6 +37,7 @@ pub mod hash;
 pub mod kinds;
 pub mod log;
 pub mod nip01;
+pub mod segment;
 pub mod state;
 
 pub use hash::Hash;
