@@ -28,4 +28,6 @@ pub mod anchor;
 pub mod service;
 pub mod x;
 
-pub use cairn_identity_core::{binding, bundle, epoch, hash, kinds, log, state, Hash, StoreError};
+pub use cairn_identity_core::{
+    binding, bundle, epoch, hash, kinds, log, segment, state, Hash, StoreError,
+};

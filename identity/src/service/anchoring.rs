@@ -85,6 +85,10 @@ impl IdentityService {
         {
             self.publish(event);
         }
+        // Where each operation sits in the log, for mirrors (kind 3473).
+        for event in self.segment_events(header.epoch).await {
+            self.publish(event);
+        }
         Ok(EpochClose::Closed {
             epoch: header.epoch,
             txid,
@@ -122,10 +126,11 @@ impl IdentityService {
                 continue;
             };
             if *current != Some(txid) {
-                let fresh = current.is_none();
                 self.set_txid(r.epoch, txid).await?;
-                if fresh {
-                    // The epoch event published at close had no anchor yet.
+                {
+                    // The epoch event published at close had no anchor yet,
+                    // and a fee bump or re-anchoring replaced the one named
+                    // since: mirrors look the anchor up by this txid.
                     let header = {
                         let core = self.core.lock().await;
                         core.epochs[r.epoch as usize].header

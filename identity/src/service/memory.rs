@@ -38,6 +38,8 @@ pub(super) struct AcceptedOp {
     pub(super) log_index: u64,
     pub(super) attestation_index: Option<u64>,
     pub(super) epoch: u64,
+    /// Block height it was applied at (published in the epoch's log segment).
+    pub(super) height: u32,
 }
 
 /// In-memory registry, log and state tree, rebuilt from SQL at start.
@@ -134,6 +136,7 @@ impl Core {
             log_index,
             attestation_index,
             epoch: ctx.epoch,
+            height: ctx.height,
         };
         self.history
             .entry(op.x_uid)

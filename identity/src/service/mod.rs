@@ -36,6 +36,8 @@
 //! - `bindings`: challenges, proof-post checks and accepting operations;
 //! - `anchoring`: closing epochs, following their anchors, epoch and status views;
 //! - `lookup`, `proofs`: where an identity stands, proof and absence bundles;
+//! - [`mirror`]: following another witness from its published events, and
+//!   the log segments (kind 3473) this witness publishes for mirrors;
 //! - `views`: the answer types (the HTTP API's JSON bodies);
 //! - [`db`]: the SQL tables and the migrations that create them.
 
@@ -46,6 +48,7 @@ pub mod db;
 mod error;
 mod lookup;
 mod memory;
+pub mod mirror;
 mod proofs;
 mod replay;
 mod views;
