@@ -38,6 +38,16 @@ pub const QUERY_SECONDS: &str = "cairn_query_seconds";
 /// handed to this process's live fan-out, label `via` (`notify`: a
 /// notification; `catch_up`: read after the listener reconnected).
 pub const CLUSTER_EVENTS: &str = "cairn_cluster_events_total";
+/// Histogram: seconds from another process announcing an event (its
+/// `NOTIFY`, inside the commit) to this process handing it to its live
+/// subscribers: the cross-process fan-out lag. Measured with both processes'
+/// clocks, so machines sharing a database should run NTP; events read in a
+/// catch-up are not counted.
+pub const CLUSTER_FANOUT_LAG_SECONDS: &str = "cairn_cluster_fanout_lag_seconds";
+/// Counter: times remote events stopped waiting for a live subscriber that
+/// took no events for a whole slow-reader grace (see the relay's pacing of
+/// remote events).
+pub const CLUSTER_PACING_STALLS: &str = "cairn_cluster_pacing_stalls_total";
 /// Counter: times the cluster listener's connection was lost (each followed
 /// by a reconnection and a catch-up).
 pub const CLUSTER_LISTENER_LOST: &str = "cairn_cluster_listener_lost_total";

@@ -399,18 +399,51 @@ impl Relay {
     }
 }
 
+/// Remote events are handed to the live ring only while fewer than this many
+/// events in it wait for some subscriber (see [`fan_out_remote`]).
+pub const REMOTE_PACING_BACKLOG: usize = DEFAULT_LIVE_BUFFER / 2;
+
+/// How often a paced hand-off looks at the ring's backlog again.
+const REMOTE_PACING_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Hand the events other processes on the database stored or relayed (see
 /// [`Store::remote_events`]) to this process's live subscribers, through the
 /// same fan-out, so each connection applies its own filters and privacy
 /// rules. Holds only a weak handle: ends once the relay is gone.
+///
+/// **Paced against the subscribers.** A listener that reconnects after an
+/// outage catches up on everything it missed at database speed, far faster
+/// than a subscriber's socket takes events; poured into the live ring at
+/// once, a long gap would push subscribers that read normally more than
+/// [`DEFAULT_LIVE_BUFFER`] events behind, and they would be closed as slow
+/// readers. So a remote event waits while [`REMOTE_PACING_BACKLOG`] or more
+/// events in the ring are still unread by some subscriber, for as long as
+/// that backlog keeps shrinking: the catch-up then goes at the pace of the
+/// slowest subscriber that reads (the listener's queue fills meanwhile,
+/// which holds the catch-up back, and Postgres keeps what is notified
+/// meanwhile; see the store's listener). A backlog that has not shrunk for
+/// a whole `slow_reader_grace_ms` means a subscriber that does not take
+/// live events at all: the hand-off stops waiting for it (until the backlog
+/// is below the mark again) and that subscriber falls behind and is
+/// dropped, as one is for local events. Local events are never paced.
 async fn fan_out_remote(
     relay: std::sync::Weak<Relay>,
     mut remote: tokio::sync::mpsc::Receiver<crate::store::RemoteEvent>,
 ) {
-    while let Some(crate::store::RemoteEvent { json }) = remote.recv().await {
+    let mut stalled = false;
+    while let Some(remote_event) = remote.recv().await {
+        let crate::store::RemoteEvent { json, sent_at_ms } = remote_event;
+        if !pace(&relay, &mut stalled).await {
+            return;
+        }
         let Some(relay) = relay.upgrade() else {
             return;
         };
+        if let Some(sent) = sent_at_ms {
+            let lag_ms = unix_millis().saturating_sub(sent);
+            metrics::histogram!(crate::metrics::CLUSTER_FANOUT_LAG_SECONDS)
+                .record(lag_ms as f64 / 1000.0);
+        }
         if relay.live.receiver_count() == 0 {
             continue;
         }
@@ -419,6 +452,61 @@ async fn fan_out_remote(
                 let _ = relay.live.send(Arc::new(LiveEvent { event, json }));
             }
             Err(err) => tracing::warn!(error = %err, "an event from the database does not parse"),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Wait until the live ring has room for one more remote event (see
+/// [`fan_out_remote`]); false once the relay is gone or shutting down.
+/// `stalled` carries, from one event to the next, that the backlog stopped
+/// shrinking: no waiting until it is below the mark again.
+async fn pace(relay: &std::sync::Weak<Relay>, stalled: &mut bool) -> bool {
+    let (mut backlog, grace) = {
+        let Some(relay) = relay.upgrade() else {
+            return false;
+        };
+        let grace = relay.config.limits.slow_reader_grace_ms.max(1);
+        (relay.live.len(), std::time::Duration::from_millis(grace))
+    };
+    if backlog < REMOTE_PACING_BACKLOG {
+        *stalled = false;
+        return true;
+    }
+    if *stalled {
+        return true;
+    }
+    let mut shrank_at = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(REMOTE_PACING_POLL).await;
+        let Some(relay) = relay.upgrade() else {
+            return false;
+        };
+        if relay.shutdown.is_cancelled() {
+            return false;
+        }
+        let now = relay.live.len();
+        if now < REMOTE_PACING_BACKLOG {
+            return true;
+        }
+        if now < backlog {
+            shrank_at = std::time::Instant::now();
+        }
+        backlog = now;
+        if shrank_at.elapsed() >= grace {
+            metrics::counter!(crate::metrics::CLUSTER_PACING_STALLS).increment(1);
+            tracing::debug!(
+                backlog,
+                "a live subscriber takes no events: remote events no longer wait for it"
+            );
+            *stalled = true;
+            return true;
         }
     }
 }

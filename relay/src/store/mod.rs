@@ -23,6 +23,10 @@ pub use writer::{Writer, DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CA
 pub struct RemoteEvent {
     /// The event's JSON as stored.
     pub json: String,
+    /// When the sending process announced it (its clock, milliseconds since
+    /// the Unix epoch), for the fan-out lag metric; `None` for an event read
+    /// in a catch-up or announced without a time.
+    pub sent_at_ms: Option<u64>,
 }
 
 /// What happened to one event handed to [`Store::save_batch`].

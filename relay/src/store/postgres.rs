@@ -105,6 +105,7 @@ impl PostgresStore {
                     .bind(&ids)
                     .fetch_all(&mut *tx)
                     .await?;
+            let sent_at_ms = crate::relay::unix_millis();
             let payloads: Vec<String> = seqs
                 .iter()
                 .filter_map(|(seq, id)| {
@@ -114,6 +115,7 @@ impl PostgresStore {
                         *seq,
                         &hex::encode(id),
                         &ev.json,
+                        sent_at_ms,
                     ))
                 })
                 .collect();
@@ -278,7 +280,9 @@ impl Store for PostgresStore {
     async fn relay_ephemeral(&self, event: &Event) -> Result<(), StoreError> {
         use nostr::JsonUtil;
         let json = event.as_json();
-        let Some(payload) = notify::payload_for_ephemeral(self.origin, &json) else {
+        let Some(payload) =
+            notify::payload_for_ephemeral(self.origin, &json, crate::relay::unix_millis())
+        else {
             tracing::debug!(
                 bytes = json.len(),
                 "ephemeral event too big for NOTIFY: delivered on this process only"

@@ -11,6 +11,14 @@
 //!   [`MAX_RETRY`]), connects again, LISTENs, and only then catches up on
 //!   every event stored meanwhile (`seq` above the cursor, in order), so
 //!   there is no silent gap and nothing is delivered twice.
+//! - **A long catch-up happens before LISTEN.** After a long outage the
+//!   catch-up goes at the pace of this process's live subscribers (the
+//!   relay paces remote events against them), which can take a while; a
+//!   session that LISTENed first would make Postgres queue every
+//!   notification of that while for it. So the listener first reads
+//!   pages past the cursor without listening until one comes back short
+//!   (the gap is less than a page), then LISTENs, then reads the rest:
+//!   only that last short read happens while notifications queue up.
 //! - Ephemeral events announced while the connection was down are lost
 //!   (they are never stored); that is the same promise live delivery of an
 //!   ephemeral event always makes.
@@ -33,7 +41,7 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::notify::{Action, Cursor, Origin, OwnSeqs, Payload, CHANNEL};
+use super::notify::{split_stamp, Action, Cursor, Origin, OwnSeqs, Payload, CHANNEL};
 
 use crate::store::RemoteEvent;
 
@@ -153,12 +161,17 @@ async fn listen_on(
     // A lost connection ends the session (`try_recv` gives `None`): the
     // reconnection, with its catch-up, is ours, not PgListener's silent one.
     let mut listener = PgListener::connect_with(own_pool).await?;
+    // The bulk of a long gap, before listening (see the module docs).
+    let Some(before) = catch_up(pool, cursor, own, tx).await? else {
+        return Ok(End::Stop);
+    };
     listener.listen(CHANNEL).await?;
     // LISTEN is in effect: whatever commits from now on is notified, so
     // reading what was stored past the cursor now leaves no gap.
-    let Some(caught_up) = catch_up(pool, cursor, own, tx).await? else {
+    let Some(after) = catch_up(pool, cursor, own, tx).await? else {
         return Ok(End::Stop);
     };
+    let caught_up = before + after;
     if *connected_before {
         tracing::info!(caught_up, "cluster listener reconnected");
     } else {
@@ -175,7 +188,8 @@ async fn listen_on(
                 "the listener connection was closed".into(),
             ));
         };
-        let payload = match Payload::decode(notification.payload()) {
+        let (sent_at_ms, text) = split_stamp(notification.payload());
+        let payload = match Payload::decode(text) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "ignoring a notification");
@@ -195,7 +209,7 @@ async fn listen_on(
                 None => continue,
             },
         };
-        match tx.try_send(RemoteEvent { json }) {
+        match tx.try_send(RemoteEvent { json, sent_at_ms }) {
             Ok(()) => {
                 metrics::counter!(crate::metrics::CLUSTER_EVENTS, "via" => "notify").increment(1);
             }
@@ -233,7 +247,11 @@ async fn catch_up(
             if cursor.catch_up(seq, own) {
                 delivered += 1;
                 metrics::counter!(crate::metrics::CLUSTER_EVENTS, "via" => "catch_up").increment(1);
-                if tx.send(RemoteEvent { json }).await.is_err() {
+                let event = RemoteEvent {
+                    json,
+                    sent_at_ms: None,
+                };
+                if tx.send(event).await.is_err() {
                     return Ok(None);
                 }
             }

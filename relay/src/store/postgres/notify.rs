@@ -13,6 +13,12 @@
 //!   stored, so one over [`MAX_PAYLOAD`] reaches only the local process; see
 //!   [`payload_for_ephemeral`]).
 //!
+//! Each payload is stamped with the sender's clock (`@<unix ms> ` before
+//! it, see [`stamp`]) so that the receiver can measure the cross-process
+//! fan-out lag. A payload without the stamp (an older version's) is read
+//! as before; an older version ignores stamped payloads (with a warning),
+//! so every process sharing a database should run the same version.
+//!
 //! Invariants a listening process keeps with its [`Cursor`]:
 //! - **Own events are not delivered twice.** The process that accepted an
 //!   event already fanned it out in-process; it skips notifications carrying
@@ -136,26 +142,52 @@ impl<'a> Payload<'a> {
     }
 }
 
-/// The payload announcing a stored event: its JSON when that fits, else a
-/// reference.
-pub fn payload_for_stored(origin: Origin, seq: i64, id_hex: &str, json: &str) -> String {
-    let inline = Payload::Stored { origin, seq, json }.encode();
+/// `text` stamped with the sender's clock, `sent_at_ms` (milliseconds since
+/// the Unix epoch): `@<ms> <text>`.
+pub fn stamp(sent_at_ms: u64, text: &str) -> String {
+    format!("@{sent_at_ms} {text}")
+}
+
+/// A notification's stamp (see [`stamp`]), if it has one, and the payload
+/// text after it.
+pub fn split_stamp(text: &str) -> (Option<u64>, &str) {
+    if let Some(rest) = text.strip_prefix('@') {
+        if let Some((ms, payload)) = rest.split_once(' ') {
+            if let Ok(ms) = ms.parse() {
+                return (Some(ms), payload);
+            }
+        }
+    }
+    (None, text)
+}
+
+/// The (stamped) payload announcing a stored event: its JSON when that
+/// fits, else a reference.
+pub fn payload_for_stored(
+    origin: Origin,
+    seq: i64,
+    id_hex: &str,
+    json: &str,
+    sent_at_ms: u64,
+) -> String {
+    let inline = stamp(sent_at_ms, &Payload::Stored { origin, seq, json }.encode());
     if inline.len() <= MAX_PAYLOAD {
         inline
     } else {
-        Payload::Reference {
+        let reference = Payload::Reference {
             origin,
             seq,
             id: id_hex,
-        }
-        .encode()
+        };
+        stamp(sent_at_ms, &reference.encode())
     }
 }
 
-/// The payload announcing an ephemeral event, or `None` when it does not
-/// fit (an ephemeral event is not stored, so there is nothing to fetch).
-pub fn payload_for_ephemeral(origin: Origin, json: &str) -> Option<String> {
-    let text = Payload::Ephemeral { origin, json }.encode();
+/// The (stamped) payload announcing an ephemeral event, or `None` when it
+/// does not fit (an ephemeral event is not stored, so there is nothing to
+/// fetch).
+pub fn payload_for_ephemeral(origin: Origin, json: &str, sent_at_ms: u64) -> Option<String> {
+    let text = stamp(sent_at_ms, &Payload::Ephemeral { origin, json }.encode());
     (text.len() <= MAX_PAYLOAD).then_some(text)
 }
 
@@ -310,6 +342,7 @@ mod tests {
 
     const ME: Origin = Origin(0xabc);
     const OTHER: Origin = Origin(u64::MAX);
+    const T: u64 = 1_764_000_000_000;
 
     #[test]
     fn payloads_round_trip() {
@@ -339,35 +372,51 @@ mod tests {
     fn a_big_event_is_announced_by_reference_and_a_big_ephemeral_not_at_all() {
         let small = "x".repeat(100);
         let big = "x".repeat(MAX_PAYLOAD);
-        let text = payload_for_stored(ME, 5, "ab", &small);
+        let text = payload_for_stored(ME, 5, "ab", &small, T);
+        let (sent, body) = split_stamp(&text);
+        assert_eq!(sent, Some(T));
         assert!(matches!(
-            Payload::decode(&text),
+            Payload::decode(body),
             Ok(Payload::Stored { seq: 5, .. })
         ));
-        let text = payload_for_stored(ME, 5, "ab", &big);
+        let text = payload_for_stored(ME, 5, "ab", &big, T);
         assert!(text.len() <= MAX_PAYLOAD);
         assert_eq!(
-            Payload::decode(&text),
+            Payload::decode(split_stamp(&text).1),
             Ok(Payload::Reference {
                 origin: ME,
                 seq: 5,
                 id: "ab"
             })
         );
-        assert!(payload_for_ephemeral(ME, &small).is_some());
-        assert!(payload_for_ephemeral(ME, &big).is_none());
-        // The largest payload that fits is sent inline.
-        let header = Payload::Stored {
+        assert!(payload_for_ephemeral(ME, &small, T).is_some());
+        assert!(payload_for_ephemeral(ME, &big, T).is_none());
+        // The largest payload that fits (stamp included) is sent inline.
+        let empty = Payload::Stored {
             origin: ME,
             seq: 5,
             json: "",
-        }
-        .encode()
-        .len();
+        };
+        let header = stamp(T, &empty.encode()).len();
         let exact = "y".repeat(MAX_PAYLOAD - header);
-        let text = payload_for_stored(ME, 5, "ab", &exact);
+        let text = payload_for_stored(ME, 5, "ab", &exact, T);
         assert_eq!(text.len(), MAX_PAYLOAD);
-        assert!(matches!(Payload::decode(&text), Ok(Payload::Stored { .. })));
+        assert!(matches!(
+            Payload::decode(split_stamp(&text).1),
+            Ok(Payload::Stored { .. })
+        ));
+    }
+
+    #[test]
+    fn unstamped_payloads_still_decode() {
+        let old = Payload::Ephemeral {
+            origin: ME,
+            json: "{}",
+        }
+        .encode();
+        assert_eq!(split_stamp(&old), (None, old.as_str()));
+        assert_eq!(split_stamp("@x S"), (None, "@x S"));
+        assert_eq!(split_stamp(&stamp(7, &old)), (Some(7), old.as_str()));
     }
 
     #[test]
