@@ -131,6 +131,14 @@ pub(crate) fn check_event(
     if kinds::expiration(event).is_some_and(|at| at <= now) {
         return rule("invalid: event has expired".into());
     }
+    // What the background purge would delete at its next pass is not taken
+    // (it would be `OK true`, then gone).
+    if let Some(keep) = config.retention.is_past(kind, created, now) {
+        return rule(format!(
+            "invalid: created_at is older than this relay keeps kind {kind} ({keep} seconds, \
+             see NIP-11 retention)"
+        ));
+    }
     if kind == KIND_AUTH {
         return rule("invalid: kind 22242 is sent with AUTH, not EVENT".into());
     }

@@ -182,6 +182,30 @@ impl RetentionConfig {
         self.rules().iter().any(|r| r.keep != Keep::Forever) || self.max_db_bytes.is_some()
     }
 
+    /// How long events of `kind` are kept: the first rule that covers it
+    /// (per-kind rules first), `forever` for a kind no rule covers
+    /// (ephemeral kinds are never stored).
+    pub fn keep_for(&self, kind: u16) -> Keep {
+        self.rules()
+            .into_iter()
+            .find(|r| {
+                !r.except.contains(&kind) && r.kinds.iter().any(|&(a, b)| (a..=b).contains(&kind))
+            })
+            .map_or(Keep::Forever, |r| r.keep)
+    }
+
+    /// Whether an event of `kind` created at `created_at` is already past
+    /// its rule at `now`: what the next pass would delete (`created_at`
+    /// before `now` minus the time kept), so the relay refuses it when it is
+    /// published instead of answering `OK true` and purging it a minute
+    /// later.
+    pub fn is_past(&self, kind: u16, created_at: u64, now: u64) -> Option<u64> {
+        match self.keep_for(kind) {
+            Keep::Seconds(keep) if created_at < now.saturating_sub(keep) => Some(keep),
+            _ => None,
+        }
+    }
+
     /// Every rule, per-kind ones first, each class excluding the kinds with
     /// their own rule.
     fn rules(&self) -> Vec<Rule> {

@@ -198,6 +198,74 @@ async fn a_pass_deletes_in_bounded_batches(store: Arc<dyn Store>) {
     );
 }
 
+/// An event already past its rule when it is published is refused with
+/// `invalid:` and not stored, as the next pass would delete it; one within
+/// its rule is stored and left alone by that pass.
+async fn an_event_past_its_rule_is_refused_at_publish(store: Arc<dyn Store>) {
+    use cairn_relay::{Accepted, Refused};
+    let config = cairn_relay::config::RelayConfig {
+        retention: RetentionConfig {
+            gift_wraps: Keep::Seconds(30 * DAY),
+            regular: Keep::Seconds(DAY),
+            kinds: [(1, Keep::Forever)].into_iter().collect(),
+            ..RetentionConfig::default()
+        },
+        ..cairn_relay::config::RelayConfig::default()
+    };
+    assert_eq!(config.retention.keep_for(7), Keep::Seconds(DAY));
+    assert_eq!(config.retention.keep_for(1), Keep::Forever);
+    assert_eq!(config.retention.keep_for(1059), Keep::Seconds(30 * DAY));
+    assert_eq!(config.retention.keep_for(0), Keep::Forever);
+    let retention = config.retention.clone();
+    let (relay, _writer) = cairn_relay::Relay::new(config, "ws://127.0.0.1:1", Arc::clone(&store));
+    let now = Timestamp::now().as_secs();
+    let aged = |kind: u16, age: u64, tags: Vec<Tag>| {
+        EventBuilder::new(Kind::from(kind), "publish-time retention")
+            .tags(tags)
+            .custom_created_at(Timestamp::from(now - age))
+            .sign_with_keys(&Keys::generate())
+            .expect("signs")
+    };
+    let p = || vec![Tag::public_key(Keys::generate().public_key())];
+    let refused = [aged(7, 2 * DAY, vec![]), aged(1059, 31 * DAY, p())];
+    let kept = [
+        aged(7, 3_600, vec![]),
+        aged(1, 400 * DAY, vec![]),
+        aged(1059, 2 * DAY, p()),
+    ];
+    for event in &refused {
+        match relay.publish(event.clone()).await {
+            Err(Refused::Rule(reason)) => {
+                assert!(reason.starts_with("invalid: "), "{reason}");
+                assert!(reason.contains("retention"), "{reason}");
+            }
+            other => panic!("kind {} past its rule: {other:?}", event.kind),
+        }
+    }
+    for event in &kept {
+        let outcome = relay.publish(event.clone()).await;
+        assert!(
+            matches!(outcome, Ok(Accepted::Stored)),
+            "kind {}: {outcome:?}",
+            event.kind
+        );
+    }
+    let all: Vec<Event> = refused.iter().chain(&kept).cloned().collect();
+    let recipients: Vec<PublicKey> = all
+        .iter()
+        .flat_map(|e| e.tags.public_keys().copied().collect::<Vec<_>>())
+        .collect();
+    let mut found = HashSet::new();
+    for viewer in recipients.into_iter().map(Some).chain([None]) {
+        found.extend(present(&*store, &all, viewer).await);
+    }
+    let expected: HashSet<EventId> = kept.iter().map(|e| e.id).collect();
+    assert_eq!(found, expected, "only what is within its rule was stored");
+    // The background pass agrees: nothing accepted is past its rule.
+    let report = purge_once(&*store, &retention, now).await.expect("purge");
+    assert_eq!(report.aged, 0);
+}
+
 macro_rules! both {
     ($($case:ident),+ $(,)?) => {
         mod sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::with_sqlite(super::$case).await } )+ }
@@ -207,7 +275,8 @@ macro_rules! both {
 
 both!(
     age_rules_per_class_and_kind,
-    a_pass_deletes_in_bounded_batches
+    a_pass_deletes_in_bounded_batches,
+    an_event_past_its_rule_is_refused_at_publish
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
