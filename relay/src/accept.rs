@@ -74,6 +74,18 @@ pub fn ok_message(id: &str, result: &Result<Accepted, Refused>) -> String {
 /// people's gift-wrap budgets (and fill the limiter's map).
 pub const MAX_GIFT_WRAP_RECIPIENTS: usize = 8;
 
+/// Tokens an event takes from the per-IP and per-author event buckets: one,
+/// plus one per [`DEFAULT_HEAVY_COST`] of its [`write_cost`], so that a
+/// 2,500-tag deletion request counts as 20 events and a note as one (the
+/// limiter caps it at the bucket's burst).
+///
+/// [`DEFAULT_HEAVY_COST`]: crate::store::DEFAULT_HEAVY_COST
+/// [`write_cost`]: crate::store::write_cost
+pub(crate) fn rate_weight(event: &Event) -> u32 {
+    let weight = 1 + crate::store::write_cost(event) / crate::store::DEFAULT_HEAVY_COST;
+    u32::try_from(weight).unwrap_or(u32::MAX)
+}
+
 /// A 64-character lowercase hex string, as NIP-01 spells keys in tags.
 fn is_hex_key(value: &str) -> bool {
     value.len() == 64

@@ -215,7 +215,10 @@ impl Rate {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimits {
-    /// EVENT messages per client IP.
+    /// EVENT messages per client IP. Here and per pubkey, an event heavy
+    /// for the database counts as several: one token plus one per 256 of
+    /// its write cost (tags, deletion targets, KiB of content), so a
+    /// 2,500-tag deletion request takes 20.
     pub events_per_ip: Rate,
     /// Events per author pubkey (not applied to kind 1059).
     pub events_per_pubkey: Rate,

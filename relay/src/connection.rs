@@ -498,7 +498,12 @@ impl Session {
         }
         // Per-IP limit before the signature check, so floods cost no CPU;
         // per-author limits after it, so nobody can drain another's bucket.
-        if !self.relay.limiters.events_per_ip.check(&self.ip) {
+        if !self
+            .relay
+            .limiters
+            .events_per_ip
+            .check_weighted(&self.ip, crate::accept::rate_weight(&event))
+        {
             let reply = EventReply {
                 message: out::ok(&id, false, "rate-limited: slow down, too many events"),
                 rate_limited: true,
@@ -880,7 +885,9 @@ async fn verify_and_submit(relay: &Relay, event: Box<Event>) -> Result<Accepted,
         kinds::tag_values(&event, "p")
             .all(|p| limiters.gift_wraps_per_recipient.check(&p.to_owned()))
     } else {
-        limiters.events_per_pubkey.check(&event.pubkey)
+        limiters
+            .events_per_pubkey
+            .check_weighted(&event.pubkey, crate::accept::rate_weight(&event))
     };
     if !within_rate {
         return Err(Refused::RateLimited);

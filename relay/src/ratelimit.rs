@@ -57,8 +57,25 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         self.acquire_at(key, Instant::now())
     }
 
+    /// Take `tokens` tokens for `key` at once (what a heavier request
+    /// costs; at least 1, and at most the burst, so that a request within
+    /// the limits can always pass once the bucket is full); `false` when the
+    /// bucket holds fewer.
+    pub fn check_weighted(&self, key: &K, tokens: u32) -> bool {
+        self.take_at(key, f64::from(tokens), Instant::now()).is_ok()
+    }
+
     /// [`RateLimiter::acquire`] at a given instant (for tests).
     pub fn acquire_at(&self, key: &K, now: Instant) -> Result<(), Duration> {
+        self.take_at(key, 1.0, now)
+    }
+
+    /// [`RateLimiter::check_weighted`] at a given instant (for tests).
+    pub fn check_weighted_at(&self, key: &K, tokens: u32, now: Instant) -> bool {
+        self.take_at(key, f64::from(tokens), now).is_ok()
+    }
+
+    fn take_at(&self, key: &K, tokens: f64, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= SWEEP_AT && !buckets.contains_key(key) {
             self.sweep(&mut buckets, now);
@@ -71,11 +88,12 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let tokens = tokens.clamp(1.0, rate.burst.max(1.0));
+        if bucket.tokens >= tokens {
+            bucket.tokens -= tokens;
             Ok(())
         } else {
-            let missing = 1.0 - bucket.tokens;
+            let missing = tokens - bucket.tokens;
             Err(Duration::from_secs_f64(
                 missing / rate.per_second.max(f64::MIN_POSITIVE),
             ))
@@ -195,6 +213,28 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
+
+    #[test]
+    fn weighted_requests_take_their_tokens() {
+        let limiter = RateLimiter::new(Rate::new(10.0, 100.0));
+        let now = Instant::now();
+        assert!(limiter.check_weighted_at(&"a", 60, now));
+        // 40 left: a 60-token request waits, a 40-token one passes.
+        assert!(!limiter.check_weighted_at(&"a", 60, now));
+        assert!(limiter.check_weighted_at(&"a", 40, now));
+        assert!(!limiter.check_at(&"a", now));
+        // After 2 s, 20 tokens came back.
+        let later = now + Duration::from_secs(2);
+        assert!(!limiter.check_weighted_at(&"a", 21, later));
+        assert!(limiter.check_weighted_at(&"a", 20, later));
+        // A request above the burst costs the whole bucket, never more: it
+        // passes once the bucket is full.
+        let full = later + Duration::from_secs(10);
+        assert!(limiter.check_weighted_at(&"a", 1_000, full));
+        assert!(!limiter.check_at(&"a", full));
+        // Zero counts as one.
+        assert!(limiter.check_weighted_at(&"b", 0, now));
+    }
 
     #[tokio::test]
     async fn concurrent_slots_are_capped_per_key_and_queued() {

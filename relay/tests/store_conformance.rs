@@ -148,6 +148,7 @@ conformance!(
     delete_by_e_before_event_arrives,
     deleting_a_deletion_has_no_effect,
     delete_by_a_author_only,
+    deletion_with_many_tags,
     expiration_hidden_and_purged,
     private_kinds_need_a_viewer,
     count_or_of_filters,
@@ -745,6 +746,124 @@ async fn delete_by_a_author_only(store: Arc<dyn Store>) {
     assert_eq!(
         ids(&store, Filter::new().identifier("post"), &cx).await,
         vec![newer.id]
+    );
+}
+
+/// NIP-09 at the size of `max_event_tags`: one kind 5 with 2,500 tags
+/// (more targets than one statement's chunk) deletes exactly the author's
+/// own events it names by `e` and `a`, tombstones the rest (so they cannot
+/// arrive later), leaves other authors' events alone, and is itself found by
+/// `#e` on any of its targets.
+async fn deletion_with_many_tags(store: Arc<dyn Store>) {
+    let alice = Keys::generate();
+    let bob = Keys::generate();
+    let pk = alice.public_key().to_hex();
+    let bob_pk = bob.public_key().to_hex();
+    let mine: Vec<Event> = (0..700)
+        .map(|i| event(&alice, 1, T0 + i, vec![tag(&["t", "mine"])]))
+        .collect();
+    let theirs: Vec<Event> = (0..300)
+        .map(|i| event(&bob, 1, T0 + i, vec![tag(&["t", "theirs"])]))
+        .collect();
+    let articles: Vec<Event> = (0..20)
+        .map(|i| event(&alice, 30_023, T0, vec![tag(&["d", &format!("a{i}")])]))
+        .collect();
+    let bob_article = event(&bob, 30_023, T0, vec![tag(&["d", "a0"])]);
+    // Alice's notes not stored yet: named now, refused when they arrive.
+    let later: Vec<Event> = (0..100)
+        .map(|i| event(&alice, 1, T0 + 10_000 + i, vec![]))
+        .collect();
+    let kept = event(&alice, 1, T0 + 20_000, vec![tag(&["t", "mine"])]);
+    save_all(&store, &mine).await;
+    save_all(&store, &theirs).await;
+    save_all(&store, &articles).await;
+    save_all(&store, &[bob_article.clone(), kept.clone()]).await;
+
+    let mut tags: Vec<Tag> = Vec::new();
+    tags.extend(mine.iter().map(|e| Tag::event(e.id)));
+    tags.extend(theirs.iter().map(|e| Tag::event(e.id)));
+    tags.extend(later.iter().map(|e| Tag::event(e.id)));
+    // Some twice.
+    tags.extend(mine.iter().take(50).map(|e| Tag::event(e.id)));
+    tags.extend((0..20).map(|i| tag(&["a", &format!("30023:{pk}:a{i}")])));
+    tags.push(tag(&["a", &format!("30023:{bob_pk}:a0")]));
+    let mut n = 0u64;
+    while tags.len() < 2_500 {
+        let mut id = [0xeeu8; 32];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        tags.push(Tag::event(EventId::from_byte_array(id)));
+        n += 1;
+    }
+    let deletion = event(&alice, 5, T0 + 15_000, tags);
+    // In one batch with events before and after it.
+    let note_before = event(&alice, 1, T0 + 14_000, vec![]);
+    let out = store
+        .save_batch(&[
+            note_before.clone(),
+            deletion.clone(),
+            mine[3].clone(),
+            later[0].clone(),
+            theirs[0].clone(),
+        ])
+        .await
+        .expect("save_batch");
+    assert_eq!(
+        out,
+        vec![
+            SaveOutcome::Stored,
+            SaveOutcome::Stored,
+            SaveOutcome::Deleted,
+            SaveOutcome::Deleted,
+            SaveOutcome::Duplicate,
+        ]
+    );
+
+    let cx = ctx(&[]);
+    assert_eq!(
+        ids(&store, Filter::new().hashtag("mine"), &cx).await,
+        vec![kept.id],
+        "every named note of Alice's is gone, the unnamed one stays"
+    );
+    assert_eq!(
+        store
+            .count(&[Filter::new().hashtag("theirs")], &cx)
+            .await
+            .expect("count"),
+        300,
+        "Bob's notes are not Alice's to delete"
+    );
+    assert_eq!(
+        ids(
+            &store,
+            Filter::new()
+                .author(alice.public_key())
+                .kind(Kind::from(30_023)),
+            &cx
+        )
+        .await,
+        Vec::<EventId>::new()
+    );
+    assert_eq!(
+        ids(&store, Filter::new().kind(Kind::from(30_023)), &cx).await,
+        vec![bob_article.id]
+    );
+    // Tombstones for every target, stored or not.
+    for ev in [&mine[0], &mine[699], &later[1], &later[99], &articles[5]] {
+        assert_eq!(save(&store, ev).await, SaveOutcome::Deleted, "{}", ev.id);
+    }
+    assert_eq!(save(&store, &theirs[1]).await, SaveOutcome::Duplicate);
+    let bob_new = event(&bob, 1, T0 + 30_000, vec![]);
+    assert_eq!(save(&store, &bob_new).await, SaveOutcome::Stored);
+    // The request is served, found by any of its targets.
+    for target in [mine[10].id, theirs[10].id, later[50].id] {
+        assert_eq!(
+            ids(&store, Filter::new().kind(Kind::from(5)).event(target), &cx).await,
+            vec![deletion.id]
+        );
+    }
+    assert_eq!(
+        ids(&store, Filter::new().id(note_before.id), &cx).await,
+        vec![note_before.id]
     );
 }
 
@@ -1798,4 +1917,58 @@ async fn sync_items_are_what_query_sees(store: Arc<dyn Store>) {
         .await
         .expect("exactly max");
     assert_eq!(got.len(), n);
+}
+
+/// What one 2,500-tag deletion request costs the SQLite writer (the
+/// `cairn-bench abuse` deletions attack), one per batch, on a store of
+/// 20,000 tagged notes: not a test, a probe.
+/// `cargo test -p cairn-relay --test store_conformance deletion_cost_sqlite -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "probe; prints timings"]
+async fn deletion_cost_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/cairn.db", dir.path().display());
+    let store = store::open(&url).await.expect("open");
+    let authors: Vec<Keys> = (0..100).map(|_| Keys::generate()).collect();
+    let notes: Vec<Event> = (0..20_000u64)
+        .map(|i| {
+            let t: Vec<Tag> = (0..3)
+                .map(|h| tag(&["t", &format!("h{}", (i + h * 7) % 50)]))
+                .collect();
+            event(&authors[i as usize % 100], 1, T0 + i, t)
+        })
+        .collect();
+    for chunk in notes.chunks(500) {
+        save_all(&store, chunk).await;
+    }
+    let attacker = Keys::generate();
+    let mut times = Vec::new();
+    for round in 0..40u64 {
+        let tags: Vec<Tag> = (0..2_500u64)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&(round * 10_000 + i).to_le_bytes());
+                id[8..16].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+                Tag::event(EventId::from_byte_array(id))
+            })
+            .collect();
+        let deletion = event(&attacker, 5, T0 + 50_000 + round, tags);
+        let started = Instant::now();
+        assert_eq!(save(&store, &deletion).await, SaveOutcome::Stored);
+        times.push(started.elapsed());
+        store
+            .maintain(store::WriterPause::BetweenBatches)
+            .await
+            .expect("maintain");
+    }
+    let mut sorted = times.clone();
+    sorted.sort();
+    println!(
+        "2,500-tag deletion, one per batch: first {:?}, median {:?}, max {:?}, last {:?}",
+        times[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        times[times.len() - 1]
+    );
+    store.close().await;
 }

@@ -14,7 +14,10 @@ pub mod sqlite;
 mod writer;
 
 pub(crate) use common::push_in;
-pub use writer::{Writer, DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_QUEUE_CAPACITY};
+pub use writer::{
+    write_cost, Writer, WriterLimits, DEFAULT_HEAVY_COST, DEFAULT_HEAVY_QUEUE_CAPACITY,
+    DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_COST, DEFAULT_QUEUE_CAPACITY,
+};
 
 /// An event that another process sharing the database stored (or relayed,
 /// if ephemeral), for this process's live fan-out (see

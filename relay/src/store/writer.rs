@@ -1,5 +1,26 @@
 //! Group commit: many concurrent `save` calls share one transaction (and one
 //! fsync), so durable ingest is not bounded by the disk's sync latency.
+//!
+//! Batches are bounded by what they cost the database, not only by how many
+//! events they hold, and heavy events cannot delay light ones by more than
+//! one batch:
+//! - every event has a [`write_cost`] (its rows, tag rows, deletion targets
+//!   and JSON size);
+//! - events costing more than [`WriterLimits::heavy_cost`] queue in their
+//!   own lane (with its own, smaller, backpressure), so a flood of them
+//!   never stands in front of light events;
+//! - a batch takes the queued light events (up to `max_batch` and
+//!   `max_batch_cost`), and, every other batch at most, heavy events up to
+//!   the same cost budget (at least one, so each makes progress). A light
+//!   event therefore waits at most for the batch in progress and its own:
+//!   never for a queue of heavy ones.
+//!
+//! Invariants kept from the plain group commit: every `save` is answered
+//! only after its batch's `save_batch` returned (`Stored` means committed),
+//! and the task drains both lanes before it ends. Saves in flight at the
+//! same time have no defined order (a heavy event may be committed after a
+//! light one queued later, even from the same author); a caller that needs
+//! order waits for the answer before the next save.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,44 +30,138 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{SaveOutcome, Store, StoreError, WriterPause};
+use crate::kinds;
 
 /// Most events committed in one transaction by default.
 pub const DEFAULT_MAX_BATCH: usize = 512;
 
+/// Most [`write_cost`] one batch takes by default (a single event costing
+/// more still goes, alone among the heavy ones). About 1,000 typical notes
+/// or one 2,500-tag deletion request.
+pub const DEFAULT_MAX_BATCH_COST: usize = 8_192;
+
+/// Events costing more than this go into the heavy lane by default (a
+/// contact list of a few hundred `p` tags, a large deletion request).
+pub const DEFAULT_HEAVY_COST: usize = 256;
+
 /// Saves waiting for the writer task before `save` itself waits (backpressure).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+
+/// Heavy saves waiting for the writer task before `save` waits: kept small,
+/// because each may take a whole batch.
+pub const DEFAULT_HEAVY_QUEUE_CAPACITY: usize = 64;
 
 /// How long the queue stays empty before the store gets a
 /// [`WriterPause::Idle`] (and again each time this passes while it stays so).
 pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// The work saving `event` puts on the database, in rough units of one
+/// index row: the event's own row, one per tag (tag rows), one more per
+/// `e`/`a` tag of a deletion request (a target to delete and tombstone),
+/// and one per KiB of JSON.
+pub fn write_cost(event: &Event) -> usize {
+    let tags = event.tags.len();
+    let targets = if event.kind.as_u16() == kinds::KIND_DELETION {
+        event
+            .tags
+            .iter()
+            .filter(|t| matches!(t.as_slice().first().map(String::as_str), Some("e" | "a")))
+            .count()
+    } else {
+        0
+    };
+    // Content dominates the JSON; tags are counted above.
+    1 + tags + targets + event.content.len() / 1024
+}
+
+/// How the [`Writer`] sizes its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterLimits {
+    /// Most events in one batch.
+    pub max_batch: usize,
+    /// Most [`write_cost`] in one batch (a single heavier event goes alone
+    /// among the heavy ones).
+    pub max_batch_cost: usize,
+    /// Events costing more than this are heavy: they queue in their own
+    /// lane and at most every other batch takes some.
+    pub heavy_cost: usize,
+}
+
+impl Default for WriterLimits {
+    fn default() -> Self {
+        Self {
+            max_batch: DEFAULT_MAX_BATCH,
+            max_batch_cost: DEFAULT_MAX_BATCH_COST,
+            heavy_cost: DEFAULT_HEAVY_COST,
+        }
+    }
+}
+
 struct Job {
     event: Event,
+    cost: usize,
     reply: oneshot::Sender<Result<SaveOutcome, StoreError>>,
 }
 
 /// Handle to the group-commit task; clone it freely.
 ///
-/// The task takes the first queued save, adds whatever else is already queued
-/// (up to `max_batch`, without waiting for more), commits them with one
-/// [`Store::save_batch`] call and answers every caller. Under light load each
-/// event is its own batch; under heavy load batches grow, and so does
+/// The task takes the queued saves (without waiting for more) as the
+/// module documentation describes, commits them with one
+/// [`Store::save_batch`] call and answers every caller. Under light load
+/// each event is its own batch; under heavy load batches grow, and so does
 /// throughput. After answering a batch, and while the queue stays empty, it
 /// gives the store its [`Store::maintain`] moment: upkeep that must stay out
 /// of every commit runs there, in line with the writes, never inside one.
-/// The task ends once every `Writer` clone is dropped and the queue is
+/// The task ends once every `Writer` clone is dropped and both lanes are
 /// drained, which is how shutdown finishes in-flight writes.
 #[derive(Clone, Debug)]
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    light: mpsc::Sender<Job>,
+    heavy: mpsc::Sender<Job>,
+    heavy_cost: usize,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("cost", &self.cost).finish()
+    }
 }
 
 impl Writer {
-    /// Start the task on the current Tokio runtime.
+    /// Start the task on the current Tokio runtime, with at most
+    /// `max_batch` events per batch and the default cost limits.
     pub fn spawn(store: Arc<dyn Store>, max_batch: usize) -> (Writer, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(DEFAULT_QUEUE_CAPACITY);
-        let handle = tokio::spawn(run(store, rx, max_batch.max(1)));
-        (Writer { tx }, handle)
+        Self::spawn_with(
+            store,
+            WriterLimits {
+                max_batch,
+                ..WriterLimits::default()
+            },
+        )
+    }
+
+    /// Start the task on the current Tokio runtime with `limits`.
+    pub fn spawn_with(store: Arc<dyn Store>, limits: WriterLimits) -> (Writer, JoinHandle<()>) {
+        let limits = WriterLimits {
+            max_batch: limits.max_batch.max(1),
+            max_batch_cost: limits.max_batch_cost.max(1),
+            heavy_cost: limits.heavy_cost,
+        };
+        let (light, light_rx) = mpsc::channel(DEFAULT_QUEUE_CAPACITY);
+        let (heavy, heavy_rx) = mpsc::channel(DEFAULT_HEAVY_QUEUE_CAPACITY);
+        let lanes = Lanes {
+            light: Lane::new(light_rx),
+            heavy: Lane::new(heavy_rx),
+        };
+        let handle = tokio::spawn(run(store, lanes, limits));
+        (
+            Writer {
+                light,
+                heavy,
+                heavy_cost: limits.heavy_cost,
+            },
+            handle,
+        )
     }
 
     /// Durably store one event; returns once its batch is committed.
@@ -56,77 +171,217 @@ impl Writer {
     /// [`StoreError::Batch`] sharing it. [`StoreError::WriterClosed`] if the
     /// task is gone.
     pub async fn save(&self, event: Event) -> Result<SaveOutcome, StoreError> {
+        let cost = write_cost(&event);
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Job { event, reply })
+        let lane = if cost > self.heavy_cost {
+            &self.heavy
+        } else {
+            &self.light
+        };
+        lane.send(Job { event, cost, reply })
             .await
             .map_err(|_| StoreError::WriterClosed)?;
         answer.await.map_err(|_| StoreError::WriterClosed)?
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
-    let mut events = Vec::with_capacity(max_batch);
-    let mut replies = Vec::with_capacity(max_batch);
+/// One lane's queue, and the job taken from it that did not fit the last
+/// batch (it goes first in the next).
+struct Lane {
+    rx: mpsc::Receiver<Job>,
+    held: Option<Job>,
+    open: bool,
+}
+
+impl Lane {
+    fn new(rx: mpsc::Receiver<Job>) -> Self {
+        Self {
+            rx,
+            held: None,
+            open: true,
+        }
+    }
+
+    /// The next queued job, without waiting.
+    fn next(&mut self) -> Option<Job> {
+        if let Some(job) = self.held.take() {
+            return Some(job);
+        }
+        if !self.open {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.open = false;
+                None
+            }
+        }
+    }
+
+    /// Wait for a job (`None`: the lane is closed and empty).
+    async fn recv(&mut self) -> Option<Job> {
+        if let Some(job) = self.held.take() {
+            return Some(job);
+        }
+        if !self.open {
+            return std::future::pending().await;
+        }
+        let job = self.rx.recv().await;
+        if job.is_none() {
+            self.open = false;
+        }
+        job
+    }
+
+    fn done(&self) -> bool {
+        !self.open && self.held.is_none()
+    }
+}
+
+struct Lanes {
+    light: Lane,
+    heavy: Lane,
+}
+
+/// What [`next_batch`] decided.
+#[derive(Debug, Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    cost: usize,
+    /// Whether it took from the heavy lane.
+    heavy: bool,
+}
+
+impl Batch {
+    /// Whether `job` still fits within `limits` (an empty batch takes anything).
+    fn fits(&self, job: &Job, limits: &WriterLimits) -> bool {
+        self.jobs.is_empty()
+            || (self.jobs.len() < limits.max_batch
+                && self.cost.saturating_add(job.cost) <= limits.max_batch_cost)
+    }
+
+    fn push(&mut self, job: Job) {
+        self.cost = self.cost.saturating_add(job.cost);
+        self.jobs.push(job);
+    }
+}
+
+/// The next batch from what is queued now (empty when nothing is): light
+/// jobs first, then heavy ones if it is their turn (`heavy_turn`, or no light
+/// job waiting) — at least one heavy job then, even over the cost budget.
+fn next_batch(lanes: &mut Lanes, limits: &WriterLimits, heavy_turn: bool) -> Batch {
+    let mut batch = Batch::default();
+    while let Some(job) = lanes.light.next() {
+        if !batch.fits(&job, limits) {
+            lanes.light.held = Some(job);
+            break;
+        }
+        batch.push(job);
+    }
+    if heavy_turn || batch.jobs.is_empty() {
+        while let Some(job) = lanes.heavy.next() {
+            let fits = !batch.heavy
+                || (batch.jobs.len() < limits.max_batch
+                    && batch.cost.saturating_add(job.cost) <= limits.max_batch_cost);
+            if !fits {
+                lanes.heavy.held = Some(job);
+                break;
+            }
+            batch.push(job);
+            batch.heavy = true;
+        }
+    }
+    batch
+}
+
+async fn run(store: Arc<dyn Store>, mut lanes: Lanes, limits: WriterLimits) {
+    let mut events = Vec::with_capacity(limits.max_batch);
+    let mut replies = Vec::with_capacity(limits.max_batch);
+    let mut last_was_heavy = false;
     loop {
-        let first = match tokio::time::timeout(DEFAULT_IDLE_AFTER, rx.recv()).await {
-            Ok(Some(job)) => job,
-            Ok(None) => break,
-            Err(_idle) => {
-                maintain(&*store, WriterPause::Idle).await;
-                continue;
+        let mut batch = next_batch(&mut lanes, &limits, !last_was_heavy);
+        if batch.jobs.is_empty() {
+            if lanes.light.done() && lanes.heavy.done() {
+                break;
             }
-        };
-        events.push(first.event);
-        replies.push(first.reply);
-        while events.len() < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    events.push(job.event);
-                    replies.push(job.reply);
+            // Wait for either lane; the job goes back to its lane's held
+            // slot, so the batch is formed by the rules above.
+            let waited = tokio::time::timeout(DEFAULT_IDLE_AFTER, async {
+                tokio::select! {
+                    job = lanes.light.recv() => job.map(|j| (j, false)),
+                    job = lanes.heavy.recv() => job.map(|j| (j, true)),
                 }
-                Err(_) => break,
+            })
+            .await;
+            match waited {
+                Ok(Some((job, heavy))) => {
+                    if heavy {
+                        lanes.heavy.held = Some(job);
+                    } else {
+                        lanes.light.held = Some(job);
+                    }
+                }
+                // One lane closed and empty; the loop checks the other.
+                Ok(None) => {}
+                Err(_idle) => maintain(&*store, WriterPause::Idle).await,
             }
+            continue;
+        }
+        last_was_heavy = batch.heavy;
+        for job in batch.jobs.drain(..) {
+            events.push(job.event);
+            replies.push(job.reply);
         }
 
         let started = std::time::Instant::now();
         let saved = store.save_batch(&events).await;
         record_commit(events.len(), started.elapsed(), saved.is_ok());
-        match saved {
-            Ok(outcomes) if outcomes.len() == replies.len() => {
-                for (reply, outcome) in replies.drain(..).zip(outcomes) {
-                    // The caller may have gone away (e.g. its connection closed); the
-                    // event is stored regardless.
-                    let _ = reply.send(Ok(outcome));
-                }
+        answer(&mut replies, saved, events.len());
+        events.clear();
+        maintain(&*store, WriterPause::BetweenBatches).await;
+    }
+}
+
+/// Answer every caller of a batch with its outcome, or the batch's error.
+fn answer(
+    replies: &mut Vec<oneshot::Sender<Result<SaveOutcome, StoreError>>>,
+    saved: Result<Vec<SaveOutcome>, StoreError>,
+    batch: usize,
+) {
+    match saved {
+        Ok(outcomes) if outcomes.len() == replies.len() => {
+            for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                // The caller may have gone away (e.g. its connection closed); the
+                // event is stored regardless.
+                let _ = reply.send(Ok(outcome));
             }
-            Ok(outcomes) => {
-                tracing::error!(
-                    expected = replies.len(),
-                    got = outcomes.len(),
-                    "store returned the wrong number of outcomes"
-                );
-                let shared = Arc::new(StoreError::OutcomeMismatch);
+        }
+        Ok(outcomes) => {
+            tracing::error!(
+                expected = replies.len(),
+                got = outcomes.len(),
+                "store returned the wrong number of outcomes"
+            );
+            let shared = Arc::new(StoreError::OutcomeMismatch);
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(StoreError::Batch(shared.clone())));
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, batch, "batch commit failed");
+            if replies.len() == 1 {
+                if let Some(reply) = replies.pop() {
+                    let _ = reply.send(Err(err));
+                }
+            } else {
+                let shared = Arc::new(err);
                 for reply in replies.drain(..) {
                     let _ = reply.send(Err(StoreError::Batch(shared.clone())));
                 }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, batch = events.len(), "batch commit failed");
-                if replies.len() == 1 {
-                    if let Some(reply) = replies.pop() {
-                        let _ = reply.send(Err(err));
-                    }
-                } else {
-                    let shared = Arc::new(err);
-                    for reply in replies.drain(..) {
-                        let _ = reply.send(Err(StoreError::Batch(shared.clone())));
-                    }
-                }
-            }
         }
-        events.clear();
-        maintain(&*store, WriterPause::BetweenBatches).await;
     }
 }
 
@@ -142,5 +397,168 @@ fn record_commit(events: usize, took: Duration, ok: bool) {
 async fn maintain(store: &dyn Store, pause: WriterPause) {
     if let Err(err) = store.maintain(pause).await {
         tracing::warn!(error = %err, ?pause, "store upkeep failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nostr::{EventBuilder, EventId, Keys, Kind, Tag};
+
+    use super::*;
+
+    fn job(event: Event) -> (Job, oneshot::Receiver<Result<SaveOutcome, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        let cost = write_cost(&event);
+        (Job { event, cost, reply }, rx)
+    }
+
+    fn note(keys: &Keys, i: usize) -> Event {
+        EventBuilder::text_note(format!("note {i}"))
+            .sign_with_keys(keys)
+            .expect("sign")
+    }
+
+    fn deletion(keys: &Keys, targets: usize) -> Event {
+        let tags: Vec<Tag> = (0..targets)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                Tag::event(EventId::from_byte_array(id))
+            })
+            .collect();
+        EventBuilder::new(Kind::EventDeletion, "")
+            .tags(tags)
+            .sign_with_keys(keys)
+            .expect("sign")
+    }
+
+    #[test]
+    fn cost_counts_tags_and_deletion_targets() {
+        let keys = Keys::generate();
+        assert_eq!(write_cost(&note(&keys, 0)), 1);
+        // 2,500 tag rows and 2,500 targets.
+        assert_eq!(write_cost(&deletion(&keys, 2_500)), 5_001);
+        let big = EventBuilder::text_note("x".repeat(10 * 1024))
+            .sign_with_keys(&keys)
+            .expect("sign");
+        assert_eq!(write_cost(&big), 11);
+    }
+
+    type Answers = Vec<oneshot::Receiver<Result<SaveOutcome, StoreError>>>;
+
+    /// Lanes over channels already holding `light` and `heavy` events, with
+    /// their senders (to queue more later) and the callers' answer ends.
+    fn lanes(
+        light: Vec<Event>,
+        heavy: Vec<Event>,
+    ) -> (Lanes, mpsc::Sender<Job>, mpsc::Sender<Job>, Answers) {
+        let (ltx, lrx) = mpsc::channel(1024);
+        let (htx, hrx) = mpsc::channel(1024);
+        let mut answers = Vec::new();
+        for (tx, events) in [(&ltx, light), (&htx, heavy)] {
+            for ev in events {
+                let (j, rx) = job(ev);
+                tx.try_send(j).expect("room");
+                answers.push(rx);
+            }
+        }
+        let lanes = Lanes {
+            light: Lane::new(lrx),
+            heavy: Lane::new(hrx),
+        };
+        (lanes, ltx, htx, answers)
+    }
+
+    /// Heavy events never stand in front of light ones: with 16 large
+    /// deletion requests queued before 100 notes, the first batch takes all
+    /// the notes and one deletion, and each later one a single deletion.
+    #[test]
+    fn heavy_events_take_at_most_one_budget_per_batch() {
+        let keys = Keys::generate();
+        let limits = WriterLimits::default();
+        let notes: Vec<Event> = (0..100).map(|i| note(&keys, i)).collect();
+        let deletions: Vec<Event> = (0..16).map(|_| deletion(&keys, 2_500)).collect();
+        let (mut lanes, _l, _h, _answers) = lanes(notes, deletions);
+
+        let first = next_batch(&mut lanes, &limits, true);
+        assert_eq!(first.jobs.len(), 101, "all notes and one deletion");
+        assert!(first.heavy);
+        assert_eq!(first.jobs.iter().filter(|j| j.cost > 256).count(), 1);
+
+        // Nothing light is waiting: the heavy lane is served whatever the
+        // turn, one 5,001-cost deletion per batch.
+        let mut heavy_batches = 1;
+        loop {
+            let batch = next_batch(&mut lanes, &limits, false);
+            if batch.jobs.is_empty() {
+                break;
+            }
+            assert_eq!(batch.jobs.len(), 1, "{batch:?}");
+            assert!(batch.heavy);
+            heavy_batches += 1;
+        }
+        assert_eq!(heavy_batches, 16);
+    }
+
+    /// Several heavy events share a batch while they fit its budget.
+    #[test]
+    fn heavy_events_share_a_batch_within_the_budget() {
+        let keys = Keys::generate();
+        let limits = WriterLimits::default();
+        // 1,000 targets cost 2,001: four fit in 8,192, the fifth waits.
+        let (mut lanes, _l, _h, _answers) =
+            lanes(vec![], (0..5).map(|_| deletion(&keys, 1_000)).collect());
+        let first = next_batch(&mut lanes, &limits, true);
+        assert_eq!(first.jobs.len(), 4);
+        assert_eq!(first.cost, 8_004);
+        let second = next_batch(&mut lanes, &limits, false);
+        assert_eq!(second.jobs.len(), 1);
+    }
+
+    /// While light events keep coming, a batch after one with heavy events
+    /// takes none, and the one after takes some again (no starvation).
+    #[test]
+    fn batches_alternate_while_light_events_wait() {
+        let keys = Keys::generate();
+        let limits = WriterLimits::default();
+        let (mut lanes, light, _h, mut answers) = lanes(
+            vec![note(&keys, 0)],
+            (0..2).map(|_| deletion(&keys, 2_500)).collect(),
+        );
+        let a = next_batch(&mut lanes, &limits, true);
+        assert!(
+            a.heavy && a.jobs.len() == 2,
+            "the note and a deletion: {a:?}"
+        );
+        // A note arrives while `a` commits.
+        let (j, rx) = job(note(&keys, 1));
+        light.try_send(j).expect("room");
+        answers.push(rx);
+        let b = next_batch(&mut lanes, &limits, !a.heavy);
+        assert!(!b.heavy && b.jobs.len() == 1, "the new note alone: {b:?}");
+        let c = next_batch(&mut lanes, &limits, !b.heavy);
+        assert!(c.heavy && c.jobs.len() == 1, "the waiting deletion: {c:?}");
+    }
+
+    /// Cost bounds light batches too: notes each costing 200 fill a batch
+    /// at 40 (8,000), not at `max_batch`.
+    #[test]
+    fn light_batches_are_bounded_by_cost() {
+        let keys = Keys::generate();
+        let limits = WriterLimits::default();
+        let tagged: Vec<Event> = (0..100)
+            .map(|i| {
+                let tags: Vec<Tag> = (0..199).map(|t| Tag::hashtag(format!("t{t}"))).collect();
+                EventBuilder::text_note(format!("n{i}"))
+                    .tags(tags)
+                    .sign_with_keys(&keys)
+                    .expect("sign")
+            })
+            .collect();
+        let (mut lanes, _l, _h, _answers) = lanes(tagged, vec![]);
+        let batch = next_batch(&mut lanes, &limits, true);
+        assert_eq!(batch.cost, 8_000);
+        assert_eq!(batch.jobs.len(), 40);
+        assert!(!batch.heavy);
     }
 }
