@@ -2,12 +2,14 @@
 //! `CAIRN_*` say), [`server`] (the HTTP/WebSocket server that mounts the
 //! relay, its routes and runtimes, background jobs and shutdown) and [`cli`]
 //! (the `cairn` commands other than `serve`); [`web`] holds the pages the
-//! server shows browsers. [`redact`] and [`admin_token`]
+//! server shows browsers; [`mirror`] follows other identity witnesses.
+//! [`redact`] and [`admin_token`]
 //! are shared by the server and the CLI. The `cairn` binary is a thin clap
 //! layer over this.
 
 pub mod admin_token;
 pub mod cli;
+pub mod mirror;
 pub mod outbox;
 pub mod redact;
 pub mod server;

@@ -247,6 +247,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     };
     let connections = TaskTracker::new();
     let mut app = cairn_relay::ws::router(Arc::clone(&relay), connections.clone());
+    // `[[identity.mirror]]`: other witnesses followed and served.
+    let (mirrors, mirror_jobs) = crate::mirror::spawn_all(&settings, relay.shutdown_token())?;
+    jobs.extend(mirror_jobs);
+    if !mirrors.is_empty() {
+        app = app.merge(crate::mirror::routes::router(mirrors, identity.is_none()));
+    }
     if let Some(service) = &identity {
         app = app.merge(routes::identity::router(
             Arc::clone(service),

@@ -65,6 +65,47 @@ pub struct IdentitySettings {
     /// anchored record binds are served. Revocations take effect at once
     /// either way.
     pub nip05_serves_pending: bool,
+    /// Other witnesses to mirror (`[[identity.mirror]]`): their published
+    /// logs are followed on a relay, checked against anchors on this node's
+    /// `[bitcoin]` node and served under their witness key (see
+    /// `docs/identity-api.md`, "Mirrors"). Runs whether or not `enabled`.
+    pub mirror: Vec<MirrorSettings>,
+    /// Seconds between re-checks of mirrored epochs whose anchor was not in
+    /// a block yet (new events trigger a check at once).
+    pub mirror_recheck_secs: u64,
+}
+
+/// One mirrored witness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSettings {
+    /// Relay the witness publishes on (`ws://` or `wss://`), e.g. its node.
+    pub relay: String,
+    /// The witness key: `npub1…` or 64 hex digits.
+    pub witness: String,
+    /// The witness's `recovery_delay_blocks` (its registry rule; a
+    /// different value makes recoveries replay differently).
+    #[serde(default = "default_recovery_delay")]
+    pub recovery_delay_blocks: u32,
+}
+
+fn default_recovery_delay() -> u32 {
+    DEFAULT_RECOVERY_DELAY_BLOCKS
+}
+
+impl MirrorSettings {
+    /// The witness key.
+    pub fn witness_key(&self) -> anyhow::Result<nostr::PublicKey> {
+        use nostr::nips::nip19::FromBech32;
+        nostr::PublicKey::from_bech32(self.witness.trim())
+            .or_else(|_| nostr::PublicKey::from_hex(self.witness.trim()))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "identity.mirror: witness {:?} is not an npub or 64 hex digits",
+                    self.witness
+                )
+            })
+    }
 }
 
 impl Default for IdentitySettings {
@@ -93,6 +134,8 @@ impl Default for IdentitySettings {
             bump_after_blocks: anchor.bump_after_blocks,
             confirmations: anchor.confirmations,
             nip05_serves_pending: false,
+            mirror: Vec::new(),
+            mirror_recheck_secs: 30,
         }
     }
 }
@@ -155,5 +198,54 @@ impl IdentitySettings {
             challenge_ttl: Duration::from_secs(self.challenge_ttl_secs.max(1)),
             max_outstanding_challenges: self.max_outstanding_challenges,
         })
+    }
+}
+
+#[cfg(test)]
+// figment's Jail API returns its own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::settings::Settings;
+
+    #[test]
+    fn mirrors_are_read_from_the_file() {
+        let witness = nostr::Keys::generate().public_key();
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "cairn.toml",
+                &format!(
+                    "[identity]\nmirror_recheck_secs = 5\n\
+                     [[identity.mirror]]\nrelay = \"ws://127.0.0.1:7000\"\nwitness = \"{}\"\n\
+                     [[identity.mirror]]\nrelay = \"wss://b.example\"\nwitness = \"{}\"\n\
+                     recovery_delay_blocks = 6\n",
+                    nostr::nips::nip19::ToBech32::to_bech32(&witness).unwrap(),
+                    witness.to_hex()
+                ),
+            )?;
+            let s = Settings::load(Some(Path::new("cairn.toml"))).expect("loads");
+            let m = &s.identity.mirror;
+            assert_eq!(m.len(), 2);
+            assert_eq!(s.identity.mirror_recheck_secs, 5);
+            assert_eq!(m[0].recovery_delay_blocks, DEFAULT_RECOVERY_DELAY_BLOCKS);
+            assert_eq!(m[1].recovery_delay_blocks, 6);
+            // npub and hex name the same key.
+            assert_eq!(m[0].witness_key().unwrap(), witness);
+            assert_eq!(m[1].witness_key().unwrap(), witness);
+            jail.create_file(
+                "bad.toml",
+                "[[identity.mirror]]\nrelay = \"ws://x\"\nwitness = \"nope\"\n",
+            )?;
+            let s = Settings::load(Some(Path::new("bad.toml"))).expect("loads");
+            assert!(s.identity.mirror[0].witness_key().is_err());
+            jail.create_file(
+                "unknown.toml",
+                "[[identity.mirror]]\nrelay = \"ws://x\"\nwitness = \"a\"\nfoo = 1\n",
+            )?;
+            assert!(Settings::load(Some(Path::new("unknown.toml"))).is_err());
+            Ok(())
+        });
     }
 }
