@@ -6,5 +6,6 @@ mod cli;
 mod fake_x;
 mod flow;
 mod limits;
+mod mirror;
 mod support;
 mod two_nodes;
