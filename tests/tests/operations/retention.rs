@@ -18,15 +18,24 @@ async fn old_events_are_purged_in_the_background_and_listed_in_nip11(
     })
     .await?;
     let keys = Keys::generate();
-    let old_reaction = event_at(&keys, 7, "+", &[], now() - 2 * 86_400);
+    // Past its rule already: refused at publish, as the purge would delete it.
+    let too_old = event_at(&keys, 7, "+", &[], now() - 2 * 86_400);
+    // Within its rule for a few more seconds: stored, then purged.
+    let old_reaction = event_at(&keys, 7, "+", &[], now() - 86_400 + 3);
     let new_reaction = event_at(&keys, 7, "+", &[], now());
     let old_note = event_at(&keys, 1, "kept", &[], now() - 2 * 86_400);
     let mut client = node.connect().await?;
     client
+        .publish(&too_old)
+        .await?
+        .assert_rejected("past its rule", &["invalid"]);
+    assert_eq!(node.stored_rows(&too_old.id.to_hex()).await?, 0);
+    client
         .publish_all(&[&old_reaction, &new_reaction, &old_note])
         .await?;
 
-    // The job runs every second: the old reaction goes, the rest stays.
+    // The job runs every second: the old reaction goes once past its rule,
+    // the rest stays.
     let gone = within("the retention purge", async {
         loop {
             if node.stored_rows(&old_reaction.id.to_hex()).await? == 0 {
