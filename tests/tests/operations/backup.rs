@@ -56,6 +56,28 @@ async fn a_backup_under_write_load_restores_to_a_node_with_every_acknowledged_ev
         // A secret of the kind the node keeps (seed, keys): private, not SQLite.
         let secret = node.data_dir().join("witness.key");
         cairn_bitcoin::private_file::create_new(&secret, b"not a real key")?;
+        // Payments state as the NWC service keeps it: its own SQLite database
+        // (connections) beside the node's, and its service key (a secret).
+        let nwc = cairn_payments::nwc::NwcStore::open(
+            &node.data_dir().join(cairn_payments::nwc::STORE_FILE_NAME),
+        )?;
+        let app_key = Keys::generate().public_key();
+        let connection = nwc.insert_connection(&cairn_payments::nwc::NwcConnection {
+            id: 0,
+            name: "backed-up app".into(),
+            client_pubkey: app_key,
+            permissions: vec!["get_balance".into(), "pay_invoice".into()],
+            budget_msat: Some(10_000_000),
+            renewal: cairn_payments::nwc::BudgetRenewal::Monthly,
+            max_payment_msat: Some(2_000_000),
+            expires_at: None,
+            revoked: false,
+            created_at: 0,
+        })?;
+        let nwc_key = node
+            .data_dir()
+            .join(cairn_payments::nwc::SERVICE_KEY_FILE_NAME);
+        cairn_bitcoin::private_file::create_new(&nwc_key, b"not a real nwc key")?;
 
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,6 +149,18 @@ async fn a_backup_under_write_load_restores_to_a_node_with_every_acknowledged_ev
             .files
             .iter()
             .any(|f| f.path == "witness.key" && f.kind == FileKind::Secret));
+        let nwc_db = cairn_payments::nwc::STORE_FILE_NAME;
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.path == nwc_db && f.kind == FileKind::Database),
+            "the NWC database without --include-secrets: {manifest:?}"
+        );
+        assert!(
+            !bytes.windows(18).any(|w| w == b"not a real nwc key"),
+            "no NWC key without --include-secrets"
+        );
         // Never over an existing file.
         assert!(backup(&node.settings, &plain, false).await.is_err());
         node.finish().await?;
@@ -147,6 +181,27 @@ async fn a_backup_under_write_load_restores_to_a_node_with_every_acknowledged_ev
             std::fs::read(target.join("witness.key"))?,
             b"not a real key"
         );
+        // The NWC connection is there, as it was, and its key, private.
+        let nwc_file = target.join(cairn_payments::nwc::STORE_FILE_NAME);
+        assert_eq!(mode(&nwc_file), 0o600);
+        let restored_nwc = cairn_payments::nwc::NwcStore::open(&nwc_file)?;
+        let connections = restored_nwc.list_connections()?;
+        assert_eq!(connections.len(), 1, "{connections:?}");
+        let back = &connections[0];
+        assert_eq!(
+            (
+                back.id,
+                back.client_pubkey,
+                back.budget_msat,
+                back.max_payment_msat
+            ),
+            (connection.id, app_key, Some(10_000_000), Some(2_000_000))
+        );
+        assert_eq!(back.permissions, connection.permissions);
+        drop(restored_nwc);
+        let key_file = target.join(cairn_payments::nwc::SERVICE_KEY_FILE_NAME);
+        assert_eq!(mode(&key_file), 0o600);
+        assert_eq!(std::fs::read(&key_file)?, b"not a real nwc key");
 
         let restored = cairn_node::start(test_settings(target.clone(), None)).await?;
         let mut client = cairn_e2e::WsClient::connect(&format!("ws://{}", restored.addr)).await?;
