@@ -52,6 +52,9 @@ pub const IDENTITY_OPEN_EPOCH_OPERATIONS: &str = "cairn_identity_open_epoch_oper
 pub const IDENTITY_EPOCHS_QUEUED: &str = "cairn_identity_epochs_queued";
 /// Gauge: identity epochs whose anchor is not confirmed yet.
 pub const IDENTITY_EPOCHS_UNCONFIRMED: &str = "cairn_identity_epochs_unconfirmed";
+/// Gauge: confirmations of the latest closed identity epoch's anchor (0
+/// while it is not in a block).
+pub const IDENTITY_LATEST_ANCHOR_CONFIRMATIONS: &str = "cairn_identity_latest_anchor_confirmations";
 /// Gauge: identity log size (operations).
 pub const IDENTITY_LOG_SIZE: &str = "cairn_identity_log_size";
 /// Gauge: the anchoring wallet's balance, satoshis.
@@ -105,6 +108,9 @@ pub fn recorder() -> anyhow::Result<&'static PrometheusHandle> {
         metrics::set_global_recorder(recorder)
             .context("another metrics recorder is already installed in this process")?;
         describe();
+        // Shown at 0 from the first scrape, not only once one happened.
+        metrics::counter!(names::SLOW_READERS_DROPPED).increment(0);
+        metrics::counter!(names::CLUSTER_PACING_STALLS).increment(0);
     }
     Ok(HANDLE.get().expect("set above"))
 }
@@ -173,6 +179,10 @@ pub async fn sample(s: &Sources) {
             metrics::gauge!(IDENTITY_EPOCHS_QUEUED).set(a.queued_epochs.len() as f64);
             metrics::gauge!(IDENTITY_EPOCHS_UNCONFIRMED).set(a.unconfirmed_epochs.len() as f64);
             metrics::gauge!(IDENTITY_ANCHOR_BALANCE_SAT).set(a.balance_sat as f64);
+        }
+        if let Ok(Ok(epoch)) = tokio::time::timeout(SAMPLE_TIMEOUT, service.latest_epoch()).await {
+            let confirmations = epoch.anchor.map_or(0, |a| a.confirmations);
+            metrics::gauge!(IDENTITY_LATEST_ANCHOR_CONFIRMATIONS).set(f64::from(confirmations));
         }
     }
     if let Some(slot) = &s.payments {
@@ -247,6 +257,19 @@ fn describe() {
         Unit::Seconds,
         "Stored-event query duration, by filter shape"
     );
+    describe_histogram!(
+        names::CLUSTER_FANOUT_LAG_SECONDS,
+        Unit::Seconds,
+        "Postgres: from another process announcing an event to its local fan-out"
+    );
+    describe_counter!(
+        names::CLUSTER_PACING_STALLS,
+        "Postgres: times remote events stopped waiting for a subscriber that took none"
+    );
+    describe_counter!(
+        cairn_payments::nwc::NWC_REQUESTS,
+        "NWC requests answered, by method and result"
+    );
     describe_counter!(
         names::RETENTION_PURGED,
         "Events removed by the retention policy, by rule"
@@ -266,6 +289,14 @@ fn describe() {
         "Identity epochs with an unconfirmed anchor"
     );
     describe_gauge!(IDENTITY_LOG_SIZE, "Operations in the identity log");
+    describe_gauge!(
+        IDENTITY_LATEST_ANCHOR_CONFIRMATIONS,
+        "Confirmations of the latest closed epoch's anchor"
+    );
+    describe_gauge!(
+        cairn_payments::zap::ZAP_RECEIPTS_PENDING,
+        "Paid zaps whose receipt is not published yet"
+    );
     describe_gauge!(
         IDENTITY_ANCHOR_BALANCE_SAT,
         "Anchoring wallet balance, satoshis"

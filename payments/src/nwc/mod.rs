@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use service::{
-    service_keys, NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, REQUEST_RETENTION,
+    service_keys, NwcService, NwcServiceConfig, MAX_CLOCK_SKEW, NWC_REQUESTS, REQUEST_RETENTION,
     SERVICE_KEY_FILE_NAME, STORE_FILE_NAME,
 };
 pub use store::{IssuedInvoice, NwcStore, RequestState};

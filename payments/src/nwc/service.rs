@@ -697,6 +697,7 @@ impl<B: WalletBackend> Inner<B> {
             }
         };
 
+        count_request(&body, settled);
         let response = self.response(event, enc, &body)?;
         // A payment still in flight is answered "pending" but not recorded:
         // a replay of the request then reports the final outcome (without
@@ -753,6 +754,7 @@ impl<B: WalletBackend> Inner<B> {
                 "no active wallet connection for this key",
             ),
         );
+        count_request(&body, true);
         self.response(event, enc_used, &body)
     }
 
@@ -1175,6 +1177,64 @@ fn backend_error(e: BackendError) -> NIP47Error {
     }
 }
 
+/// Counter: NWC requests answered (replays answered from the record are not
+/// counted again), labels `method` (a supported method, `get_budget`, or
+/// `other` for anything a client made up) and `result`: `ok`, `pending` (a
+/// payment whose outcome is not known yet) or the NIP-47 error code,
+/// lowercase (`unauthorized`, `restricted`, `quota_exceeded`, …, and
+/// `unsupported_encryption`).
+pub const NWC_REQUESTS: &str = "cairn_nwc_requests_total";
+
+/// Error codes the service answers with: the `result` label's values
+/// besides `ok` and `pending` (anything else is counted as `other`).
+const RESULT_CODES: &[&str] = &[
+    "RATE_LIMITED",
+    "NOT_IMPLEMENTED",
+    "INSUFFICIENT_BALANCE",
+    "QUOTA_EXCEEDED",
+    "RESTRICTED",
+    "UNAUTHORIZED",
+    "INTERNAL",
+    "OTHER",
+    "PAYMENT_FAILED",
+    "NOT_FOUND",
+    "UNSUPPORTED_ENCRYPTION",
+];
+
+/// Count one answered request in [`NWC_REQUESTS`].
+fn count_request(body: &Value, settled: bool) {
+    let (method, result) = request_labels(body, settled);
+    metrics::counter!(NWC_REQUESTS, "method" => method, "result" => result).increment(1);
+}
+
+/// The `method` and `result` labels of an answered request's body (see
+/// [`NWC_REQUESTS`]): from fixed sets only, never what the client wrote.
+fn request_labels(body: &Value, settled: bool) -> (&'static str, String) {
+    let method = body
+        .get("result_type")
+        .and_then(Value::as_str)
+        .and_then(|m| {
+            SUPPORTED_METHODS
+                .iter()
+                .copied()
+                .chain([GET_BUDGET])
+                .find(|known| *known == m)
+        })
+        .unwrap_or("other");
+    let result = match body.get("error").and_then(|e| e.get("code")) {
+        _ if !settled => "pending".to_owned(),
+        None | Some(Value::Null) => "ok".to_owned(),
+        Some(code) => {
+            let code = code.as_str().unwrap_or("OTHER");
+            RESULT_CODES
+                .iter()
+                .find(|c| **c == code)
+                .map_or("other".to_owned(), |c| c.to_ascii_lowercase())
+        }
+    };
+    (method, result)
+}
+
 fn error_body(method: &str, err: &NIP47Error) -> Value {
     json!({
         "result_type": method,
@@ -1224,5 +1284,43 @@ fn describe(
         settled_at: (state == TransactionState::Settled)
             .then(|| Timestamp::from(tx.map(|t| t.updated_at).unwrap_or(t))),
         metadata: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_labels_come_from_fixed_sets() {
+        let ok = json!({"result_type": "get_balance", "result": {"balance": 1}, "error": null});
+        assert_eq!(request_labels(&ok, true), ("get_balance", "ok".into()));
+        let quota = json!({"result_type": "pay_invoice", "error": {"code": "QUOTA_EXCEEDED"}});
+        assert_eq!(
+            request_labels(&quota, true),
+            ("pay_invoice", "quota_exceeded".into())
+        );
+        let in_flight = json!({"result_type": "pay_invoice", "error": {"code": "INTERNAL"}});
+        assert_eq!(
+            request_labels(&in_flight, false),
+            ("pay_invoice", "pending".into())
+        );
+        // A client's made-up method or an unknown code never becomes a label.
+        let made_up = json!({"result_type": "x_made_up", "error": {"code": "NOT_IMPLEMENTED"}});
+        assert_eq!(
+            request_labels(&made_up, true),
+            ("other", "not_implemented".into())
+        );
+        let unknown = json!({"result_type": "get_info", "error": {"code": "SOMETHING_NEW"}});
+        assert_eq!(request_labels(&unknown, true), ("get_info", "other".into()));
+        // As the service builds its error answers.
+        let body = error_body(
+            "get_balance",
+            &nip47_error(ErrorCode::Unauthorized, "no connection"),
+        );
+        assert_eq!(
+            request_labels(&body, true),
+            ("get_balance", "unauthorized".into())
+        );
     }
 }

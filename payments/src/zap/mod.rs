@@ -28,7 +28,9 @@ pub use delivery::{ReceiptPublisher, RetryPolicy};
 pub use receipt::build_receipt;
 pub use relay_filter::{is_special_purpose, RelayPolicy, Resolver, SystemResolver};
 pub use request::{ZapRequest, ZapRequestError, MAX_RECEIPT_RELAYS, MAX_ZAP_REQUEST_LEN};
-pub use service::{ZapService, ZapServiceConfig, ZAP_KEY_FILE_NAME, ZAP_STORE_FILE_NAME};
+pub use service::{
+    ZapService, ZapServiceConfig, ZAP_KEY_FILE_NAME, ZAP_RECEIPTS_PENDING, ZAP_STORE_FILE_NAME,
+};
 pub use store::{Delivery, DeliveryOutcome, PendingZap, ZapState, ZapStore};
 
 use std::path::PathBuf;

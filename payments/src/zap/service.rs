@@ -197,7 +197,10 @@ impl<B: WalletBackend> ZapService<B> {
                         Ok(LdkEvent::PaymentReceived { payment_hash, .. }) => {
                             let hash = hex::encode(payment_hash.0);
                             match inner.store.get(&hash) {
-                                Ok(Some(zap)) => { inner.settle(zap).await; }
+                                Ok(Some(zap)) => {
+                                    inner.settle(zap).await;
+                                    inner.record_pending();
+                                }
                                 Ok(None) => {}
                                 Err(e) => warn!(error = %e, "zap store unavailable"),
                             }
@@ -235,6 +238,10 @@ impl<B: WalletBackend> ZapService<B> {
     }
 }
 
+/// Gauge: paid zaps whose receipt (kind 9735) is not published yet, on the
+/// process running the zap service (set after each sweep and payment).
+pub const ZAP_RECEIPTS_PENDING: &str = "cairn_zap_receipts_pending";
+
 impl<B: WalletBackend> Inner<B> {
     async fn sweep(&self) -> usize {
         let window = self.publisher.retry().window.as_secs();
@@ -259,7 +266,17 @@ impl<B: WalletBackend> Inner<B> {
         if let Err(e) = self.store.prune_expired() {
             warn!(error = %e, "cannot prune expired zaps");
         }
+        self.record_pending();
         published
+    }
+
+    /// Sets [`ZAP_RECEIPTS_PENDING`] from the store (after each sweep and
+    /// each payment, so it is at most one sweep interval old).
+    fn record_pending(&self) {
+        match self.store.count_unpublished_receipts() {
+            Ok(n) => metrics::gauge!(ZAP_RECEIPTS_PENDING).set(n as f64),
+            Err(e) => warn!(error = %e, "zap store unavailable"),
+        }
     }
 
     /// Moves one zap on: signs its receipt once the invoice is paid,

@@ -259,6 +259,16 @@ impl ZapStore {
         )? == 1)
     }
 
+    /// Zaps paid whose receipt is not published yet (what the receipts
+    /// metric shows as pending).
+    pub fn count_unpublished_receipts(&self) -> Result<u64, ZapError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM zaps WHERE state = 'paid'", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+    }
+
     /// Unpaid zaps whose invoice has not expired at `now` (what the cap on
     /// outstanding zap invoices counts), and the earliest of their expiries.
     pub fn count_pending(&self, now: u64) -> Result<(u64, Option<u64>), ZapError> {

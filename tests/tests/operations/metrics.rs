@@ -127,4 +127,74 @@ async fn counters_move_with_traffic(backend: Backend) -> Result<()> {
     node.finish().await
 }
 
-backend_tests!(metrics_are_off_by_default, counters_move_with_traffic);
+/// Two nodes on one Postgres database: an event published on A reaches a
+/// live subscriber on B, and B's `/metrics` shows the cross-process fan-out
+/// lag (a histogram with a plausible mean), and the slow-reader and pacing
+/// counters from the first scrape.
+async fn cluster_fan_out_lag_is_measured(backend: Backend) -> Result<()> {
+    if !backend.is_postgres() {
+        return Ok(()); // One process per SQLite file: nothing crosses.
+    }
+    let metrics_on = |s: &mut cairn_node::Settings| {
+        s.metrics.bind = Some("127.0.0.1:0".parse().expect("an address"));
+    };
+    let a = TestNode::start_with(&backend, metrics_on).await?;
+    let url = a.pg().context("a Postgres database")?.url.clone();
+    let b = TestNode::start_with(&Backend::Sqlite, |s| {
+        metrics_on(s);
+        s.database_url = Some(url);
+    })
+    .await?;
+    let before = scrape(&b).await?;
+    for name in [
+        "cairn_slow_readers_dropped_total",
+        "cairn_cluster_pacing_stalls_total",
+    ] {
+        assert!(
+            before.lines().any(|l| l.starts_with(name)),
+            "{name} from the first scrape: {before}"
+        );
+    }
+    let keys = Keys::generate();
+    let mut subscriber = b.connect().await?;
+    subscriber
+        .req(
+            "live",
+            &[json!({"authors": [keys.public_key().to_hex()], "limit": 0})],
+        )
+        .await?
+        .eose("live");
+    let mut publisher = a.connect().await?;
+    let sent = note(&keys, "across processes");
+    publisher.publish(&sent).await?.assert_accepted("on A");
+    let got = subscriber.next_event("live").await?;
+    assert_eq!(got.id, sent.id);
+    let after = scrape(&b).await?;
+    let moved = |name: &str| sample(&after, name, &[]) - sample(&before, name, &[]);
+    let count = moved("cairn_cluster_fanout_lag_seconds_count");
+    let sum = moved("cairn_cluster_fanout_lag_seconds_sum");
+    assert!(count >= 1.0, "the event was measured: {after}");
+    let mean = sum / count;
+    assert!(
+        (0.0..30.0).contains(&mean),
+        "a plausible lag (same machine): {mean} s"
+    );
+    assert!(
+        after.contains("cairn_cluster_fanout_lag_seconds_bucket{le=\"0.1\"}"),
+        "a histogram: {after}"
+    );
+    assert!(
+        sample(&after, "cairn_cluster_events_total", &["via=\"notify\""]) >= 1.0,
+        "{after}"
+    );
+    subscriber.close().await;
+    publisher.close().await;
+    b.finish().await?;
+    a.finish().await
+}
+
+backend_tests!(
+    metrics_are_off_by_default,
+    counters_move_with_traffic,
+    cluster_fan_out_lag_is_measured
+);
