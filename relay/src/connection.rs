@@ -100,7 +100,7 @@ pub async fn serve_connection<In, Out>(
     outgoing: Out,
 ) where
     In: Stream<Item = Incoming> + Unpin + Send,
-    Out: Sink<Outgoing> + Unpin + Send,
+    Out: Sink<Outgoing> + Unpin + Send + 'static,
 {
     let limits = &relay.config.limits;
     let (out_tx, out_rx) = outbound::channel(
@@ -122,10 +122,16 @@ pub async fn serve_connection<In, Out>(
         violations: 0,
         neg: crate::negentropy::Sessions::new(),
     };
-    let reader = session.run(incoming);
     let shutdown = relay.shutdown_token().clone();
-    let writer = write_loop(outgoing, out_rx, close_rx, shutdown);
-    futures::future::join(reader, writer).await;
+    // The writer is a task of its own, so that a live delivery wakes the
+    // session once (for the event) and the writer once (for the frame):
+    // joined in one task, every frame queued would poll the session's whole
+    // loop (its socket read, its timers) again for nothing.
+    let writer = tokio::spawn(write_loop(outgoing, out_rx, close_rx, shutdown));
+    session.run(incoming).await;
+    // The writer ends on its own once the session is gone (bounded by
+    // `CLOSE_WAIT` / `SLOW_READER_LINGER`).
+    let _ = writer.await;
     // Held until the writer is done too: a socket still being told why it
     // is closed counts against its address's connection limit.
     drop(permit);
@@ -258,6 +264,8 @@ struct Sub {
     filters: Vec<Filter>,
     /// Its filters' values (see [`crate::matching::filter_values`]).
     values: usize,
+    /// Its EVENT messages' start ([`out::event_prefix`]), built once.
+    prefix: String,
 }
 
 /// How the read loop continues after one message.
@@ -274,7 +282,11 @@ impl Session {
         // Peekable: a query in progress watches for the client going away
         // without taking its next message (see `Self::unless_gone`).
         let mut incoming = incoming.peekable();
-        let shutdown = self.relay.shutdown_token().clone();
+        // One wait for shutdown for the whole session: made anew on every
+        // turn of the loop, it would join and leave the token's waiter list
+        // (one lock shared by every connection) for every live event.
+        let shutdown = self.relay.shutdown_token().clone().cancelled_owned();
+        tokio::pin!(shutdown);
         let mut pending: Pending = FuturesOrdered::new();
         if self.send(out::auth(&self.challenge)).await.is_err() {
             return;
@@ -282,7 +294,7 @@ impl Session {
         let flow = loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
+                () = &mut shutdown => {
                     break Flow::Close(CloseRequest {
                         notice: None, code: 1001, reason: "relay shutting down",
                     });
@@ -298,7 +310,11 @@ impl Session {
                 }
                 msg = incoming.next(), if pending.len() < DEFAULT_MAX_PIPELINE => {
                     let Some(msg) = msg else { break Flow::Continue };
-                    if let Flow::Close(c) = self.handle(msg, &mut pending, &mut incoming).await {
+                    // Boxed: a message's handling (a REQ's query, say) is
+                    // far larger than the loop's own state, and inline it
+                    // would be part of every idle connection's task.
+                    let handling = Box::pin(self.handle(msg, &mut pending, &mut incoming));
+                    if let Flow::Close(c) = handling.await {
                         break Flow::Close(c)
                     }
                 }
@@ -571,6 +587,7 @@ impl Session {
             Sub {
                 filters: filters.clone(),
                 values,
+                prefix: out::event_prefix(&sub_id),
             },
         );
 
@@ -594,6 +611,7 @@ impl Session {
                 return self.send_or_close(self.queries_busy(&sub_id)).await;
             }
         };
+        let prefix = out::event_prefix(&sub_id);
         loop {
             let stored = match Self::unless_gone(incoming, results.next()).await {
                 None => return Flow::Continue,
@@ -604,7 +622,10 @@ impl Session {
             if is_private(stored.kind) && !self.stored_event_visible(&stored) {
                 continue;
             }
-            if let Flow::Close(c) = self.send_or_close(out::event(&sub_id, &stored.json)).await {
+            if let Flow::Close(c) = self
+                .send_or_close(out::event_after(&prefix, &stored.json))
+                .await
+            {
                 return Flow::Close(c);
             }
         }
@@ -811,9 +832,13 @@ impl Session {
         if !live_event_visible(event, &self.authed) {
             return Flow::Continue;
         }
-        for (sub_id, sub) in &self.subs {
+        for sub in self.subs.values() {
             if sub.filters.iter().any(|f| matches(f, event)) {
-                match self.out.send(out::event(sub_id, &live.json)).await {
+                match self
+                    .out
+                    .send(out::event_after(&sub.prefix, &live.json))
+                    .await
+                {
                     Ok(()) => {}
                     Err(SendError::SlowReader) => return Flow::Close(slow_reader()),
                     Err(SendError::Closed) => return Flow::Continue,

@@ -266,12 +266,26 @@ pub mod out {
 
     /// `["EVENT", sub, event]`
     pub fn event(sub_id: &str, event_json: &str) -> String {
-        sent("EVENT");
+        event_after(&event_prefix(sub_id), event_json)
+    }
+
+    /// `["EVENT",<sub id>,`: what every EVENT message of subscription
+    /// `sub_id` starts with, built once per subscription so that a live
+    /// delivery is one allocation and two copies ([`event_after`]).
+    pub fn event_prefix(sub_id: &str) -> String {
         let sub = quote(sub_id);
-        let mut s = String::with_capacity(sub.len() + event_json.len() + 12);
+        let mut s = String::with_capacity(sub.len() + 10);
         s.push_str("[\"EVENT\",");
         s.push_str(&sub);
         s.push(',');
+        s
+    }
+
+    /// `["EVENT", sub, event]` from the subscription's [`event_prefix`].
+    pub fn event_after(prefix: &str, event_json: &str) -> String {
+        sent("EVENT");
+        let mut s = String::with_capacity(prefix.len() + event_json.len() + 1);
+        s.push_str(prefix);
         s.push_str(event_json);
         s.push(']');
         s
@@ -421,5 +435,9 @@ mod tests {
     #[test]
     fn event_message_escapes_sub_id() {
         assert_eq!(out::event("a\"b", "{}"), r#"["EVENT","a\"b",{}]"#);
+        assert_eq!(
+            out::event_after(&out::event_prefix("a\"b"), "{}"),
+            out::event("a\"b", "{}")
+        );
     }
 }

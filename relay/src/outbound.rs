@@ -4,10 +4,12 @@
 //!
 //! Invariants:
 //!
-//! - At most `max_outbound_bytes` of messages wait in the queue, plus one
-//!   message larger than that on its own (it takes the whole budget, so it
-//!   waits for an empty queue), plus the one the writer is handing to the
-//!   socket. The bytes are given back when the socket has taken the message.
+//! - At most `max_outbound_bytes` of messages wait in the queue or are being
+//!   handed to the socket, counting each message as its text plus
+//!   [`PER_MESSAGE_OVERHEAD`]; a message larger than the whole budget is
+//!   charged the whole budget, so it goes alone, once everything before it
+//!   has been taken. At most `max_outbound_queue` messages wait in the queue.
+//!   The bytes are given back when the socket has taken the message.
 //! - A send waits for room only while the writer makes progress: a send
 //!   that found no room for a whole grace period (`slow_reader_grace_ms`)
 //!   during which the socket took nothing at all fails with
@@ -15,13 +17,20 @@
 //!   closed. A client that reads, however slowly it drains a large result,
 //!   is not dropped; one that stops reading is, after the grace.
 //! - When the writer side is gone (the socket failed), every send fails
-//!   with [`SendError::Closed`] at once.
+//!   with [`SendError::Closed`] at once, and what was queued is freed.
+//!
+//! Cost: this is on the path of every live delivery (fan-out sends one
+//! message per matching subscriber per event), so a send that finds room —
+//! the common case — takes one uncontended lock and arms no timer; only a
+//! send that has to wait sets up the grace timer. An idle connection's
+//! queue allocates nothing beyond its shared state.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use parking_lot::Mutex;
 
 /// Bytes charged per message beyond its text: the allocation and queue slot.
 const PER_MESSAGE_OVERHEAD: usize = 64;
@@ -39,7 +48,7 @@ pub(crate) enum SendError {
 #[derive(Debug)]
 struct Queued {
     text: String,
-    cost: u32,
+    cost: usize,
 }
 
 /// Handed out with each message; give it back with
@@ -47,13 +56,12 @@ struct Queued {
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct Receipt {
-    cost: u32,
+    cost: usize,
 }
 
 /// The session's end of the queue.
 #[derive(Debug)]
 pub(crate) struct OutboundSender {
-    tx: mpsc::Sender<Queued>,
     shared: Arc<Shared>,
     grace: Duration,
 }
@@ -61,18 +69,39 @@ pub(crate) struct OutboundSender {
 /// The writer's end of the queue.
 #[derive(Debug)]
 pub(crate) struct OutboundReceiver {
-    rx: mpsc::Receiver<Queued>,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
 struct Shared {
-    /// Free bytes of the budget, as permits.
-    room: Semaphore,
-    /// The budget (the most one message is charged).
-    budget: u32,
+    state: Mutex<State>,
+    /// The byte budget (the most one message is charged).
+    budget: usize,
+    /// The most messages waiting in the queue.
+    max_messages: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// Bytes charged for messages queued or handed out and not yet taken.
+    charged: usize,
     /// Messages the socket has taken; a send that waited compares it.
-    progress: AtomicU64,
+    progress: u64,
+    /// The writer, waiting for a message.
+    writer: Option<Waker>,
+    /// The sender, waiting for room.
+    sender: Option<Waker>,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+/// Keeps `slot` waking `waker`, cloning it only when it changed.
+fn register(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(old) if old.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
 }
 
 /// A queue of at most `max_messages` messages and `max_bytes` bytes whose
@@ -82,20 +111,17 @@ pub(crate) fn channel(
     max_bytes: usize,
     grace: Duration,
 ) -> (OutboundSender, OutboundReceiver) {
-    let (tx, rx) = mpsc::channel(max_messages.max(1));
-    let budget = u32::try_from(max_bytes.max(1)).unwrap_or(u32::MAX);
     let shared = Arc::new(Shared {
-        room: Semaphore::new(budget as usize),
-        budget,
-        progress: AtomicU64::new(0),
+        state: Mutex::new(State::default()),
+        budget: max_bytes.max(1),
+        max_messages: max_messages.max(1),
     });
     (
         OutboundSender {
-            tx,
             shared: Arc::clone(&shared),
             grace,
         },
-        OutboundReceiver { rx, shared },
+        OutboundReceiver { shared },
     )
 }
 
@@ -106,46 +132,84 @@ pub(crate) fn is_slow_reader(progress_before: u64, progress_after: u64) -> bool 
     progress_before == progress_after
 }
 
+impl Shared {
+    /// Queue `*item` if there is room (taking it out of the option), or
+    /// note `waker` to be woken when the socket takes something.
+    fn try_push(
+        &self,
+        item: &mut Option<Queued>,
+        waker: Option<&Waker>,
+    ) -> Poll<Result<(), SendError>> {
+        let mut state = self.state.lock();
+        if state.receiver_gone {
+            return Poll::Ready(Err(SendError::Closed));
+        }
+        let cost = item.as_ref().map_or(0, |q| q.cost);
+        if state.queue.len() < self.max_messages && state.charged + cost <= self.budget {
+            if let Some(queued) = item.take() {
+                state.charged += cost;
+                state.queue.push_back(queued);
+            }
+            let writer = state.writer.take();
+            drop(state);
+            if let Some(writer) = writer {
+                writer.wake();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(waker) = waker {
+            register(&mut state.sender, waker);
+        }
+        Poll::Pending
+    }
+
+    /// The next queued message; `None` once the sender is gone and the queue
+    /// is empty; pending (with `waker` noted) while the queue is empty.
+    fn poll_pop(&self, waker: Option<&Waker>) -> Poll<Option<Queued>> {
+        let mut state = self.state.lock();
+        if let Some(item) = state.queue.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if state.sender_gone {
+            return Poll::Ready(None);
+        }
+        if let Some(waker) = waker {
+            register(&mut state.writer, waker);
+        }
+        Poll::Pending
+    }
+
+    fn progress(&self) -> u64 {
+        self.state.lock().progress
+    }
+}
+
 impl OutboundSender {
-    fn cost(&self, len: usize) -> u32 {
-        let cost = len.saturating_add(PER_MESSAGE_OVERHEAD);
-        u32::try_from(cost)
-            .unwrap_or(u32::MAX)
+    fn cost(&self, len: usize) -> usize {
+        len.saturating_add(PER_MESSAGE_OVERHEAD)
             .min(self.shared.budget)
     }
 
     /// Queue `text`, waiting for room while the client reads.
     pub(crate) async fn send(&self, text: String) -> Result<(), SendError> {
         let cost = self.cost(text.len());
-        loop {
-            let before = self.shared.progress.load(Ordering::Acquire);
-            match tokio::time::timeout(self.grace, self.shared.room.acquire_many(cost)).await {
-                Ok(Ok(permit)) => {
-                    // Given back by the writer once the socket took the message.
-                    permit.forget();
-                    break;
-                }
-                Ok(Err(_)) => return Err(SendError::Closed),
-                Err(_) => {
-                    if is_slow_reader(before, self.shared.progress.load(Ordering::Acquire)) {
-                        return Err(SendError::SlowReader);
-                    }
-                }
-            }
+        let mut item = Some(Queued { text, cost });
+        // The common case: room now, and no timer.
+        if let Poll::Ready(result) = self.shared.try_push(&mut item, None) {
+            return result;
         }
-        let mut item = Queued { text, cost };
         loop {
-            let before = self.shared.progress.load(Ordering::Acquire);
-            match self.tx.send_timeout(item, self.grace).await {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::SendTimeoutError::Timeout(back)) => {
-                    if is_slow_reader(before, self.shared.progress.load(Ordering::Acquire)) {
-                        self.shared.room.add_permits(cost as usize);
+            let before = self.shared.progress();
+            let room = std::future::poll_fn(|cx: &mut Context<'_>| {
+                self.shared.try_push(&mut item, Some(cx.waker()))
+            });
+            match tokio::time::timeout(self.grace, room).await {
+                Ok(result) => return result,
+                Err(_) => {
+                    if is_slow_reader(before, self.shared.progress()) {
                         return Err(SendError::SlowReader);
                     }
-                    item = back;
                 }
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => return Err(SendError::Closed),
             }
         }
     }
@@ -154,11 +218,18 @@ impl OutboundSender {
     /// closing); otherwise drop it.
     pub(crate) fn try_send(&self, text: String) {
         let cost = self.cost(text.len());
-        let Ok(permit) = self.shared.room.try_acquire_many(cost) else {
-            return;
-        };
-        if self.tx.try_send(Queued { text, cost }).is_ok() {
-            permit.forget();
+        let _ = self.shared.try_push(&mut Some(Queued { text, cost }), None);
+    }
+}
+
+impl Drop for OutboundSender {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.sender_gone = true;
+        let writer = state.writer.take();
+        drop(state);
+        if let Some(writer) = writer {
+            writer.wake();
         }
     }
 }
@@ -166,12 +237,17 @@ impl OutboundSender {
 impl OutboundReceiver {
     /// The next message, or `None` once the sender is gone and the queue empty.
     pub(crate) async fn recv(&mut self) -> Option<(String, Receipt)> {
-        self.rx.recv().await.map(Self::split)
+        std::future::poll_fn(|cx: &mut Context<'_>| self.shared.poll_pop(Some(cx.waker())))
+            .await
+            .map(Self::split)
     }
 
     /// The next message if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<(String, Receipt)> {
-        self.rx.try_recv().ok().map(Self::split)
+        match self.shared.poll_pop(None) {
+            Poll::Ready(item) => item.map(Self::split),
+            Poll::Pending => None,
+        }
     }
 
     fn split(item: Queued) -> (String, Receipt) {
@@ -180,15 +256,30 @@ impl OutboundReceiver {
 
     /// The socket has taken a message: give its bytes back.
     pub(crate) fn taken(&self, receipt: Receipt) {
-        self.shared.room.add_permits(receipt.cost as usize);
-        self.shared.progress.fetch_add(1, Ordering::Release);
+        let mut state = self.shared.state.lock();
+        state.charged -= receipt.cost;
+        state.progress += 1;
+        let sender = state.sender.take();
+        drop(state);
+        if let Some(sender) = sender {
+            sender.wake();
+        }
     }
 }
 
 impl Drop for OutboundReceiver {
     fn drop(&mut self) {
-        // Wake every waiting send with `Closed`.
-        self.shared.room.close();
+        let mut state = self.shared.state.lock();
+        state.receiver_gone = true;
+        // Nobody will read them: free them now.
+        let queued = std::mem::take(&mut state.queue);
+        let sender = state.sender.take();
+        drop(state);
+        drop(queued);
+        // Wake a waiting send with `Closed`.
+        if let Some(sender) = sender {
+            sender.wake();
+        }
     }
 }
 
@@ -209,10 +300,47 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(tx.send(msg(100)).await, Err(SendError::SlowReader));
         assert!(started.elapsed() >= grace);
-        // Once the socket takes the first, there is room again.
+        // Handed to the writer but not yet taken, it still holds its bytes.
         let (_, receipt) = rx.recv().await.unwrap();
+        assert_eq!(tx.send(msg(100)).await, Err(SendError::SlowReader));
+        // Once the socket takes the first, there is room again.
         rx.taken(receipt);
         tx.send(msg(100)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn messages_bound_the_queue_too() {
+        let (tx, mut rx) = channel(2, 1_000_000, Duration::from_millis(50));
+        tx.send(msg(1)).await.unwrap();
+        tx.send(msg(1)).await.unwrap();
+        assert_eq!(tx.send(msg(1)).await, Err(SendError::SlowReader));
+        // Taken off the queue, a message no longer counts against its length.
+        let (_, receipt) = rx.try_recv().unwrap();
+        tx.send(msg(1)).await.unwrap();
+        rx.taken(receipt);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_send_goes_through_once_the_socket_takes_something() {
+        let (tx, mut rx) = channel(10, 200, Duration::from_secs(60));
+        tx.send(msg(100)).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some((text, receipt)) = rx.recv().await {
+                got.push(text.len());
+                rx.taken(receipt);
+            }
+            got
+        });
+        // Each of these waits for the previous one to be taken.
+        tx.send(msg(101)).await.unwrap();
+        tx.send(msg(102)).await.unwrap();
+        drop(tx);
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the reader ends once the sender is gone")
+            .unwrap();
+        assert_eq!(got, vec![100, 101, 102]);
     }
 
     #[tokio::test]
@@ -244,6 +372,28 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(tx.send(msg(1)).await, Err(SendError::Closed));
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_send_waiting_for_room_fails_fast_when_the_writer_goes() {
+        let (tx, rx) = channel(10, 100, Duration::from_secs(60));
+        tx.send(msg(30)).await.unwrap();
+        let waiting = tokio::spawn(async move { tx.send(msg(30)).await });
+        // Poll until the send is parked waiting for room (no fixed sleep).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rx.shared.state.lock().sender.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the send never waited"
+            );
+            tokio::task::yield_now().await;
+        }
+        drop(rx);
+        let result = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when the writer went")
+            .unwrap();
+        assert_eq!(result, Err(SendError::Closed));
     }
 
     #[test]
