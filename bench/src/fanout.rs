@@ -160,6 +160,14 @@ async fn publish(
 
 /// Open the subscribers, publish, and report delivery latency.
 pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
+    if let Some(limit) = crate::procfs::open_files_limit() {
+        anyhow::ensure!(
+            limit as usize > args.subscribers + 64,
+            "open-file limit {limit} is too low for {} subscribers: run `ulimit -n 65536` \
+             (or the hard limit) first, here and for the relay",
+            args.subscribers
+        );
+    }
     let run = run_id();
     let tag = format!("bench-{run}");
     let keys = Keys::generate();
