@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::anchor::AnchorRecord;
 
-use super::db::EpochRow;
+use super::db::{EpochRow, Insert};
 use super::memory::ClosedEpoch;
 use super::views::{anchor_view, health_view};
 use super::{
@@ -33,6 +33,7 @@ impl IdentityService {
     pub async fn close_epoch(&self) -> Result<EpochClose, ServiceError> {
         self.refresh_anchor_txids().await?;
         let mut core = self.core.lock().await;
+        self.catch_up(&mut core).await?;
         if core.open_ops == 0 {
             return Ok(EpochClose::Skipped);
         }
@@ -44,15 +45,18 @@ impl IdentityService {
             anchor_txid: None,
             closed_at: unix_now(),
         };
-        self.db
-            .insert_epoch(&EpochRow {
-                epoch: header.epoch,
-                header: hex::encode(header.to_bytes()),
-                close_height: closed.close_height,
-                anchor_txid: None,
-                closed_at: closed.closed_at,
-            })
-            .await?;
+        let row = EpochRow {
+            epoch: header.epoch,
+            header: hex::encode(header.to_bytes()),
+            close_height: closed.close_height,
+            anchor_txid: None,
+            closed_at: closed.closed_at,
+        };
+        if self.db.insert_epoch(&row, header.log_size).await? == Insert::Stale {
+            // Another process logged an operation (or closed this epoch)
+            // since the catch-up: the next close takes it along.
+            return Ok(EpochClose::Skipped);
+        }
         core.commit_close(closed);
         drop(core);
         info!(
@@ -61,7 +65,7 @@ impl IdentityService {
             "identity epoch closed"
         );
         let (txid, queued) = match self
-            .anchorer
+            .anchorer()
             .anchor(header.epoch, &header.op_return_payload())
             .await
         {
@@ -106,9 +110,12 @@ impl IdentityService {
     }
 
     /// Copies the anchorer's current txids (new anchors, fee bumps,
-    /// re-anchoring after a reorg) into the epochs table.
+    /// re-anchoring after a reorg) into the epochs table. A process that
+    /// does not run the anchoring (see [`IdentityService::run`]) reads the
+    /// records the anchoring process wrote to the shared wallet file and
+    /// only updates its own view: it neither writes the table nor publishes.
     pub(super) async fn refresh_anchor_txids(&self) -> Result<(), ServiceError> {
-        let records = match self.anchorer.records().await {
+        let records = match self.anchorer().records().await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read anchor records");
@@ -117,8 +124,17 @@ impl IdentityService {
         };
         *self.records.lock().unwrap_or_else(|p| p.into_inner()) =
             records.iter().map(|r| (r.epoch, r.clone())).collect();
+        if !self.running.load(Ordering::Acquire) {
+            let mut core = self.core().await;
+            for r in &records {
+                if let (Some(txid), Some(e)) = (r.txid, core.epochs.get_mut(r.epoch as usize)) {
+                    e.anchor_txid = Some(txid);
+                }
+            }
+            return Ok(());
+        }
         let known: Vec<Option<Txid>> = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             core.epochs.iter().map(|e| e.anchor_txid).collect()
         };
         for r in records {
@@ -150,14 +166,15 @@ impl IdentityService {
     /// Syncs the anchoring wallet with the chain (confirmations, fee bumps,
     /// reorgs, queued epochs) and records the new tip and txids.
     pub async fn sync_anchors(&self) -> Result<(), ServiceError> {
-        if let Err(e) = self.anchorer.sync().await {
+        let anchorer = self.anchorer();
+        if let Err(e) = anchorer.sync().await {
             if e.is_queued() {
                 warn!(reason = %e, "anchoring is waiting");
             } else {
                 warn!(error = %e, "anchor sync failed");
             }
         }
-        if let Ok(status) = self.anchorer.status().await {
+        if let Ok(status) = anchorer.status().await {
             self.tip.fetch_max(status.tip_height, Ordering::Relaxed);
         }
         self.refresh_funding_address().await;
@@ -174,7 +191,7 @@ impl IdentityService {
     /// caches it for the status view; `None` while the node is unreachable
     /// before the first one is known.
     async fn refresh_funding_address(&self) -> Option<String> {
-        let address = match self.anchorer.funding_address().await {
+        let address = match self.anchorer().funding_address().await {
             Ok(a) => Some(a.to_string()),
             Err(e) => {
                 warn!(error = %e, "cannot derive the anchoring wallet's funding address");
@@ -202,7 +219,7 @@ impl IdentityService {
     /// One closed epoch.
     pub async fn epoch(&self, n: u64) -> Result<EpochView, ServiceError> {
         let closed = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             core.epochs
                 .get(n as usize)
                 .cloned()
@@ -226,7 +243,7 @@ impl IdentityService {
     /// The latest closed epoch.
     pub async fn latest_epoch(&self) -> Result<EpochView, ServiceError> {
         let n = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             core.epochs
                 .len()
                 .checked_sub(1)
@@ -237,7 +254,7 @@ impl IdentityService {
 
     /// Health of the service and of anchoring.
     pub async fn status(&self) -> Result<ServiceStatus, ServiceError> {
-        let anchor = self.anchorer.status().await?;
+        let anchor = self.anchorer().status().await?;
         let cached = self
             .funding_address
             .lock()
@@ -253,7 +270,7 @@ impl IdentityService {
                 .flatten(),
         };
         let (health, message) = health_view(&anchor.health, funding_address.as_deref());
-        let core = self.core.lock().await;
+        let core = self.core().await;
         Ok(ServiceStatus {
             witness: self.witness.public_key().to_bech32().unwrap_or_default(),
             open_epoch: core.open_epoch(),

@@ -7,7 +7,9 @@
 //! operation); an operation is checked against the registry before X is
 //! asked and again under the core's lock before it is stored, so two
 //! concurrent submissions cannot both be accepted against the same state;
-//! the row is stored before the in-memory core changes.
+//! the row is stored before the in-memory core changes, and only if the
+//! stored log still ends where the core did (other processes may share the
+//! database, see [`super`]).
 
 use std::sync::atomic::Ordering;
 
@@ -18,8 +20,12 @@ use tracing::info;
 use crate::binding::{BindingOp, OpKind, WitnessAttestation};
 use crate::x::{Challenge, PostAuthor, ProofClaim};
 
-use super::db::{ChallengeRow, OperationRow};
+use super::db::{ChallengeRow, Insert, OperationRow};
 use super::{unix_now, BindingReceipt, IdentityService, IssuedChallenge, ServiceError};
+
+/// How many times a submission is decided again after another process
+/// extended the log first, before it is refused as [`ServiceError::Contended`].
+const MAX_STALE_ATTEMPTS: u32 = 8;
 
 impl IdentityService {
     /// Issues a challenge for `pubkey` and stores it, unless
@@ -140,7 +146,7 @@ impl IdentityService {
         let op = BindingOp::from_event(event)?;
         // Cheap refusal before asking X: history may already rule it out.
         {
-            let mut core = self.core.lock().await;
+            let mut core = self.core().await;
             core.advance(self.tip.load(Ordering::Relaxed))?;
             let ctx = core.ctx();
             core.registry.check(&op, ctx)?;
@@ -149,37 +155,47 @@ impl IdentityService {
             OpKind::Bind | OpKind::Recover => Some(self.attest(&op, post_id).await?),
             _ => None,
         };
-        let mut core = self.core.lock().await;
-        core.advance(self.tip.load(Ordering::Relaxed))?;
-        let ctx = core.ctx();
-        // Again: another operation may have been accepted while X was asked.
-        core.registry.check(&op, ctx)?;
-        let size = core.log.size()?;
-        let (attestation_index, log_index) = match attestation {
-            Some(_) => (Some(size), size + 1),
-            None => (None, size),
+        let mut attempts = 0;
+        let (ctx, log_index) = loop {
+            let mut core = self.core.lock().await;
+            self.catch_up(&mut core).await?;
+            core.advance(self.tip.load(Ordering::Relaxed))?;
+            let ctx = core.ctx();
+            // Again: another operation may have been accepted while X was asked.
+            core.registry.check(&op, ctx)?;
+            let size = core.log.size()?;
+            let (attestation_index, log_index) = match attestation {
+                Some(_) => (Some(size), size + 1),
+                None => (None, size),
+            };
+            let row = OperationRow {
+                log_index,
+                event_id: op.id().to_hex(),
+                x_uid: op.x_uid,
+                event_json: event.as_json(),
+                attestation_json: attestation.as_ref().map(|a| a.as_json()),
+                attestation_index,
+                epoch: ctx.epoch,
+                height: ctx.height,
+                accepted_at: unix_now(),
+            };
+            match self
+                .db
+                .insert_operation(&row, op.challenge.as_deref())
+                .await?
+            {
+                Insert::Stored => {
+                    let accepted = core.apply(&op, attestation.clone(), ctx)?;
+                    debug_assert_eq!(accepted.log_index, log_index);
+                    break (ctx, log_index);
+                }
+                Insert::ChallengeUsed => return Err(ServiceError::ChallengeUsed),
+                // Another process logged or closed an epoch since this
+                // core was caught up: catch up and decide again.
+                Insert::Stale if attempts < MAX_STALE_ATTEMPTS => attempts += 1,
+                Insert::Stale => return Err(ServiceError::Contended),
+            }
         };
-        let row = OperationRow {
-            log_index,
-            event_id: op.id().to_hex(),
-            x_uid: op.x_uid,
-            event_json: event.as_json(),
-            attestation_json: attestation.as_ref().map(|a| a.as_json()),
-            attestation_index,
-            epoch: ctx.epoch,
-            height: ctx.height,
-            accepted_at: unix_now(),
-        };
-        if !self
-            .db
-            .insert_operation(&row, op.challenge.as_deref())
-            .await?
-        {
-            return Err(ServiceError::ChallengeUsed);
-        }
-        let accepted = core.apply(&op, attestation.clone(), ctx)?;
-        debug_assert_eq!(accepted.log_index, log_index);
-        drop(core);
         info!(op = %op.op, x_uid = op.x_uid, seq = op.seq, epoch = ctx.epoch, "identity operation accepted");
         self.publish(event.clone());
         if let Some(att) = &attestation {

@@ -76,6 +76,54 @@ pub struct EpochRow {
     pub closed_at: u64,
 }
 
+/// Where the stored log and epochs end (see [`IdentityDb::head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The next free log index (the log's size).
+    pub next_log_index: u64,
+    /// How many epochs are closed: the open epoch's number.
+    pub epochs: u64,
+}
+
+/// What became of an insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    /// Stored.
+    Stored,
+    /// The operation's challenge was used in the meantime; nothing stored.
+    ChallengeUsed,
+    /// Another process logged an operation or closed an epoch since the
+    /// caller last read the tables; nothing stored. Catch up and decide again.
+    Stale,
+}
+
+/// Advisory lock key serialising identity's log writes across the
+/// processes that share a Postgres database ("cairn", then a number apart
+/// from the relay's write lock `…0001` and the node's leases `…01xx`).
+pub const WRITE_LOCK_KEY: i64 = 0x6361_6972_6e00_0201;
+
+const HEAD: &str = "SELECT COALESCE((SELECT MAX(log_index) FROM identity_operations), -1) + 1, \
+                    (SELECT COUNT(*) FROM identity_epochs)";
+
+/// Inside transaction `$tx` of `$db`: takes the write lock (Postgres; an
+/// SQLite database has one writer, and its transaction is that lock) and
+/// tells whether the tables end at `$expected`. Every log write checks this
+/// under the lock, so operations and epoch closes decided by several
+/// processes are stored in one order, each against the state it was
+/// decided on.
+macro_rules! head_is {
+    ($db:expr, $tx:expr, $expected:expr) => {{
+        if matches!($db, IdentityDb::Postgres(_)) {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK_KEY)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        let (next, epochs): (i64, i64) = sqlx::query_as(HEAD).fetch_one(&mut *$tx).await?;
+        to_u(next) == $expected.next_log_index && to_u(epochs) == $expected.epochs
+    }};
+}
+
 /// Runs the same statement on either backend: `$pool` is bound to the pool.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
@@ -189,26 +237,49 @@ impl IdentityDb {
         Ok(n)
     }
 
+    /// Where the stored log and epochs end: the next free log index and
+    /// the number of closed epochs (the open epoch's number).
+    pub async fn head(&self) -> Result<Head, sqlx::Error> {
+        let (next_log_index, epochs): (i64, i64) = on_pool!(self, pool => {
+            sqlx::query_as(HEAD).fetch_one(pool).await?
+        });
+        Ok(Head {
+            next_log_index: to_u(next_log_index),
+            epochs: to_u(epochs),
+        })
+    }
+
     /// Logs an accepted operation and, when it quotes one, marks its
-    /// challenge used, in one transaction. Returns `false` (and stores
-    /// nothing) when the challenge was used in the meantime.
+    /// challenge used, in one transaction, provided the stored log still
+    /// ends where the operation was decided against (its first leaf is the
+    /// next free log index, its epoch the open one): otherwise
+    /// [`Insert::Stale`], and nothing is stored. [`Insert::ChallengeUsed`]
+    /// (nothing stored) when the challenge was used in the meantime.
     pub async fn insert_operation(
         &self,
         op: &OperationRow,
         challenge: Option<&str>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Insert, sqlx::Error> {
         const USE: &str = "UPDATE identity_challenges SET used = 1 WHERE nonce = $1 AND used = 0";
         const SQL: &str =
             "INSERT INTO identity_operations (log_index, event_id, x_uid, event_json, \
                            attestation_json, attestation_index, epoch, height, accepted_at) \
                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let expected = Head {
+            next_log_index: op.attestation_index.unwrap_or(op.log_index),
+            epochs: op.epoch,
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            if !head_is!(self, tx, expected) {
+                tx.rollback().await?;
+                return Ok(Insert::Stale);
+            }
             if let Some(nonce) = challenge {
                 let n = sqlx::query(USE).bind(nonce).execute(&mut *tx).await?.rows_affected();
                 if n != 1 {
                     tx.rollback().await?;
-                    return Ok(false);
+                    return Ok(Insert::ChallengeUsed);
                 }
             }
             sqlx::query(SQL)
@@ -225,16 +296,21 @@ impl IdentityDb {
                 .await?;
             tx.commit().await?;
         });
-        Ok(true)
+        Ok(Insert::Stored)
     }
 
     /// Every accepted operation, in log order.
     pub async fn operations(&self) -> Result<Vec<OperationRow>, sqlx::Error> {
+        self.operations_from(0).await
+    }
+
+    /// The accepted operations whose log index is `from` or above, in log order.
+    pub async fn operations_from(&self, from: u64) -> Result<Vec<OperationRow>, sqlx::Error> {
         const SQL: &str = "SELECT log_index, event_id, x_uid, event_json, attestation_json, \
                            attestation_index, epoch, height, accepted_at \
-                           FROM identity_operations ORDER BY log_index";
+                           FROM identity_operations WHERE log_index >= $1 ORDER BY log_index";
         let rows: Vec<OperationTuple> = on_pool!(self, pool => {
-            sqlx::query_as(SQL).fetch_all(pool).await?
+            sqlx::query_as(SQL).bind(to_i(from)).fetch_all(pool).await?
         });
         Ok(rows
             .into_iter()
@@ -252,22 +328,35 @@ impl IdentityDb {
             .collect())
     }
 
-    /// Stores a closed epoch.
-    pub async fn insert_epoch(&self, e: &EpochRow) -> Result<(), sqlx::Error> {
+    /// Stores a closed epoch whose header covers a log of `log_size`
+    /// leaves, provided the stored log and epochs still end there (it is
+    /// the next epoch and no operation was logged since): otherwise
+    /// [`Insert::Stale`], and nothing is stored.
+    pub async fn insert_epoch(&self, e: &EpochRow, log_size: u64) -> Result<Insert, sqlx::Error> {
         const SQL: &str =
             "INSERT INTO identity_epochs (epoch, header, close_height, anchor_txid, closed_at) \
                            VALUES ($1, $2, $3, $4, $5)";
+        let expected = Head {
+            next_log_index: log_size,
+            epochs: e.epoch,
+        };
         on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if !head_is!(self, tx, expected) {
+                tx.rollback().await?;
+                return Ok(Insert::Stale);
+            }
             sqlx::query(SQL)
                 .bind(to_i(e.epoch))
                 .bind(&e.header)
                 .bind(i64::from(e.close_height))
                 .bind(&e.anchor_txid)
                 .bind(to_i(e.closed_at))
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
         });
-        Ok(())
+        Ok(Insert::Stored)
     }
 
     /// Records (or changes, after a fee bump or re-anchoring) an epoch's anchor txid.
@@ -281,10 +370,15 @@ impl IdentityDb {
 
     /// Every closed epoch, in order.
     pub async fn epochs(&self) -> Result<Vec<EpochRow>, sqlx::Error> {
+        self.epochs_from(0).await
+    }
+
+    /// The closed epochs numbered `from` or above, in order.
+    pub async fn epochs_from(&self, from: u64) -> Result<Vec<EpochRow>, sqlx::Error> {
         const SQL: &str = "SELECT epoch, header, close_height, anchor_txid, closed_at \
-                           FROM identity_epochs ORDER BY epoch";
+                           FROM identity_epochs WHERE epoch >= $1 ORDER BY epoch";
         let rows: Vec<EpochTuple> = on_pool!(self, pool => {
-            sqlx::query_as(SQL).fetch_all(pool).await?
+            sqlx::query_as(SQL).bind(to_i(from)).fetch_all(pool).await?
         });
         Ok(rows
             .into_iter()

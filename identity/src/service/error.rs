@@ -73,6 +73,10 @@ pub enum ServiceError {
     /// The X client could not be set up.
     #[error("X client: {0}")]
     XSetup(FetchError),
+    /// Other processes sharing the database kept extending the log while
+    /// this one tried to store an operation; sending it again is safe.
+    #[error("the identity log is busy (other processes are writing); try again")]
+    Contended,
     /// The stored rows do not replay to the stored epoch headers.
     #[error("stored identity registry is inconsistent: {0}")]
     Corrupt(String),

@@ -21,7 +21,7 @@ impl IdentityService {
     /// Where the identity holding `handle` stands.
     pub async fn lookup_handle(&self, handle: &str) -> Result<IdentityView, ServiceError> {
         let x_uid = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             core.registry
                 .resolve_handle(handle)
                 .map(|i| i.x_uid)
@@ -33,7 +33,7 @@ impl IdentityService {
     /// Where the identity `key` is (or was) bound to stands.
     pub async fn lookup_key(&self, key: &PublicKey) -> Result<IdentityView, ServiceError> {
         let x_uid = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             *core.keys.get(key).ok_or(ServiceError::NotFound("key"))?
         };
         self.view(x_uid, Some(*key)).await
@@ -45,7 +45,7 @@ impl IdentityService {
     /// the node's record, not what a bundle proves.
     pub async fn history(&self, x_uid: u64) -> Vec<HistoryEntry> {
         let ops: Vec<(Event, u64, bool)> = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             core.history
                 .get(&x_uid)
                 .map(|h| {
@@ -97,7 +97,7 @@ impl IdentityService {
     /// a key its owner gave up must not be served a moment longer.
     pub async fn nip05_answer(&self, name: &str, serve_pending: bool) -> Option<Nip05Answer> {
         let (key, last_epoch, snapshots) = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             let identity = core.registry.resolve_handle(name)?;
             if identity.status == Status::Revoked {
                 return None;
@@ -147,7 +147,7 @@ impl IdentityService {
     /// currently holding that handle, anchored or not (see
     /// [`Self::nip05_answer`] for the anchored-only answer).
     pub async fn nip05(&self, name: &str) -> Option<PublicKey> {
-        let core = self.core.lock().await;
+        let core = self.core().await;
         let identity = core.registry.resolve_handle(name)?;
         match identity.status {
             Status::Revoked => None,
@@ -161,7 +161,7 @@ impl IdentityService {
         asked_key: Option<PublicKey>,
     ) -> Result<IdentityView, ServiceError> {
         let (identity, moved_to, last_epoch, snapshot_epoch) = {
-            let core = self.core.lock().await;
+            let core = self.core().await;
             let status = core
                 .registry
                 .status(x_uid)

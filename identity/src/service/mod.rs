@@ -17,6 +17,28 @@
 //! [`crate::state::StateStore`] instead. The anchoring wallet and the anchor
 //! records stay in the wallet's own file (see [`crate::anchor`]).
 //!
+//! # Several processes on one Postgres database
+//!
+//! Every process serves the API from its own in-memory core, and **catches
+//! it up** from the tables before each use: when the stored log or epochs
+//! end further than the core, the missing rows are applied through the same
+//! replay as at start (so a process never serves less than what was stored
+//! when the request began). Every write (an operation, an epoch close)
+//! takes identity's advisory write lock ([`db::WRITE_LOCK_KEY`]) in its
+//! transaction and is stored only if the tables still end where the core
+//! did when it decided ([`db::Insert::Stale`] otherwise: catch up and decide
+//! again), so all processes extend one log in one order. A core that had
+//! advanced its height past rows it has yet to apply (the anchoring process
+//! follows the chain tip) is rebuilt from all rows instead, so that rows
+//! are applied at exactly the heights they were decided at.
+//!
+//! Only the process running [`IdentityService::run`] (the node runs it
+//! under a lease) closes epochs, anchors, and publishes anchor updates; it
+//! reopens the anchoring wallet from its file when it starts, as another
+//! process may have anchored since. The processes must share the data
+//! directory (the witness key, and the wallet file `anchor.sqlite`): see
+//! `docs/scale-out.md`.
+//!
 //! # Linking epochs
 //!
 //! An epoch header names the previous epoch by its header hash, which is
@@ -63,7 +85,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bitcoin::{BlockHash, MerkleBlock, Txid};
 use nostr::nips::nip19::ToBech32;
 use nostr::{Event, Keys, PublicKey};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tracing::{info, warn};
 
 pub use config::{
@@ -88,8 +110,16 @@ pub struct IdentityService {
     db: IdentityDb,
     witness: Keys,
     checker: ProofChecker<PublicXClient>,
-    anchorer: Anchorer,
+    /// Replaced when this process starts running the epochs and anchoring
+    /// (see the module documentation): a clone is taken for each use.
+    anchorer: std::sync::Mutex<Anchorer>,
     core: Mutex<Core>,
+    /// Whether other processes may write the tables (Postgres): the core
+    /// is then caught up before each use.
+    shared: bool,
+    /// True while this process runs [`Self::run`]: only then does it
+    /// record anchor txids in the tables and publish epoch events.
+    running: std::sync::atomic::AtomicBool,
     /// Best block height from the wallet's last sync.
     tip: AtomicU32,
     publisher: Option<Arc<dyn Publisher>>,
@@ -112,6 +142,15 @@ impl std::fmt::Debug for IdentityService {
         f.debug_struct("IdentityService")
             .field("witness", &self.witness.public_key())
             .finish_non_exhaustive()
+    }
+}
+
+/// Clears [`IdentityService::running`] when `run` ends, however it ends.
+struct RunningFlag<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for RunningFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -153,13 +192,16 @@ impl IdentityService {
             "identity registry loaded"
         );
         let tip = AtomicU32::new(core.height);
+        let shared = matches!(db, IdentityDb::Postgres(_));
         let service = Arc::new(Self {
             config,
             db,
             witness,
             checker,
-            anchorer,
+            anchorer: std::sync::Mutex::new(anchorer),
             core: Mutex::new(core),
+            shared,
+            running: std::sync::atomic::AtomicBool::new(false),
             tip,
             publisher,
             issuing: Mutex::new(()),
@@ -178,8 +220,52 @@ impl IdentityService {
     }
 
     /// The anchoring wallet (e.g. for a funding address).
-    pub fn anchorer(&self) -> &Anchorer {
-        &self.anchorer
+    pub fn anchorer(&self) -> Anchorer {
+        self.anchorer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The core, caught up with the rows other processes stored (see the
+    /// module documentation). A failed catch-up is logged and the core
+    /// served as this process has it: reads stay available.
+    async fn core(&self) -> MutexGuard<'_, Core> {
+        let mut core = self.core.lock().await;
+        if let Err(e) = self.catch_up(&mut core).await {
+            warn!(error = %e, "cannot catch up with the stored identity log");
+        }
+        core
+    }
+
+    /// Applies the rows stored beyond what `core` holds (Postgres only: an
+    /// SQLite database has no other writer).
+    async fn catch_up(&self, core: &mut Core) -> Result<(), ServiceError> {
+        if !self.shared {
+            return Ok(());
+        }
+        let head = self.db.head().await?;
+        let log_size = core.log.size()?;
+        if head.next_log_index == log_size && head.epochs == core.open_epoch() {
+            return Ok(());
+        }
+        // Epochs first: an operation read after them belongs to a known
+        // epoch or the one open after them; later ones wait for the next
+        // catch-up (their epoch's row may have been stored after ours was read).
+        let epochs = self.db.epochs_from(core.open_epoch()).await?;
+        let open_after = core.open_epoch() + epochs.len() as u64;
+        let mut ops = self.db.operations_from(log_size).await?;
+        ops.retain(|o| o.epoch <= open_after);
+        let behind = ops.iter().map(|o| o.height).min();
+        let closes = epochs.iter().map(|e| e.close_height).min();
+        if behind.into_iter().chain(closes).any(|h| h < core.height) {
+            // This core advanced past heights the rows were decided at.
+            let all_ops = self.db.operations().await?;
+            let all_epochs = self.db.epochs().await?;
+            *core = Core::replay(self.config.registry, all_ops, all_epochs)?;
+            return Ok(());
+        }
+        core.replay_rows(ops, epochs)
     }
 
     /// The configuration.
@@ -193,9 +279,61 @@ impl IdentityService {
         }
     }
 
-    /// Runs epoch closes and anchor syncs until `shutdown` completes.
+    /// Keeps this process's view current while another process runs
+    /// [`Self::run`] on a shared (Postgres) database: every anchor sync
+    /// interval it catches the core up and reads the anchor records the
+    /// running process wrote to the shared wallet file. Returns at once on
+    /// SQLite; idle while this process runs [`Self::run`] itself.
+    pub async fn follow(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        if !self.shared {
+            return;
+        }
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(
+            self.config
+                .anchor_sync_interval
+                .max(Duration::from_millis(10)),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => {}
+            }
+            if self.running.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            drop(self.core().await);
+            if let Err(e) = self.refresh_anchor_txids().await {
+                warn!(error = %e, "cannot read the anchor records");
+            }
+        }
+    }
+
+    /// Runs epoch closes and anchor syncs until `shutdown` completes. On a
+    /// shared (Postgres) database the anchoring wallet is first reopened
+    /// from its file, which the previous runner may have changed.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        if self.shared {
+            let reopened = Anchorer::open(
+                self.config.data_dir.clone(),
+                self.config.network,
+                self.config.rpc.clone(),
+                self.config.anchor_policy,
+            );
+            let reopened = tokio::select! {
+                _ = &mut shutdown => return,
+                r = reopened => r,
+            };
+            match reopened {
+                Ok(a) => *self.anchorer.lock().unwrap_or_else(|p| p.into_inner()) = a,
+                Err(e) => warn!(error = %e, "cannot reopen the anchoring wallet"),
+            }
+        }
+        self.running
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _running = RunningFlag(&self.running);
         let mut epochs =
             tokio::time::interval(self.config.epoch_interval.max(Duration::from_millis(10)));
         let mut syncs = tokio::time::interval(

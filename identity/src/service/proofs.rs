@@ -40,7 +40,7 @@ impl IdentityService {
             return Ok(None);
         };
         let merkle_block = self.merkle_block(tx.compute_txid(), block_hash).await?;
-        let core = self.core.lock().await;
+        let core = self.core().await;
         let Some(closed) = core.epochs.get(epoch as usize) else {
             return Ok(None);
         };
@@ -83,7 +83,7 @@ impl IdentityService {
         if x_uid == 0 {
             return Err(ServiceError::BadRequest("x_uid must be non-zero".into()));
         }
-        if self.core.lock().await.registry.get(x_uid).is_some() {
+        if self.core().await.registry.get(x_uid).is_some() {
             return Err(ServiceError::Known(x_uid));
         }
         let confirmed = {
@@ -104,7 +104,7 @@ impl IdentityService {
         let (epoch, height, block_hash, tx) =
             confirmed.ok_or(ServiceError::NotFound("anchored epoch"))?;
         let merkle_block = self.merkle_block(tx.compute_txid(), block_hash).await?;
-        let core = self.core.lock().await;
+        let core = self.core().await;
         let header = core
             .epochs
             .get(epoch as usize)

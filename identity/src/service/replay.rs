@@ -22,8 +22,22 @@ impl Core {
         ops: Vec<OperationRow>,
         epochs: Vec<EpochRow>,
     ) -> Result<Self, ServiceError> {
-        let corrupt = |m: String| ServiceError::Corrupt(m);
         let mut core = Self::new(config);
+        core.replay_rows(ops, epochs)?;
+        Ok(core)
+    }
+
+    /// Applies stored rows that follow what the core holds: `epochs` from
+    /// the open epoch on, `ops` from the log's size on (those of each epoch
+    /// before it closes, then those of the open epoch). Used at start
+    /// (from empty) and to catch up with rows other processes stored.
+    pub(super) fn replay_rows(
+        &mut self,
+        ops: Vec<OperationRow>,
+        epochs: Vec<EpochRow>,
+    ) -> Result<(), ServiceError> {
+        let corrupt = |m: String| ServiceError::Corrupt(m);
+        let core = self;
         let mut ops = ops.into_iter().peekable();
         let replay_op = |core: &mut Core, row: OperationRow| -> Result<(), ServiceError> {
             if row.epoch != core.open_epoch() {
@@ -67,7 +81,7 @@ impl Core {
                 return Err(corrupt(format!("epoch {} is missing", core.open_epoch())));
             }
             while let Some(row) = ops.next_if(|o| o.epoch == stored.epoch) {
-                replay_op(&mut core, row)?;
+                replay_op(core, row)?;
             }
             core.advance(stored.close_height)?;
             let bytes = hex::decode(&stored.header)
@@ -95,9 +109,9 @@ impl Core {
             });
         }
         for row in ops {
-            replay_op(&mut core, row)?;
+            replay_op(core, row)?;
         }
-        Ok(core)
+        Ok(())
     }
 }
 
