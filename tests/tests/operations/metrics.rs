@@ -132,9 +132,6 @@ async fn counters_move_with_traffic(backend: Backend) -> Result<()> {
 /// lag (a histogram with a plausible mean), and the slow-reader and pacing
 /// counters from the first scrape.
 async fn cluster_fan_out_lag_is_measured(backend: Backend) -> Result<()> {
-    if !backend.is_postgres() {
-        return Ok(()); // One process per SQLite file: nothing crosses.
-    }
     let metrics_on = |s: &mut cairn_node::Settings| {
         s.metrics.bind = Some("127.0.0.1:0".parse().expect("an address"));
     };
@@ -193,8 +190,20 @@ async fn cluster_fan_out_lag_is_measured(backend: Backend) -> Result<()> {
     a.finish().await
 }
 
-backend_tests!(
-    metrics_are_off_by_default,
-    counters_move_with_traffic,
-    cluster_fan_out_lag_is_measured
-);
+backend_tests!(metrics_are_off_by_default, counters_move_with_traffic);
+
+/// Postgres only: on SQLite nothing crosses processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cluster_fan_out_lag_is_measured() {
+    match Backend::postgres_from_env() {
+        Some(backend) => {
+            cairn_e2e::run_case(
+                "cluster_fan_out_lag_is_measured",
+                backend,
+                cluster_fan_out_lag_is_measured,
+            )
+            .await
+        }
+        None => cairn_e2e::skip_postgres("cluster_fan_out_lag_is_measured"),
+    }
+}
