@@ -81,6 +81,9 @@ enum Command {
     /// key of --key-file or CAIRN_NSEC when given; progress on stderr, a
     /// summary on stdout. See docs/sync.md.
     Sync(sync::SyncArgs),
+    /// The node's web app: `cairn web passphrase` sets the passphrase that
+    /// signs you in at /app/login (besides the admin token).
+    Web(cairn_node::web::passphrase::WebArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +121,9 @@ fn main() -> anyhow::Result<()> {
         Command::Backup(args) => cli::exit_with(runtime.block_on(backup::run_backup(args))),
         Command::Restore(args) => cli::exit_with(runtime.block_on(backup::run_restore(args))),
         Command::Sync(args) => cli::exit_with(runtime.block_on(sync::run_sync(args))),
+        Command::Web(args) => {
+            cli::exit_with(runtime.block_on(cairn_node::web::passphrase::run_web(args)))
+        }
     }
 }
 

@@ -316,6 +316,16 @@ pub async fn serve(
     settings: &Settings,
     relay: &Arc<Relay>,
 ) -> anyhow::Result<(axum::Router, tokio::task::JoinHandle<()>)> {
+    let (routes, job, _) = serve_with_handle(settings, relay).await?;
+    Ok((routes, job))
+}
+
+/// [`serve`], also returning the outbox itself (the web app sends
+/// through it).
+pub async fn serve_with_handle(
+    settings: &Settings,
+    relay: &Arc<Relay>,
+) -> anyhow::Result<(axum::Router, tokio::task::JoinHandle<()>, Arc<Outbox>)> {
     let owner = owner_keys(settings)?;
     // Without the owner's key, AUTH proves nothing about the owner; a key
     // of this run keeps it from linking the runs either.
@@ -331,8 +341,11 @@ pub async fn serve(
         Arc::new(settings.clone()),
         token,
     );
-    let job = tokio::spawn(worker::run(outbox, relay.shutdown_token().clone()));
-    Ok((routes, job))
+    let job = tokio::spawn(worker::run(
+        Arc::clone(&outbox),
+        relay.shutdown_token().clone(),
+    ));
+    Ok((routes, job, outbox))
 }
 
 #[cfg(test)]

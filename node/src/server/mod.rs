@@ -279,8 +279,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     } else {
         None
     };
+    let mut outbox = None;
     if settings.outbox.enabled {
-        let (routes, job) = crate::outbox::serve(&settings, &relay).await?;
+        let (routes, job, handle) = crate::outbox::serve_with_handle(&settings, &relay).await?;
+        outbox = Some(handle);
         app = app.merge(routes);
         jobs.push(job);
         tracing::info!("outbox at http://{addr}/admin/v1/outbox (token in the data directory)");
@@ -320,7 +322,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
                 .as_ref()
                 .map(|s| (Arc::clone(s), settings.identity.confirmations)),
             lightning_names,
-        ),
+        )
+        .with_app(crate::web::App::new(
+            &settings,
+            &relay,
+            crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?,
+            outbox,
+        )?),
     );
     let metrics_addr = match metrics_listener {
         Some(listener) => {

@@ -34,9 +34,15 @@ use cairn_relay::Relay;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+mod app;
 mod check;
 mod handle;
 mod home;
+mod messages;
+pub mod passphrase;
+mod session;
+
+pub use app::App;
 
 /// The stylesheet, compiled in: no build step, nothing fetched at run time.
 const CSS: &str = include_str!("assets/cairn.css");
@@ -81,6 +87,8 @@ pub struct Web {
     /// `http(s)://host[:port]` of `[relay] public_url`; `None`: from each
     /// request's `Host` header.
     public_base: Option<String>,
+    /// The owner's app (`/app/`), when the node serves it.
+    app: Option<App>,
 }
 
 /// The identity witness as the pages show it.
@@ -114,7 +122,14 @@ impl Web {
             }),
             lightning_names,
             public_base,
+            app: None,
         }
+    }
+
+    /// Serves the owner's app (`/app/`) too.
+    pub fn with_app(mut self, app: App) -> Self {
+        self.app = Some(app);
+        self
     }
 
     /// `http(s)://host[:port]` people reach this node at: the public URL's,
@@ -146,6 +161,7 @@ pub fn mount(app: Router, web: Web) -> Router {
         .route("/@{handle}", get(handle::page))
         .route("/@{handle}/bundle", get(handle::bundle))
         .route(CSS_PATH, get(css))
+        .merge(app::routes())
         .with_state(Arc::clone(&web));
     app.merge(pages)
         .layer(middleware::from_fn_with_state(web, browser_root))

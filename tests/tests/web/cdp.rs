@@ -185,9 +185,25 @@ impl Browser {
 
     /// A new tab, attached, with page and network events on.
     pub async fn new_page(&self) -> Result<Page<'_>> {
-        let target = self
-            .call(None, "Target.createTarget", json!({ "url": "about:blank" }))
+        self.page_with(json!({ "url": "about:blank" })).await
+    }
+
+    /// A new tab in a browser context of its own: its cookies are its own
+    /// (like another person's browser), so two nodes on one host, whose
+    /// cookies a single jar would share, each get their own session.
+    pub async fn new_isolated_page(&self) -> Result<Page<'_>> {
+        let context = self
+            .call(None, "Target.createBrowserContext", json!({}))
             .await?;
+        let id = context["browserContextId"]
+            .as_str()
+            .context("browserContextId")?;
+        self.page_with(json!({ "url": "about:blank", "browserContextId": id }))
+            .await
+    }
+
+    async fn page_with(&self, params: Value) -> Result<Page<'_>> {
+        let target = self.call(None, "Target.createTarget", params).await?;
         let target_id = target["targetId"].as_str().context("targetId")?.to_owned();
         let attached = self
             .call(
@@ -408,6 +424,37 @@ impl Page<'_> {
     pub async fn submit_with_enter(&self) -> Result<Loaded> {
         self.load_after(self.press("Enter", "Enter", 13, Some("\r")))
             .await
+    }
+
+    /// Evaluates `expr` (which starts a navigation, e.g. a form's
+    /// `requestSubmit()`) and waits for the page it leads to.
+    pub async fn navigate_by(&self, expr: &str) -> Result<Loaded> {
+        self.load_after(async {
+            self.eval(expr).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The cookies the browser holds for `url`: `(name, value, httpOnly,
+    /// sameSite)`.
+    pub async fn cookies(&self, url: &str) -> Result<Vec<(String, String, bool, String)>> {
+        let r = self
+            .call("Network.getCookies", json!({ "urls": [url] }))
+            .await?;
+        Ok(r["cookies"]
+            .as_array()
+            .context("cookies")?
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap_or_default().to_owned(),
+                    c["value"].as_str().unwrap_or_default().to_owned(),
+                    c["httpOnly"].as_bool().unwrap_or(false),
+                    c["sameSite"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect())
     }
 
     /// Sets the viewport (CSS pixels); `mobile` emulates a phone.

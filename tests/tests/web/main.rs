@@ -7,6 +7,7 @@
 //! `target/screenshots/`). Without Chromium the tests fail, saying how to
 //! install it: `.ci/run` installs it.
 
+mod app;
 mod cdp;
 #[path = "../identity/fake_x.rs"]
 #[allow(dead_code)]
