@@ -69,9 +69,15 @@ async fn listen(
     mut stop: watch::Receiver<bool>,
 ) -> SubOutcome {
     let mut out = SubOutcome::default();
+    // One wait for the stop signal for the whole run: made anew for every
+    // message, it would join and leave the watch's waiter list (one lock
+    // shared by every subscriber task) for every delivery, and the load
+    // generator would spend on that what the relay should be measured on.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     while out.received.len() < expected {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             msg = ws.next() => {
                 let now = Instant::now();
                 match msg {
