@@ -19,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_identity::x::fake::{FakeX, Post};
 use futures::{SinkExt as _, StreamExt as _};
 use nostr::{Event, EventBuilder, JsonUtil as _, Keys, Kind, Tag, Timestamp};
 use serde_json::{json, Value};
@@ -118,17 +119,18 @@ impl Db {
     }
 
     /// The application names of the sessions holding an advisory lock
-    /// taken by a `cairn lease expiration` connection: Postgres' own view
-    /// of who holds that lease, at one instant.
-    async fn expiration_lease_sessions(&self) -> Vec<String> {
+    /// taken by a `cairn lease <job>` connection: Postgres' own view of
+    /// who holds that lease, at one instant.
+    async fn lease_sessions(&self, job: &str) -> Vec<String> {
         let mut admin = self.admin().await;
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT a.application_name FROM pg_locks l \
              JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted AND a.datname = $1 \
-             AND a.application_name LIKE 'cairn lease expiration %'",
+             AND a.application_name LIKE $2",
         )
         .bind(&self.name)
+        .bind(format!("cairn lease {job} %"))
         .fetch_all(&mut admin)
         .await
         .unwrap();
@@ -190,15 +192,28 @@ struct Serve {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Serve {
     async fn start(db: &Db) -> Serve {
         let data = tempfile::tempdir().unwrap();
+        let dir = data.path().to_owned();
+        Serve::start_in(db, &dir, &[], Some(data)).await
+    }
+
+    /// `cairn serve` on `dir` (which several processes may share), with
+    /// the extra settings `env`; `keep` is dropped with the process.
+    async fn start_in(
+        db: &Db,
+        dir: &std::path::Path,
+        env: &[(String, String)],
+        keep: Option<tempfile::TempDir>,
+    ) -> Serve {
         let mut child = Command::new(CAIRN)
             .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data.path())
+            .arg(dir)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .env("CAIRN_DATABASE_URL", &db.url)
             .env(
@@ -226,7 +241,7 @@ impl Serve {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
-            _data: data,
+            _data: keep,
         };
         let line = serve
             .wait_log("listening", |l| l.contains("listening on ws://"))
@@ -275,17 +290,48 @@ impl Serve {
         }
     }
 
-    /// Whether `/ready` says this process holds the expiration lease;
-    /// `None` when `/ready` did not answer in time (a busy machine: the
-    /// caller polls again).
-    async fn holds_expiration(&self) -> Option<bool> {
-        let url = format!("http://{}/ready", self.addr);
+    /// Whether `/ready` says this process holds `job`'s lease; `None`
+    /// when `/ready` did not answer in time (a busy machine: the caller
+    /// polls again).
+    async fn holds(&self, job: &str) -> Option<bool> {
+        let (_, body) = self.get("/ready").await?;
+        Some(body["leases"][job] == json!(true))
+    }
+
+    /// `GET path`: status and JSON body; `None` when there was no answer
+    /// within 10 s.
+    async fn get(&self, path: &str) -> Option<(u16, Value)> {
+        self.request(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// An HTTP request to this process, bounded by 10 s (`None`: no answer).
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> Option<(u16, Value)> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let body: Value = client.get(&url).send().await.ok()?.json().await.ok()?;
-        Some(body["leases"]["expiration"] == json!(true))
+        let mut req = client.request(method, format!("http://{}{path}", self.addr));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.json().await.ok()?))
+    }
+
+    /// Kill the process (no clean shutdown: its sessions just end).
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -538,19 +584,19 @@ async fn an_event_published_on_one_process_reaches_the_others_once_with_privacy(
     .await;
 }
 
-/// Poll until exactly one of `nodes` holds the expiration lease, both in
+/// Poll until exactly one of `nodes` holds `job`'s lease, both in
 /// its own `/ready` and in Postgres' locks (one instant, unlike `/ready`
 /// read from one process after the other); its index. Fails when two
 /// processes report it for longer than [`LEASE_OVERLAP`], or when no single
 /// holder shows within [`WAIT`].
-async fn the_one_holder(db: &Db, nodes: &[Serve], what: &str) -> usize {
+async fn the_one_holder(db: &Db, nodes: &[Serve], job: &str, what: &str) -> usize {
     let deadline = Instant::now() + WAIT;
     let mut two_since: Option<Instant> = None;
     loop {
         let mut held = Vec::new();
         let mut all_answered = true;
         for (i, node) in nodes.iter().enumerate() {
-            match node.holds_expiration().await {
+            match node.holds(job).await {
                 Some(true) => held.push(i),
                 Some(false) => {}
                 None => all_answered = false,
@@ -567,8 +613,8 @@ async fn the_one_holder(db: &Db, nodes: &[Serve], what: &str) -> usize {
         }
         let mut sessions = Vec::new();
         if let ([one], true) = (&held[..], all_answered) {
-            sessions = db.expiration_lease_sessions().await;
-            if sessions == [format!("cairn lease expiration {}", nodes[*one].pid())] {
+            sessions = db.lease_sessions(job).await;
+            if sessions == [format!("cairn lease {job} {}", nodes[*one].pid())] {
                 return *one;
             }
         }
@@ -587,7 +633,7 @@ async fn the_once_only_jobs_move_when_their_holder_is_killed() {
         for _ in 0..3 {
             nodes.push(Serve::start(&db).await);
         }
-        let holder = the_one_holder(&db, &nodes, "the first holder").await;
+        let holder = the_one_holder(&db, &nodes, "expiration", "the first holder").await;
         nodes[holder]
             .wait_log("the lease", |l| {
                 l.contains("holds the lease") && l.contains("expiration")
@@ -599,7 +645,7 @@ async fn the_once_only_jobs_move_when_their_holder_is_killed() {
         let mut killed = nodes.remove(holder);
         let _ = killed.child.kill();
         let _ = killed.child.wait();
-        let successor = the_one_holder(&db, &nodes, "the lease moving").await;
+        let successor = the_one_holder(&db, &nodes, "expiration", "the lease moving").await;
         nodes[successor]
             .wait_log("the lease moving", |l| {
                 l.contains("holds the lease") && l.contains("expiration")
@@ -693,6 +739,433 @@ async fn a_terminated_listener_catches_up_with_nothing_missed_or_repeated() {
             published.len() + 1,
             "nothing else, nothing twice: {ids:?}"
         );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Identity on several processes: one registry in the database, the epochs
+// and anchoring under the `identity` lease.
+
+/// `CAIRN_BITCOIN__*` for `chain`'s regtest RPC.
+fn bitcoin_env(chain: &cairn_testchain::TestChain) -> Vec<(String, String)> {
+    [
+        ("CAIRN_BITCOIN__NETWORK", "regtest"),
+        ("CAIRN_BITCOIN__RPC_URL", chain.rpc_url()),
+        ("CAIRN_BITCOIN__RPC_USER", chain.rpc_user()),
+        ("CAIRN_BITCOIN__RPC_PASSWORD", chain.rpc_password()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Identity enabled on `x`, epochs closed and anchors synced every second.
+fn identity_env(chain: &cairn_testchain::TestChain, x: &FakeX) -> Vec<(String, String)> {
+    let mut env = bitcoin_env(chain);
+    for (k, v) in [
+        ("CAIRN_IDENTITY__ENABLED", "true".to_owned()),
+        ("CAIRN_IDENTITY__X_OEMBED_BASE", x.base()),
+        ("CAIRN_IDENTITY__X_SYNDICATION_BASE", x.base()),
+        ("CAIRN_IDENTITY__X_REQUEST_TIMEOUT_SECS", "5".to_owned()),
+        ("CAIRN_IDENTITY__EPOCH_INTERVAL_SECS", "1".to_owned()),
+        ("CAIRN_IDENTITY__ANCHOR_SYNC_INTERVAL_SECS", "1".to_owned()),
+        ("CAIRN_IDENTITY__FAILED_BINDING_CACHE_SECS", "0".to_owned()),
+    ] {
+        env.push((k.to_owned(), v));
+    }
+    env
+}
+
+/// Asks `on` for a challenge for `user`, posts its text on the fake X as
+/// the account `x_uid`/`handle`, and submits the signed `bind` to `to`.
+async fn bind(on: &Serve, to: &Serve, x: &FakeX, user: &Keys, x_uid: u64, handle: &str, seq: u64) {
+    use nostr::nips::nip19::ToBech32 as _;
+    let npub = user.public_key().to_bech32().unwrap();
+    let (status, c) = on
+        .request(
+            reqwest::Method::POST,
+            "/identity/v1/challenges",
+            Some(&json!({ "npub": npub })),
+            None,
+        )
+        .await
+        .expect("a challenge answer");
+    assert_eq!(status, 201, "challenge: {c}");
+    let nonce = c["nonce"].as_str().unwrap();
+    let now = Timestamp::now().as_secs();
+    let post = Post::new(x_uid, handle, c["text"].as_str().unwrap(), now, seq);
+    x.publish(&post);
+    let event =
+        cairn_identity::binding::proof_post_op(false, x_uid, 0, None, handle, post.id, nonce)
+            .sign_with_keys(user)
+            .unwrap();
+    let body = json!({
+        "event": serde_json::from_str::<Value>(&event.as_json()).unwrap(),
+        "post_id": post.id.to_string(),
+    });
+    let (status, receipt) = to
+        .request(
+            reqwest::Method::POST,
+            "/identity/v1/bindings",
+            Some(&body),
+            None,
+        )
+        .await
+        .expect("a binding answer");
+    assert_eq!(status, 201, "bind: {receipt}");
+    assert_eq!(receipt["status"], "accepted", "{receipt}");
+}
+
+/// Polls `node`'s epoch `n` until `done` accepts it, within [`WAIT`].
+async fn wait_epoch(node: &Serve, n: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        if let Some((200, view)) = node.get(&format!("/identity/v1/epochs/{n}")).await {
+            if done(&view) {
+                return view;
+            }
+            last = Some(view);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: epoch {n} not as expected within {WAIT:?}: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn anchored(view: &Value) -> bool {
+    view["anchor"]["txid"].is_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_is_served_by_every_process_and_its_epochs_move_with_the_lease() {
+    with_db(|db| async move {
+        let chain = cairn_testchain::TestChain::start().await.unwrap();
+        let x = FakeX::start().await.unwrap();
+        // One data directory for all: the witness key and the anchoring
+        // wallet's file are shared (docs/scale-out.md).
+        let data = tempfile::tempdir().unwrap();
+        let env = identity_env(&chain, &x);
+        // The first start creates the witness key and wallet; then the others.
+        let mut nodes = vec![Serve::start_in(&db, data.path(), &env, None).await];
+        for _ in 0..2 {
+            nodes.push(Serve::start_in(&db, data.path(), &env, None).await);
+        }
+        let holder = the_one_holder(&db, &nodes, "identity", "the first epoch holder").await;
+
+        // Every process names the same witness.
+        let mut witnesses = Vec::new();
+        for n in &nodes {
+            let (status, body) = n.get("/identity/v1/status").await.expect("status");
+            assert_eq!(status, 200, "{body}");
+            witnesses.push(body["witness"].clone());
+        }
+        assert!(
+            witnesses.iter().all(|w| *w == witnesses[0]),
+            "{witnesses:?}"
+        );
+
+        // Fund the anchoring wallet through the holder's funding address.
+        let deadline = Instant::now() + WAIT;
+        let address = loop {
+            let (_, status) = nodes[holder]
+                .get("/identity/v1/status")
+                .await
+                .expect("status");
+            if let Some(a) = status["anchoring"]["funding_address"].as_str() {
+                break a.parse::<bitcoin::Address<_>>().unwrap().assume_checked();
+            }
+            assert!(Instant::now() < deadline, "no funding address: {status}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        chain
+            .fund(&address, bitcoin::Amount::from_sat(1_000_000))
+            .await
+            .unwrap();
+
+        // Bind on a process that is not the holder (challenge on another):
+        // every process serves the binding at once.
+        let (a, b) = ((holder + 1) % 3, (holder + 2) % 3);
+        let alice = Keys::generate();
+        bind(
+            &nodes[b],
+            &nodes[a],
+            &x,
+            &alice,
+            1_500_000_000_000_000_001,
+            "alice",
+            1,
+        )
+        .await;
+        for n in &nodes {
+            let (status, view) = n.get("/identity/v1/handles/alice").await.expect("lookup");
+            assert_eq!(status, 200, "{view}");
+            assert_eq!(view["pubkey"], json!(alice.public_key().to_hex()), "{view}");
+        }
+
+        // The holder closes epoch 0 and anchors it; all serve it.
+        let first = wait_epoch(&nodes[holder], 0, "epoch 0 anchored", anchored).await;
+        for n in &nodes {
+            let view = wait_epoch(n, 0, "epoch 0 everywhere", anchored).await;
+            assert_eq!(view["header_hash"], first["header_hash"]);
+            assert_eq!(view["anchor"]["txid"], first["anchor"]["txid"]);
+        }
+        assert_eq!(first["log_size"], json!(2), "attestation and bind: {first}");
+        let to = chain.internal_address().await.unwrap();
+        chain.mine(1, &to).await.unwrap();
+
+        // Kill the holder: the epochs and anchoring move to one survivor.
+        nodes.remove(holder).kill();
+        let successor = the_one_holder(&db, &nodes, "identity", "the epoch lease moving").await;
+        let other = 1 - successor;
+        nodes[successor]
+            .wait_log("the identity lease", |l| {
+                l.contains("holds the lease") && l.contains("identity")
+            })
+            .await;
+
+        // A bind on the other survivor lands in epoch 1, which the new
+        // holder closes on top of epoch 0 and anchors from the same wallet.
+        let bob = Keys::generate();
+        bind(
+            &nodes[other],
+            &nodes[other],
+            &x,
+            &bob,
+            1_500_000_000_000_000_002,
+            "bob",
+            2,
+        )
+        .await;
+        let second = wait_epoch(&nodes[successor], 1, "epoch 1 anchored", anchored).await;
+        assert_eq!(second["prev_header_hash"], first["header_hash"], "{second}");
+        assert_eq!(second["log_size"], json!(4), "{second}");
+        assert_ne!(second["anchor"]["txid"], first["anchor"]["txid"]);
+        let view = wait_epoch(&nodes[other], 1, "epoch 1 on the other", anchored).await;
+        assert_eq!(view["header_hash"], second["header_hash"]);
+        // Epoch 0 is unchanged, and both names resolve on both survivors.
+        for n in &nodes {
+            let view = wait_epoch(n, 0, "epoch 0 after the move", anchored).await;
+            assert_eq!(view["header_hash"], first["header_hash"]);
+            for (handle, keys) in [("alice", &alice), ("bob", &bob)] {
+                let (status, v) = n
+                    .get(&format!("/identity/v1/handles/{handle}"))
+                    .await
+                    .expect("lookup");
+                assert_eq!(status, 200, "{v}");
+                assert_eq!(v["pubkey"], json!(keys.public_key().to_hex()), "{v}");
+            }
+        }
+        // The anchor of epoch 1 spends epoch 0's change: one chain of anchors.
+        let tx = chain
+            .rpc(
+                "getrawtransaction",
+                vec![second["anchor"]["txid"].clone(), json!(true)],
+            )
+            .await
+            .unwrap();
+        assert!(
+            tx["vin"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["txid"] == first["anchor"]["txid"]),
+            "{tx}"
+        );
+        drop(nodes);
+        chain.stop().await.unwrap();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Payments on several processes: the wallet, Lightning node and NWC service
+// run on the `payments` lease holder only.
+
+/// A free loopback port (for the Lightning listener both processes name).
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// An NWC request (NIP-47, NIP-04 encrypted) from `client` to `service`.
+fn nwc_request(client: &Keys, service: &nostr::PublicKey, method: &str) -> Event {
+    let body = json!({ "method": method, "params": {} }).to_string();
+    let content = nostr::nips::nip04::encrypt(client.secret_key(), service, body).unwrap();
+    EventBuilder::new(Kind::WalletConnectRequest, content)
+        .tags([Tag::parse(["p".to_owned(), service.to_hex()]).unwrap()])
+        .sign_with_keys(client)
+        .unwrap()
+}
+
+/// The NWC responses (kind 23195) arriving on `sub`, up to and including
+/// the one answering `until`: (request id it answers, the response).
+async fn nwc_responses_until(c: &mut Client, sub: &str, until: &Event) -> Vec<(String, Event)> {
+    let until = until.id.to_hex();
+    let mut got = Vec::new();
+    loop {
+        let m = c.recv().await;
+        if m[0] != "EVENT" || m[1] != sub {
+            continue;
+        }
+        let event = Event::from_json(m[2].to_string()).unwrap();
+        let answers = event
+            .tags
+            .iter()
+            .find(|t| t.kind() == nostr::TagKind::e())
+            .and_then(|t| t.content())
+            .unwrap_or_default()
+            .to_owned();
+        let done = answers == until;
+        got.push((answers, event));
+        if done {
+            return got;
+        }
+    }
+}
+
+/// Waits until `node`'s `/ready` reports payments running here.
+async fn wait_payments_running(node: &Serve, what: &str) {
+    let deadline = Instant::now() + WAIT * 2;
+    let mut last = None;
+    loop {
+        if let Some((_, body)) = node.get("/ready").await {
+            let p = &body["payments"];
+            if p["ok"] == json!(true) && p.get("standby").is_none() {
+                return;
+            }
+            last = Some(body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: payments not running: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends `request` to `on` and checks that each of `subs` (client and
+/// subscription, on every process) sees exactly one answer to it, a
+/// `get_balance` result decrypting under the connection's key; a second
+/// request then marks the end (every process delivers the answers of one
+/// origin in order, so a second answer to `request` would come before the
+/// marker's).
+async fn answered_once(
+    on: &mut Client,
+    subs: &mut [(&mut Client, &str)],
+    client: &Keys,
+    service: &nostr::PublicKey,
+) {
+    let request = nwc_request(client, service, "get_balance");
+    on.publish(&request).await;
+    let marker = nwc_request(client, service, "get_info");
+    // The marker goes out once the request is answered somewhere.
+    let (first_client, first_sub) = &mut subs[0];
+    let first = nwc_responses_until(first_client, first_sub, &request).await;
+    on.publish(&marker).await;
+    let mut all = vec![first];
+    let (first_client, first_sub) = &mut subs[0];
+    all[0].extend(nwc_responses_until(first_client, first_sub, &marker).await);
+    for (c, sub) in subs.iter_mut().skip(1) {
+        all.push(nwc_responses_until(c, sub, &marker).await);
+    }
+    let mut ids = Vec::new();
+    for got in &all {
+        let answers: Vec<&Event> = got
+            .iter()
+            .filter(|(to, _)| *to == request.id.to_hex())
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(answers.len(), 1, "one answer per subscriber: {got:?}");
+        let plain =
+            nostr::nips::nip04::decrypt(client.secret_key(), service, &answers[0].content).unwrap();
+        let body: Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!(body["result_type"], "get_balance", "{body}");
+        assert!(body["error"].is_null(), "{body}");
+        ids.push(answers[0].id);
+    }
+    // One response event, not one per process.
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nwc_is_answered_once_and_moves_with_the_payments_lease() {
+    with_db(|db| async move {
+        let chain = cairn_testchain::TestChain::start().await.unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let mut env = bitcoin_env(&chain);
+        for (k, v) in [
+            ("CAIRN_PAYMENTS__ENABLED", "true".to_owned()),
+            ("CAIRN_PAYMENTS__LIGHTNING_LISTEN", free_port().to_string()),
+            ("CAIRN_PAYMENTS__WALLET_SYNC_INTERVAL_SECS", "1".to_owned()),
+            ("CAIRN_PAYMENTS__START_RETRY_INTERVAL_SECS", "1".to_owned()),
+        ] {
+            env.push((k.to_owned(), v));
+        }
+        let mut nodes = vec![Serve::start_in(&db, data.path(), &env, None).await];
+        nodes.push(Serve::start_in(&db, data.path(), &env, None).await);
+        let holder = the_one_holder(&db, &nodes, "payments", "the first payments holder").await;
+        let standby = 1 - holder;
+        wait_payments_running(&nodes[holder], "the first holder").await;
+        let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+        let token = token.trim();
+
+        // The standby refuses the admin API; the holder creates a connection.
+        let new = json!({ "name": "app", "permissions": ["get_balance", "get_info"] });
+        let path = "/admin/v1/nwc/connections";
+        let (status, body) = nodes[standby]
+            .request(reqwest::Method::POST, path, Some(&new), Some(token))
+            .await
+            .expect("an answer");
+        assert_eq!(status, 503, "{body}");
+        let (status, body) = nodes[holder]
+            .request(reqwest::Method::POST, path, Some(&new), Some(token))
+            .await
+            .expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        let uri = url::Url::parse(body["uri"].as_str().unwrap()).unwrap();
+        let service = nostr::PublicKey::from_hex(uri.host_str().unwrap()).unwrap();
+        let secret = uri
+            .query_pairs()
+            .find(|(k, _)| k == "secret")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        let client = Keys::parse(&secret).unwrap();
+
+        // Subscribers on both processes; the request goes to the standby.
+        let filter = json!({ "kinds": [23195], "#p": [client.public_key().to_hex()] });
+        let mut subs = Vec::new();
+        for n in &nodes {
+            let mut c = Client::connect(&n.url()).await;
+            c.auth(&client).await;
+            c.subscribe("nwc", filter.clone()).await;
+            subs.push(c);
+        }
+        let mut sender = Client::connect(&nodes[standby].url()).await;
+        {
+            let (s0, s1) = subs.split_at_mut(1);
+            let mut views = [(&mut s0[0], "nwc"), (&mut s1[0], "nwc")];
+            answered_once(&mut sender, &mut views, &client, &service).await;
+        }
+
+        // Kill the holder: the other takes the lease, starts payments on
+        // the same data directory, and answers.
+        drop(subs);
+        nodes.remove(holder).kill();
+        let successor = the_one_holder(&db, &nodes, "payments", "the payments lease moving").await;
+        wait_payments_running(&nodes[successor], "the successor").await;
+        let mut sub = Client::connect(&nodes[successor].url()).await;
+        sub.auth(&client).await;
+        sub.subscribe("nwc", filter.clone()).await;
+        let mut sender = Client::connect(&nodes[successor].url()).await;
+        answered_once(&mut sender, &mut [(&mut sub, "nwc")], &client, &service).await;
+        drop(nodes);
+        chain.stop().await.unwrap();
     })
     .await;
 }

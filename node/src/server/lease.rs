@@ -21,7 +21,9 @@
 //!   and the holder noticing, both may run the job for at most about
 //!   `DEFAULT_CHECK + CHECK_TIMEOUT`: the jobs gated here are safe to
 //!   overlap that briefly (purges delete under the store's write lock;
-//!   an epoch close is a database transaction).
+//!   an epoch close is a database transaction), except payments, whose
+//!   new holder waits that long before it starts its Lightning node (see
+//!   `crate::server::runtimes::payments::TAKEOVER_DELAY`).
 //! - **SQLite: always the holder.** One process owns an SQLite database, so
 //!   the job simply runs.
 
@@ -55,6 +57,9 @@ pub enum Job {
     Retention,
     /// Identity epochs and anchoring.
     Identity,
+    /// Payments: the wallet, Lightning node, NWC and zap receipts (see
+    /// `crate::server::runtimes::payments`).
+    Payments,
 }
 
 impl Job {
@@ -64,6 +69,7 @@ impl Job {
             Job::Expiration => "expiration",
             Job::Retention => "retention",
             Job::Identity => "identity",
+            Job::Payments => "payments",
         }
     }
 
@@ -75,6 +81,7 @@ impl Job {
                 Job::Expiration => 1,
                 Job::Retention => 2,
                 Job::Identity => 3,
+                Job::Payments => 5,
             }
     }
 }
@@ -284,7 +291,7 @@ mod tests {
 
     #[test]
     fn every_job_has_its_own_key_apart_from_the_write_lock() {
-        let keys = [Job::Expiration, Job::Retention, Job::Identity].map(Job::key);
+        let keys = [Job::Expiration, Job::Retention, Job::Identity, Job::Payments].map(Job::key);
         for (i, k) in keys.iter().enumerate() {
             assert_ne!(*k, 0x6361_6972_6e00_0001, "the store's write lock");
             assert!(!keys[..i].contains(k));

@@ -186,7 +186,7 @@ pub async fn sample(s: &Sources) {
         }
     }
     if let Some(slot) = &s.payments {
-        let running = slot.get().cloned();
+        let running = slot.get();
         metrics::gauge!(PAYMENTS_RUNNING).set(if running.is_some() { 1.0 } else { 0.0 });
         if let Some(p) = running {
             // Both lock their wallet, which a sync may hold for a while:

@@ -46,7 +46,7 @@ pub struct RunningNode {
     jobs: Vec<JoinHandle<()>>,
     identity: Option<Arc<cairn_identity::service::IdentityService>>,
     payments: Option<runtimes::payments::PaymentsRuntime>,
-    zaps: Option<runtimes::zaps::ZapsRuntime>,
+    zaps: Option<Arc<runtimes::zaps::ZapsRuntime>>,
 }
 
 impl RunningNode {
@@ -71,8 +71,8 @@ impl RunningNode {
     }
 
     /// The wallet, Lightning node and NWC service, when `[payments] enabled`
-    /// and they are running (see [`runtimes::payments`]).
-    pub fn payments(&self) -> Option<&Arc<runtimes::payments::Payments>> {
+    /// and they are running in this process (see [`runtimes::payments`]).
+    pub fn payments(&self) -> Option<Arc<runtimes::payments::Payments>> {
         self.payments.as_ref().and_then(|p| p.slot().get())
     }
 
@@ -82,12 +82,12 @@ impl RunningNode {
         self.payments.as_ref().map(|p| p.slot())
     }
 
-    /// The zap service, when name payments are served and it runs.
+    /// The zap service, when name payments are served and it runs here.
     pub fn zaps(
         &self,
-    ) -> Option<&Arc<cairn_payments::zap::ZapService<cairn_payments::lightning::LightningNode>>>
+    ) -> Option<Arc<cairn_payments::zap::ZapService<cairn_payments::lightning::LightningNode>>>
     {
-        self.zaps.as_ref().and_then(|z| z.cell().get())
+        self.zaps.as_ref().and_then(|z| z.get())
     }
 
     /// Stop payments (NWC leaves the relay while it still runs), stop
@@ -104,12 +104,9 @@ impl RunningNode {
             jobs,
             identity,
             payments,
-            zaps,
+            zaps: _,
         } = self;
-        // Zaps use the Lightning node: stop them first.
-        if let Some(zaps) = zaps {
-            zaps.stop().await;
-        }
+        // Stops zaps first (they use the Lightning node), then payments.
         if let Some(payments) = payments {
             payments.stop().await;
         }
@@ -240,6 +237,11 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
                 Box::pin(Arc::clone(&for_job).run(stop.cancelled_owned())) as lease::BoxedWork
             }),
         );
+        // Every process follows the anchors the lease holder records
+        // (Postgres; on SQLite it returns at once).
+        jobs.push(tokio::spawn(
+            Arc::clone(&service).follow(relay.shutdown_token().clone().cancelled_owned()),
+        ));
         tracing::info!("identity service enabled at http://{addr}/identity/v1/");
         Some(service)
     } else {
@@ -269,10 +271,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     // NWC and zap receipts reach the relay in-process: they need not wait
     // for the server to listen.
     let own_relay = own_relay::OwnRelay::new(&relay);
+    // Payments to verified names (LNURL-pay, zaps): a wallet and names.
+    let (zap_routes, zaps) = match (settings.payments.enabled, &identity) {
+        (true, Some(_)) => match routes::zaps::mount(&settings, &own_relay)? {
+            Some((routes, zaps)) => (Some(routes), Some(zaps)),
+            None => (None, None),
+        },
+        _ => (None, None),
+    };
     let payments = if settings.payments.enabled {
         let token = crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?;
-        let runtime =
-            runtimes::payments::PaymentsRuntime::open(&settings, &nwc_relay_url, &own_relay).await;
+        // Postgres: under the payments lease, zaps with them.
+        let runtime = runtimes::payments::PaymentsRuntime::start(
+            &settings,
+            &nwc_relay_url,
+            &own_relay,
+            lease_pool.clone(),
+            zaps.clone(),
+        )
+        .await;
+        leases.push(runtime.lease().clone());
         app = app.merge(routes::admin::router(Arc::clone(runtime.slot()), token));
         tracing::info!("admin API at http://{addr}/admin/v1/ (token in the data directory)");
         Some(runtime)
@@ -287,19 +305,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         jobs.push(job);
         tracing::info!("outbox at http://{addr}/admin/v1/outbox (token in the data directory)");
     }
-    // Payments to verified names (LNURL-pay, zaps): a wallet and names.
-    let zaps = match (&payments, &identity) {
-        (Some(runtime), Some(service)) => routes::zaps::mount(
-            &settings,
-            &own_relay,
-            Arc::clone(service),
-            Arc::clone(runtime.slot()),
-        )?
-        .map(|(routes, zaps)| {
-            app = std::mem::take(&mut app).merge(routes);
+    let zaps = match (zap_routes, &payments, &identity) {
+        (Some(routes), Some(runtime), Some(service)) => {
+            app = app.merge(routes(Arc::clone(service), Arc::clone(runtime.slot())));
             tracing::info!("LNURL-pay and zaps at http://{addr}/.well-known/lnurlp/<name>");
             zaps
-        }),
+        }
         _ => None,
     };
     app = app.merge(routes::health::router(routes::health::Readiness {

@@ -193,7 +193,8 @@ async fn payments_start_once_bitcoin_core_comes_up() -> Result<()> {
             }
         };
         assert_eq!(status["payments"], "running");
-        let ln = node.payments().context("the slot is filled")?.lightning();
+        let ln_payments = node.payments().context("the slot is filled")?;
+        let ln = ln_payments.lightning();
         assert_eq!(status["node_id"], ln.node_id().to_string());
         node.shutdown().await?;
         proxy.abort();

@@ -72,8 +72,10 @@ async fn run() -> Result<()> {
     assert_eq!(status["payments"], "running");
     assert_eq!(status["network"], "regtest");
     // In-process handles, only to wait on ldk-node events (bounded).
-    let ln_a: &LightningNode = a.node.payments().context("A's payments run")?.lightning();
-    let ln_b: &LightningNode = b.node.payments().context("B's payments run")?.lightning();
+    let ln_a_payments = a.node.payments().context("A's payments run")?;
+    let ln_a: &LightningNode = ln_a_payments.lightning();
+    let ln_b_payments = b.node.payments().context("B's payments run")?;
+    let ln_b: &LightningNode = ln_b_payments.lightning();
 
     // --- on-chain: fund A, A pays B ---
     chain

@@ -216,12 +216,10 @@ async fn run() -> Result<()> {
         Ok(ok.then_some(()))
     })
     .await?;
-    let ln_sender = sender_node.node.payments().context("payments")?.lightning();
-    let ln_alice = alice_node
-        .node()
-        .payments()
-        .context("payments")?
-        .lightning();
+    let ln_sender_payments = sender_node.node.payments().context("payments")?;
+    let ln_sender = ln_sender_payments.lightning();
+    let ln_alice_payments = alice_node.node().payments().context("payments")?;
+    let ln_alice = ln_alice_payments.lightning();
     let mut events = ln_sender.subscribe();
     let info: Value = alice_admin.get("/admin/v1/lightning/info").await?;
     sender_admin

@@ -38,8 +38,10 @@ async fn run() -> Result<()> {
     let chain = TestChain::start().await?;
     let a = PayNode::start(&chain).await?;
     let b = PayNode::start(&chain).await?;
-    let ln_a: &LightningNode = a.node.payments().context("A's payments")?.lightning();
-    let ln_b: &LightningNode = b.node.payments().context("B's payments")?.lightning();
+    let ln_a_payments = a.node.payments().context("A's payments")?;
+    let ln_a: &LightningNode = ln_a_payments.lightning();
+    let ln_b_payments = b.node.payments().context("B's payments")?;
+    let ln_b: &LightningNode = ln_b_payments.lightning();
     let info_b = b.get("/admin/v1/lightning/info").await?;
     let b_id = str_at(&info_b, "/node_id")?.to_owned();
     let b_addr = str_at(&info_b, "/listening_address")?.to_owned();

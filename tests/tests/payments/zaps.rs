@@ -174,8 +174,10 @@ async fn run() -> Result<()> {
 
     // A pays; a private channel A → B.
     let a = PayNode::start(&chain).await?;
-    let ln_a = a.node.payments().context("A's payments run")?.lightning();
-    let ln_b = b.node().payments().context("B's payments run")?.lightning();
+    let ln_a_payments = a.node.payments().context("A's payments run")?;
+    let ln_a = ln_a_payments.lightning();
+    let ln_b_payments = b.node().payments().context("B's payments run")?;
+    let ln_b = ln_b_payments.lightning();
     open_channel(&chain, ln_a, ln_b, 1_000_000, 400_000).await?;
 
     let http = reqwest::Client::builder()

@@ -217,7 +217,6 @@ fn running(state: &AdminState) -> Result<Arc<Payments>, ApiError> {
     state
         .slot
         .running()
-        .map(Arc::clone)
         .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason))
 }
 

@@ -101,6 +101,8 @@ impl Readiness {
         };
         let payments = match &self.payments {
             None => json!({"enabled": false}),
+            // A standby is ready: another process holds the payments lease.
+            Some(slot) if slot.standby() => json!({"enabled": true, "ok": true, "standby": true}),
             Some(slot) => match slot.running() {
                 Ok(_) => json!({"enabled": true, "ok": true}),
                 Err(reason) => json!({"enabled": true, "ok": false, "error": reason}),

@@ -121,17 +121,18 @@ pub fn router(state: Arc<ZapRoutes>) -> Router {
 
 /// The routes and the zap service of a node with payments and identity
 /// enabled and `[zaps] names` set; `None` when no name is listed (LNURL off).
+/// The zap service itself runs with payments (see
+/// [`crate::server::runtimes::payments::PaymentsRuntime`]), which `zaps` is
+/// handed to.
 pub fn mount(
     settings: &Settings,
     own_relay: &crate::server::own_relay::OwnRelay,
-    identity: Arc<IdentityService>,
-    payments: Arc<PaymentsSlot>,
-) -> anyhow::Result<Option<(Router, ZapsRuntime)>> {
+) -> anyhow::Result<Option<(MountZaps, Arc<ZapsRuntime>)>> {
     if settings.zaps.names.is_empty() {
         return Ok(None);
     }
     settings.zaps.validate().map_err(anyhow::Error::msg)?;
-    let runtime = ZapsRuntime::start(settings, Arc::clone(&payments), own_relay);
+    let runtime = Arc::new(ZapsRuntime::new(settings, own_relay));
     let public_base = settings.relay.public_url.as_deref().and_then(http_base_of);
     if public_base.is_none() {
         // LUD-06 wallets behind TLS need the real https URL, and the metadata
@@ -141,16 +142,23 @@ pub fn mount(
              use the request's Host header over http://; set public_url to the URL clients use"
         );
     }
-    let routes = router(Arc::new(ZapRoutes {
-        identity,
-        payments,
-        zaps: Arc::clone(runtime.cell()),
-        settings: settings.zaps.clone(),
-        public_base,
-        limiter: RateLimiter::new(settings.zaps.requests_per_ip),
-    }));
-    Ok(Some((routes, runtime)))
+    let cell = Arc::clone(runtime.cell());
+    let settings = settings.zaps.clone();
+    let routes = move |identity, payments| {
+        router(Arc::new(ZapRoutes {
+            identity,
+            payments,
+            zaps: cell,
+            limiter: RateLimiter::new(settings.requests_per_ip),
+            settings,
+            public_base,
+        }))
+    };
+    Ok(Some((Box::new(routes), runtime)))
 }
+
+/// Builds the name-payment routes once identity and the payments slot exist.
+pub type MountZaps = Box<dyn FnOnce(Arc<IdentityService>, Arc<PaymentsSlot>) -> Router + Send>;
 
 /// A LUD-06 error response.
 struct LnurlError(StatusCode, String);
@@ -210,16 +218,25 @@ impl ZapRoutes {
         ))
     }
 
-    fn payments(&self) -> Result<&Arc<Payments>, LnurlError> {
-        self.payments
-            .get()
-            .ok_or_else(|| unavailable("payments are not running yet"))
+    fn payments(&self) -> Result<Arc<Payments>, LnurlError> {
+        self.payments.get().ok_or_else(|| {
+            unavailable(if self.payments.standby() {
+                "payments run on another process of this node; try again"
+            } else {
+                "payments are not running yet"
+            })
+        })
     }
 
-    fn zaps(&self) -> Result<&Arc<ZapService<LightningNode>>, LnurlError> {
-        self.zaps
-            .get()
-            .ok_or_else(|| unavailable("zaps are not running yet"))
+    fn zaps(&self) -> Result<Arc<ZapService<LightningNode>>, LnurlError> {
+        let running = self.zaps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        running.ok_or_else(|| {
+            unavailable(if self.payments.standby() {
+                "zaps run on another process of this node; try again"
+            } else {
+                "zaps are not running yet"
+            })
+        })
     }
 
     fn base(&self, headers: &HeaderMap) -> Result<String, LnurlError> {

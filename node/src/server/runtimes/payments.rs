@@ -22,7 +22,7 @@
 //! with the wallet. A wrong configuration (bad RPC URL, seed file readable by
 //! others) fails the same way, visibly, rather than silently.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,7 +36,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::zaps::ZapsRuntime;
 use crate::redact::redact_url;
+use crate::server::lease::{self, LeaseState};
 use crate::server::own_relay::OwnRelay;
 use crate::settings::payments::ChainSourceKind;
 use crate::settings::Settings;
@@ -146,7 +148,7 @@ impl Payments {
     /// Starts the NWC service on its relay, the NWC notifications and the
     /// periodic wallet sync. A relay that cannot be reached is logged:
     /// Lightning and the admin API work without NWC.
-    async fn start_services(self: &Arc<Self>) {
+    pub(crate) async fn start_services(self: &Arc<Self>) {
         if let Err(e) = self.nwc.start().await {
             tracing::error!(error = %e, "NWC service could not connect to its relay; NWC is off");
         }
@@ -274,39 +276,50 @@ async fn check_bitcoin_core(settings: &Settings) -> anyhow::Result<()> {
     }
 }
 
-/// Where the node keeps its [`Payments`] once they run, and why they do not
-/// yet. Shared by the node and the admin routes, so a start that succeeds
-/// on a later retry is seen by both.
+/// Where the node keeps its [`Payments`] while they run here, and why they
+/// do not. Shared by the node and the admin, zap and health routes, so a
+/// start that succeeds on a later retry, or payments that move to this
+/// process or away from it (see [`PaymentsRuntime`]), are seen by all.
 #[derive(Debug, Default)]
 pub struct PaymentsSlot {
-    running: OnceLock<Arc<Payments>>,
-    /// Turns true once `running` is filled: what [`Self::wait`] waits on.
-    ready: watch::Sender<bool>,
+    running: Mutex<Option<Arc<Payments>>>,
+    /// Bumped whenever `running` changes: what [`Self::wait`] waits on.
+    changed: watch::Sender<u64>,
     last_error: Mutex<Option<String>>,
+    /// True while another process holds the payments lease.
+    standby: std::sync::atomic::AtomicBool,
 }
 
 impl PaymentsSlot {
-    /// The running payments, if any.
-    pub fn get(&self) -> Option<&Arc<Payments>> {
-        self.running.get()
+    /// The running payments, if they run in this process.
+    pub fn get(&self) -> Option<Arc<Payments>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    /// The running payments, once they run (at once if they do).
+    /// The running payments, once they run here (at once if they do).
     pub async fn wait(&self) -> Arc<Payments> {
-        let mut ready = self.ready.subscribe();
+        let mut changed = self.changed.subscribe();
         loop {
             if let Some(p) = self.get() {
-                return Arc::clone(p);
+                return p;
             }
             // `changed` fails only once the sender is dropped, and `self`
             // holds it: no error to handle.
-            let _ = ready.changed().await;
+            let _ = changed.changed().await;
         }
     }
 
-    /// The running payments, or why they are not running.
-    pub fn running(&self) -> Result<&Arc<Payments>, String> {
+    /// The running payments, or why they are not running here.
+    pub fn running(&self) -> Result<Arc<Payments>, String> {
         self.get().ok_or_else(|| {
+            if self.standby() {
+                return "payments run on another process (it holds the payments lease); \
+                        this one stands by"
+                    .to_owned();
+            }
             let reason = self
                 .last_error
                 .lock()
@@ -317,10 +330,30 @@ impl PaymentsSlot {
         })
     }
 
+    /// Whether another process runs payments (this one holds no lease).
+    pub fn standby(&self) -> bool {
+        self.standby.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_standby(&self, standby: bool) {
+        self.standby
+            .store(standby, std::sync::atomic::Ordering::Release);
+    }
+
     fn set(&self, payments: Arc<Payments>) {
-        let _ = self.running.set(payments);
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(payments);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.ready.send_replace(true);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn clear(&self) -> Option<Arc<Payments>> {
+        let taken = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.changed.send_modify(|n| *n += 1);
+        taken
     }
 
     fn set_error(&self, e: &anyhow::Error) {
@@ -330,81 +363,165 @@ impl PaymentsSlot {
     }
 }
 
-/// Tries to start payments every `start_retry_interval_secs` until they run
-/// (then fills `slot`) or `stop` is cancelled.
-async fn retry_start(
+/// How long a process that has just taken the payments lease waits before
+/// it starts the Lightning node, on Postgres: a previous holder whose lease
+/// connection broke (rather than closed with its process) runs on until
+/// its next lease check fails, at most about `DEFAULT_CHECK +
+/// CHECK_TIMEOUT`, and must have stopped its node before this one starts
+/// on the same seed and data directory.
+pub const TAKEOVER_DELAY: Duration =
+    Duration::from_secs(lease::DEFAULT_CHECK.as_secs() + lease::CHECK_TIMEOUT.as_secs() + 2);
+
+/// What one process does while it holds the payments lease.
+struct Term {
     settings: Settings,
     nwc_relay_url: String,
     own_relay: OwnRelay,
     slot: Arc<PaymentsSlot>,
-    stop: CancellationToken,
-) {
-    let every = Duration::from_secs(settings.payments.start_retry_interval_secs.max(1));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match Payments::open(&settings, &nwc_relay_url, &own_relay).await {
-            Ok(p) => {
-                if stop.is_cancelled() {
-                    p.stop().await;
-                    return;
-                }
-                p.start_services().await;
-                slot.set(p);
-                tracing::info!("payments started after a retry");
+    zaps: Option<Arc<ZapsRuntime>>,
+    /// Wait [`TAKEOVER_DELAY`] first (the lease is shared with other processes).
+    shared: bool,
+    /// Turns true once the first start attempt of the first term is over
+    /// (succeeded, with zaps started, or failed and recorded).
+    attempted: watch::Sender<bool>,
+}
+
+impl Term {
+    /// Starts payments (retrying every `start_retry_interval_secs` while
+    /// they cannot start), then the zap service, serves until `stop`, and
+    /// stops them: zaps first, then NWC and the Lightning node.
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let slot = &self.slot;
+        slot.set_standby(false);
+        if self.shared {
+            tracing::info!(
+                delay_secs = TAKEOVER_DELAY.as_secs(),
+                "payments lease taken; waiting out a previous holder before starting payments"
+            );
+            if sleep_or_stop(TAKEOVER_DELAY, &stop).await {
+                slot.set_standby(true);
                 return;
             }
-            Err(e) => {
-                tracing::debug!(error = %format!("{e:#}"), "payments still cannot start");
-                slot.set_error(&e);
-            }
         }
+        let every = Duration::from_secs(self.settings.payments.start_retry_interval_secs.max(1));
+        let mut first = true;
+        let payments = loop {
+            match Payments::open(&self.settings, &self.nwc_relay_url, &self.own_relay).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    if first {
+                        tracing::error!(
+                            error = %format!("{e:#}"),
+                            "payments could not start; the relay runs without them and the start is retried"
+                        );
+                    } else {
+                        tracing::debug!(error = %format!("{e:#}"), "payments still cannot start");
+                    }
+                    first = false;
+                    slot.set_error(&e);
+                    self.attempted.send_replace(true);
+                    if sleep_or_stop(every, &stop).await {
+                        slot.set_standby(true);
+                        return;
+                    }
+                }
+            }
+        };
+        if stop.is_cancelled() {
+            payments.stop().await;
+            slot.set_standby(true);
+            return;
+        }
+        payments.start_services().await;
+        slot.set(Arc::clone(&payments));
+        if !first {
+            tracing::info!("payments started after a retry");
+        }
+        if let Some(zaps) = &self.zaps {
+            zaps.start_on(&payments);
+        }
+        self.attempted.send_replace(true);
+        stop.cancelled().await;
+        if let Some(zaps) = &self.zaps {
+            zaps.stop_service().await;
+        }
+        slot.clear();
+        payments.stop().await;
+        slot.set_standby(true);
     }
 }
 
-/// The payments part of a running node: the slot and the task that retries
-/// a failed start.
+/// Sleep `d`; true when `stop` came first.
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+/// The payments part of a running node: the slot, and the task that runs
+/// payments in this process while it holds the payments lease (see
+/// [`crate::server::lease`]; on SQLite always).
+///
+/// Why a lease: NWC requests and zap payments reach every process that
+/// shares the database, and each must be answered by exactly one; and a
+/// Lightning node must never run twice on one seed. Only the holder opens
+/// the wallet, the Lightning node, the NWC service and the zap service;
+/// when it stops (or loses its lease connection) it stops them, and
+/// another process takes over after [`TAKEOVER_DELAY`]. Their state is the
+/// data directory (seed, Lightning channels, NWC connections, pending
+/// zaps): the processes must share it (see `docs/scale-out.md`).
 #[derive(Debug)]
 pub struct PaymentsRuntime {
     slot: Arc<PaymentsSlot>,
-    retry_stop: CancellationToken,
-    retry: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    lease: LeaseState,
 }
 
 impl PaymentsRuntime {
-    /// First attempt to open and start payments, NWC on `nwc_relay_url`
-    /// (see [`Payments::open`]); a failure is recorded, not returned, and the
-    /// start retried in the background (see the module documentation).
-    pub async fn open(settings: &Settings, nwc_relay_url: &str, own_relay: &OwnRelay) -> Self {
+    /// Starts competing for the payments lease on `lease_pool` (`None`:
+    /// SQLite, payments start at once) and, while it is held, runs payments
+    /// with NWC on `nwc_relay_url` (see [`Payments::open`]) and, when given,
+    /// the zap service. A start that fails is recorded in the slot and
+    /// retried. On SQLite this returns once the first attempt is over, so
+    /// that payments that can start run when the node is up.
+    pub async fn start(
+        settings: &Settings,
+        nwc_relay_url: &str,
+        own_relay: &OwnRelay,
+        lease_pool: Option<sqlx::PgPool>,
+        zaps: Option<Arc<ZapsRuntime>>,
+    ) -> Self {
         let slot = Arc::new(PaymentsSlot::default());
-        let retry_stop = CancellationToken::new();
-        let retry = match Payments::open(settings, nwc_relay_url, own_relay).await {
-            Ok(p) => {
-                p.start_services().await;
-                slot.set(p);
-                None
-            }
-            Err(e) => {
-                tracing::error!(
-                    error = %format!("{e:#}"),
-                    "payments could not start; the relay runs without them and the start is retried"
-                );
-                slot.set_error(&e);
-                Some(tokio::spawn(retry_start(
-                    settings.clone(),
-                    nwc_relay_url.to_owned(),
-                    own_relay.clone(),
-                    Arc::clone(&slot),
-                    retry_stop.clone(),
-                )))
-            }
-        };
+        let shared = lease_pool.is_some();
+        slot.set_standby(shared);
+        let term = Arc::new(Term {
+            settings: settings.clone(),
+            nwc_relay_url: nwc_relay_url.to_owned(),
+            own_relay: own_relay.clone(),
+            slot: Arc::clone(&slot),
+            zaps,
+            shared,
+            attempted: watch::Sender::new(false),
+        });
+        let mut attempted = term.attempted.subscribe();
+        let stop = CancellationToken::new();
+        let (task, lease) = lease::spawn(
+            lease::Job::Payments,
+            lease_pool,
+            stop.clone(),
+            Box::new(move |stop| Box::pin(Arc::clone(&term).run(stop)) as lease::BoxedWork),
+        );
+        if !shared {
+            // Fails only if the term ended first, which only `stop` does.
+            let _ = attempted.wait_for(|done| *done).await;
+        }
         Self {
             slot,
-            retry_stop,
-            retry,
+            stop,
+            task,
+            lease,
         }
     }
 
@@ -413,14 +530,14 @@ impl PaymentsRuntime {
         &self.slot
     }
 
-    /// Stops the retry loop and the payments, if running.
+    /// Whether this process holds the payments lease (for `/ready`).
+    pub fn lease(&self) -> &LeaseState {
+        &self.lease
+    }
+
+    /// Stops the payments (zaps first) if they run here, and leaves the lease.
     pub async fn stop(self) {
-        self.retry_stop.cancel();
-        if let Some(retry) = self.retry {
-            let _ = retry.await;
-        }
-        if let Some(p) = self.slot.get() {
-            p.stop().await;
-        }
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
