@@ -60,7 +60,9 @@ use std::time::Duration;
 use cairn_relay::auth::normalize_relay_url;
 use cairn_relay::store::{Database, QueryContext};
 use cairn_relay::Relay;
-use nostr::{Event, EventBuilder, Filter, JsonUtil, Keys, Kind, PublicKey, Tag, TagStandard};
+use nostr::{
+    Event, EventBuilder, Filter, JsonUtil, Keys, Kind, PublicKey, Tag, TagStandard, Timestamp,
+};
 
 use crate::settings::Settings;
 
@@ -236,7 +238,8 @@ pub fn own_inboxes(settings: &Settings, relay: &Relay) -> Vec<String> {
 /// inbox_relays`) through the outbox to this relay, the inbox relays and
 /// `[outbox] publish_relays`, when it differs from the last one enqueued;
 /// earlier lists still pending are dropped. Returns whether a new list was
-/// enqueued.
+/// enqueued. At start; while running, [`check_inbox_list`] also compares
+/// with what the relays hold.
 pub async fn publish_inbox_list(
     outbox: &Outbox,
     settings: &Settings,
@@ -246,30 +249,63 @@ pub async fn publish_inbox_list(
     let inboxes = own_inboxes(settings, relay);
     if let Some(json) = outbox.db().latest_list(&owner.public_key()).await? {
         if let Ok(last) = Event::from_json(&json) {
-            let listed = normalize_all(
-                nostr::nips::nip17::extract_relay_list(&last)
-                    .map(|u| u.as_str_without_trailing_slash()),
-            );
-            if listed == inboxes {
+            if listed_relays(&last) == inboxes {
                 return Ok(false);
             }
         }
     }
+    enqueue_inbox_list(outbox, settings, relay, owner, Timestamp::now()).await?;
+    Ok(true)
+}
+
+/// The relays a kind 10050 lists, normalized.
+fn listed_relays(list: &Event) -> Vec<String> {
+    normalize_all(
+        nostr::nips::nip17::extract_relay_list(list).map(|u| u.as_str_without_trailing_slash()),
+    )
+}
+
+/// Whether `list` names the same relays as `inboxes` (in any order).
+fn lists_same(list: &Event, inboxes: &[String]) -> bool {
+    let mut listed = listed_relays(list);
+    let mut wanted = inboxes.to_vec();
+    listed.sort();
+    wanted.sort();
+    listed == wanted
+}
+
+/// Where the owner's kind 10050 is published: this relay, the inbox
+/// relays, `[outbox] publish_relays`.
+fn list_targets(settings: &Settings, inboxes: &[String]) -> Vec<String> {
+    normalize_all(
+        inboxes
+            .iter()
+            .map(String::as_str)
+            .chain(settings.outbox.publish_relays.iter().map(String::as_str)),
+    )
+}
+
+/// Enqueues a new kind 10050 of the owner (created at `created_at`) to
+/// every target, superseding earlier lists still pending.
+async fn enqueue_inbox_list(
+    outbox: &Outbox,
+    settings: &Settings,
+    relay: &Relay,
+    owner: &Keys,
+    created_at: Timestamp,
+) -> Result<(), OutboxError> {
+    let inboxes = own_inboxes(settings, relay);
     let tags = inboxes
         .iter()
         .filter_map(|r| nostr::RelayUrl::parse(r).ok())
         .map(|u| Tag::from_standardized(TagStandard::Relay(u)));
     let event = EventBuilder::new(Kind::InboxRelays, "")
         .tags(tags)
+        .custom_created_at(created_at)
         .sign_with_keys(owner)
         .map_err(|e| OutboxError::Sign(e.to_string()))?;
     let now = event.created_at.as_secs();
-    let relays = normalize_all(
-        inboxes
-            .iter()
-            .map(String::as_str)
-            .chain(settings.outbox.publish_relays.iter().map(String::as_str)),
-    );
+    let relays = list_targets(settings, &inboxes);
     let id = outbox
         .enqueue(&NewItem {
             event,
@@ -283,7 +319,96 @@ pub async fn publish_inbox_list(
         .await?;
     outbox.db().supersede_lists(&owner.public_key(), id).await?;
     tracing::info!(inboxes = ?inboxes, "outbox: publishing the owner's inbox list (kind 10050)");
-    Ok(true)
+    Ok(())
+}
+
+/// Why [`check_inbox_list`] republished the owner's kind 10050.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Republished {
+    /// The configured inboxes differ from the last list enqueued.
+    Changed,
+    /// This relay's store has no list of the owner's (deleted, or lost).
+    Missing,
+    /// This relay's newest list of the owner names other relays (another
+    /// client of the owner's published one: kind 10050 is replaceable).
+    Differs,
+}
+
+/// The periodic check of the owner's kind 10050 (every `[outbox]
+/// inbox_list_check_secs`). Nothing changes the configured inboxes while
+/// the node runs (there is no configuration reload and no API for them),
+/// but what the node's relay holds can change: another client of the
+/// owner's publishes a different list (it replaces ours), or it is deleted
+/// (NIP-09). The configuration is the source of truth, so a new list
+/// (created after the newest one seen) is enqueued to every target (this
+/// relay, the inbox relays, `publish_relays`) when:
+///
+/// - the configured inboxes differ from the last list enqueued, or
+/// - the last list was delivered to this relay, and its store now has no
+///   list of the owner's, or a newest one naming other relays (in any
+///   order).
+///
+/// Other relays are not asked: what they hold is left to the outbox's
+/// deliveries (a list they lose is not noticed; a republish for this
+/// relay reaches them too). Returns why it republished, if it did.
+pub async fn check_inbox_list(
+    outbox: &Outbox,
+    settings: &Settings,
+    relay: &Relay,
+    owner: &Keys,
+) -> Result<Option<Republished>, OutboxError> {
+    if publish_inbox_list(outbox, settings, relay, owner).await? {
+        return Ok(Some(Republished::Changed));
+    }
+    let me = owner.public_key();
+    let inboxes = own_inboxes(settings, relay);
+    let pending = outbox.db().list_pending_relays(&me).await?;
+    let own = normalize_all([relay.public_url()]);
+    if own.iter().any(|r| pending.contains(r)) {
+        // Still on its way here: the worker's business.
+        return Ok(None);
+    }
+    let (why, newest_seen) = match find_inbox_list(relay, &me, &[]).await {
+        None => (Republished::Missing, Timestamp::from(0)),
+        Some(list) if !lists_same(&list, &inboxes) => (Republished::Differs, list.created_at),
+        Some(_) => return Ok(None),
+    };
+    // A replaceable event replaces only an older one; and it must not tie
+    // with the last list this node made.
+    let last_made = match outbox.db().latest_list(&me).await? {
+        Some(json) => Event::from_json(&json)
+            .map(|e| e.created_at)
+            .unwrap_or(Timestamp::from(0)),
+        None => Timestamp::from(0),
+    };
+    let created_at = Timestamp::now().max(newest_seen + 1).max(last_made + 1);
+    tracing::info!(reason = ?why, "outbox: the owner's inbox list on this relay is not the configured one");
+    enqueue_inbox_list(outbox, settings, relay, owner, created_at).await?;
+    Ok(Some(why))
+}
+
+/// Runs [`check_inbox_list`] every `every` until `stop`.
+async fn check_inbox_list_every(
+    outbox: Arc<Outbox>,
+    settings: Arc<Settings>,
+    relay: Arc<Relay>,
+    owner: Keys,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let check = check_inbox_list(&outbox, &settings, &relay, &owner);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = check => if let Err(e) = result {
+                tracing::warn!(error = %e, "outbox: cannot check the owner's inbox list");
+            }
+        }
+    }
 }
 
 /// The owner's keys from `[outbox] key_file`, when set.
@@ -341,10 +466,53 @@ pub async fn serve_with_handle(
         Arc::new(settings.clone()),
         token,
     );
-    let job = tokio::spawn(worker::run(
+    let worker = tokio::spawn(worker::run(
         Arc::clone(&outbox),
         relay.shutdown_token().clone(),
     ));
+    let every = Duration::from_secs(settings.outbox.inbox_list_check_secs);
+    let checker = match owner {
+        Some(owner) if !every.is_zero() => {
+            let (outbox, settings, relay) = (
+                Arc::clone(&outbox),
+                Arc::new(settings.clone()),
+                Arc::clone(relay),
+            );
+            let pool = match relay.store().database() {
+                Some(Database::Postgres(pool)) => Some(pool),
+                _ => None,
+            };
+            let shutdown = relay.shutdown_token().clone();
+            // On Postgres one process checks (under its lease), so that two
+            // do not publish two lists at once.
+            let work: crate::server::lease::WorkFn = Box::new(move |stop| {
+                Box::pin(check_inbox_list_every(
+                    Arc::clone(&outbox),
+                    Arc::clone(&settings),
+                    Arc::clone(&relay),
+                    owner.clone(),
+                    every,
+                    stop,
+                )) as crate::server::lease::BoxedWork
+            });
+            Some(
+                crate::server::lease::spawn(
+                    crate::server::lease::Job::InboxList,
+                    pool,
+                    shutdown,
+                    work,
+                )
+                .0,
+            )
+        }
+        _ => None,
+    };
+    let job = tokio::spawn(async move {
+        let _ = worker.await;
+        if let Some(checker) = checker {
+            let _ = checker.await;
+        }
+    });
     Ok((routes, job, outbox))
 }
 

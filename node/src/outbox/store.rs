@@ -514,6 +514,22 @@ impl OutboxDb {
         Ok(row.map(|(j,)| j))
     }
 
+    /// The relays the newest inbox list enqueued for `author` is still
+    /// pending for (queued or retrying).
+    pub async fn list_pending_relays(
+        &self,
+        author: &PublicKey,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let sql = format!(
+            "SELECT relay FROM outbox_deliveries WHERE {PENDING} AND item_id = \
+             (SELECT MAX(id) FROM outbox_items WHERE role = 'inbox-list' AND recipient = $1)"
+        );
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(author.to_hex()).fetch_all(pool).await?
+        });
+        Ok(rows.into_iter().map(|(r,)| r).collect())
+    }
+
     /// The earliest next try of any pending delivery.
     pub async fn next_due_at(&self) -> Result<Option<u64>, sqlx::Error> {
         let sql = format!("SELECT MIN(next_attempt_at) FROM outbox_deliveries WHERE {PENDING}");

@@ -60,6 +60,11 @@ pub enum Job {
     /// Payments: the wallet, Lightning node, NWC and zap receipts (see
     /// `crate::server::runtimes::payments`).
     Payments,
+    /// The outbox's check of the owner's inbox list.
+    InboxList,
+    /// One `[[sync]]` entry (see `crate::sync::scheduled`), by a hash of
+    /// its relay, filter and direction.
+    Sync(u32),
 }
 
 impl Job {
@@ -70,11 +75,14 @@ impl Job {
             Job::Retention => "retention",
             Job::Identity => "identity",
             Job::Payments => "payments",
+            Job::InboxList => "inbox-list",
+            Job::Sync(_) => "sync",
         }
     }
 
     /// Its advisory lock key ("cairn" and a number; the store's write lock
-    /// is `…0001`).
+    /// is `…0001`); syncs use `"cairs"` and their 32-bit hash, apart from
+    /// those.
     fn key(self) -> i64 {
         0x6361_6972_6e00_0100
             + match self {
@@ -82,6 +90,8 @@ impl Job {
                 Job::Retention => 2,
                 Job::Identity => 3,
                 Job::Payments => 5,
+                Job::InboxList => 4,
+                Job::Sync(hash) => return 0x6361_6972_7300_0000 + i64::from(hash),
             }
     }
 }
@@ -291,7 +301,16 @@ mod tests {
 
     #[test]
     fn every_job_has_its_own_key_apart_from_the_write_lock() {
-        let keys = [Job::Expiration, Job::Retention, Job::Identity, Job::Payments].map(Job::key);
+        let keys = [
+            Job::Expiration,
+            Job::Retention,
+            Job::Identity,
+            Job::InboxList,
+            Job::Payments,
+            Job::Sync(0),
+            Job::Sync(u32::MAX),
+        ]
+        .map(Job::key);
         for (i, k) in keys.iter().enumerate() {
             assert_ne!(*k, 0x6361_6972_6e00_0001, "the store's write lock");
             assert!(!keys[..i].contains(k));

@@ -247,6 +247,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     } else {
         None
     };
+    // `[[sync]]`: each entry under its own lease.
+    let (sync_jobs, syncs) = crate::sync::scheduled::spawn_all(
+        &settings,
+        &relay,
+        lease_pool.clone(),
+        relay.shutdown_token(),
+    )?;
+    jobs.extend(sync_jobs);
     let connections = TaskTracker::new();
     let mut app = cairn_relay::ws::router(Arc::clone(&relay), connections.clone());
     // `[[identity.mirror]]`: other witnesses followed and served.
@@ -319,6 +327,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         identity: identity.clone(),
         payments: payments.as_ref().map(|p| Arc::clone(p.slot())),
         leases,
+        syncs,
     }));
     // Last, so that its `/` layer sees every route (see `crate::web`).
     let lightning_names = match &zaps {

@@ -15,6 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod outbox;
 pub mod payments;
+pub mod sync;
 pub mod zaps;
 
 pub use self::bitcoin::BitcoinSettings;
@@ -46,6 +47,7 @@ const SETTING_NAMES: &[&str] = &[
     "zaps",
     "metrics",
     "outbox",
+    "sync",
 ];
 
 /// All settings of a Cairn node.
@@ -74,6 +76,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The durable outbox of the owner's messages and its delivery worker.
     pub outbox: OutboxSettings,
+    /// `[[sync]]`: reconciliations with other relays run on a timer.
+    pub sync: Vec<sync::SyncSettings>,
 }
 
 impl Default for Settings {
@@ -90,6 +94,7 @@ impl Default for Settings {
             zaps: ZapSettings::default(),
             metrics: MetricsSettings::default(),
             outbox: OutboxSettings::default(),
+            sync: Vec::new(),
         }
     }
 }

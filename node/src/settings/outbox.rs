@@ -26,6 +26,8 @@ pub const DEFAULT_IN_FLIGHT: usize = 8;
 pub const DEFAULT_BATCH: usize = 100;
 /// Default claim on loaded rows.
 pub const DEFAULT_CLAIM_SECS: u64 = 60;
+/// Default seconds between checks of the owner's published inbox list.
+pub const DEFAULT_INBOX_LIST_CHECK_SECS: u64 = 600;
 /// Default bound on connecting and on each `OK`.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
 
@@ -74,6 +76,11 @@ pub struct OutboxSettings {
     /// Public relays the owner's kind 10050 is published to, besides this
     /// node's relay and the inbox relays.
     pub publish_relays: Vec<String>,
+    /// Seconds between two checks that this node's relay holds the owner's
+    /// kind 10050 as configured (republished to every target when missing
+    /// or different; see `crate::outbox::check_inbox_list`); 0: only at
+    /// start.
+    pub inbox_list_check_secs: u64,
 }
 
 impl Default for OutboxSettings {
@@ -94,6 +101,7 @@ impl Default for OutboxSettings {
             lookup_relays: Vec::new(),
             inbox_relays: Vec::new(),
             publish_relays: Vec::new(),
+            inbox_list_check_secs: DEFAULT_INBOX_LIST_CHECK_SECS,
         }
     }
 }

@@ -21,7 +21,10 @@
 //! `leases` says which once-only jobs run in this process (see
 //! [`crate::server::lease`]): with several processes on one Postgres
 //! database, each job is `true` on exactly one of them; it is information,
-//! not a condition of readiness (a standby is ready).
+//! not a condition of readiness (a standby is ready). `sync` lists the
+//! scheduled `[[sync]]` entries (see [`crate::sync::scheduled`]): relay,
+//! direction, runs, failures in a row, last error and report, next run, and
+//! `held` (this process runs it); also information only.
 //!
 //! Invariants: no check waits longer than [`READY_CHECK_TIMEOUT`] (a probe
 //! must not hang on a stuck database); error texts come from errors that
@@ -44,6 +47,7 @@ use serde_json::{json, Value};
 
 use crate::server::lease::LeaseState;
 use crate::server::runtimes::payments::PaymentsSlot;
+use crate::sync::scheduled::ScheduledSync;
 
 /// Longest time one readiness check may take before it counts as failed.
 pub const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,6 +65,8 @@ pub struct Readiness {
     pub payments: Option<Arc<PaymentsSlot>>,
     /// The once-only jobs and whether this process holds their lease.
     pub leases: Vec<LeaseState>,
+    /// The scheduled `[[sync]]` entries.
+    pub syncs: Vec<ScheduledSync>,
 }
 
 /// The `/health` and `/ready` routes.
@@ -130,6 +136,7 @@ impl Readiness {
                 "identity": identity,
                 "payments": payments,
                 "leases": leases,
+                "sync": self.syncs.iter().map(ScheduledSync::json).collect::<Vec<_>>(),
             }),
         )
     }
