@@ -32,8 +32,9 @@ pub use support::bundle::{
 pub use support::keys::{load_keys, npub, parse_secret_key, KeyArgs, NSEC_ENV};
 pub use support::node::{status, status_label, NodeClient, NodeError, StatusView, Subject};
 pub use verify::{
-    is_verification_failure, parse_checkpoint, render_verified, run_verify, verify_bundle,
-    verify_bundle_async, verify_subject, ChainSource, SubjectMismatch, VerifyArgs, VerifyOptions,
+    is_verification_failure, parse_checkpoint, read_absence_bundle, render_absent, render_verified,
+    run_verify, verify_absence_bundle, verify_absent, verify_bundle, verify_bundle_async,
+    verify_subject, ChainSource, SubjectMismatch, VerifyArgs, VerifyOptions,
 };
 
 /// Ends a CLI command: on error, prints it (with its causes) to stderr and

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use bitcoin::{BlockHash, Network};
 use cairn_identity::service::Standing;
 use cairn_identity_core::bundle::{
-    verify, Checkpoint, HeaderChain, ProofBundle, RpcChainView, VerifiedIdentity, VerifyPolicy,
+    verify, verify_absence, AbsenceBundle, BundleError, ChainView, Checkpoint, HeaderChain,
+    ProofBundle, RpcChainView, VerifiedAbsence, VerifiedIdentity, VerifyPolicy,
     DEFAULT_MIN_CONFIRMATIONS,
 };
 use nostr::PublicKey;
@@ -24,7 +25,11 @@ use super::support::REQUEST_TIMEOUT;
 
 /// `cairn verify`: check a proof bundle yourself.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["subject", "bundle"])))]
+#[command(group(
+    clap::ArgGroup::new("source")
+        .required(true)
+        .args(["subject", "bundle", "absent", "absence_bundle"])
+))]
 #[command(group(clap::ArgGroup::new("chain").required(true).args(["rpc_url", "headers"])))]
 pub struct VerifyArgs {
     /// A handle (@alice) or key (npub1…) whose bundle is fetched from --node.
@@ -37,6 +42,13 @@ pub struct VerifyArgs {
     /// Verify a saved bundle file (binary or JSON) instead of asking a node.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["subject", "node"])]
     bundle: Option<PathBuf>,
+    /// Check that this X user id (the numeric id, not the handle) has no
+    /// binding: the absence bundle is fetched from --node and checked here.
+    #[arg(long, value_name = "X_USER_ID", requires = "node")]
+    absent: Option<u64>,
+    /// Verify a saved absence bundle (JSON, from /identity/v1/absence/ID).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["subject", "node"])]
+    absence_bundle: Option<PathBuf>,
     /// Your Bitcoin Core node's RPC URL, e.g. http://127.0.0.1:8332
     #[arg(long, value_name = "URL")]
     rpc_url: Option<String>,
@@ -70,6 +82,18 @@ pub async fn run_verify(args: VerifyArgs) -> Result<()> {
     let mut options = VerifyOptions::from_args(&args)?;
     if args.network.is_none() {
         options.network = chain_network_async(options.chain.clone()).await?;
+    }
+    if let Some(path) = &args.absence_bundle {
+        let bundle = read_absence_bundle(path)?;
+        let verified = verify_absence_async(bundle, options.clone()).await?;
+        outln!("{}", render_absent(&verified, options.min_confirmations))?;
+        return Ok(());
+    }
+    if let (Some(x_uid), Some(node)) = (args.absent, &args.node) {
+        let node = NodeClient::new(node)?;
+        let verified = verify_absent(&node, x_uid, &options).await?;
+        outln!("{}", render_absent(&verified, options.min_confirmations))?;
+        return Ok(());
     }
     let (verified, node_view) = match (&args.bundle, &args.subject, &args.node) {
         (Some(path), _, _) => {
@@ -217,6 +241,22 @@ pub fn parse_checkpoint(s: &str) -> Result<Checkpoint> {
 /// The error is the failing link ([`cairn_identity_core::bundle::BundleError`],
 /// reachable with `downcast_ref`) or why the chain view could not be set up.
 pub fn verify_bundle(bundle: &ProofBundle, options: &VerifyOptions) -> Result<VerifiedIdentity> {
+    with_chain_view(options, |view, policy| verify(bundle, view, policy))
+}
+
+/// Verifies an absence bundle like [`verify_bundle`] a proof bundle. Blocks.
+pub fn verify_absence_bundle(
+    bundle: &AbsenceBundle,
+    options: &VerifyOptions,
+) -> Result<VerifiedAbsence> {
+    with_chain_view(options, |view, policy| verify_absence(bundle, view, policy))
+}
+
+/// Runs `check` against the chain view and policy `options` describe.
+fn with_chain_view<T>(
+    options: &VerifyOptions,
+    check: impl FnOnce(&dyn ChainView, &VerifyPolicy) -> Result<T, BundleError>,
+) -> Result<T> {
     let network = chain_network(&options.chain, Some(options.network))?;
     let policy = VerifyPolicy {
         network,
@@ -231,12 +271,12 @@ pub fn verify_bundle(bundle: &ProofBundle, options: &VerifyOptions) -> Result<Ve
         } => {
             let view = RpcChainView::new(url, user, password, REQUEST_TIMEOUT)
                 .context("cannot set up the Bitcoin Core RPC client")?;
-            verify(bundle, &view, &policy)?
+            check(&view, &policy)?
         }
         ChainSource::HeadersFile { path, checkpoint } => {
             let view = HeaderChain::load(path, network, *checkpoint)
                 .with_context(|| format!("headers file {} refused", path.display()))?;
-            verify(bundle, &view, &policy)?
+            check(&view, &policy)?
         }
     };
     Ok(verified)
@@ -361,6 +401,79 @@ pub async fn verify_bundle_async(
     tokio::task::spawn_blocking(move || verify_bundle(&bundle, &options))
         .await
         .context("the verification task failed")?
+}
+
+/// [`verify_absence_bundle`] on a blocking thread.
+pub async fn verify_absence_async(
+    bundle: AbsenceBundle,
+    options: VerifyOptions,
+) -> Result<VerifiedAbsence> {
+    tokio::task::spawn_blocking(move || verify_absence_bundle(&bundle, &options))
+        .await
+        .context("the verification task failed")?
+}
+
+/// Fetches the absence bundle for `x_uid` from `node` and verifies it,
+/// checking that it is about `x_uid` (the node could answer with another
+/// id's). A node that knows a binding for the id answers 409: that is
+/// reported as the node's answer, not as a verdict.
+pub async fn verify_absent(
+    node: &NodeClient,
+    x_uid: u64,
+    options: &VerifyOptions,
+) -> Result<VerifiedAbsence> {
+    let bundle: serde_json::Value = node
+        .get(
+            &format!("/identity/v1/absence/{x_uid}"),
+            &format!("asking for the absence proof of X user id {x_uid}"),
+        )
+        .await?;
+    let bundle: AbsenceBundle = serde_json::from_value(bundle).map_err(|e| {
+        MalformedBundle(format!("the node's absence bundle is not a valid one: {e}"))
+    })?;
+    let verified = verify_absence_async(bundle, options.clone()).await?;
+    if verified.x_uid != x_uid {
+        return Err(SubjectMismatch(format!(
+            "the absence bundle verifies, but for X user id {}, not {x_uid}",
+            verified.x_uid
+        ))
+        .into());
+    }
+    Ok(verified)
+}
+
+/// Reads a saved absence bundle (its JSON form).
+pub fn read_absence_bundle(path: &Path) -> Result<AbsenceBundle> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        meta.len() <= 4 * cairn_identity_core::bundle::MAX_BUNDLE_LEN as u64,
+        "{} is too large to be an absence bundle",
+        path.display()
+    );
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| MalformedBundle(format!("{} is not an absence bundle: {e}", path.display())))
+        .map_err(Into::into)
+}
+
+/// The text `cairn verify --absent` prints on success.
+pub fn render_absent(v: &VerifiedAbsence, min_confirmations: u32) -> String {
+    format!(
+        "VERIFIED ABSENT: X user id {x_uid} has no binding\n\
+         epoch:         {epoch} (header hash {header_hash})\n\
+         anchor txid:   {txid}\n\
+         block:         {height} ({block})\n\
+         confirmations: {conf} (required {min_confirmations})\n\
+         Not covered by the proof: a binding made after epoch {epoch}.",
+        x_uid = v.x_uid,
+        epoch = v.epoch.epoch,
+        header_hash = hex_lower(&v.header_hash),
+        txid = v.anchor_txid,
+        height = v.block_height,
+        block = v.block_hash,
+        conf = v.confirmations,
+    )
 }
 
 /// Fetches `subject`'s bundle from `node` and verifies it, checking that it is

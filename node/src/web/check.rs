@@ -74,8 +74,12 @@ fn failed(e: BundleError) -> NodeCheck {
     }
 }
 
-/// Checks `bundle` against the node's Bitcoin node.
-pub(super) async fn identity_bundle(identity: &Identity, bundle: ProofBundle) -> NodeCheck {
+/// Runs `check` (a verifier call, which blocks) on a blocking thread
+/// against the node's chain view and policy, under a check permit.
+async fn run<F>(identity: &Identity, what: &'static str, check: F) -> NodeCheck
+where
+    F: FnOnce(&RpcChainView, &VerifyPolicy) -> Result<Proven, BundleError> + Send + 'static,
+{
     let Ok(_permit) = identity.checks.acquire().await else {
         return NodeCheck::Unreachable;
     };
@@ -83,45 +87,42 @@ pub(super) async fn identity_bundle(identity: &Identity, bundle: ProofBundle) ->
         return NodeCheck::Unreachable;
     };
     let policy = policy(identity);
-    let network = policy.network.to_string();
-    let (operations, attestations) = (bundle.ops.len(), bundle.attestations.len());
-    let joined = tokio::task::spawn_blocking(move || verify(&bundle, &chain, &policy)).await;
-    match joined {
-        Ok(Ok(v)) => NodeCheck::Verified(Proven {
+    match tokio::task::spawn_blocking(move || check(&chain, &policy)).await {
+        Ok(Ok(proven)) => NodeCheck::Verified(proven),
+        Ok(Err(e)) => failed(e),
+        Err(e) => {
+            tracing::error!(error = %e, check = what, "web: a bundle check panicked");
+            NodeCheck::Unreachable
+        }
+    }
+}
+
+/// Checks `bundle` against the node's Bitcoin node.
+pub(super) async fn identity_bundle(identity: &Identity, bundle: ProofBundle) -> NodeCheck {
+    run(identity, "identity", move |chain, policy| {
+        let v = verify(&bundle, chain, policy)?;
+        Ok(Proven {
             handle: Some(v.handle),
             key: v.key.and_then(|k| k.to_bech32().ok()),
-            operations,
-            attestations,
+            operations: bundle.ops.len(),
+            attestations: bundle.attestations.len(),
             epoch: v.epoch.epoch,
             header_hash: hex::encode(v.header_hash),
             anchor_txid: v.anchor_txid.to_string(),
             block_hash: v.block_hash.to_string(),
             block_height: v.block_height,
             confirmations: v.confirmations,
-            network,
-        }),
-        Ok(Err(e)) => failed(e),
-        Err(e) => {
-            tracing::error!(error = %e, "web: the bundle check panicked");
-            NodeCheck::Unreachable
-        }
-    }
+            network: policy.network.to_string(),
+        })
+    })
+    .await
 }
 
 /// Checks an absence bundle against the node's Bitcoin node.
 pub(super) async fn absence_bundle(identity: &Identity, bundle: AbsenceBundle) -> NodeCheck {
-    let Ok(_permit) = identity.checks.acquire().await else {
-        return NodeCheck::Unreachable;
-    };
-    let Some(chain) = chain_of(identity) else {
-        return NodeCheck::Unreachable;
-    };
-    let policy = policy(identity);
-    let network = policy.network.to_string();
-    let joined =
-        tokio::task::spawn_blocking(move || verify_absence(&bundle, &chain, &policy)).await;
-    match joined {
-        Ok(Ok(v)) => NodeCheck::Verified(Proven {
+    run(identity, "absence", move |chain, policy| {
+        let v = verify_absence(&bundle, chain, policy)?;
+        Ok(Proven {
             handle: None,
             key: None,
             operations: 0,
@@ -132,12 +133,8 @@ pub(super) async fn absence_bundle(identity: &Identity, bundle: AbsenceBundle) -
             block_hash: v.block_hash.to_string(),
             block_height: v.block_height,
             confirmations: v.confirmations,
-            network,
-        }),
-        Ok(Err(e)) => failed(e),
-        Err(e) => {
-            tracing::error!(error = %e, "web: the absence check panicked");
-            NodeCheck::Unreachable
-        }
-    }
+            network: policy.network.to_string(),
+        })
+    })
+    .await
 }

@@ -164,7 +164,12 @@ enum Absence {
     /// No epoch is anchored in a block yet: nothing can be proven.
     NothingAnchored,
     /// The absence bundle and the node's check of it.
-    Proven { check: NodeCheck, json_url: String },
+    Proven {
+        check: NodeCheck,
+        json_url: String,
+        /// The `cairn verify --absent` command that checks it yourself.
+        command: String,
+    },
     /// The id is not a decimal, non-zero X user id.
     BadId,
 }
@@ -189,7 +194,9 @@ pub(super) async fn page(
     };
     match identity.service.lookup_handle(&handle).await {
         Ok(view) => found(&web, identity, handle, view, &headers).await,
-        Err(ServiceError::NotFound(_)) => absent(&web, identity, handle, query.x_uid).await,
+        Err(ServiceError::NotFound(_)) => {
+            absent(&web, identity, handle, query.x_uid, &headers).await
+        }
         Err(e) => internal(&web, &e),
     }
 }
@@ -297,6 +304,27 @@ fn rpc_defaults(network: Network) -> (u16, &'static str) {
     }
 }
 
+/// The chain view and policy flags of the `cairn verify` commands.
+fn verify_flags(network: Network, confirmations: u32, witness: &str) -> (String, String) {
+    let (port, cookie) = rpc_defaults(network);
+    (
+        format!("--rpc-url http://127.0.0.1:{port} --rpc-cookie-file {cookie}"),
+        format!("--min-confirmations {confirmations} --witness {witness}"),
+    )
+}
+
+/// `cairn verify --absent`: the absence of `x_uid`, checked by the reader.
+fn absent_command(
+    x_uid: u64,
+    base_url: &str,
+    network: Network,
+    confirmations: u32,
+    witness: &str,
+) -> String {
+    let (chain, policy) = verify_flags(network, confirmations, witness);
+    format!("cairn verify --absent {x_uid} --node {base_url} {chain} {policy}")
+}
+
 fn commands(
     handle: &str,
     base_url: &str,
@@ -304,9 +332,7 @@ fn commands(
     confirmations: u32,
     witness: &str,
 ) -> Commands {
-    let (port, cookie) = rpc_defaults(network);
-    let chain = format!("--rpc-url http://127.0.0.1:{port} --rpc-cookie-file {cookie}");
-    let policy = format!("--min-confirmations {confirmations} --witness {witness}");
+    let (chain, policy) = verify_flags(network, confirmations, witness);
     let bundle_file = format!("{handle}.cairn-bundle");
     Commands {
         offline: format!("cairn verify --bundle {bundle_file} {chain} {policy}"),
@@ -315,7 +341,13 @@ fn commands(
     }
 }
 
-async fn absent(web: &Web, identity: &Identity, handle: String, x_uid: Option<String>) -> Response {
+async fn absent(
+    web: &Web,
+    identity: &Identity,
+    handle: String,
+    x_uid: Option<String>,
+    headers: &HeaderMap,
+) -> Response {
     let x_uid = x_uid.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let outcome = match x_uid.as_deref().map(str::parse::<u64>) {
         None => Absence::AskForId,
@@ -324,6 +356,13 @@ async fn absent(web: &Web, identity: &Identity, handle: String, x_uid: Option<St
             Ok(bundle) => Absence::Proven {
                 check: check::absence_bundle(identity, bundle).await,
                 json_url: format!("/identity/v1/absence/{id}"),
+                command: absent_command(
+                    id,
+                    &web.base_url(headers),
+                    identity.service.config().network,
+                    identity.confirmations,
+                    &witness_npub(identity),
+                ),
             },
             Err(ServiceError::Known(_)) => Absence::Known,
             Err(ServiceError::NotFound(_)) => Absence::NothingAnchored,

@@ -262,6 +262,64 @@ async fn cli_binds_and_verifies_by_rpc_headers_and_files() -> Result<()> {
             assert!(printed.contains(&needle), "{needle} missing in:\n{printed}");
         }
 
+        // `cairn verify --absent ID --node …`: an id nobody bound is proven
+        // absent from the same anchored epoch; a bound id is not.
+        let stranger = CAROL_UID + 7;
+        let absent = within(
+            "verify absent",
+            cli::verify_absent(&client, stranger, &options(rpc_source(&chain), witness)),
+        )
+        .await??;
+        assert_eq!(absent.x_uid, stranger);
+        assert_eq!(absent.epoch.epoch, by_rpc.epoch.epoch);
+        assert_eq!(absent.anchor_txid, by_rpc.anchor_txid);
+        let printed = cli::render_absent(&absent, CONFIRMATIONS);
+        assert!(
+            printed.contains(&format!("VERIFIED ABSENT: X user id {stranger}")),
+            "{printed}"
+        );
+        let bound = within(
+            "verify absent for a bound id",
+            cli::verify_absent(&client, CAROL_UID, &options(rpc_source(&chain), witness)),
+        )
+        .await?
+        .unwrap_err();
+        assert_eq!(
+            bound.downcast_ref::<cli::NodeError>().map(|e| e.status),
+            Some(409),
+            "{bound:#}"
+        );
+        // Saved to a file, it verifies offline; with its id changed to
+        // Carol's, the state proof no longer holds.
+        let saved: serde_json::Value = within(
+            "fetch the absence bundle",
+            reqwest::get(format!("{}/identity/v1/absence/{stranger}", node.base)),
+        )
+        .await??
+        .error_for_status()?
+        .json()
+        .await?;
+        let absence_file = files.path().join("absent.json");
+        std::fs::write(&absence_file, serde_json::to_vec(&saved)?)?;
+        let from_file = cli::verify_absence_bundle(
+            &cli::read_absence_bundle(&absence_file)?,
+            &options(rpc_source(&chain), witness),
+        )?;
+        assert_eq!(from_file, absent);
+        let mut forged = saved.clone();
+        forged["x_uid"] = json!(CAROL_UID.to_string());
+        std::fs::write(&absence_file, serde_json::to_vec(&forged)?)?;
+        let err = cli::verify_absence_bundle(
+            &cli::read_absence_bundle(&absence_file)?,
+            &options(rpc_source(&chain), witness),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(bundle_error(&err), Some(BundleError::StateProof(_))),
+            "{err:#}"
+        );
+        assert!(cli::is_verification_failure(&err));
+
         // The same through the key, and against a witness we do not trust.
         let (by_npub, _) = within(
             "verify by key",

@@ -257,6 +257,13 @@ async fn run() -> Result<()> {
         .await?;
     ensure!(absence.starts_with("Proven absent"), "{absence}");
     ensure!(absence.contains(&STRANGER_UID.to_string()), "{absence}");
+    let command = page
+        .text("document.getElementById('absent-command').innerText")
+        .await?;
+    ensure!(
+        command.starts_with(&format!("cairn verify --absent {STRANGER_UID} --node ")),
+        "{command}"
+    );
     page.screenshot(&shots.join("handle-absent.png")).await?;
     // Alice's id is not absent, whatever handle is asked.
     page.goto(&format!("{origin}/@nobody_here?x_uid={ALICE_UID}"))

@@ -69,7 +69,7 @@ pub fn read_bundle(path: &Path) -> Result<ProofBundle> {
 /// Bytes that are not a bundle in either format.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct MalformedBundle(String);
+pub struct MalformedBundle(pub(crate) String);
 
 /// Decodes bundle bytes, binary or JSON (detected by the magic).
 pub fn parse_bundle(bytes: &[u8]) -> Result<ProofBundle> {
