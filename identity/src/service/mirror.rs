@@ -120,8 +120,8 @@ pub struct SplitView {
 /// Why a mirror stopped following its witness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
-    /// Two signed headers for one epoch.
-    SplitView(SplitView),
+    /// Two signed headers for one epoch (boxed: two whole events).
+    SplitView(Box<SplitView>),
     /// An anchored header that the witness's own published log segment and
     /// events do not replay to.
     Fault {
@@ -330,11 +330,11 @@ impl Mirror {
                 new
             }
             Some(seen) => {
-                self.stop = Some(Stop::SplitView(SplitView {
+                self.stop = Some(Stop::SplitView(Box::new(SplitView {
                     epoch: n,
                     first: seen.event.clone(),
                     second: event,
-                }));
+                })));
                 true
             }
             None => {

@@ -191,7 +191,7 @@ impl MirrorHandle {
                 })
             });
             let stop = match split {
-                Some(split) => Stop::SplitView(split),
+                Some(split) => Stop::SplitView(Box::new(split)),
                 None => Stop::Fault {
                     epoch: s.epoch,
                     reason: s.reason.clone(),

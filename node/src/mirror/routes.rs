@@ -58,21 +58,27 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
-fn parse_key(s: &str) -> Result<PublicKey, Response> {
+// Boxed: a `Response` is large, and the error path is the rare one.
+fn parse_key(s: &str) -> Result<PublicKey, Box<Response>> {
     PublicKey::from_bech32(s)
         .or_else(|_| PublicKey::from_hex(s))
         .map_err(|_| {
-            error(
+            Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_key",
                 "expected an npub or a 64-character hex public key",
-            )
+            ))
         })
 }
 
-fn parse_handle(s: &str) -> Result<String, Response> {
-    normalize_handle(s)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_handle", &e.to_string()))
+fn parse_handle(s: &str) -> Result<String, Box<Response>> {
+    normalize_handle(s).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_handle",
+            &e.to_string(),
+        ))
+    })
 }
 
 async fn list(State(mirrors): State<Mirrors>) -> Json<Value> {
@@ -86,7 +92,7 @@ async fn by_witness_handle(
 ) -> Response {
     let (w, h) = match (parse_key(&witness), parse_handle(&handle)) {
         (Ok(w), Ok(h)) => (w, h),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     answer(&mirrors, Subject::Handle(h), Some(w)).await
 }
@@ -97,7 +103,7 @@ async fn by_witness_key(
 ) -> Response {
     let (w, k) = match (parse_key(&witness), parse_key(&key)) {
         (Ok(w), Ok(k)) => (w, k),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return *r,
     };
     answer(&mirrors, Subject::Key(k), Some(w)).await
 }
@@ -105,14 +111,14 @@ async fn by_witness_key(
 async fn by_handle(State(mirrors): State<Mirrors>, Path(handle): Path<String>) -> Response {
     match parse_handle(&handle) {
         Ok(h) => answer(&mirrors, Subject::Handle(h), None).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 async fn by_key(State(mirrors): State<Mirrors>, Path(key): Path<String>) -> Response {
     match parse_key(&key) {
         Ok(k) => answer(&mirrors, Subject::Key(k), None).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
