@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo test -p cairn-relay --test negentropy`. The 100,000-event
 //! case (with its time and bytes, see docs/benchmarks.md) is `#[ignore]`d:
-//! `cargo test --release -p cairn-relay --test negentropy -- --ignored --nocapture`.
+//! `cargo test --release -p cairn-relay --test negentropy -- --ignored --nocapture`
+//! (also the 1M-event stores, `converge_1m_two_stores_sqlite`).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -622,4 +623,165 @@ async fn converge_100k_sqlite() {
     };
     run_body(body, Duration::from_secs(1_200)).await;
     store.close().await;
+}
+
+/// `note`s `from..to` (created ten per second from `T0`), signed on two
+/// threads.
+async fn signed_notes(keys: &Keys, from: usize, to: usize) -> Vec<Event> {
+    let keys = keys.clone();
+    tokio::task::spawn_blocking(move || {
+        let make = |range: std::ops::Range<usize>| -> Vec<Event> {
+            range
+                .map(|i| note(&keys, T0 + (i as u64) / 10, i))
+                .collect()
+        };
+        let mid = from + (to - from) / 2;
+        std::thread::scope(|s| {
+            let first = s.spawn(|| make(from..mid));
+            let second = make(mid..to);
+            let mut all = first.join().expect("signing thread");
+            all.extend(second);
+            all
+        })
+    })
+    .await
+    .expect("signing task")
+}
+
+/// The issue's size: two SQLite stores of 1,000,000 events each that
+/// differ by 1 % (10,000 events only in each; 1,010,000 in all), built in
+/// bulk through `Store::save_batch`. The client's set is listed from its
+/// store with `Store::sync_items` (what `cairn sync` does) and reconciled
+/// with the relay over NIP-77 in one session: `max_records` is raised to
+/// 1.1M for this (the default 500,000 would need the sync split by
+/// `since`/`until`). Then the relay's 1M events are fetched the way a full
+/// REQ transfer must, paged by `until` at the relay's `max_limit`. Prints
+/// the time and bytes of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "1M events per store: run with --release --ignored --nocapture"]
+async fn converge_1m_two_stores_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = |name: &str| format!("sqlite://{}/{name}.db", dir.path().display());
+    let relay_store = store::open(&open("relay")).await.expect("open sqlite");
+    let client_store = store::open(&open("client")).await.expect("open sqlite");
+    let body = {
+        let (relay_store, client_store) = (relay_store.clone(), client_store.clone());
+        async move {
+            let mut config = config();
+            config.negentropy.max_records = 1_100_000;
+            config.negentropy.max_records_total = 2_200_000;
+            config.negentropy.max_query_ms = 120_000;
+            let page = config.limits.max_limit;
+            let relay = relay(config, relay_store.clone());
+            let keys = Keys::generate();
+            const TOTAL: usize = 1_010_000;
+            const CHUNK: usize = 10_100;
+            let built = Instant::now();
+            let (mut only_relay, mut only_client) = (BTreeSet::new(), BTreeSet::new());
+            for from in (0..TOTAL).step_by(CHUNK) {
+                let events = signed_notes(&keys, from, from + CHUNK).await;
+                let (mut on_relay, mut on_client) = (Vec::new(), Vec::new());
+                for (i, event) in (from..).zip(events) {
+                    match i % 101 {
+                        0 => {
+                            only_client.insert(event.id.to_bytes());
+                            on_client.push(event);
+                        }
+                        1 => {
+                            only_relay.insert(event.id.to_bytes());
+                            on_relay.push(event);
+                        }
+                        _ => {
+                            on_relay.push(event.clone());
+                            on_client.push(event);
+                        }
+                    }
+                }
+                save(&relay_store, &on_relay).await;
+                save(&client_store, &on_client).await;
+            }
+            println!(
+                "built two stores of 1,000,000 events each in {:?}",
+                built.elapsed()
+            );
+
+            let started = Instant::now();
+            let ctx = store::QueryContext {
+                viewers: Vec::new(),
+                now: Timestamp::now().as_secs(),
+                max_limit: page,
+            };
+            let listed = client_store
+                .sync_items(
+                    &nostr::Filter::new(),
+                    &ctx,
+                    store::QueryBudget::default(),
+                    1_100_000,
+                )
+                .await
+                .expect("the client's set");
+            let items: Vec<(u64, [u8; 32])> = listed.iter().map(|i| (i.created_at, i.id)).collect();
+            drop(listed);
+            let list_took = started.elapsed();
+            let mut client = Client::connect(&relay).await;
+            let (have, need) = client
+                .reconcile("big", json!({}), &items)
+                .await
+                .expect("reconciled");
+            let took = started.elapsed();
+            assert_eq!(have, only_client);
+            assert_eq!(need, only_relay);
+            println!(
+                "negentropy 1M vs 1M (1% each way): {took:?} in all ({list_took:?} listing the \
+                 client's store), {} bytes exchanged",
+                client.bytes
+            );
+
+            // A full REQ transfer of the relay's events, paged by `until`
+            // (inclusive, so the boundary second comes again: ids dedupe).
+            client.bytes = 0;
+            let req_started = Instant::now();
+            let mut seen: std::collections::HashSet<String> =
+                std::collections::HashSet::with_capacity(1_000_000);
+            let mut until: Option<u64> = None;
+            let mut reqs = 0;
+            loop {
+                let filter = match until {
+                    None => json!({"limit": page}),
+                    Some(u) => json!({"until": u, "limit": page}),
+                };
+                client.send(json!(["REQ", "all", filter]));
+                reqs += 1;
+                let (mut new, mut oldest) = (0, u64::MAX);
+                loop {
+                    let message = client.recv().await;
+                    match message[0].as_str() {
+                        Some("EVENT") => {
+                            let event = &message[2];
+                            oldest = oldest.min(event["created_at"].as_u64().unwrap());
+                            if seen.insert(event["id"].as_str().unwrap().to_owned()) {
+                                new += 1;
+                            }
+                        }
+                        Some("EOSE") => break,
+                        _ => panic!("unexpected {message}"),
+                    }
+                }
+                if new == 0 {
+                    break;
+                }
+                until = Some(oldest);
+            }
+            assert_eq!(seen.len(), 1_000_000);
+            println!(
+                "full REQ transfer of the relay's 1,000,000 events: {:?}, {reqs} REQs of {page}, \
+                 {} bytes exchanged",
+                req_started.elapsed(),
+                client.bytes
+            );
+        }
+    };
+    run_body(body, Duration::from_secs(1_800)).await;
+    relay_store.close().await;
+    client_store.close().await;
 }
