@@ -125,6 +125,10 @@ pub struct MirrorHandle {
     dir: PathBuf,
     mirror: Mutex<Mirror>,
     health: Mutex<Health>,
+    /// Held from taking an event (or verifying an epoch) until its stop is
+    /// persisted, and by `status`: a stop is reported only once its
+    /// evidence is on disk.
+    io: Mutex<()>,
 }
 
 impl std::fmt::Debug for MirrorHandle {
@@ -181,6 +185,7 @@ impl MirrorHandle {
                 rejected: 0,
                 last_error: None,
             }),
+            io: Mutex::new(()),
         };
         if let Some(s) = restored {
             let split = s.split_view.as_ref().and_then(|e| {
@@ -216,6 +221,7 @@ impl MirrorHandle {
 
     /// The status.
     pub fn status(&self) -> MirrorStatus {
+        let _io = lock(&self.io);
         let m = lock(&self.mirror);
         let h = lock(&self.health);
         MirrorStatus {
@@ -248,6 +254,7 @@ impl MirrorHandle {
     /// Takes `event`; appends it to the events file when new. Returns
     /// whether the mirror stopped because of it.
     fn take(&self, event: Event) -> bool {
+        let _io = lock(&self.io);
         let json = event.as_json();
         let result = lock(&self.mirror).add(event);
         match result {
@@ -255,7 +262,7 @@ impl MirrorHandle {
                 if let Err(e) = self.append(&json) {
                     tracing::warn!(error = %e, "cannot persist a mirrored event");
                 }
-                self.persist_stop_if_any()
+                self.persist_stop_locked()
             }
             Ok(false) => false,
             Err(Rejected::Stopped) => false,
@@ -280,6 +287,12 @@ impl MirrorHandle {
     /// Writes `stopped.json` (fsync'd) when the mirror stopped and it is
     /// not written yet, and logs it. Returns whether it is stopped.
     fn persist_stop_if_any(&self) -> bool {
+        let _io = lock(&self.io);
+        self.persist_stop_locked()
+    }
+
+    /// [`Self::persist_stop_if_any`] with `io` held by the caller.
+    fn persist_stop_locked(&self) -> bool {
         let stop = lock(&self.mirror).stopped().cloned();
         let Some(stop) = stop else {
             return false;
@@ -328,13 +341,16 @@ impl MirrorHandle {
             };
             match found {
                 Ok(Some(sighting)) => {
+                    let io = lock(&self.io);
                     let result = lock(&self.mirror).verify_epoch(query.epoch, sighting);
+                    let stopped = result.is_err() && self.persist_stop_locked();
+                    drop(io);
                     match result {
                         Ok(()) => tracing::info!(witness = %npub(&self.witness),
                             epoch = query.epoch, "mirrored identity epoch verified"),
                         Err(e) => {
                             self.note_error(&e);
-                            if !self.persist_stop_if_any() {
+                            if !stopped {
                                 tracing::warn!(witness = %npub(&self.witness), error = %e,
                                     "mirrored epoch not verified");
                             }

@@ -210,7 +210,8 @@ async fn a_mirror_serves_verified_bindings_and_stops_on_a_split_view() -> Result
 
         // A split view: a second header for the anchored epoch 0, signed with
         // A's own witness key (read from A's data directory).
-        let secret = std::fs::read_to_string(a.dir.path().join("witness.key"))?;
+        let secret = std::fs::read_to_string(a.dir.path().join("witness.key"))
+            .context("A's witness key file")?;
         let a_keys = Keys::parse(secret.trim())?;
         assert_eq!(a_keys.public_key(), witness_a);
         let conflicting = EpochHeader {
@@ -253,7 +254,9 @@ async fn a_mirror_serves_verified_bindings_and_stops_on_a_split_view() -> Result
             .join("mirror")
             .join(witness_a.to_hex())
             .join("stopped.json");
-        let saved: Value = serde_json::from_slice(&std::fs::read(&stopped)?)?;
+        let saved: Value = serde_json::from_slice(
+            &std::fs::read(&stopped).with_context(|| format!("{}", stopped.display()))?,
+        )?;
         assert_eq!(saved["split_view"]["second"]["id"], conflicting.id.to_hex());
         assert_eq!(saved["split_view"]["first"]["id"], evidence["first"]["id"]);
 
