@@ -260,10 +260,8 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
     let ready = wait_for("/ready to show both syncs", || async {
         let ready = a.ready().await?;
         let sync = ready["sync"].as_array()?.clone();
-        let ok = sync.iter().find(|s| s["relay"] == Value::from(b.ws()))?;
-        let bad = sync
-            .iter()
-            .find(|s| s["relay"] == Value::from(dead.clone()))?;
+        let ok = sync.iter().find(|s| s["relay"] == b.ws())?;
+        let bad = sync.iter().find(|s| s["relay"] == dead)?;
         let done = ok["runs"].as_u64()? >= 1 && ok["last_ok_at"].is_u64();
         let failing = bad["failures_in_a_row"].as_u64()? >= 2 && bad["last_ok_at"].is_null();
         (done && failing).then_some(ready)
@@ -275,14 +273,8 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
         "a failing sync does not make the node unready: {ready}"
     );
     let sync = ready["sync"].as_array().unwrap();
-    let ok = sync
-        .iter()
-        .find(|s| s["relay"] == Value::from(b.ws()))
-        .unwrap();
-    let bad = sync
-        .iter()
-        .find(|s| s["relay"] == Value::from(dead.clone()))
-        .unwrap();
+    let ok = sync.iter().find(|s| s["relay"] == b.ws()).unwrap();
+    let bad = sync.iter().find(|s| s["relay"] == dead).unwrap();
     assert_eq!(ok["direction"], "both");
     assert_eq!(
         ok["held"],
@@ -300,7 +292,7 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
         let ok = ready["sync"]
             .as_array()?
             .iter()
-            .find(|s| s["relay"] == Value::from(b.ws()))?
+            .find(|s| s["relay"] == b.ws())?
             .clone();
         let r = &ok["last_report"];
         (r["remote_only"] == 0 && r["local_only"] == 0 && r["local"].as_u64()? == 352).then_some(())
@@ -455,11 +447,10 @@ async fn a_replaced_or_deleted_inbox_list_is_republished() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let settings = |dir: &Path| {
-        let mut s = cairn_node::Settings::default();
-        s.bind = "127.0.0.1:0".parse().unwrap();
-        s.data_dir = dir.to_owned();
-        s
+    let settings = |dir: &Path| cairn_node::Settings {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        ..Default::default()
     };
     let b = cairn_node::start(settings(b_dir)).await.unwrap();
     let mut a_settings = settings(a_dir);

@@ -165,7 +165,8 @@ enum Absence {
     NothingAnchored,
     /// The absence bundle and the node's check of it.
     Proven {
-        check: NodeCheck,
+        // Boxed: a verified check is far larger than the other answers.
+        check: Box<NodeCheck>,
         json_url: String,
         /// The `cairn verify --absent` command that checks it yourself.
         command: String,
@@ -354,7 +355,7 @@ async fn absent(
         Some(Err(_)) | Some(Ok(0)) => Absence::BadId,
         Some(Ok(id)) => match identity.service.absence(id).await {
             Ok(bundle) => Absence::Proven {
-                check: check::absence_bundle(identity, bundle).await,
+                check: Box::new(check::absence_bundle(identity, bundle).await),
                 json_url: format!("/identity/v1/absence/{id}"),
                 command: absent_command(
                     id,
