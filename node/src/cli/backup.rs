@@ -175,27 +175,42 @@ pub async fn run_backup(args: BackupArgs) -> Result<()> {
 /// Runs `cairn restore`; prints what it restored.
 pub async fn run_restore(args: RestoreArgs) -> Result<()> {
     let manifest = restore(&args.file, &args.data_dir)?;
-    let mut out = std::io::stdout().lock();
     writeln!(
-        out,
-        "restored {} files into {}{}",
-        manifest.files.len(),
-        args.data_dir.display(),
-        if manifest.includes_secrets {
-            ""
-        } else {
-            " (the backup holds no secrets: the node will create a new seed and keys unless you \
-             put the old ones back)"
-        }
+        std::io::stdout().lock(),
+        "{}",
+        restore_summary(&manifest, &args.data_dir)
     )?;
-    if manifest.event_database == "postgres" {
-        writeln!(
-            out,
-            "the event database was on Postgres: restore it with pg_restore and point \
-             database_url at it"
-        )?;
-    }
     Ok(())
+}
+
+/// What `cairn restore` tells the operator: how much it restored and, when
+/// the archive holds no secrets, which files of the node are missing (by
+/// name only: their contents were never in the archive).
+pub fn restore_summary(manifest: &Manifest, data_dir: &Path) -> String {
+    let mut out = format!(
+        "restored {} files into {}",
+        manifest.files.len(),
+        data_dir.display()
+    );
+    if !manifest.includes_secrets {
+        out.push_str(
+            "\nthe backup holds no secrets: the node will create a new seed and keys (a new \
+             witness key, new wallets) unless you put the old ones back",
+        );
+        if !manifest.skipped.is_empty() {
+            out.push_str(&format!(
+                "\nmissing (left out of the backup): {}",
+                manifest.skipped.join(", ")
+            ));
+        }
+    }
+    if manifest.event_database == "postgres" {
+        out.push_str(
+            "\nthe event database was on Postgres: restore it with pg_restore and point \
+             database_url at it",
+        );
+    }
+    out
 }
 
 /// Writes a backup of the node described by `settings` to `out`.

@@ -272,3 +272,262 @@ async fn on_postgres_the_archive_says_the_events_need_pg_dump() -> Result<()> {
     .await
     .context("timed out")?
 }
+
+/// GETs `path` from the admin API until it answers, at most [`cairn_e2e::WAIT`]
+/// (payments may still be starting on a node that just came up).
+async fn admin_get_when_up(
+    admin: &cairn_node::cli::support::admin::AdminClient,
+    path: &str,
+) -> Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + cairn_e2e::WAIT;
+    loop {
+        match within(path, admin.get::<serde_json::Value>(path)).await? {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(e.context(format!("{path} never answered")))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// An admin client for the node serving at `base` whose data directory is `dir`.
+fn admin_for(
+    base: &str,
+    dir: &std::path::Path,
+) -> Result<cairn_node::cli::support::admin::AdminClient> {
+    let token = std::fs::read_to_string(cairn_node::admin_token::token_path(dir))?;
+    cairn_node::cli::support::admin::AdminClient::new(base, token.trim())
+}
+
+/// Both wallets after a sync: on-chain balance and history, Lightning node
+/// id and balances.
+async fn wallets(
+    admin: &cairn_node::cli::support::admin::AdminClient,
+) -> Result<serde_json::Value> {
+    within(
+        "sync",
+        admin.post::<serde_json::Value>("/admin/v1/sync", &json!({})),
+    )
+    .await??;
+    let balance = admin_get_when_up(admin, "/admin/v1/wallet/balance").await?;
+    let transactions = admin_get_when_up(admin, "/admin/v1/wallet/transactions").await?;
+    let info = admin_get_when_up(admin, "/admin/v1/lightning/info").await?;
+    Ok(json!({
+        "balance": balance,
+        "transactions": transactions,
+        "node_id": info["node_id"],
+    }))
+}
+
+/// The identity witness and both wallets survive a backup taken under write
+/// load: a node started on the restored directory serves the same binding,
+/// the same epochs and roots (it replayed the restored log to them), signs
+/// with the same witness key and holds the same coins; a backup without
+/// secrets restores none of the keys and says which are missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_log_epochs_and_both_wallets_survive_a_restore() -> Result<()> {
+    use crate::id_support::{bind, identity_settings, mine, IdNode, User, CONFIRMATIONS};
+    use cairn_testchain::TestChain;
+    use reqwest::StatusCode;
+
+    tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        let chain = TestChain::start().await?;
+        let x = crate::fake_x::FakeX::start().await?;
+        let dir = tempfile::tempdir()?;
+        let mut settings = crate::pay_support::payments_settings(dir.path(), &chain)?;
+        settings.identity = identity_settings(dir.path(), None, &chain, &x).identity;
+        let fast = Rate::new(1e6, 1e6);
+        settings.relay.rate_limits.events_per_ip = fast;
+        settings.relay.rate_limits.events_per_pubkey = fast;
+        let mut node = IdNode::start_with(settings.clone(), dir, None).await?;
+
+        // A final binding in an anchored, confirmed epoch.
+        node.fund(&chain, 200_000).await?;
+        let alice = User::new(1_047_412_980_948_713_472, "alice_cairn");
+        bind(&node, &x, &alice, 1).await?;
+        node.close_epoch().await?;
+        mine(&chain, CONFIRMATIONS).await?;
+        node.sync().await?;
+        let (status, binding) = node.get("/identity/v1/handles/alice_cairn").await?;
+        ensure!(
+            status == StatusCode::OK && binding["status"] == "final",
+            "{binding}"
+        );
+        // A binding still pending in the open epoch: the log beyond the
+        // last epoch is state too.
+        let bob = User::new(2_000_001, "bob_cairn");
+        bind(&node, &x, &bob, 2).await?;
+
+        // Coins in the on-chain payments wallet.
+        let admin = admin_for(&node.base, node.dir.path())?;
+        let address = admin_get_when_up(&admin, "/admin/v1/wallet/address").await?;
+        let address: bitcoin::Address<bitcoin::address::NetworkUnchecked> =
+            address["address"].as_str().context("address")?.parse()?;
+        let address = address.require_network(bitcoin::Network::Regtest)?;
+        within(
+            "fund the wallet",
+            chain.fund(&address, bitcoin::Amount::from_sat(150_000)),
+        )
+        .await??;
+        let deadline = std::time::Instant::now() + cairn_e2e::WAIT;
+        let before_wallets = loop {
+            let w = wallets(&admin).await?;
+            if w["balance"]["onchain"]["confirmed_sat"] == 150_000 {
+                break w;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the wallet never saw its coin: {w}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        };
+
+        // Back up while events are being written.
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(publish_until(
+                    node.node().ws_url(),
+                    Keys::generate(),
+                    Arc::clone(&acked),
+                    Arc::clone(&stop),
+                ))
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + cairn_e2e::WAIT;
+        while acked.lock().expect("not poisoned").len() < 100 {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the writers never got going"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let out = tempfile::tempdir()?;
+        let (plain, full) = (out.path().join("plain.tar"), out.path().join("full.tar"));
+        let before_backup = acked.lock().expect("not poisoned").len();
+        let plain_manifest = backup(&node.settings, &plain, false).await?;
+        backup(&node.settings, &full, true).await?;
+        let during = acked.lock().expect("not poisoned").len();
+        stop.store(true, Ordering::Release);
+        for w in writers {
+            within("a writer", w).await???;
+        }
+        ensure!(during > before_backup, "the backups ran under write load");
+
+        // Anchor confirmations as of the chain's tip now (funding mined a
+        // block), so both nodes count from the same tip.
+        node.sync().await?;
+        let (_, latest) = node.get("/identity/v1/epochs/latest").await?;
+        let (_, epoch0) = node.get("/identity/v1/epochs/0").await?;
+        let (_, status_before) = node.get("/identity/v1/status").await?;
+        let (_, bob_before) = node.get("/identity/v1/handles/bob_cairn").await?;
+        let witness = node.service().witness_public_key();
+        let anchor_before = within("anchor status", node.service().anchorer().status()).await??;
+        node.stop().await?;
+
+        // A full restore, and a node on it against the same chain.
+        let fresh = tempfile::tempdir()?;
+        let restored_manifest = restore(&full, fresh.path())?;
+        let summary = cairn_node::cli::backup::restore_summary(&restored_manifest, fresh.path());
+        assert!(!summary.contains("missing"), "{summary}");
+        for secret in [
+            cairn_bitcoin::SEED_FILE_NAME,
+            cairn_identity::service::WITNESS_KEY_FILE,
+            cairn_payments::nwc::SERVICE_KEY_FILE_NAME,
+        ] {
+            let path = fresh.path().join(secret);
+            assert!(path.is_file(), "{secret} restored");
+            assert_eq!(mode(&path), 0o600, "{secret}");
+        }
+        // The Lightning node's state, private.
+        let ln_files: Vec<_> = restored_manifest
+            .files
+            .iter()
+            .filter(|f| f.path.starts_with("lightning/"))
+            .collect();
+        assert!(!ln_files.is_empty(), "{restored_manifest:?}");
+        for f in &ln_files {
+            assert_eq!(mode(&fresh.path().join(&f.path)), 0o600, "{}", f.path);
+        }
+        let mut again = settings.clone();
+        again.data_dir = fresh.path().to_path_buf();
+        again.payments.lightning_listen = crate::ln_support::free_port()?;
+        let restored = IdNode::start_with(again, fresh, None).await?;
+
+        assert_eq!(restored.service().witness_public_key(), witness);
+        let (status, binding_after) = restored.get("/identity/v1/handles/alice_cairn").await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            binding_after["status"], binding["status"],
+            "{binding_after}"
+        );
+        assert_eq!(binding_after["key"], binding["key"], "{binding_after}");
+        let (_, bob_after) = restored.get("/identity/v1/handles/bob_cairn").await?;
+        assert_eq!(bob_after["status"], bob_before["status"], "{bob_after}");
+        let (_, latest_after) = restored.get("/identity/v1/epochs/latest").await?;
+        assert_eq!(latest_after, latest, "the latest epoch, header and roots");
+        let (_, epoch0_after) = restored.get("/identity/v1/epochs/0").await?;
+        assert_eq!(epoch0_after, epoch0);
+        let (_, status_after) = restored.get("/identity/v1/status").await?;
+        for field in ["witness", "open_epoch", "log_size", "identities"] {
+            assert_eq!(status_after[field], status_before[field], "{field}");
+        }
+        restored.sync().await?;
+        let anchor_after =
+            within("anchor status", restored.service().anchorer().status()).await??;
+        assert_eq!(
+            anchor_after.balance, anchor_before.balance,
+            "anchoring wallet"
+        );
+        assert_eq!(anchor_after.chain_output, anchor_before.chain_output);
+
+        let restored_admin = admin_for(&restored.base, restored.dir.path())?;
+        let after_wallets = wallets(&restored_admin).await?;
+        assert_eq!(after_wallets, before_wallets, "both payment wallets");
+
+        // Every event acknowledged before the backup began.
+        let mut client = cairn_e2e::WsClient::connect(&restored.node().ws_url()).await?;
+        let ids: Vec<String> = acked.lock().expect("not poisoned")[..before_backup].to_vec();
+        let mut found = HashSet::new();
+        for chunk in ids.chunks(200) {
+            let got = client.query("ids", &[json!({ "ids": chunk })]).await?;
+            found.extend(got.iter().map(|e| e.id.to_hex()));
+        }
+        client.close().await;
+        assert_eq!(found.len(), ids.len(), "every acknowledged event");
+        restored.finish().await?;
+        node.finish().await?;
+
+        // Without --include-secrets: databases only; the keys are missing
+        // and the restore says so.
+        let bare = tempfile::tempdir()?;
+        let manifest = restore(&plain, bare.path())?;
+        assert_eq!(manifest, plain_manifest);
+        let summary = cairn_node::cli::backup::restore_summary(&manifest, bare.path());
+        for secret in [
+            cairn_bitcoin::SEED_FILE_NAME,
+            cairn_identity::service::WITNESS_KEY_FILE,
+            cairn_payments::nwc::SERVICE_KEY_FILE_NAME,
+        ] {
+            assert!(!bare.path().join(secret).exists(), "{secret} not restored");
+            assert!(
+                manifest.skipped.iter().any(|s| s == secret),
+                "{secret} listed as left out: {manifest:?}"
+            );
+            assert!(summary.contains(secret), "{summary}");
+        }
+        assert!(summary.contains("missing"), "{summary}");
+        for db in [
+            "cairn.db",
+            cairn_identity::anchor::DB_FILE_NAME,
+            cairn_payments::wallet::WALLET_DB_FILE_NAME,
+        ] {
+            assert!(bare.path().join(db).is_file(), "{db} restored");
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .context("timed out")?
+}

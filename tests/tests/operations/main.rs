@@ -2,6 +2,20 @@
 //! `/ready` probes, Prometheus metrics, backups and restores, and retention.
 
 mod backup;
+// The backup of a witness with both wallets reuses the identity and payments
+// tests' own helpers (node, fake X, bind flow; payments settings, ports).
+#[path = "../identity/fake_x.rs"]
+#[allow(dead_code)]
+mod fake_x;
+#[path = "../identity/support.rs"]
+#[allow(dead_code)]
+mod id_support;
+#[path = "../../../payments/tests/support/mod.rs"]
+mod ln_support;
+#[path = "../payments/support.rs"]
+// Its re-exports of the Lightning helpers are for the payments tests.
+#[allow(dead_code, unused_imports)]
+mod pay_support;
 mod health;
 mod metrics;
 mod retention;
