@@ -260,6 +260,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
     // `[[identity.mirror]]`: other witnesses followed and served.
     let (mirrors, mirror_jobs) = crate::mirror::spawn_all(&settings, relay.shutdown_token())?;
     jobs.extend(mirror_jobs);
+    let mirror_handles = mirrors.handles().to_vec();
     if !mirrors.is_empty() {
         app = app.merge(crate::mirror::routes::router(mirrors, identity.is_none()));
     }
@@ -328,6 +329,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
         payments: payments.as_ref().map(|p| Arc::clone(p.slot())),
         leases,
         syncs,
+        mirrors: mirror_handles,
     }));
     // Last, so that its `/` layer sees every route (see `crate::web`).
     let lightning_names = match &zaps {

@@ -247,6 +247,18 @@ async fn a_mirror_serves_verified_bindings_and_stops_on_a_split_view() -> Result
             "{m}"
         );
 
+        // `/ready` reports the stop too, and stays ready: a stopped mirror
+        // is news for the operator, not a reason to take C out of service.
+        let (code, ready) = c.get("/ready").await?;
+        assert_eq!(code, StatusCode::OK, "{ready}");
+        assert_eq!(ready["ready"], true, "{ready}");
+        assert_eq!(ready["mirrors"][0]["state"], "stopped", "{ready}");
+        assert_eq!(
+            ready["mirrors"][0]["evidence"]["second"]["id"],
+            conflicting.id.to_hex(),
+            "{ready}"
+        );
+
         // The evidence is on disk, and a restarted C stays stopped.
         let stopped = c
             .dir

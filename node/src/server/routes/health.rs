@@ -24,7 +24,10 @@
 //! not a condition of readiness (a standby is ready). `sync` lists the
 //! scheduled `[[sync]]` entries (see [`crate::sync::scheduled`]): relay,
 //! direction, runs, failures in a row, last error and report, next run, and
-//! `held` (this process runs it); also information only.
+//! `held` (this process runs it); also information only. `mirrors` lists
+//! each followed witness's [`crate::mirror::MirrorStatus`] (`following` or
+//! `stopped`, with the reason and a split view's evidence): a stopped
+//! mirror is reported, not a reason to take the node out of service.
 //!
 //! Invariants: no check waits longer than [`READY_CHECK_TIMEOUT`] (a probe
 //! must not hang on a stuck database); error texts come from errors that
@@ -67,6 +70,8 @@ pub struct Readiness {
     pub leases: Vec<LeaseState>,
     /// The scheduled `[[sync]]` entries.
     pub syncs: Vec<ScheduledSync>,
+    /// The `[[identity.mirror]]` witnesses followed.
+    pub mirrors: Vec<Arc<crate::mirror::MirrorHandle>>,
 }
 
 /// The `/health` and `/ready` routes.
@@ -137,6 +142,7 @@ impl Readiness {
                 "payments": payments,
                 "leases": leases,
                 "sync": self.syncs.iter().map(ScheduledSync::json).collect::<Vec<_>>(),
+                "mirrors": self.mirrors.iter().map(|m| m.status()).collect::<Vec<_>>(),
             }),
         )
     }
