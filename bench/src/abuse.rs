@@ -311,7 +311,7 @@ async fn seed_store(setup: &Setup, args: &AbuseArgs) -> Result<()> {
         signing.as_secs_f64()
     );
     let opts = PipelineOptions {
-        url: setup.url.clone(),
+        urls: vec![setup.url.clone()],
         connections: 8,
         window: 64,
         stall_timeout: Duration::from_secs(60),

@@ -35,9 +35,10 @@ pub struct FanoutArgs {
     /// Seconds to wait for late deliveries after the last publish.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
-    /// Process id of the relay: report the CPU time it used during the run.
+    /// Process id of the relay: report the CPU time it used during the run
+    /// (several times for several processes: their sum).
     #[arg(long)]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
 }
 
 /// What one subscriber saw.
@@ -164,8 +165,10 @@ async fn publish(
     Ok((sent_at, accepted, rejected))
 }
 
-/// Open the subscribers, publish, and report delivery latency.
-pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
+/// Open the subscribers (spread round-robin over `urls`), publish on the
+/// first URL, and report delivery latency.
+pub async fn run(urls: &[String], args: &FanoutArgs) -> Result<Report> {
+    let url = urls.first().context("no relay URL")?;
     if let Some(limit) = crate::procfs::open_files_limit() {
         anyhow::ensure!(
             limit as usize > args.subscribers + 64,
@@ -193,7 +196,7 @@ pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
 
     eprintln!("opening {} subscribers…", args.subscribers);
     let open_started = Instant::now();
-    let mut sockets = connect_many(url, args.subscribers, 64, Duration::from_secs(20)).await?;
+    let mut sockets = connect_many(urls, args.subscribers, 64, Duration::from_secs(20)).await?;
     let subscribed = futures::stream::iter(sockets.iter_mut().enumerate().map(|(i, ws)| {
         let tag = tag.clone();
         async move { subscribe(ws, &format!("fan{i}"), &tag).await }
@@ -213,11 +216,14 @@ pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
         args.rate
     );
 
-    let cpu = CpuMeter::start(args.pid);
+    let cpu = CpuMeter::start(&args.pid);
+    let urls_len = urls.len();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut listeners = JoinSet::new();
-    for ws in sockets {
-        listeners.spawn(listen(ws, Arc::clone(&ids), args.events, stop_rx.clone()));
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let listening = listen(ws, Arc::clone(&ids), args.events, stop_rx.clone());
+        // Subscriber `i` is on `urls[i % urls.len()]` (see `connect_many`).
+        listeners.spawn(async move { (i % urls_len, listening.await) });
     }
     let mut publisher = connect(url, Duration::from_secs(10)).await?;
     let (sent_at, accepted, rejected) = publish(&mut publisher, &frames, args.rate).await?;
@@ -238,15 +244,24 @@ pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
     }
 
     let mut latencies = Vec::new();
+    // By whether the subscriber is on the publisher's process (URL 0):
+    // the difference is what crossing processes (NOTIFY/LISTEN) costs.
+    let (mut same_process, mut other_process) = (Vec::new(), Vec::new());
     let (mut unknown, mut errors, mut notices) = (0u64, BTreeMap::new(), BTreeMap::new());
     let mut complete = 0u64;
-    for o in &outcomes {
+    for (url_index, o) in &outcomes {
         if o.received.len() >= accepted as usize {
             complete += 1;
         }
         for &(idx, at) in &o.received {
             if let Some(sent) = sent_at[idx] {
-                latencies.push(at.saturating_duration_since(sent));
+                let latency = at.saturating_duration_since(sent);
+                latencies.push(latency);
+                if *url_index == 0 {
+                    same_process.push(latency);
+                } else {
+                    other_process.push(latency);
+                }
             }
         }
         unknown += o.unknown;
@@ -260,7 +275,7 @@ pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
 
     let expected = accepted * args.subscribers as u64;
     let mut report = Report::new("fanout");
-    report.add("url", url);
+    report.add("url", urls.join(","));
     report.add("run_id", run);
     report.add("subscribers", args.subscribers as u64);
     report.add("subscribe_seconds", open_time.as_secs_f64());
@@ -271,6 +286,16 @@ pub async fn run(url: &str, args: &FanoutArgs) -> Result<Report> {
     report.add("deliveries_received", latencies.len() as u64);
     report.add("subscribers_complete", complete);
     report.add_summary("delivery_latency", Summary::from_durations(&latencies));
+    if urls.len() > 1 {
+        report.add_summary(
+            "delivery_latency_publisher_process",
+            Summary::from_durations(&same_process),
+        );
+        report.add_summary(
+            "delivery_latency_other_processes",
+            Summary::from_durations(&other_process),
+        );
+    }
     cpu.report(&mut report);
     if unknown > 0 {
         report.add("unexpected_events", unknown);

@@ -34,15 +34,17 @@ pub struct IngestArgs {
     /// Give up on a connection after this many seconds without a message.
     #[arg(long, default_value_t = 30)]
     pub stall_secs: u64,
-    /// Process id of the relay: report the CPU time it used during the run.
+    /// Process id of the relay: report the CPU time it used during the run
+    /// (several times for several processes: their sum).
     #[arg(long)]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
 
-/// Sign the events, publish them, and report.
-pub async fn run(url: &str, args: &IngestArgs) -> Result<Report> {
+/// Sign the events, publish them over connections spread round-robin over
+/// `urls`, and report.
+pub async fn run(urls: &[String], args: &IngestArgs) -> Result<Report> {
     let run = run_id();
     let keys = derive_keys(rand::random(), 0x1a6e57, args.authors.max(1))?;
     let filler = "x".repeat(args.content_bytes);
@@ -64,33 +66,33 @@ pub async fn run(url: &str, args: &IngestArgs) -> Result<Report> {
         args.window
     );
     let mut report = Report::new("ingest");
-    report.add("url", url);
+    report.add("url", urls.join(","));
     report.add("run_id", run);
     report.add("connections", args.connections as u64);
     report.add("window", args.window as u64);
     report.add("sign_seconds", sign_time.as_secs_f64());
     let options = PipelineOptions {
-        url: url.to_owned(),
+        urls: urls.to_vec(),
         connections: args.connections,
         window: args.window,
         stall_timeout: Duration::from_secs(args.stall_secs),
         progress: true,
     };
-    publish_measured(&options, events, args.pid, &args.watch, &mut report).await?;
+    publish_measured(&options, events, &args.pid, &args.watch, &mut report).await?;
     Ok(report)
 }
 
 /// Publishes `events` through the pipeline while measuring the relay's CPU
-/// (`pid`) and the watched file, and adds the outcome to `report`: the part
+/// (`pids`, summed) and the watched file, and adds the outcome to `report`: the part
 /// `ingest` and `seed` share.
 pub async fn publish_measured(
     options: &PipelineOptions,
     events: Vec<Signed>,
-    pid: Option<u32>,
+    pids: &[u32],
     watch: &WatchArgs,
     report: &mut Report,
 ) -> Result<()> {
-    let cpu = CpuMeter::start(pid);
+    let cpu = CpuMeter::start(pids);
     let watch = FileWatch::start(watch);
     let outcome = publish_pipelined(options, events).await?;
     add_outcome(report, &outcome);

@@ -16,7 +16,7 @@ mod ws;
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -26,14 +26,18 @@ use clap::{Parser, Subcommand};
     about = "Load generator for Nostr relays (NIP-01 over WebSockets)"
 )]
 struct Cli {
-    /// Relay WebSocket URL.
+    /// Relay WebSocket URL. `ingest` and `fanout` take it several times
+    /// (several relay processes on one database): `ingest` spreads its
+    /// connections round-robin over the URLs, `fanout` its subscribers,
+    /// with the publisher on the first URL. The others use one URL only.
     #[arg(
         long,
         global = true,
         env = "CAIRN_BENCH_URL",
+        value_delimiter = ',',
         default_value = "ws://127.0.0.1:7777"
     )]
-    url: String,
+    url: Vec<String>,
     /// Print the result as one JSON object instead of lines.
     #[arg(long, global = true)]
     json: bool,
@@ -64,11 +68,19 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    let url = cli.url.as_str();
+    let urls = cli.url.as_slice();
+    let url = urls
+        .first()
+        .ok_or_else(|| anyhow!("--url is empty"))?
+        .as_str();
+    let spreads = matches!(cli.command, Command::Ingest(_) | Command::Fanout(_));
+    if urls.len() > 1 && !spreads {
+        bail!("only ingest and fanout take --url more than once");
+    }
     let work = async {
         match &cli.command {
-            Command::Ingest(a) => ingest::run(url, a).await,
-            Command::Fanout(a) => fanout::run(url, a).await,
+            Command::Ingest(a) => ingest::run(urls, a).await,
+            Command::Fanout(a) => fanout::run(urls, a).await,
             Command::Seed(a) => seed::run(url, a).await,
             Command::Query(a) => query::run(url, a).await,
             Command::Idle(a) => idle::run(url, a).await,

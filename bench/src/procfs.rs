@@ -45,29 +45,41 @@ pub fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// CPU used by the relay (when its pid is known) and by this process over a run.
-#[derive(Debug, Clone, Copy)]
+/// CPU used by the relay (when its pids are known: several processes are
+/// summed) and by this process over a run.
+#[derive(Debug, Clone)]
 pub struct CpuMeter {
-    relay_pid: Option<u32>,
+    relay_pids: Vec<u32>,
     relay_start: Option<f64>,
     own_start: Option<f64>,
 }
 
+/// The summed CPU seconds of `pids`, or `None` if any cannot be read (a
+/// partial sum would look like a lower figure, not a missing one).
+fn cpu_seconds_sum(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_seconds(p).ok()).sum()
+}
+
 impl CpuMeter {
     /// Start counting.
-    pub fn start(relay_pid: Option<u32>) -> Self {
+    pub fn start(relay_pids: &[u32]) -> Self {
         Self {
-            relay_pid,
-            relay_start: relay_pid.and_then(|p| cpu_seconds(p).ok()),
+            relay_pids: relay_pids.to_vec(),
+            relay_start: cpu_seconds_sum(relay_pids),
             own_start: cpu_seconds(std::process::id()).ok(),
         }
     }
 
-    /// Add `relay_cpu_seconds` and `bench_cpu_seconds` used since `start`.
+    /// Add `relay_cpu_seconds` (summed over the relay processes) and
+    /// `bench_cpu_seconds` used since `start`.
     pub fn report(&self, report: &mut crate::stats::Report) {
-        if let (Some(pid), Some(start)) = (self.relay_pid, self.relay_start) {
-            if let Ok(now) = cpu_seconds(pid) {
-                report.add("relay_cpu_seconds", now - start);
+        if let (Some(start), Some(now)) = (self.relay_start, cpu_seconds_sum(&self.relay_pids)) {
+            report.add("relay_cpu_seconds", now - start);
+            if self.relay_pids.len() > 1 {
+                report.add("relay_processes", self.relay_pids.len() as u64);
             }
         }
         if let (Some(start), Ok(now)) = (self.own_start, cpu_seconds(std::process::id())) {

@@ -156,7 +156,7 @@ pub async fn run(url: &str, args: &QueryArgs) -> Result<Report> {
             anyhow::Ok(samples)
         });
     }
-    let cpu = CpuMeter::start(args.pid);
+    let cpu = CpuMeter::start(args.pid.as_slice());
     let started = Instant::now();
     let mut all = Samples::default();
     while let Some(joined) = tasks.join_next().await {

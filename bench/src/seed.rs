@@ -205,13 +205,20 @@ pub async fn run(url: &str, args: &SeedArgs) -> Result<Report> {
     report.add("manifest", args.manifest.display().to_string());
     report.add("sign_seconds", sign_time.as_secs_f64());
     let options = PipelineOptions {
-        url: url.to_owned(),
+        urls: vec![url.to_owned()],
         connections: args.connections,
         window: args.window,
         stall_timeout: Duration::from_secs(args.stall_secs),
         progress: true,
     };
-    publish_measured(&options, events, args.pid, &args.watch, &mut report).await?;
+    publish_measured(
+        &options,
+        events,
+        args.pid.as_slice(),
+        &args.watch,
+        &mut report,
+    )
+    .await?;
     Ok(report)
 }
 

@@ -94,16 +94,20 @@ pub async fn connect_from(url: &str, from: Option<IpAddr>, limit: Duration) -> R
         .map_err(|_| anyhow!("connect to {url} timed out after {limit:?}"))?
 }
 
-/// Open `count` WebSockets, at most `parallel` handshakes at a time.
+/// Open `count` WebSockets, at most `parallel` handshakes at a time; the
+/// `i`th goes to `urls[i % urls.len()]` (several relay processes share the
+/// load round-robin).
 pub async fn connect_many(
-    url: &str,
+    urls: &[String],
     count: usize,
     parallel: usize,
     limit: Duration,
 ) -> Result<Vec<Ws>> {
+    anyhow::ensure!(!urls.is_empty(), "no relay URL to connect to");
     let mut out = Vec::with_capacity(count);
     let mut pending =
-        futures::stream::iter((0..count).map(|_| connect(url, limit))).buffered(parallel.max(1));
+        futures::stream::iter((0..count).map(|i| connect(&urls[i % urls.len()], limit)))
+            .buffered(parallel.max(1));
     while let Some(ws) = pending.next().await {
         let ws = ws.with_context(|| format!("opening connection #{}", out.len() + 1))?;
         out.push(ws);
@@ -298,8 +302,8 @@ struct ConnOutcome {
 /// Options for [`publish_pipelined`].
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
-    /// Relay URL.
-    pub url: String,
+    /// Relay URLs; connections are spread over them round-robin.
+    pub urls: Vec<String>,
     /// Parallel connections.
     pub connections: usize,
     /// Events in flight (sent, not yet answered) per connection.
@@ -318,7 +322,7 @@ pub async fn publish_pipelined(
     events: Vec<Signed>,
 ) -> Result<PipelineOutcome> {
     let connections = opts.connections.max(1).min(events.len().max(1));
-    let sockets = connect_many(&opts.url, connections, 64, Duration::from_secs(10)).await?;
+    let sockets = connect_many(&opts.urls, connections, 64, Duration::from_secs(10)).await?;
     let total = events.len() as u64;
     let mut shards: Vec<Vec<Signed>> = (0..connections).map(|_| Vec::new()).collect();
     for (i, e) in events.into_iter().enumerate() {
@@ -555,7 +559,7 @@ mod relay_tests {
         })
         .expect("signed");
         let opts = PipelineOptions {
-            url,
+            urls: vec![url],
             connections: 3,
             window: 4,
             stall_timeout: Duration::from_secs(5),
@@ -594,7 +598,7 @@ mod relay_tests {
         let (events, _) =
             sign_all(5, |i| sign(EventBuilder::text_note(format!("s{i}")), &keys)).expect("signed");
         let opts = PipelineOptions {
-            url,
+            urls: vec![url],
             connections: 1,
             window: 8,
             stall_timeout: Duration::from_millis(300),
