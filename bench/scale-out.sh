@@ -69,11 +69,11 @@ start_cluster() {
 bench() {
     local label=$1 name=$2
     shift 2
-    local args=()
-    for u in "${URLS[@]}"; do args+=(--url "$u"); done
-    for p in "${PIDS[@]}"; do args+=(--pid "$p"); done
-    echo "### $label: cairn-bench ${args[*]} $name $*"
-    $QUIET timeout 600 "$TARGET/release/cairn-bench" "${args[@]}" "$name" "$@" --json |
+    local urls=() pids=()
+    for u in "${URLS[@]}"; do urls+=(--url "$u"); done
+    for p in "${PIDS[@]}"; do pids+=(--pid "$p"); done
+    echo "### $label: cairn-bench ${urls[*]} $name $* ${pids[*]}"
+    $QUIET timeout 600 "$TARGET/release/cairn-bench" "${urls[@]}" "$name" "$@" "${pids[@]}" --json |
         sed "s/^{/{\"label\":\"$label\",/" | tee -a "$OUT"
 }
 
