@@ -436,3 +436,46 @@ fn a_message_to_a_stopped_node_arrives_when_it_starts_and_a_kill_loses_or_repeat
     drop(alice_node);
     drop(bob_node);
 }
+
+/// `[outbox] lookup_relays`: Bob's kind 10050 is only on Bob's relay (not
+/// on Alice's), and Alice's node, told to look there, finds it and queues
+/// her message to every relay it lists: Bob's node and his extra inbox.
+/// Bob's relay sends a NIP-42 challenge on connect, which the anonymous
+/// lookup must not answer with a failed AUTH that ends its REQ.
+#[test]
+fn a_recipients_inbox_list_is_found_on_the_lookup_relays() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An extra inbox of Bob's that nobody serves: it only has to be listed.
+    let extra = format!("ws://127.0.0.1:{}", reserve_port());
+    let bob = User::new(
+        tmp.path(),
+        "bob",
+        &format!("inbox_relays = [\"{extra}\"]\n"),
+    );
+    let alice = User::new(
+        tmp.path(),
+        "alice",
+        &format!("lookup_relays = [\"{}\"]\n", bob.ws()),
+    );
+    let bob_node = bob.serve();
+    wait_for("Bob's inbox list on his own relay", || {
+        let o = bob.outbox();
+        let d = deliveries(&o, "inbox-list", &bob.ws());
+        (d.len() == 1 && d[0].1["state"] == "delivered").then_some(())
+    });
+    let alice_node = alice.serve();
+
+    let sent = alice.send(&bob, "found you", "0");
+    assert!(sent.contains("queued message"), "{sent}");
+    let o = alice.outbox();
+    let to_bob = |relay: &str| deliveries(&o, "message", relay).len();
+    assert_eq!(to_bob(&bob.ws()), 1, "to Bob's node: {o:#}");
+    assert_eq!(to_bob(&extra), 1, "to Bob's extra inbox: {o:#}");
+    assert_eq!(
+        to_bob(&alice.ws()),
+        0,
+        "not the fallback (Alice's own node): {o:#}"
+    );
+    drop(alice_node);
+    drop(bob_node);
+}

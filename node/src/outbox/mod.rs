@@ -169,7 +169,15 @@ pub async fn find_inbox_list(
         .filter_map(|s| Event::from_json(&s.json).ok())
         .collect();
     if !relays.is_empty() {
-        let client = nostr_sdk::Client::default();
+        // An anonymous read: no NIP-42. With automatic authentication on
+        // (nostr-sdk's default) and no signer, the AUTH challenge a relay
+        // sends on connect (Cairn's does) fails, and nostr-sdk ends the
+        // REQ then in flight with "authentication failed": the lookup came
+        // back empty from every relay that challenges, though the list was
+        // there (tests/outbox.rs, lookup_relays).
+        let client = nostr_sdk::Client::builder()
+            .opts(nostr_sdk::ClientOptions::new().automatic_authentication(false))
+            .build();
         for r in relays {
             let _ = client.add_relay(r.as_str()).await;
         }
