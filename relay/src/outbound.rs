@@ -345,23 +345,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_that_makes_progress_is_not_dropped() {
-        let grace = Duration::from_millis(100);
+        // Real time (tokio's `test-util` is not enabled here), so the grace is
+        // 100 times one reader step: a descheduled test process must not turn
+        // a steady reader into a "slow" one.
+        let grace = Duration::from_secs(1);
+        let step = Duration::from_millis(10);
+        let messages = 150;
         let (tx, mut rx) = channel(1_000, 2_000, grace);
         let reader = tokio::spawn(async move {
             let mut got = 0;
             while let Some((_, receipt)) = rx.recv().await {
-                // Slower than the grace per whole queue, faster per message.
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                tokio::time::sleep(step).await;
                 rx.taken(receipt);
                 got += 1;
             }
             got
         });
-        for _ in 0..10 {
+        let started = std::time::Instant::now();
+        // Each send waits for the previous message to be taken.
+        for _ in 0..messages {
             tx.send(msg(1_500)).await.unwrap();
         }
         drop(tx);
-        assert_eq!(reader.await.unwrap(), 10);
+        assert_eq!(reader.await.unwrap(), messages);
+        // Slower than the grace for the whole run, yet never dropped: the
+        // grace bounds a wait without progress, not the total.
+        assert!(started.elapsed() > grace);
     }
 
     #[tokio::test]
