@@ -44,9 +44,9 @@ pub const CLUSTER_EVENTS: &str = "cairn_cluster_events_total";
 /// clocks, so machines sharing a database should run NTP; events read in a
 /// catch-up are not counted.
 pub const CLUSTER_FANOUT_LAG_SECONDS: &str = "cairn_cluster_fanout_lag_seconds";
-/// Counter: times remote events stopped waiting for a live subscriber that
-/// took no events for a whole slow-reader grace (see the relay's pacing of
-/// remote events).
+/// Counter: times remote events stopped waiting for a live subscriber
+/// after one remote event had waited a whole slow-reader grace (see the
+/// relay's pacing of remote events).
 pub const CLUSTER_PACING_STALLS: &str = "cairn_cluster_pacing_stalls_total";
 /// Counter: times the cluster listener's connection was lost (each followed
 /// by a reconnection and a catch-up).

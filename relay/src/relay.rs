@@ -417,15 +417,17 @@ const REMOTE_PACING_POLL: std::time::Duration = std::time::Duration::from_millis
 /// once, a long gap would push subscribers that read normally more than
 /// [`DEFAULT_LIVE_BUFFER`] events behind, and they would be closed as slow
 /// readers. So a remote event waits while [`REMOTE_PACING_BACKLOG`] or more
-/// events in the ring are still unread by some subscriber, for as long as
-/// that backlog keeps shrinking: the catch-up then goes at the pace of the
-/// slowest subscriber that reads (the listener's queue fills meanwhile,
-/// which holds the catch-up back, and Postgres keeps what is notified
-/// meanwhile; see the store's listener). A backlog that has not shrunk for
-/// a whole `slow_reader_grace_ms` means a subscriber that does not take
-/// live events at all: the hand-off stops waiting for it (until the backlog
-/// is below the mark again) and that subscriber falls behind and is
-/// dropped, as one is for local events. Local events are never paced.
+/// events in the ring are still unread by some subscriber, but for at most
+/// one `slow_reader_grace_ms` per event: the catch-up then goes at the pace
+/// of the slowest subscriber that keeps up with that (the listener's queue
+/// fills meanwhile, which holds the catch-up back, and Postgres keeps what
+/// is notified meanwhile; see the store's listener). An event that waited a
+/// whole grace is handed on anyway, and the hand-off stops waiting (until
+/// the backlog is below the mark again): one slow subscriber, even one that
+/// still reads a little, must not throttle remote events for every other
+/// subscriber of the process, nor keep the listener from draining its
+/// notifications. That subscriber falls behind and is dropped, as one is
+/// for local events. Local events are never paced.
 async fn fan_out_remote(
     relay: std::sync::Weak<Relay>,
     mut remote: tokio::sync::mpsc::Receiver<crate::store::RemoteEvent>,
@@ -465,10 +467,12 @@ pub(crate) fn unix_millis() -> u64 {
 
 /// Wait until the live ring has room for one more remote event (see
 /// [`fan_out_remote`]); false once the relay is gone or shutting down.
-/// `stalled` carries, from one event to the next, that the backlog stopped
-/// shrinking: no waiting until it is below the mark again.
+/// Waits at most one slow-reader grace; `stalled` carries, from one event to
+/// the next, that a wait ran out: no waiting until the backlog is below the
+/// mark again. Polls the ring's length: a broadcast channel does not signal
+/// that a receiver took something.
 async fn pace(relay: &std::sync::Weak<Relay>, stalled: &mut bool) -> bool {
-    let (mut backlog, grace) = {
+    let (backlog, grace) = {
         let Some(relay) = relay.upgrade() else {
             return false;
         };
@@ -482,7 +486,7 @@ async fn pace(relay: &std::sync::Weak<Relay>, stalled: &mut bool) -> bool {
     if *stalled {
         return true;
     }
-    let mut shrank_at = std::time::Instant::now();
+    let started = std::time::Instant::now();
     loop {
         tokio::time::sleep(REMOTE_PACING_POLL).await;
         let Some(relay) = relay.upgrade() else {
@@ -495,15 +499,11 @@ async fn pace(relay: &std::sync::Weak<Relay>, stalled: &mut bool) -> bool {
         if now < REMOTE_PACING_BACKLOG {
             return true;
         }
-        if now < backlog {
-            shrank_at = std::time::Instant::now();
-        }
-        backlog = now;
-        if shrank_at.elapsed() >= grace {
+        if started.elapsed() >= grace {
             metrics::counter!(crate::metrics::CLUSTER_PACING_STALLS).increment(1);
             tracing::debug!(
-                backlog,
-                "a live subscriber takes no events: remote events no longer wait for it"
+                backlog = now,
+                "a live subscriber is too slow: remote events no longer wait for it"
             );
             *stalled = true;
             return true;
