@@ -197,7 +197,11 @@ pub async fn sync(
 
     let client = match &request.keys {
         Some(keys) => Client::builder().signer(keys.clone()).build(),
-        None => Client::default(),
+        // Without a key, answering a relay's AUTH challenge can only fail,
+        // and nostr-sdk then ends the request in flight: read anonymously.
+        None => Client::builder()
+            .opts(nostr_sdk::ClientOptions::new().automatic_authentication(false))
+            .build(),
     };
     let result = sync_with(&client, local, request, &ctx, items, &mut report, progress).await;
     client.shutdown().await;
