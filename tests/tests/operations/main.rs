@@ -7,17 +7,17 @@ mod backup;
 #[path = "../identity/fake_x.rs"]
 #[allow(dead_code)]
 mod fake_x;
+mod health;
 #[path = "../identity/support.rs"]
 #[allow(dead_code)]
 mod id_support;
 #[path = "../../../payments/tests/support/mod.rs"]
 mod ln_support;
+mod metrics;
 #[path = "../payments/support.rs"]
 // Its re-exports of the Lightning helpers are for the payments tests.
 #[allow(dead_code, unused_imports)]
 mod pay_support;
-mod health;
-mod metrics;
 mod retention;
 
 use std::net::SocketAddr;
