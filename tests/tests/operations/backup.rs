@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{ensure, Context as _, Result};
 use cairn_e2e::{note, test_settings, within, Backend, TestNode, CASE_TIMEOUT};
-use cairn_node::cli::backup::{backup, restore, FileKind};
+use cairn_node::cli::backup::{backup, restore, FileKind, Manifest};
 use cairn_relay::config::Rate;
 use nostr::Keys;
 use serde_json::json;
@@ -32,6 +32,40 @@ async fn publish_until(
     }
     client.close().await;
     Ok(())
+}
+
+/// Takes the plain (`plain`, no secrets) and the full (`full`) backup while
+/// the writers behind `acked` keep publishing, and returns both manifests
+/// with how many events were acknowledged before the taken pair began.
+///
+/// The point is a backup taken under write load, so the pair counts only if
+/// at least one write was acknowledged while it ran. On a fast machine a pair
+/// can finish between two acknowledgements, and on a loaded one a stalled
+/// writer can miss the window: then the pair is taken again (the outputs
+/// removed first, `backup` never overwrites), bounded by a deadline, instead
+/// of betting on timing.
+async fn backups_under_load(
+    settings: &cairn_node::Settings,
+    plain: &std::path::Path,
+    full: &std::path::Path,
+    acked: &Mutex<Vec<String>>,
+) -> Result<(Manifest, Manifest, usize)> {
+    let deadline = std::time::Instant::now() + 3 * cairn_e2e::WAIT;
+    loop {
+        let before = acked.lock().expect("not poisoned").len();
+        let plain_manifest = backup(settings, plain, false).await?;
+        let full_manifest = backup(settings, full, true).await?;
+        let during = acked.lock().expect("not poisoned").len();
+        if during > before {
+            return Ok((plain_manifest, full_manifest, before));
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no write was acknowledged while the backups ran"
+        );
+        std::fs::remove_file(plain)?;
+        std::fs::remove_file(full)?;
+    }
 }
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -98,15 +132,12 @@ async fn a_backup_under_write_load_restores_to_a_node_with_every_acknowledged_ev
         let out_dir = tempfile::tempdir()?;
         let plain = out_dir.path().join("plain.tar");
         let with_secrets = out_dir.path().join("full.tar");
-        let before: HashSet<String> = acked
-            .lock()
-            .expect("not poisoned")
+        let (manifest, full, before) =
+            backups_under_load(&node.settings, &plain, &with_secrets, &acked).await?;
+        let before: HashSet<String> = acked.lock().expect("not poisoned")[..before]
             .iter()
             .cloned()
             .collect();
-        let manifest = backup(&node.settings, &plain, false).await?;
-        let full = backup(&node.settings, &with_secrets, true).await?;
-        let during = acked.lock().expect("not poisoned").len();
         stop.store(true, Ordering::Release);
         for w in writers {
             within("a writer", w).await???;
@@ -117,10 +148,6 @@ async fn a_backup_under_write_load_restores_to_a_node_with_every_acknowledged_ev
             .iter()
             .cloned()
             .collect();
-        ensure!(
-            during > before.len(),
-            "the backups ran while events were being written"
-        );
 
         // The plain backup: databases only.
         assert_eq!(mode(&plain), 0o600);
@@ -406,15 +433,12 @@ async fn the_identity_log_epochs_and_both_wallets_survive_a_restore() -> Result<
         }
         let out = tempfile::tempdir()?;
         let (plain, full) = (out.path().join("plain.tar"), out.path().join("full.tar"));
-        let before_backup = acked.lock().expect("not poisoned").len();
-        let plain_manifest = backup(&node.settings, &plain, false).await?;
-        backup(&node.settings, &full, true).await?;
-        let during = acked.lock().expect("not poisoned").len();
+        let (plain_manifest, _, before_backup) =
+            backups_under_load(&node.settings, &plain, &full, &acked).await?;
         stop.store(true, Ordering::Release);
         for w in writers {
             within("a writer", w).await???;
         }
-        ensure!(during > before_backup, "the backups ran under write load");
 
         // Anchor confirmations as of the chain's tip now (funding mined a
         // block), so both nodes count from the same tip.
