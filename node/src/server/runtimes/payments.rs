@@ -3,6 +3,15 @@
 //! their background jobs, started by [`crate::server::start`] and stopped by
 //! `RunningNode::shutdown` before the relay.
 //!
+//! **One Lightning node per data directory.** Before it opens anything, the
+//! process takes an exclusive `flock` on `<data_dir>/lightning.lock` (0600,
+//! see [`DataDirFence`]) and holds it until its Lightning node has stopped;
+//! the kernel releases it when the process dies. On Postgres the payments
+//! lease and [`TAKEOVER_DELAY`] already keep two holders apart, but an old
+//! holder that is paused or slow to stop its node would still run it on the
+//! same seed, which can lose channel funds: the fence makes the new holder
+//! wait for it instead of relying on timing alone.
+//!
 //! Start order: the seed (`<data_dir>/seed`, 0600, shared with identity
 //! anchoring) → the on-chain wallet (BIP86 account 0) → the Lightning node
 //! (built and started; ldk-node syncs itself every few seconds) → the NWC
@@ -22,6 +31,8 @@
 //! with the wallet. A wrong configuration (bad RPC URL, seed file readable by
 //! others) fails the same way, visibly, rather than silently.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -372,6 +383,97 @@ impl PaymentsSlot {
 pub const TAKEOVER_DELAY: Duration =
     Duration::from_secs(lease::DEFAULT_CHECK.as_secs() + lease::CHECK_TIMEOUT.as_secs() + 2);
 
+/// The file, in the data directory, whose exclusive `flock` a process
+/// holds while its payments run.
+pub const FENCE_FILE: &str = "lightning.lock";
+
+/// How long a process waits between tries of the data-directory fence.
+const FENCE_RETRY: Duration = Duration::from_millis(500);
+
+/// An exclusive advisory lock (`flock`) on `<data_dir>/lightning.lock`,
+/// held for as long as this value lives: by the process whose wallet and
+/// Lightning node run on that data directory. Dropping it (or the process
+/// dying) releases it. A `flock` belongs to the open file, so two values in
+/// one process exclude each other as two processes do.
+#[derive(Debug)]
+pub struct DataDirFence {
+    _file: File,
+}
+
+/// Why the data-directory fence could not be tried.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The lock file could not be opened or created.
+    #[error("cannot open {path}: {source}")]
+    Open {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `flock` failed for another reason than the lock being held.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl DataDirFence {
+    /// Takes the fence of `data_dir` if no one holds it (`None` if someone
+    /// does); never blocks.
+    pub fn try_acquire(data_dir: &Path) -> Result<Option<Self>, FenceError> {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let path = data_dir.join(FENCE_FILE);
+        let open = |source| FenceError::Open {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(open)?;
+        // The mode applies only on creation; a file left by an older umask is
+        // tightened too.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(open)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(FenceError::Lock {
+                path,
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Takes the fence of `data_dir`, trying every [`FENCE_RETRY`] while
+    /// another holds it (calling `waiting` with the reason each time it
+    /// cannot), until `stop` (then `None`).
+    pub async fn acquire(
+        data_dir: &Path,
+        stop: &CancellationToken,
+        mut waiting: impl FnMut(Option<&FenceError>),
+    ) -> Option<Self> {
+        loop {
+            match Self::try_acquire(data_dir) {
+                Ok(Some(fence)) => return Some(fence),
+                Ok(None) => waiting(None),
+                Err(e) => waiting(Some(&e)),
+            }
+            if sleep_or_stop(FENCE_RETRY, stop).await {
+                return None;
+            }
+        }
+    }
+}
+
 /// What one process does while it holds the payments lease.
 struct Term {
     settings: Settings,
@@ -403,6 +505,27 @@ impl Term {
                 return;
             }
         }
+        // Held until the Lightning node has stopped (dropped at the end).
+        let mut logged = false;
+        let fence = DataDirFence::acquire(&self.settings.data_dir, &stop, |e| {
+            let reason = match e {
+                None => "waiting for the previous holder's Lightning node to stop (its data-directory lock is held)".to_owned(),
+                Some(e) => format!("the data-directory lock cannot be taken: {e}"),
+            };
+            if !logged {
+                tracing::warn!(file = FENCE_FILE, "payments not started: {reason}");
+                logged = true;
+            }
+            slot.set_error(&anyhow::anyhow!("{reason}"));
+            // On SQLite the node comes up without payments rather than
+            // waiting here.
+            self.attempted.send_replace(true);
+        })
+        .await;
+        let Some(fence) = fence else {
+            slot.set_standby(true);
+            return;
+        };
         let every = Duration::from_secs(self.settings.payments.start_retry_interval_secs.max(1));
         let mut first = true;
         let payments = loop {
@@ -429,6 +552,7 @@ impl Term {
         };
         if stop.is_cancelled() {
             payments.stop().await;
+            drop(fence);
             slot.set_standby(true);
             return;
         }
@@ -447,6 +571,8 @@ impl Term {
         }
         slot.clear();
         payments.stop().await;
+        // Only now may another process start a Lightning node here.
+        drop(fence);
         slot.set_standby(true);
     }
 }
@@ -539,5 +665,82 @@ impl PaymentsRuntime {
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_excludes_a_second_holder_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirFence::try_acquire(dir.path())
+            .unwrap()
+            .expect("free");
+        assert!(DataDirFence::try_acquire(dir.path()).unwrap().is_none());
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join(FENCE_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(first);
+        assert!(DataDirFence::try_acquire(dir.path()).unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_second_acquirer_waits_for_the_first_to_drop_the_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirFence::try_acquire(dir.path())
+            .unwrap()
+            .expect("free");
+        let (waited_tx, mut waited_rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let path = dir.path().to_owned();
+        let second = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                DataDirFence::acquire(&path, &stop, |e| {
+                    assert!(e.is_none(), "only held, never failing: {e:?}");
+                    let _ = waited_tx.send(());
+                })
+                .await
+            }
+        });
+        // It tried twice and found the fence held both times.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(30), waited_rx.recv())
+                .await
+                .expect("the second acquirer tries again")
+                .expect("it still waits");
+        }
+        assert!(!second.is_finished());
+        drop(first);
+        let got = tokio::time::timeout(Duration::from_secs(30), second)
+            .await
+            .expect("the second acquirer gets the fence once it is free")
+            .unwrap();
+        assert!(got.is_some());
+        assert!(DataDirFence::try_acquire(dir.path()).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_fence_ends_with_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = DataDirFence::try_acquire(dir.path())
+            .unwrap()
+            .expect("free");
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let got = tokio::time::timeout(
+            Duration::from_secs(30),
+            DataDirFence::acquire(dir.path(), &stop, |_| {}),
+        )
+        .await
+        .expect("stop ends the wait");
+        assert!(got.is_none());
     }
 }
