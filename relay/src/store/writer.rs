@@ -11,9 +11,12 @@
 //!   never stands in front of light events;
 //! - a batch takes the queued light events (up to `max_batch` and
 //!   `max_batch_cost`), and, every other batch at most, heavy events up to
-//!   the same cost budget (at least one, so each makes progress). A light
-//!   event therefore waits at most for the batch in progress and its own:
-//!   never for a queue of heavy ones.
+//!   the same cost budget. A heavy event that does not fit beside the light
+//!   ones is left for the next batch, which then takes heavy events only
+//!   (at least one, even over the budget, so each makes progress): light
+//!   events never share a commit with a heavy event over their budget. A
+//!   light event therefore waits at most for the batch in progress, one
+//!   heavy-only batch and its own: never for a queue of heavy ones.
 //!
 //! Invariants kept from the plain group commit: every `save` is answered
 //! only after its batch's `save_batch` returned (`Stored` means committed),
@@ -152,6 +155,7 @@ impl Writer {
         let lanes = Lanes {
             light: Lane::new(light_rx),
             heavy: Lane::new(heavy_rx),
+            heavy_first: false,
         };
         let handle = tokio::spawn(run(store, lanes, limits));
         (
@@ -243,6 +247,10 @@ impl Lane {
 struct Lanes {
     light: Lane,
     heavy: Lane,
+    /// The last batch was light only because the heavy job whose turn it
+    /// was did not fit beside its light jobs: the next batch takes heavy
+    /// jobs only.
+    heavy_first: bool,
 }
 
 /// What [`next_batch`] decided.
@@ -270,22 +278,28 @@ impl Batch {
 
 /// The next batch from what is queued now (empty when nothing is): light
 /// jobs first, then heavy ones if it is their turn (`heavy_turn`, or no light
-/// job waiting) — at least one heavy job then, even over the cost budget.
+/// job waiting) while they fit the rest of the cost budget. A heavy job
+/// that does not fit beside the light jobs is not added (light events must
+/// not share a heavy commit): the light jobs go alone and the next batch
+/// takes heavy jobs only, at least one, even over the budget.
 fn next_batch(lanes: &mut Lanes, limits: &WriterLimits, heavy_turn: bool) -> Batch {
     let mut batch = Batch::default();
-    while let Some(job) = lanes.light.next() {
-        if !batch.fits(&job, limits) {
-            lanes.light.held = Some(job);
-            break;
+    let heavy_only = std::mem::take(&mut lanes.heavy_first);
+    if !heavy_only {
+        while let Some(job) = lanes.light.next() {
+            if !batch.fits(&job, limits) {
+                lanes.light.held = Some(job);
+                break;
+            }
+            batch.push(job);
         }
-        batch.push(job);
     }
-    if heavy_turn || batch.jobs.is_empty() {
+    if heavy_only || heavy_turn || batch.jobs.is_empty() {
         while let Some(job) = lanes.heavy.next() {
-            let fits = !batch.heavy
-                || (batch.jobs.len() < limits.max_batch
-                    && batch.cost.saturating_add(job.cost) <= limits.max_batch_cost);
-            if !fits {
+            if !batch.fits(&job, limits) {
+                // Only light jobs so far: the heavy turn moves to the next
+                // batch, which it has to itself.
+                lanes.heavy_first = !batch.heavy;
                 lanes.heavy.held = Some(job);
                 break;
             }
@@ -465,6 +479,7 @@ mod tests {
         let lanes = Lanes {
             light: Lane::new(lrx),
             heavy: Lane::new(hrx),
+            heavy_first: false,
         };
         (lanes, ltx, htx, answers)
     }
@@ -560,5 +575,41 @@ mod tests {
         assert_eq!(batch.cost, 8_000);
         assert_eq!(batch.jobs.len(), 40);
         assert!(!batch.heavy);
+    }
+
+    /// A heavy event whose turn it is but that does not fit the rest of the
+    /// budget beside the light events does not join them: the light events
+    /// commit alone, the heavy one next on its own (even a light event queued
+    /// meanwhile waits), and light events after that.
+    #[test]
+    fn a_heavy_event_over_the_remaining_budget_does_not_join_light_ones() {
+        let keys = Keys::generate();
+        let limits = WriterLimits::default();
+        // 30 notes costing 200 each (6,000) leave 2,192; the deletion costs 5,001.
+        let tagged: Vec<Event> = (0..30)
+            .map(|i| {
+                let tags: Vec<Tag> = (0..199).map(|t| Tag::hashtag(format!("t{t}"))).collect();
+                EventBuilder::text_note(format!("n{i}"))
+                    .tags(tags)
+                    .sign_with_keys(&keys)
+                    .expect("sign")
+            })
+            .collect();
+        let (mut lanes, light, _h, mut answers) = lanes(tagged, vec![deletion(&keys, 2_500)]);
+        let a = next_batch(&mut lanes, &limits, true);
+        assert!(!a.heavy, "the light events alone: {a:?}");
+        assert_eq!(a.jobs.len(), 30);
+        assert_eq!(a.cost, 6_000);
+        assert!(a.cost <= limits.max_batch_cost);
+        // A note arrives while `a` commits; the deferred heavy turn goes first.
+        let (j, rx) = job(note(&keys, 0));
+        light.try_send(j).expect("room");
+        answers.push(rx);
+        let b = next_batch(&mut lanes, &limits, !a.heavy);
+        assert!(b.heavy && b.jobs.len() == 1, "the deletion alone: {b:?}");
+        assert_eq!(b.cost, 5_001);
+        let c = next_batch(&mut lanes, &limits, !b.heavy);
+        assert!(!c.heavy && c.jobs.len() == 1, "the new note: {c:?}");
+        assert!(next_batch(&mut lanes, &limits, !c.heavy).jobs.is_empty());
     }
 }
