@@ -197,13 +197,14 @@ fn dirs(root: &Path, names: &[&str]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A loopback port where nothing listens (bound, then closed).
-fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port where nothing listens, held for as long as the returned
+/// socket lives: bound but never listening, so a connection is refused, and
+/// (unlike a port bound then released) nothing else can take it meanwhile.
+fn dead_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +224,8 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
     let b_config = tmp.path().join("b.toml");
     std::fs::write(&b_config, LIMITS).unwrap();
     let b = Serve::start(&b_config, b_dir);
-    let dead = format!("ws://127.0.0.1:{}", dead_port());
+    let (_held, dead_port) = dead_port();
+    let dead = format!("ws://127.0.0.1:{dead_port}");
     let a_config = tmp.path().join("a.toml");
     std::fs::write(
         &a_config,
