@@ -23,10 +23,12 @@
 //!   overlap that briefly (purges delete under the store's write lock;
 //!   an epoch close is a database transaction), except payments, whose
 //!   new holder waits that long before it starts its Lightning node (see
-//!   `crate::server::runtimes::payments::TAKEOVER_DELAY`).
+//!   `crate::server::runtimes::payments::TAKEOVER_DELAY`), and then for the
+//!   old holder's lock on the data directory (`DataDirFence` there).
 //! - **SQLite: always the holder.** One process owns an SQLite database, so
 //!   the job simply runs.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,16 +70,18 @@ pub enum Job {
 }
 
 impl Job {
-    /// Its name in logs and `/ready`.
-    pub fn name(self) -> &'static str {
-        match self {
+    /// Its name in logs, `/ready` and the `cairn_lease_held` gauge's `job`
+    /// label: a `[[sync]]` entry's is `sync:` and its hash in hex, so that
+    /// each entry has a gauge and log label of its own.
+    pub fn name(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
             Job::Expiration => "expiration",
             Job::Retention => "retention",
             Job::Identity => "identity",
             Job::Payments => "payments",
             Job::InboxList => "inbox-list",
-            Job::Sync(_) => "sync",
-        }
+            Job::Sync(hash) => return Cow::Owned(format!("sync:{hash:08x}")),
+        })
     }
 
     /// Its advisory lock key ("cairn" and a number; the store's write lock
@@ -166,7 +170,7 @@ async fn hold_when_possible(
             Ok(Ok(None)) => {
                 if !standby_logged {
                     tracing::info!(
-                        job = job.name(),
+                        job = %job.name(),
                         "another process runs this background job; standing by"
                     );
                     standby_logged = true;
@@ -177,7 +181,7 @@ async fn hold_when_possible(
                 continue;
             }
             Ok(Err(e)) => {
-                tracing::warn!(job = job.name(), error = %e, "cannot reach the database for the lease");
+                tracing::warn!(job = %job.name(), error = %e, "cannot reach the database for the lease");
                 if sleep_or_shutdown(DEFAULT_POLL, shutdown).await {
                     return;
                 }
@@ -186,7 +190,7 @@ async fn hold_when_possible(
             Err(_) => {
                 // Interrupted mid-query: that connection is not reusable.
                 standby = None;
-                tracing::warn!(job = job.name(), "the lease query did not answer in time");
+                tracing::warn!(job = %job.name(), "the lease query did not answer in time");
                 if sleep_or_shutdown(DEFAULT_POLL, shutdown).await {
                     return;
                 }
@@ -195,7 +199,7 @@ async fn hold_when_possible(
         };
         standby_logged = false;
         tracing::info!(
-            job = job.name(),
+            job = %job.name(),
             "this process holds the lease: running the background job"
         );
         held.store(true, Ordering::Release);
@@ -209,7 +213,7 @@ async fn hold_when_possible(
         metrics::gauge!("cairn_lease_held", "job" => job.name()).set(0.0);
         if lost {
             tracing::warn!(
-                job = job.name(),
+                job = %job.name(),
                 "the lease connection failed: stopped the background job here"
             );
             // The lock went with the session (or goes with this connection).
@@ -284,7 +288,7 @@ async fn release(job: Job, mut conn: PgConnection) {
         .execute(&mut conn)
         .await;
     let _ = conn.close().await;
-    tracing::info!(job = job.name(), "released the lease");
+    tracing::info!(job = %job.name(), "released the lease");
 }
 
 /// Sleep `d`; true when `shutdown` came first.
@@ -315,6 +319,13 @@ mod tests {
             assert_ne!(*k, 0x6361_6972_6e00_0001, "the store's write lock");
             assert!(!keys[..i].contains(k));
         }
+    }
+
+    #[test]
+    fn every_sync_entry_has_its_own_name_and_the_others_keep_theirs() {
+        assert_eq!(Job::Payments.name(), "payments");
+        assert_eq!(Job::Sync(0xab).name(), "sync:000000ab");
+        assert_ne!(Job::Sync(1).name(), Job::Sync(2).name());
     }
 
     #[tokio::test]

@@ -122,7 +122,7 @@ impl Readiness {
         let leases: serde_json::Map<String, Value> = self
             .leases
             .iter()
-            .map(|l| (l.job.name().to_owned(), Value::Bool(l.held())))
+            .map(|l| (l.job.name().into_owned(), Value::Bool(l.held())))
             .collect();
         let ok = |v: &Value| v["ok"].as_bool().unwrap_or(false);
         let enabled_ok = |v: &Value| v["enabled"] == json!(false) || ok(v);
