@@ -85,7 +85,7 @@ impl AdminToken {
 
 /// Compares without an early exit, so response time tells an attacker
 /// nothing about how many leading bytes of a guess were right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -186,7 +186,9 @@ pub fn check_post(
         return Err(PostRefused::CrossOrigin);
     }
     match form_csrf {
-        Some(t) if constant_time_eq(t.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(t) if crate::admin_token::constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
+            Ok(())
+        }
         _ => Err(PostRefused::Csrf),
     }
 }
@@ -219,17 +221,6 @@ fn same_origin(headers: &HeaderMap) -> bool {
             (scheme == "http" || scheme == "https") && authority.eq_ignore_ascii_case(host)
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]
