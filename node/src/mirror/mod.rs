@@ -44,12 +44,12 @@ use cairn_identity::service::mirror::{
     MIRRORED_KINDS,
 };
 use cairn_payments::relay_link::{RelayEvents, RelayLink, RelayLinkError, WebSocketLink};
-use nostr::nips::nip19::ToBech32;
 use nostr::{Event, Filter, JsonUtil, Keys, Kind, PublicKey, RelayUrl};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::npub;
 use crate::settings::Settings;
 
 /// How far before an epoch's close time the anchor search starts (block
@@ -142,10 +142,6 @@ impl std::fmt::Debug for MirrorHandle {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn npub(k: &PublicKey) -> String {
-    k.to_bech32().unwrap_or_else(|_| k.to_hex())
 }
 
 impl MirrorHandle {

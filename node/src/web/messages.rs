@@ -34,7 +34,6 @@ use cairn_identity::binding::normalize_handle;
 use cairn_identity::service::{ServiceError, Standing as IdStanding};
 use cairn_relay::store::QueryContext;
 use cairn_relay::Relay;
-use nostr::nips::nip19::ToBech32 as _;
 use nostr::{
     Event, EventBuilder, EventId, Filter, JsonUtil as _, Keys, Kind, PublicKey, Timestamp,
 };
@@ -44,6 +43,7 @@ use super::app::{app_html, app_of, checked_post, refused, signed_in, App, APP_JS
 use super::check::{self, NodeCheck};
 use super::{Frame, Web};
 use crate::cli::msg::{build_rumor, open_gift_wrap};
+use crate::cli::npub;
 use crate::cli::support::time::format_unix;
 use crate::outbox::{self, ItemView, NewItem, Outbox, Role};
 use crate::settings::Settings;
@@ -169,10 +169,6 @@ struct ConversationPage {
 #[template(path = "app/message_list.html")]
 struct MessageList {
     messages: Vec<MessageView>,
-}
-
-fn npub(key: &PublicKey) -> String {
-    key.to_bech32().unwrap_or_else(|_| key.to_hex())
 }
 
 fn short(key: &PublicKey) -> String {
@@ -644,6 +640,35 @@ pub(super) async fn conversation_page(
     render_conversation(&web, app, &session.csrf, &raw, StatusCode::OK, None).await
 }
 
+/// The conversation's peer named by the path (`raw`) and the messaging
+/// service, or the page that says why there is no conversation.
+#[allow(clippy::result_large_err)] // the error is the page, returned at once
+fn peer_and_messaging<'a>(
+    web: &Web,
+    app: &'a App,
+    raw: &str,
+) -> Result<(PublicKey, &'a Messaging), Response> {
+    let Some(key) = parse_key(raw) else {
+        return Err(refused(
+            web,
+            StatusCode::NOT_FOUND,
+            "Not a key",
+            "This address names no Nostr key.",
+            "/app/messages",
+        ));
+    };
+    match &app.messaging {
+        Ok(m) => Ok((key, m)),
+        Err(why) => Err(refused(
+            web,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Messaging is off",
+            why,
+            "/app/messages",
+        )),
+    }
+}
+
 async fn render_conversation(
     web: &Web,
     app: &App,
@@ -652,26 +677,9 @@ async fn render_conversation(
     status: StatusCode,
     error: Option<String>,
 ) -> Response {
-    let Some(key) = parse_key(raw) else {
-        return refused(
-            web,
-            StatusCode::NOT_FOUND,
-            "Not a key",
-            "This address names no Nostr key.",
-            "/app/messages",
-        );
-    };
-    let m = match &app.messaging {
-        Ok(m) => m,
-        Err(why) => {
-            return refused(
-                web,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Messaging is off",
-                why,
-                "/app/messages",
-            )
-        }
+    let (key, m) = match peer_and_messaging(web, app, raw) {
+        Ok(found) => found,
+        Err(r) => return r,
     };
     let mut contacts = load_contacts(app);
     let contact = contacts
@@ -766,26 +774,9 @@ pub(super) async fn send(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Some(key) = parse_key(&raw) else {
-        return refused(
-            &web,
-            StatusCode::NOT_FOUND,
-            "Not a key",
-            "This address names no Nostr key.",
-            "/app/messages",
-        );
-    };
-    let m = match &app.messaging {
-        Ok(m) => m,
-        Err(why) => {
-            return refused(
-                &web,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Messaging is off",
-                why,
-                "/app/messages",
-            )
-        }
+    let (key, m) = match peer_and_messaging(&web, app, &raw) {
+        Ok(found) => found,
+        Err(r) => return r,
     };
     let text = form.text.trim();
     let fail = |msg: String| {
