@@ -985,12 +985,13 @@ async fn identity_is_served_by_every_process_and_its_epochs_move_with_the_lease(
 // Payments on several processes: the wallet, Lightning node and NWC service
 // run on the `payments` lease holder only.
 
-/// A free loopback port (for the Lightning listener both processes name).
+/// A free loopback port (for the Lightning listener both processes name),
+/// one that no `bind(0)` can take before they open it.
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        cairn_testchain::ports::reserved_port().unwrap(),
+    ))
 }
 
 /// An NWC request (NIP-47, NIP-04 encrypted) from `client` to `service`.

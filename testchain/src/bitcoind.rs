@@ -1,6 +1,5 @@
 //! A real `bitcoind -regtest` child process in a temporary data directory.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,16 +17,12 @@ pub struct Bitcoind {
     _datadir: TempDir,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
 impl Bitcoind {
     /// Starts `exe -regtest` on random 127.0.0.1 ports.
     pub fn spawn(exe: &Path, user: &str, password: &str) -> Result<Self, HarnessError> {
         let datadir = tempfile::tempdir()?;
-        let rpc_port = free_port()?;
-        let p2p_port = free_port()?;
+        let rpc_port = crate::ports::reserved_port()?;
+        let p2p_port = crate::ports::reserved_port()?;
         let log = std::fs::File::create(datadir.path().join("stderr.log"))?;
         let child = Command::new(exe)
             .arg("-regtest")

@@ -37,6 +37,7 @@ pub mod loopback;
 pub mod mempool;
 pub mod miner;
 pub mod node;
+pub mod ports;
 pub mod rpc;
 pub mod validation;
 pub mod wallet;

@@ -4,7 +4,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,13 @@ use tokio::sync::broadcast;
 /// Longest wait for one condition or event.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A loopback address for a listener that opens later (a Lightning node):
+/// a port no `bind(0)` can take in between (see [`cairn_testchain::ports`]).
 pub fn free_port() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    Ok(SocketAddr::from((
+        [127, 0, 0, 1],
+        cairn_testchain::ports::reserved_port()?,
+    )))
 }
 
 /// A real Cairn relay on a free loopback port, storing into `dir`.
