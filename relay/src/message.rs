@@ -253,7 +253,7 @@ fn truncate(s: &str, max: usize) -> &str {
 pub mod out {
     use serde_json::json;
 
-    use crate::metrics::{ok_reason, EVENTS, MESSAGES_SENT};
+    use crate::metrics::MESSAGES_SENT;
 
     /// Counts a message built for a client (see [`crate::metrics`]).
     fn sent(kind: &'static str) {
@@ -295,9 +295,7 @@ pub mod out {
     /// `cairn_events_total` by result).
     pub fn ok(event_id: &str, accepted: bool, message: &str) -> String {
         sent("OK");
-        let reason = ok_reason(accepted, message);
-        let accepted_label = if accepted { "true" } else { "false" };
-        metrics::counter!(EVENTS, "accepted" => accepted_label, "reason" => reason).increment(1);
+        crate::metrics::record_ok(accepted, message);
         json!(["OK", event_id, accepted, message]).to_string()
     }
 

@@ -8,6 +8,8 @@
 //! other client-chosen text, which would let a client grow the registry
 //! without bound.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use nostr::Filter;
 
 use crate::message::{ClientMessage, ParseError};
@@ -73,6 +75,49 @@ pub(crate) fn count_received(parsed: &Result<ClientMessage, ParseError>) {
     metrics::counter!(MESSAGES_RECEIVED, "type" => kind).increment(1);
 }
 
+/// Every `reason` [`ok_reason`] gives, in the order [`ok_totals`] lists them.
+pub const OK_REASONS: [&str; 11] = [
+    "stored",
+    "duplicate",
+    "pow",
+    "blocked",
+    "rate-limited",
+    "invalid",
+    "restricted",
+    "mute",
+    "error",
+    "auth-required",
+    "other",
+];
+
+/// OK answers to EVENTs since the process started, `[accepted][reason]`
+/// (indices of [`OK_REASONS`]): the same counts as [`EVENTS`], kept without
+/// a recorder so that the node's own pages can show them.
+static OK_TOTALS: [[AtomicU64; OK_REASONS.len()]; 2] =
+    [const { [const { AtomicU64::new(0) }; OK_REASONS.len()] }; 2];
+
+fn count_ok(accepted: bool, reason: &'static str) {
+    let i = OK_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(OK_REASONS.len() - 1);
+    OK_TOTALS[usize::from(accepted)][i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// `(accepted, reason, count)` of the OK answers to EVENTs this process
+/// sent since it started, every pair of [`OK_REASONS`] (zeros included).
+/// Process-wide: several relays in one process (tests) share the counts.
+pub fn ok_totals() -> Vec<(bool, &'static str, u64)> {
+    let mut out = Vec::with_capacity(2 * OK_REASONS.len());
+    for accepted in [true, false] {
+        for (i, reason) in OK_REASONS.iter().enumerate() {
+            let n = OK_TOTALS[usize::from(accepted)][i].load(Ordering::Relaxed);
+            out.push((accepted, *reason, n));
+        }
+    }
+    out
+}
+
 /// The `reason` label of an OK message's text: its NIP-01 prefix (a word
 /// before `:` from a fixed set), `stored` for an accepted one without, else
 /// `other`.
@@ -96,6 +141,14 @@ pub fn ok_reason(accepted: bool, message: &str) -> &'static str {
         None if accepted => "stored",
         None => "other",
     }
+}
+
+/// Counts one OK answer to an EVENT: in [`EVENTS`] and in [`ok_totals`].
+pub(crate) fn record_ok(accepted: bool, message: &str) {
+    let reason = ok_reason(accepted, message);
+    let accepted_label = if accepted { "true" } else { "false" };
+    metrics::counter!(EVENTS, "accepted" => accepted_label, "reason" => reason).increment(1);
+    count_ok(accepted, reason);
 }
 
 /// The `shape` label of a filter: which index can answer it, most selective
@@ -125,6 +178,27 @@ mod tests {
     use nostr::{Alphabet, Keys, Kind, SingleLetterTag};
 
     use super::*;
+
+    #[test]
+    fn ok_answers_are_tallied_by_acceptance_and_reason() {
+        let count = |accepted: bool, reason: &str| {
+            ok_totals()
+                .into_iter()
+                .find(|(a, r, _)| *a == accepted && *r == reason)
+                .map(|(_, _, n)| n)
+                .unwrap()
+        };
+        let (limited, stored) = (count(false, "rate-limited"), count(true, "stored"));
+        record_ok(false, "rate-limited: slow down");
+        record_ok(true, "");
+        // Other tests in this process may count too: at least one more each.
+        assert!(count(false, "rate-limited") > limited);
+        assert!(count(true, "stored") > stored);
+        assert_eq!(ok_totals().len(), 2 * OK_REASONS.len());
+        for (accepted, message) in [(true, "duplicate: x"), (false, "made-up: x"), (false, "x")] {
+            assert!(OK_REASONS.contains(&ok_reason(accepted, message)));
+        }
+    }
 
     #[test]
     fn ok_reasons_are_prefixes_or_stored() {

@@ -358,6 +358,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// Stored events per kind, `(kind, count)` by ascending kind, every
+    /// stored event counted (private ones too: numbers, never content), for
+    /// the owner's relay page. Read on a reader connection, never the write
+    /// connection, and stopped at `budget`'s deadline
+    /// ([`StoreError::Timeout`]); it walks the `(kind, created_at)` index,
+    /// so callers should cache it rather than ask on every page view.
+    /// `None` (the default) for a store that cannot tell.
+    async fn kind_counts(
+        &self,
+        _budget: QueryBudget,
+    ) -> Result<Option<Vec<(u16, u64)>>, StoreError> {
+        Ok(None)
+    }
+
     /// A cheap round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
 

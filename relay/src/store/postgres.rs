@@ -135,8 +135,8 @@ impl PostgresStore {
     }
 }
 
-/// What the database already knows about the batch's ids: one `= ANY($1)`
-/// lookup each for stored events and tombstones.
+/// What the database already knows about the batch's ids: the stored ones
+/// (one `= ANY($1)` lookup), then the tombstones of the others.
 async fn lookup_batch(
     conn: &mut PgConnection,
     prepared: &[PreparedEvent],
@@ -147,11 +147,14 @@ async fn lookup_batch(
             .bind(&ids)
             .fetch_all(&mut *conn)
             .await?;
-    let tombstones: Vec<(Vec<u8>, Vec<u8>)> =
-        sqlx::query_as("SELECT id, pubkey FROM deleted_ids WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
+    let stored: std::collections::HashSet<&[u8]> =
+        known.iter().map(|(id, _, _)| id.as_slice()).collect();
+    let unknown: Vec<&[u8]> = ids
+        .iter()
+        .copied()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    let tombstones = tombstones_of(conn, &unknown).await?;
     Ok(BatchState::new(known, tombstones))
 }
 
@@ -172,6 +175,7 @@ pub(super) async fn delete_seqs(conn: &mut PgConnection, seqs: &[i64]) -> Result
     if seqs.is_empty() {
         return Ok(());
     }
+    keep_tombstones(conn, seqs).await?;
     delete_tags(conn, seqs).await?;
     sqlx::query("DELETE FROM events WHERE seq = ANY($1)")
         .bind(seqs)
@@ -369,6 +373,21 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         Ok(super::retention::purge_postgres(&self.pool, selection, limit).await?)
+    }
+
+    async fn kind_counts(
+        &self,
+        budget: QueryBudget,
+    ) -> Result<Option<Vec<(u16, u64)>>, StoreError> {
+        let rows: Vec<(i32, i64)> = budgeted!(self, budget, |conn| sqlx::query_as(
+            "SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind"
+        )
+        .fetch_all(&mut *conn))?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|(kind, n)| (kind as u16, n.max(0) as u64))
+                .collect(),
+        ))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -233,29 +233,31 @@ fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// What the database already knows about the batch's ids. SQLite has no
-/// array binds, so the ids are listed in `IN (…)`, [`EVENT_CHUNK`] at a time.
+/// What the database already knows about the batch's ids: the stored ones,
+/// then the tombstones of the others. SQLite has no array binds, so the ids
+/// are listed in `IN (…)`, [`EVENT_CHUNK`] at a time.
 async fn lookup_batch(
     conn: &mut SqliteConnection,
     prepared: &[PreparedEvent],
 ) -> Result<BatchState, sqlx::Error> {
     let mut known = Vec::new();
-    let mut tombstones = Vec::new();
     for chunk in prepared.chunks(EVENT_CHUNK) {
-        let ids = || chunk.iter().map(|ev| ev.id.as_slice());
+        let ids = chunk.iter().map(|ev| ev.id.as_slice());
         known.extend(
-            in_list("SELECT id, pubkey, kind FROM events WHERE id IN (", ids())
+            in_list("SELECT id, pubkey, kind FROM events WHERE id IN (", ids)
                 .build_query_as::<(Vec<u8>, Vec<u8>, i32)>()
                 .fetch_all(&mut *conn)
                 .await?,
         );
-        tombstones.extend(
-            in_list("SELECT id, pubkey FROM deleted_ids WHERE id IN (", ids())
-                .build_query_as::<(Vec<u8>, Vec<u8>)>()
-                .fetch_all(&mut *conn)
-                .await?,
-        );
     }
+    let stored: std::collections::HashSet<&[u8]> =
+        known.iter().map(|(id, _, _)| id.as_slice()).collect();
+    let unknown: Vec<&[u8]> = prepared
+        .iter()
+        .map(|ev| ev.id.as_slice())
+        .filter(|id| !stored.contains(id))
+        .collect();
+    let tombstones = tombstones_of(conn, &unknown).await?;
     Ok(BatchState::new(known, tombstones))
 }
 
@@ -299,6 +301,7 @@ pub(super) async fn delete_seqs(
     if seqs.is_empty() {
         return Ok(());
     }
+    keep_tombstones(conn, seqs).await?;
     delete_tags(conn, seqs).await?;
     in_list("DELETE FROM events WHERE seq IN (", seqs.iter().copied())
         .build()
@@ -435,6 +438,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn kind_counts(
+        &self,
+        budget: QueryBudget,
+    ) -> Result<Option<Vec<(u16, u64)>>, StoreError> {
+        let mut conn = self.reader(budget).await?;
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")
+                .fetch_all(&mut *conn.conn)
+                .await
+                .map_err(budget_error)?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|(kind, n)| (kind as u16, n.max(0) as u64))
+                .collect(),
+        ))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.reader(QueryBudget::default()).await?;
         sqlx::query("SELECT 1").execute(&mut *conn.conn).await?;
@@ -452,5 +472,39 @@ impl Store for SqliteStore {
         self.read.close().await;
         // Last: SQLite's last connection to close checkpoints and removes the WAL.
         self.write.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nostr::{EventBuilder, Keys, Kind};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn kind_counts_count_every_stored_event_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/cairn.db", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let keys = Keys::generate();
+        let events: Vec<Event> = [(1, "a"), (1, "b"), (7, "+"), (1059, "private")]
+            .into_iter()
+            .map(|(kind, text)| {
+                EventBuilder::new(Kind::from(kind), text)
+                    .sign_with_keys(&keys)
+                    .unwrap()
+            })
+            .collect();
+        store.save_batch(&events).await.unwrap();
+        let counts = store
+            .kind_counts(QueryBudget::millis(10_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            counts,
+            Some(vec![(1, 2), (7, 1), (1059, 1)]),
+            "gift wraps are counted too"
+        );
+        store.close().await;
     }
 }
