@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cairn_node::cli::{self, backup, identity, ln, msg, nwc, sync, verify, wallet};
+use cairn_node::cli::{self, backup, identity, key, ln, msg, nwc, sync, verify, wallet};
 use cairn_node::Settings;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -84,6 +84,11 @@ enum Command {
     /// The node's web app: `cairn web passphrase` sets the passphrase that
     /// signs you in at /app/login (besides the admin token).
     Web(cairn_node::web::passphrase::WebArgs),
+    /// The owner's Nostr key on the node: `generate`, `import` (from
+    /// standard input) or `show` (the npub). The file is [outbox] key_file,
+    /// else <data_dir>/owner.key (0600): the key the outbox, the web app
+    /// and `cairn msg` use.
+    Key(key::KeyArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         Command::Web(args) => {
             cli::exit_with(runtime.block_on(cairn_node::web::passphrase::run_web(args)))
         }
+        Command::Key(args) => cli::exit_with(runtime.block_on(key::run_key(args))),
     }
 }
 

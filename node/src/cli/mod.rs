@@ -1,5 +1,5 @@
 //! The `cairn` commands other than `serve`, one module per command group:
-//! `identity`, `verify`, `wallet`, `ln`, `nwc`, `msg`, `sync` and `backup` (with restore). What several of
+//! `identity`, `key`, `verify`, `wallet`, `ln`, `nwc`, `msg`, `sync` and `backup` (with restore). What several of
 //! them use (keys, the node's identity API, proof bundles, the admin API
 //! client, amounts) is in [`support`].
 //!
@@ -13,6 +13,7 @@ use anyhow::Result;
 
 pub mod backup;
 pub mod identity;
+pub mod key;
 pub mod ln;
 pub mod msg;
 pub mod nwc;

@@ -419,11 +419,11 @@ async fn check_inbox_list_every(
     }
 }
 
-/// The owner's keys from `[outbox] key_file`, when set.
+/// The owner's keys from `[outbox] key_file`, when set, else from
+/// `<data_dir>/owner.key` when `cairn key` created it
+/// ([`crate::cli::key::owner_key_file`]).
 pub fn owner_keys(settings: &Settings) -> anyhow::Result<Option<Keys>> {
-    settings
-        .outbox
-        .key_file
+    crate::cli::key::owner_key_file(settings)
         .as_deref()
         .map(|path| crate::cli::support::keys::load_keys(Some(path)))
         .transpose()
