@@ -53,6 +53,10 @@ pub(super) struct PreparedEvent {
     pub tags: Vec<(String, Vec<u8>)>,
     /// For kind 5: the ids named by `e` tags.
     pub deletes_ids: Vec<Vec<u8>>,
+    /// For kind 5: those of `deletes_ids` that no `e` tag spells as lowercase
+    /// hex. The others need no tombstone row: the kind 5's own `e` tag rows
+    /// are its tombstones (see `apply_deletion`); these go to `deleted_ids`.
+    pub tombstone_ids: Vec<Vec<u8>>,
     /// For kind 5: `(kind, d key)` of the deleter's own coordinates named by `a` tags.
     pub deletes_coords: Vec<(i32, Vec<u8>)>,
 }
@@ -67,10 +71,14 @@ impl PreparedEvent {
         // `apply_deletion` never name a row twice (Postgres refuses an upsert
         // that would).
         let mut deletes_ids = BTreeSet::new();
+        let mut spelled_canonically = HashSet::new();
         let mut deletes_coords = BTreeSet::new();
         if kind == kinds::KIND_DELETION {
             for value in kinds::tag_values(event, "e") {
                 if let Ok(id) = nostr::EventId::from_hex(value) {
+                    if is_tombstone_value(value) {
+                        spelled_canonically.insert(id.as_bytes().to_vec());
+                    }
                     deletes_ids.insert(id.as_bytes().to_vec());
                 }
             }
@@ -89,6 +97,11 @@ impl PreparedEvent {
             expires_at: kinds::expiration(event).map(to_i64),
             json: event.as_json(),
             tags: tags.into_iter().collect(),
+            tombstone_ids: deletes_ids
+                .iter()
+                .filter(|id| !spelled_canonically.contains(*id))
+                .cloned()
+                .collect(),
             deletes_ids: deletes_ids.into_iter().collect(),
             deletes_coords: deletes_coords.into_iter().collect(),
         }
@@ -172,6 +185,34 @@ impl BatchState {
             self.tombstones.insert((id.clone(), ev.pubkey.clone()));
         }
     }
+}
+
+/// Whether an `e` tag value of a kind 5, as stored in `tags`, is itself the
+/// tombstone of the id it names: 64 lowercase hex digits, the spelling
+/// [`tombstone_key`] looks up.
+pub(super) fn is_tombstone_value(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The `tags.value` under which a kind 5's `e` tag names `id` (see
+/// [`is_tombstone_value`]).
+pub(super) fn tombstone_key(id: &[u8]) -> Vec<u8> {
+    hex::encode(id).into_bytes()
+}
+
+/// `(id, deleter)` from a `(tags.value, events.pubkey)` row of a kind 5's
+/// `e` tag; `None` for a value that is not a tombstone.
+pub(super) fn tombstone_from_row(
+    (value, pubkey): (Vec<u8>, Vec<u8>),
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let value = std::str::from_utf8(&value).ok()?;
+    if !is_tombstone_value(value) {
+        return None;
+    }
+    Some((hex::decode(value).ok()?, pubkey))
 }
 
 /// Parse `kind:pubkey:d` and keep it only if it names `author`'s own
@@ -568,7 +609,9 @@ pub(super) const PURGE_CHUNK: usize = 1000;
 ///   in every write transaction (Postgres' advisory lock; a no-op for SQLite),
 /// - `async fn lookup_batch(&mut $conn, &[PreparedEvent]) -> Result<BatchState, sqlx::Error>`
 ///   (ids already stored or tombstoned; `= ANY($1)` vs chunked `IN (…)`),
-/// - `async fn delete_seqs(&mut $conn, &[i64])` and `async fn delete_tags(&mut $conn, &[i64])`,
+/// - `async fn delete_seqs(&mut $conn, &[i64])` (which must call the
+///   expansion's `keep_tombstones` before removing anything) and
+///   `async fn delete_tags(&mut $conn, &[i64])`,
 ///
 /// and passes the SQL name of the two-argument maximum (`GREATEST` / `max`)
 /// and the integer type its driver decodes `events.kind` as (`i32` / `i64`).
@@ -840,6 +883,13 @@ macro_rules! backend_sql {
                 .push_bind(ev.id.as_slice())
                 .push(" AND pubkey = ")
                 .push_bind(ev.pubkey.as_slice())
+                .push(concat!(
+                    ") OR EXISTS (SELECT 1 FROM tags t JOIN events d ON d.seq = t.event_seq",
+                    " WHERE t.name = 'e' AND t.kind = 5 AND t.value = "
+                ))
+                .push_bind($crate::store::common::tombstone_key(&ev.id))
+                .push(" AND d.pubkey = ")
+                .push_bind(ev.pubkey.as_slice())
                 .push(")");
             let (duplicate, tombstoned): (bool, bool) =
                 qb.build_query_as().fetch_one(&mut *conn).await?;
@@ -902,6 +952,14 @@ macro_rules! backend_sql {
         /// tag, so a kind 5 with thousands of tags holds the single writer
         /// (and every client's OK behind it) only briefly.
         ///
+        /// Ids named by `e` need no row of their own: the kind 5's `e` tag
+        /// rows, already in `tags` (and its `tags_lookup` index), are the
+        /// tombstones ([`tombstones_of`] reads them), which halves the index
+        /// rows a large deletion writes. Only an id whose every `e` tag
+        /// spells it otherwise than in lowercase hex gets a `deleted_ids`
+        /// row, as do all of a kind 5's when it is itself removed
+        /// ([`keep_tombstones`]).
+        ///
         /// [`EVENT_CHUNK`]: $crate::store::common::EVENT_CHUNK
         async fn apply_deletion(
             conn: &mut $conn,
@@ -916,14 +974,14 @@ macro_rules! backend_sql {
                 qb.push(" RETURNING seq");
                 let seqs: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *conn).await?;
                 delete_tags(conn, &seqs).await?;
-                let mut qb =
-                    sqlx::QueryBuilder::<$db>::new("INSERT INTO deleted_ids (id, pubkey) ");
-                qb.push_values(ids, |mut row, id| {
-                    row.push_bind(id.as_slice()).push_bind(ev.pubkey.as_slice());
-                });
-                qb.push(" ON CONFLICT DO NOTHING");
-                qb.build().execute(&mut *conn).await?;
             }
+            let pubkey = ev.pubkey.as_slice();
+            let rows: Vec<(&[u8], &[u8])> = ev
+                .tombstone_ids
+                .iter()
+                .map(|id| (id.as_slice(), pubkey))
+                .collect();
+            insert_tombstones(conn, &rows).await?;
             for coords in ev.deletes_coords.chunks(EVENT_CHUNK) {
                 let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM events WHERE pubkey = ");
                 qb.push_bind(ev.pubkey.as_slice())
@@ -956,6 +1014,100 @@ macro_rules! backend_sql {
                     "(deleted_coords.deleted_up_to, excluded.deleted_up_to)"
                 ));
                 qb.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        /// `(id, deleter)` tombstones of `ids`: the `e` tag rows of stored
+        /// kind 5 events (see `apply_deletion`) and `deleted_ids`.
+        async fn tombstones_of(
+            conn: &mut $conn,
+            ids: &[&[u8]],
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sqlx::Error> {
+            use $crate::store::common::{tombstone_from_row, tombstone_key, EVENT_CHUNK};
+            let mut out = Vec::new();
+            for chunk in ids.chunks(EVENT_CHUNK) {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT t.value, e.pubkey FROM tags t JOIN events e ON e.seq = t.event_seq",
+                    " WHERE t.name = 'e' AND t.kind = 5 AND t.value IN ("
+                ));
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(tombstone_key(id));
+                }
+                qb.push(")");
+                let rows: Vec<(Vec<u8>, Vec<u8>)> =
+                    qb.build_query_as().fetch_all(&mut *conn).await?;
+                out.extend(rows.into_iter().filter_map(tombstone_from_row));
+
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, pubkey FROM deleted_ids WHERE id IN (",
+                );
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                out.extend(
+                    qb.build_query_as::<(Vec<u8>, Vec<u8>)>()
+                        .fetch_all(&mut *conn)
+                        .await?,
+                );
+            }
+            Ok(out)
+        }
+
+        /// `INSERT INTO deleted_ids` for `(id, deleter)` rows, in chunks.
+        async fn insert_tombstones(
+            conn: &mut $conn,
+            rows: &[(&[u8], &[u8])],
+        ) -> Result<(), sqlx::Error> {
+            for chunk in rows.chunks($crate::store::common::EVENT_CHUNK) {
+                let mut qb =
+                    sqlx::QueryBuilder::<$db>::new("INSERT INTO deleted_ids (id, pubkey) ");
+                qb.push_values(chunk, |mut row, (id, pubkey)| {
+                    row.push_bind(*id).push_bind(*pubkey);
+                });
+                qb.push(" ON CONFLICT DO NOTHING");
+                qb.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        /// Before events are removed (expiry, retention, replacement): the
+        /// tombstones held by the `e` tags of the kind 5 events among them
+        /// move to `deleted_ids`, so deleted events still cannot come back
+        /// once their deletion request is gone.
+        async fn keep_tombstones(conn: &mut $conn, seqs: &[i64]) -> Result<(), sqlx::Error> {
+            use $crate::store::common::{tombstone_from_row, EVENT_CHUNK};
+            for chunk in seqs.chunks(EVENT_CHUNK) {
+                if chunk.is_empty() {
+                    continue;
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "SELECT t.value, e.pubkey FROM events e JOIN tags t ON t.event_seq = e.seq",
+                    " WHERE e.kind = 5 AND t.name = 'e' AND e.seq IN ("
+                ));
+                let mut list = qb.separated(", ");
+                for seq in chunk {
+                    list.push_bind(*seq);
+                }
+                qb.push(")");
+                let found: std::collections::BTreeSet<(Vec<u8>, Vec<u8>)> = qb
+                    .build_query_as::<(Vec<u8>, Vec<u8>)>()
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .filter_map(tombstone_from_row)
+                    .collect();
+                let rows: Vec<(&[u8], &[u8])> = found
+                    .iter()
+                    .map(|(id, pubkey)| (id.as_slice(), pubkey.as_slice()))
+                    .collect();
+                insert_tombstones(conn, &rows).await?;
             }
             Ok(())
         }
