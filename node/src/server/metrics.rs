@@ -205,7 +205,9 @@ pub async fn sample(s: &Sources) {
     }
 }
 
-async fn database_bytes(s: &Sources) -> Option<u64> {
+/// Bytes the event database takes (the `cairn_database_bytes` gauge; also
+/// the web app's Relay page), within [`SAMPLE_TIMEOUT`] for Postgres.
+pub(crate) async fn database_bytes(s: &Sources) -> Option<u64> {
     if let Some(file) = &s.sqlite_file {
         let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
         let mut wal = file.clone().into_os_string();

@@ -58,6 +58,10 @@ pub struct App {
     /// Gift wraps already opened (wrap id → message, or `None`: not one
     /// for us), so a page view does not decrypt every wrap again.
     pub(super) opened: Mutex<messages::OpenedCache>,
+    /// The Identity page's state (the challenge being posted).
+    pub(super) identity: super::identity::IdentityState,
+    /// The Relay page's samples and its cached count of events by kind.
+    pub(super) relay_stats: super::relay_stats::RelayStats,
 }
 
 impl App {
@@ -77,8 +81,8 @@ impl App {
             .is_some_and(|u| u.starts_with("wss://") || u.starts_with("https://"));
         let messaging = match (outbox, crate::outbox::owner_keys(settings)?) {
             (Some(outbox), Some(keys)) => Ok(Messaging::new(settings, outbox, keys)),
-            (None, _) => Err("it needs the outbox: set [outbox] enabled = true and key_file in cairn.toml."),
-            (Some(_), None) => Err("it needs your key: set [outbox] key_file to your secret key's file (nsec1… or hex, mode 0600) in cairn.toml."),
+            (None, _) => Err("it needs the outbox: set [outbox] enabled = true in cairn.toml."),
+            (Some(_), None) => Err("it needs your key: create it with `cairn key generate` (or `cairn key import`, which reads your nsec from standard input), or set [outbox] key_file to your secret key's file (nsec1… or hex, mode 0600); then restart the node."),
         };
         Ok(Self {
             data_dir: settings.data_dir.clone(),
@@ -88,6 +92,8 @@ impl App {
             messaging,
             contacts_lock: tokio::sync::Mutex::new(()),
             opened: Mutex::new(messages::OpenedCache::default()),
+            identity: super::identity::IdentityState::new(settings),
+            relay_stats: super::relay_stats::RelayStats::new(settings),
         })
     }
 
@@ -109,6 +115,8 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/app/c/{key}", get(messages::conversation_page))
         .route("/app/c/{key}/list", get(messages::conversation_fragment))
         .route("/app/c/{key}/send", post(messages::send))
+        .merge(super::identity::routes())
+        .merge(super::relay_stats::routes())
         .route(APP_JS_PATH, get(js))
 }
 
@@ -328,7 +336,26 @@ async fn login(
     if let Err(why) = session::check_post(&headers, form.csrf.as_deref(), &expected) {
         return post_refused(&web, why, "/app/login");
     }
-    if !app.accepts(form.secret).await {
+    let accepted = match app.accepts(&form.secret).await {
+        Ok(accepted) => accepted,
+        Err(passphrase::Busy) => {
+            let mut response = login_form(
+                &web,
+                app,
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                Some(
+                    "The node is checking other sign-ins right now. Try again in a few seconds."
+                        .to_owned(),
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(2));
+            return response;
+        }
+    };
+    if !accepted {
         tracing::info!(client = %client, "web: a sign-in was refused");
         return login_form(
             &web,
@@ -357,21 +384,21 @@ impl App {
         self.sessions.attempt(client)
     }
 
-    /// Whether `secret` is the admin token or the passphrase.
-    async fn accepts(&self, secret: String) -> bool {
-        let secret = secret.trim().to_owned();
+    /// Whether `secret` (read by [`passphrase::normalize`], the rule of
+    /// `cairn web passphrase`) is the admin token or the passphrase;
+    /// [`passphrase::Busy`] when every scrypt slot is taken.
+    async fn accepts(&self, secret: &str) -> Result<bool, passphrase::Busy> {
+        let secret = passphrase::normalize(secret);
         if secret.is_empty() {
-            return false;
+            return Ok(false);
         }
-        if self.token.matches(&secret) {
-            return true;
+        if self.token.matches(secret) {
+            return Ok(true);
         }
         let Some(stored) = passphrase::load(&self.data_dir) else {
-            return false;
+            return Ok(false);
         };
-        tokio::task::spawn_blocking(move || passphrase::matches(&stored, &secret))
-            .await
-            .unwrap_or(false)
+        passphrase::check(stored, secret.to_owned()).await
     }
 }
 

@@ -38,8 +38,10 @@ mod app;
 mod check;
 mod handle;
 mod home;
+mod identity;
 mod messages;
 pub mod passphrase;
+mod relay_stats;
 mod session;
 
 pub use app::App;

@@ -9,8 +9,17 @@
 //! at each sign-in, so a new passphrase takes effect without a restart.
 //! Hashing runs on a blocking thread (it takes ~0.1–0.5 s and 128 MiB by
 //! design) and sign-ins are rate-limited before it runs.
+//!
+//! Invariants:
+//! - The command and the sign-in form read a passphrase by one rule,
+//!   [`normalize`] (surrounding whitespace is not part of it), so what was
+//!   set is what signs in.
+//! - The command reads it from standard input and never echoes it on a
+//!   terminal ([`crate::cli::key::read_hidden_line`]).
+//! - At most [`MAX_CONCURRENT_HASHES`] scrypt checks run at once in the
+//!   process (each takes 128 MiB); a sign-in beyond them is not hashed and
+//!   is answered "busy, try again" ([`check`]).
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -27,6 +36,46 @@ const R: u32 = 8;
 const P: u32 = 1;
 /// Shortest passphrase accepted.
 pub const MIN_CHARS: usize = 12;
+/// Most scrypt checks at once in this process (each holds 128 MiB).
+pub const MAX_CONCURRENT_HASHES: usize = 2;
+
+/// The slots of [`MAX_CONCURRENT_HASHES`].
+static HASH_SLOTS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_CONCURRENT_HASHES);
+
+/// The passphrase in `input` (a line of standard input, a form field):
+/// without surrounding whitespace or line endings. The one rule the
+/// command that sets it and the sign-in that checks it both apply.
+pub fn normalize(input: &str) -> &str {
+    input.trim()
+}
+
+/// Every scrypt slot is taken: try again in a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// Whether `passphrase` (already [`normalize`]d) matches `stored`, hashed on
+/// a blocking thread while one of [`MAX_CONCURRENT_HASHES`] slots is held;
+/// [`Busy`] without hashing when none is free.
+pub async fn check(stored: String, passphrase: String) -> Result<bool, Busy> {
+    check_with(&HASH_SLOTS, stored, passphrase).await
+}
+
+async fn check_with(
+    slots: &'static tokio::sync::Semaphore,
+    stored: String,
+    passphrase: String,
+) -> Result<bool, Busy> {
+    let permit = slots.try_acquire().map_err(|_| Busy)?;
+    let matched = tokio::task::spawn_blocking(move || {
+        let matched = matches(&stored, &passphrase);
+        drop(permit);
+        matched
+    })
+    .await
+    .unwrap_or(false);
+    Ok(matched)
+}
 
 /// Path of the hash file in `data_dir`.
 pub fn passphrase_path(data_dir: &Path) -> PathBuf {
@@ -159,17 +208,11 @@ fn set_passphrase(args: PassphraseArgs) -> Result<()> {
         "the data directory {} does not exist (start the node once, or pass --data-dir)",
         data_dir.display()
     );
-    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        eprintln!(
-            "Passphrase (at least {MIN_CHARS} characters; it is shown as you type), then Enter:"
-        );
-    }
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the passphrase from standard input")?;
-    let passphrase = line.trim_end_matches(['\r', '\n']);
+    let line = crate::cli::key::read_hidden_line(&format!(
+        "Passphrase (at least {MIN_CHARS} characters; not shown as you type), then Enter:"
+    ))
+    .context("reading the passphrase from standard input")?;
+    let passphrase = normalize(&line);
     if passphrase.chars().count() < MIN_CHARS {
         bail!("the passphrase is shorter than {MIN_CHARS} characters; nothing was changed");
     }
@@ -199,5 +242,49 @@ mod tests {
         assert_ne!(stored, again, "a fresh salt each time");
         assert!(!matches("scrypt$30$8$1$00$00", "x"), "absurd cost refused");
         assert!(!matches("garbage", "x"));
+    }
+
+    #[test]
+    fn the_command_and_the_sign_in_read_a_passphrase_alike() {
+        let typed = "  correct horse battery \r\n";
+        let stored = hash(normalize(typed), 10).unwrap();
+        for form in [
+            "correct horse battery",
+            " correct horse battery\t",
+            "correct horse battery\n",
+        ] {
+            assert!(matches(&stored, normalize(form)), "{form:?}");
+        }
+        assert!(!matches(&stored, normalize("correct  horse battery")));
+        assert_eq!(normalize(" \n "), "", "blank is empty");
+    }
+
+    #[tokio::test]
+    async fn scrypt_checks_beyond_the_cap_are_refused_busy_without_hashing() {
+        static SLOTS: tokio::sync::Semaphore =
+            tokio::sync::Semaphore::const_new(MAX_CONCURRENT_HASHES);
+        let stored = hash("correct horse battery", 10).unwrap();
+        let held: Vec<_> = (0..MAX_CONCURRENT_HASHES)
+            .map(|_| SLOTS.try_acquire().unwrap())
+            .collect();
+        assert_eq!(
+            check_with(&SLOTS, stored.clone(), "correct horse battery".into()).await,
+            Err(Busy)
+        );
+        drop(held);
+        assert_eq!(
+            check_with(&SLOTS, stored.clone(), "correct horse battery".into()).await,
+            Ok(true)
+        );
+        assert_eq!(
+            check_with(&SLOTS, stored, "wrong horse battery".into()).await,
+            Ok(false)
+        );
+        assert_eq!(
+            SLOTS.available_permits(),
+            MAX_CONCURRENT_HASHES,
+            "slots come back"
+        );
+        assert_eq!(MAX_CONCURRENT_HASHES, 2);
     }
 }

@@ -31,7 +31,7 @@ const LOGIN_BURST: usize = 5;
 
 /// `$CARGO_TARGET_DIR/screenshots` (or the workspace's `target/screenshots`),
 /// as the public pages' test saves them.
-fn screenshot_dir() -> PathBuf {
+pub(crate) fn screenshot_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
@@ -50,7 +50,7 @@ fn key_file(dir: &Path, name: &str, keys: &Keys) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn admin_token(data_dir: &Path) -> Result<String> {
+pub(crate) fn admin_token(data_dir: &Path) -> Result<String> {
     Ok(std::fs::read_to_string(data_dir.join("admin.token"))
         .context("admin.token")?
         .trim()
@@ -58,7 +58,7 @@ fn admin_token(data_dir: &Path) -> Result<String> {
 }
 
 /// Types `secret` into the sign-in form and submits it.
-async fn sign_in(page: &Page<'_>, origin: &str, secret: &str) -> Result<Loaded> {
+pub(crate) async fn sign_in(page: &Page<'_>, origin: &str, secret: &str) -> Result<Loaded> {
     let loaded = page.goto(&format!("{origin}/app/login")).await?;
     ensure!(loaded.status == 200, "{loaded:?}");
     page.eval("document.getElementById('secret').focus()")
@@ -68,7 +68,7 @@ async fn sign_in(page: &Page<'_>, origin: &str, secret: &str) -> Result<Loaded> 
 }
 
 /// Polls `expr` (a string) on `page` until it contains `needle`.
-async fn wait_for_text(page: &Page<'_>, expr: &str, needle: &str) -> Result<String> {
+pub(crate) async fn wait_for_text(page: &Page<'_>, expr: &str, needle: &str) -> Result<String> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = page.text(expr).await?;
@@ -83,7 +83,7 @@ async fn wait_for_text(page: &Page<'_>, expr: &str, needle: &str) -> Result<Stri
 }
 
 /// Every request the tab made stayed on `origin` (and there were some).
-fn assert_same_origin(page: &Page<'_>, origins: &[&str]) -> Result<()> {
+pub(crate) fn assert_same_origin(page: &Page<'_>, origins: &[&str]) -> Result<()> {
     let urls = page.requested_urls();
     ensure!(urls.iter().any(|u| u.contains("/assets/")), "{urls:?}");
     let foreign: Vec<_> = urls
@@ -96,7 +96,7 @@ fn assert_same_origin(page: &Page<'_>, origins: &[&str]) -> Result<()> {
 
 /// The app page's headers: the CSP allows this origin's scripts only, and
 /// nothing private is cached.
-fn assert_app_headers(loaded: &Loaded) -> Result<()> {
+pub(crate) fn assert_app_headers(loaded: &Loaded) -> Result<()> {
     let csp = loaded
         .headers
         .get("content-security-policy")

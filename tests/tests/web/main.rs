@@ -12,6 +12,7 @@ mod cdp;
 #[path = "../identity/fake_x.rs"]
 #[allow(dead_code)]
 mod fake_x;
+mod identity;
 mod pages;
 #[path = "../identity/support.rs"]
 #[allow(dead_code)]
