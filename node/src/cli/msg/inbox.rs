@@ -93,8 +93,33 @@ pub struct Inbox {
 /// `cairn msg inbox`: AUTH, fetch the user's gift wraps, unwrap, verify each
 /// payment with the user's own node.
 pub async fn inbox(ctx: &InboxContext) -> Result<Inbox> {
-    let me = ctx.keys.public_key();
     let wraps = fetch_gift_wraps(ctx).await?;
+    let mut opened = Vec::new();
+    let mut refused = Vec::new();
+    for wrap in &wraps {
+        match open_gift_wrap(&ctx.keys, wrap).await {
+            Ok(m) => opened.push(m),
+            Err(reason) => refused.push(Undecryptable {
+                wrap_id: wrap.id,
+                reason,
+            }),
+        }
+    }
+    let messages = verify_messages(ctx, opened).await?;
+    Ok(Inbox { messages, refused })
+}
+
+/// Opened messages ([`open_gift_wrap`]) → one per rumor (the gift wrap this
+/// inbox saw first), oldest first, each payment verified with the user's
+/// own node (`ctx.admin`, `ctx.bitcoin`, `ctx.lnurl_metadata`), one payment
+/// proving one message: claims go in the order the wraps were first seen,
+/// kept in `ctx.claims_file`. `ctx.relays` and `ctx.limit` are not used.
+/// `cairn msg inbox` and the owner's web app both run this.
+pub async fn verify_messages(
+    ctx: &InboxContext,
+    opened: Vec<InboxMessage>,
+) -> Result<Vec<InboxMessage>> {
+    let me = ctx.keys.public_key();
     let mut claims = match &ctx.claims_file {
         Some(path) => ClaimStore::load(path)?,
         None => ClaimStore::in_memory(),
@@ -102,26 +127,17 @@ pub async fn inbox(ctx: &InboxContext) -> Result<Inbox> {
     let now = Timestamp::now().as_secs();
     // Rumor id → (when its wrap was first seen, the message).
     let mut by_rumor: BTreeMap<EventId, (u64, InboxMessage)> = BTreeMap::new();
-    let mut refused = Vec::new();
-    for wrap in &wraps {
-        match open_gift_wrap(&ctx.keys, wrap).await {
-            Ok(m) => {
-                // Only wraps whose payment can be claimed need remembering.
-                let seen = match &m.payment {
-                    Some(_) if m.sender != me => claims.first_seen(wrap.id, now),
-                    _ => now,
-                };
-                match by_rumor.get(&m.id) {
-                    Some((s, _)) if *s <= seen => {}
-                    _ => {
-                        by_rumor.insert(m.id, (seen, m));
-                    }
-                }
+    for m in opened {
+        // Only wraps whose payment can be claimed need remembering.
+        let seen = match &m.payment {
+            Some(_) if m.sender != me => claims.first_seen(m.wrap_id, now),
+            _ => now,
+        };
+        match by_rumor.get(&m.id) {
+            Some((s, _)) if *s <= seen => {}
+            _ => {
+                by_rumor.insert(m.id, (seen, m));
             }
-            Err(reason) => refused.push(Undecryptable {
-                wrap_id: wrap.id,
-                reason,
-            }),
         }
     }
     // Claims go in the order the wraps were first seen; the rumor's
@@ -178,7 +194,7 @@ pub async fn inbox(ctx: &InboxContext) -> Result<Inbox> {
     claims.save().context("saving payment claims")?;
     let mut messages: Vec<InboxMessage> = messages.into_iter().map(|(_, m)| m).collect();
     messages.sort_by_key(|m| (m.created_at, m.id));
-    Ok(Inbox { messages, refused })
+    Ok(messages)
 }
 
 async fn fetch_gift_wraps(ctx: &InboxContext) -> Result<Vec<Event>> {

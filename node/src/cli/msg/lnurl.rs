@@ -182,7 +182,8 @@ async fn get_json(http: &reqwest::Client, url: &str, what: &str) -> Result<Value
     Ok(body)
 }
 
-pub(super) fn http_client() -> Result<reqwest::Client> {
+/// The HTTP client for LNURL and the payee's node (bounded requests).
+pub fn http_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .build()

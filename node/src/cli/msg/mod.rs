@@ -27,7 +27,6 @@ use bitcoin::Network;
 use cairn_identity_core::bundle::DEFAULT_MIN_CONFIRMATIONS;
 use nostr::PublicKey;
 
-use self::lnurl::http_client;
 use crate::cli::support::admin::{local_base_url, AdminArgs};
 use crate::cli::support::amounts::Amount;
 use crate::cli::support::keys::{load_keys, KeyArgs};
@@ -46,10 +45,10 @@ pub mod verification;
 
 pub use claims::CLAIMS_FILE;
 pub use inbox::{
-    inbox, open_gift_wrap, render_inbox, Inbox, InboxContext, InboxMessage, PaymentView,
-    Undecryptable,
+    inbox, open_gift_wrap, render_inbox, verify_messages, Inbox, InboxContext, InboxMessage,
+    PaymentView, Undecryptable,
 };
-pub use lnurl::{lnurl_metadata, node_network, pay_lightning, pay_onchain};
+pub use lnurl::{http_client, lnurl_metadata, node_network, pay_lightning, pay_onchain};
 pub use relays::reading_relays;
 pub use send::{
     build_rumor, deliver, existing_payment, paid_not_sent, render_sent, resolve_recipient, send,
