@@ -39,7 +39,7 @@ pub(crate) fn screenshot_dir() -> PathBuf {
 }
 
 /// A secret key file, mode 0600, as `[outbox] key_file` wants it.
-fn key_file(dir: &Path, name: &str, keys: &Keys) -> Result<PathBuf> {
+pub(crate) fn key_file(dir: &Path, name: &str, keys: &Keys) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, keys.secret_key().to_secret_hex())?;
     #[cfg(unix)]

@@ -14,6 +14,14 @@ mod cdp;
 mod fake_x;
 mod identity;
 mod pages;
+// Issue 12: a Lightning payment attached to a message, between two nodes
+// with a channel; the payments tests' helpers are shared, not copied.
+#[path = "../../../payments/tests/support/mod.rs"]
+mod ln_support;
+mod pay;
+#[path = "../payments/support.rs"]
+#[allow(dead_code)]
+mod pay_support;
 #[path = "../identity/support.rs"]
 #[allow(dead_code)]
 mod support;
