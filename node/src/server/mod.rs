@@ -345,12 +345,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
                 .map(|s| (Arc::clone(s), settings.identity.confirmations)),
             lightning_names,
         )
-        .with_app(crate::web::App::new(
-            &settings,
-            &relay,
-            crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?,
-            outbox,
-        )?),
+        .with_app(
+            crate::web::App::new(
+                &settings,
+                &relay,
+                crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?,
+                outbox,
+            )?
+            .with_payments(payments.as_ref().map(|p| Arc::clone(p.slot()))),
+        ),
     );
     let metrics_addr = match metrics_listener {
         Some(listener) => {

@@ -31,6 +31,7 @@ use super::session::{self, Sessions, LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL};
 use super::{html, passphrase, Frame, Web};
 use crate::admin_token::AdminToken;
 use crate::outbox::Outbox;
+use crate::server::runtimes::payments::PaymentsSlot;
 use crate::settings::Settings;
 
 /// The app's one script: refreshes an open conversation's messages.
@@ -62,6 +63,9 @@ pub struct App {
     pub(super) identity: super::identity::IdentityState,
     /// The Relay page's samples and its cached count of events by kind.
     pub(super) relay_stats: super::relay_stats::RelayStats,
+    /// The node's payments (`[payments] enabled`): the Wallet and
+    /// Connections pages ([`super::wallet`]).
+    pub(super) payments: Option<Arc<PaymentsSlot>>,
 }
 
 impl App {
@@ -94,7 +98,15 @@ impl App {
             opened: Mutex::new(messages::OpenedCache::default()),
             identity: super::identity::IdentityState::new(settings),
             relay_stats: super::relay_stats::RelayStats::new(settings),
+            payments: None,
         })
+    }
+
+    /// The node's payments (`[payments] enabled`) for the Wallet and
+    /// Connections pages.
+    pub fn with_payments(mut self, payments: Option<Arc<PaymentsSlot>>) -> Self {
+        self.payments = payments;
+        self
     }
 
     /// Where the contacts are kept.
@@ -117,6 +129,7 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/app/c/{key}/send", post(messages::send))
         .merge(super::identity::routes())
         .merge(super::relay_stats::routes())
+        .merge(super::wallet::routes())
         .route(APP_JS_PATH, get(js))
 }
 

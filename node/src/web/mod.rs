@@ -43,6 +43,7 @@ mod messages;
 pub mod passphrase;
 mod relay_stats;
 mod session;
+mod wallet;
 
 pub use app::App;
 

@@ -25,3 +25,5 @@ mod pay_support;
 #[path = "../identity/support.rs"]
 #[allow(dead_code)]
 mod support;
+// Issue 12: the Wallet and Connections (NWC) pages, on a node with payments.
+mod wallet;

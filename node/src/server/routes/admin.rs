@@ -138,6 +138,11 @@ impl ApiError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// What went wrong, as the answer's `error` says it (the web app shows it too).
+    pub(crate) fn message(&self) -> &str {
+        &self.1
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -221,7 +226,7 @@ fn running(state: &AdminState) -> Result<Arc<Payments>, ApiError> {
 }
 
 /// ldk-node's synchronous calls block (in place) on network and chain I/O.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -299,21 +304,32 @@ async fn send(
 ) -> ApiResult {
     let Json(req) = body?;
     let p = running(&state)?;
-    let address = parse_address(&req.address, p.network())?;
-    if req.amount_sat == 0 {
+    let txid = send_onchain(&p, &req.address, req.amount_sat, req.fee_rate_sat_per_vb).await?;
+    ok(json!({ "txid": txid.to_string() }))
+}
+
+/// Pays `amount_sat` on-chain to `address` from the node's wallet, at
+/// `fee_rate_sat_per_vb` (else `[payments] default_fee_rate_sat_per_vb`):
+/// the one place the admin API and the web app send on-chain.
+pub(crate) async fn send_onchain(
+    p: &Payments,
+    address: &str,
+    amount_sat: u64,
+    fee_rate_sat_per_vb: Option<u64>,
+) -> Result<bitcoin::Txid, ApiError> {
+    let address = parse_address(address, p.network())?;
+    if amount_sat == 0 {
         return Err(ApiError::bad_request("the amount must be positive"));
     }
-    let fee_rate = match req.fee_rate_sat_per_vb {
+    let fee_rate = match fee_rate_sat_per_vb {
         Some(r) => parse_fee_rate(r)?,
         None => p.default_fee_rate(),
     };
     // The wallet must know its latest coins before it picks some.
     p.wallet().sync().await?;
-    let txid = p
-        .wallet()
-        .send(address, Amount::from_sat(req.amount_sat), fee_rate)
-        .await?;
-    ok(json!({ "txid": txid.to_string() }))
+    Ok(p.wallet()
+        .send(address, Amount::from_sat(amount_sat), fee_rate)
+        .await?)
 }
 
 /// An address for `network`. (Messages name no API field: the CLI shows them too.)
@@ -449,9 +465,30 @@ async fn open_channel(
 ) -> ApiResult {
     let Json(req) = body?;
     let p = running(&state)?;
-    let peer = PublicKey::from_str(req.node_id.trim())
+    let (ucid, note) = open_channel_to(
+        &p,
+        &req.node_id,
+        &req.address,
+        req.amount_sat,
+        req.push_msat,
+    )
+    .await?;
+    ok(json!({ "user_channel_id": ucid.0.to_string(), "note": note }))
+}
+
+/// Opens a channel of `amount_sat` to the peer `node_id` at `address`
+/// (`host:port`), with a note when an existing connection to the peer is
+/// used instead: the one place the admin API and the web app open channels.
+pub(crate) async fn open_channel_to(
+    p: &Payments,
+    node_id: &str,
+    address: &str,
+    amount_sat: u64,
+    push_msat: Option<u64>,
+) -> Result<(UserChannelId, Option<String>), ApiError> {
+    let peer = PublicKey::from_str(node_id.trim())
         .map_err(|_| ApiError::bad_request("node_id is not a public key (66 hex digits)"))?;
-    let addr = SocketAddress::from_str(req.address.trim())
+    let addr = SocketAddress::from_str(address.trim())
         .map_err(|_| ApiError::bad_request("address is not host:port"))?;
     let ln = Arc::clone(p.lightning());
     // ldk-node uses a live connection to the peer and does not try the
@@ -465,7 +502,7 @@ async fn open_channel(
             )
         });
     let ucid = blocking(move || {
-        ln.open_channel(peer, addr, req.amount_sat, req.push_msat)
+        ln.open_channel(peer, addr, amount_sat, push_msat)
             .map_err(|e| match e {
                 LightningError::Node(NodeError::InsufficientFunds) => {
                     let spendable = ln.balances().spendable_onchain_balance_sats;
@@ -474,14 +511,14 @@ async fn open_channel(
                          not enough for a {} sat channel and its fee: send funds to its \
                          funding address (`cairn ln funding-address`, \
                          GET /admin/v1/lightning/funding-address) and wait for a confirmation",
-                        req.amount_sat
+                        amount_sat
                     ))
                 }
                 e => ApiError::from(e),
             })
     })
     .await?;
-    ok(json!({ "user_channel_id": ucid.0.to_string(), "note": note }))
+    Ok((ucid, note))
 }
 
 #[derive(Deserialize, Default)]
@@ -502,8 +539,20 @@ async fn close_channel(
         Err(e) => return Err(e.into()),
     };
     let p = running(&state)?;
+    close_channel_by(&p, &ucid, req.force).await?;
+    ok(json!({ "user_channel_id": ucid, "force": req.force, "status": "closing" }))
+}
+
+/// Closes the channel `ucid` (its user channel id, decimal), cooperatively
+/// or by `force`: the one place the admin API and the web app close channels.
+pub(crate) async fn close_channel_by(
+    p: &Payments,
+    ucid: &str,
+    force: bool,
+) -> Result<(), ApiError> {
     let id = UserChannelId(
-        ucid.parse::<u128>()
+        ucid.trim()
+            .parse::<u128>()
             .map_err(|_| ApiError::bad_request("user_channel_id is a decimal number"))?,
     );
     let chan = p
@@ -513,7 +562,6 @@ async fn close_channel(
         .find(|c| c.user_channel_id == id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no channel {ucid}")))?;
     let ln = Arc::clone(p.lightning());
-    let force = req.force;
     blocking(move || {
         let peer = chan.counterparty_node_id;
         if force {
@@ -523,8 +571,7 @@ async fn close_channel(
         }
         .map_err(ApiError::from)
     })
-    .await?;
-    ok(json!({ "user_channel_id": ucid, "force": force, "status": "closing" }))
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -579,16 +626,25 @@ async fn pay(
 ) -> ApiResult {
     let Json(req) = body?;
     let p = running(&state)?;
-    let inv = Bolt11Invoice::from_str(req.invoice.trim())
+    outcome_response(pay_invoice(&p, &req.invoice, req.amount_msat).await?)
+}
+
+/// Pays the BOLT11 `invoice` (`amount_msat` for one without an amount) and
+/// waits for the outcome at most [`DEFAULT_PAYMENT_TIMEOUT`]: the one place
+/// the admin API and the web app pay invoices.
+pub(crate) async fn pay_invoice(
+    p: &Payments,
+    invoice: &str,
+    amount_msat: Option<u64>,
+) -> Result<SentPayment, ApiError> {
+    let inv = Bolt11Invoice::from_str(invoice.trim())
         .map_err(|e| ApiError::bad_request(format!("invalid BOLT11 invoice: {e}")))?;
     // A missing or contradicting amount_msat is refused (400) before
     // anything is sent.
-    let sent = p
-        .lightning()
-        .pay_and_wait(&inv, req.amount_msat, None, DEFAULT_PAYMENT_TIMEOUT)
+    p.lightning()
+        .pay_and_wait(&inv, amount_msat, None, DEFAULT_PAYMENT_TIMEOUT)
         .await
-        .map_err(payment_refused)?;
-    outcome_response(sent)
+        .map_err(payment_refused)
 }
 
 #[derive(Deserialize)]
@@ -652,7 +708,7 @@ fn payment_refused(e: LightningError) -> ApiError {
     }
 }
 
-fn kind_name(k: &PaymentKind) -> &'static str {
+pub(crate) fn kind_name(k: &PaymentKind) -> &'static str {
     match k {
         PaymentKind::Onchain { .. } => "onchain",
         PaymentKind::Bolt11 { .. } => "bolt11",
@@ -663,7 +719,7 @@ fn kind_name(k: &PaymentKind) -> &'static str {
     }
 }
 
-fn status_name(s: PaymentStatus) -> &'static str {
+pub(crate) fn status_name(s: PaymentStatus) -> &'static str {
     match s {
         PaymentStatus::Pending => "pending",
         PaymentStatus::Succeeded => "succeeded",
@@ -784,14 +840,15 @@ async fn nwc_connections(State(state): State<AdminState>) -> ApiResult {
     ok(list)
 }
 
+/// A new NWC connection, as the admin API and the web app ask for it.
 #[derive(Deserialize)]
-struct CreateConnectionRequest {
-    name: String,
-    budget_sat: Option<u64>,
-    budget_period: Option<String>,
-    max_payment_sat: Option<u64>,
-    permissions: Vec<String>,
-    expires_in_secs: Option<u64>,
+pub(crate) struct CreateConnectionRequest {
+    pub(crate) name: String,
+    pub(crate) budget_sat: Option<u64>,
+    pub(crate) budget_period: Option<String>,
+    pub(crate) max_payment_sat: Option<u64>,
+    pub(crate) permissions: Vec<String>,
+    pub(crate) expires_in_secs: Option<u64>,
 }
 
 async fn nwc_create(
@@ -800,6 +857,17 @@ async fn nwc_create(
 ) -> ApiResult {
     let Json(req) = body?;
     let p = running(&state)?;
+    let (conn, uri) = create_connection(&p, req)?;
+    ok(json!({ "id": conn.id, "uri": uri }))
+}
+
+/// Creates the NWC connection `req` asks for and returns it with its URI
+/// (which holds the app's secret: shown once, never logged): the one place
+/// the admin API and the web app create connections.
+pub(crate) fn create_connection(
+    p: &Payments,
+    req: CreateConnectionRequest,
+) -> Result<(NwcConnection, String), ApiError> {
     if req.name.trim().is_empty() {
         return Err(ApiError::bad_request("name must not be empty"));
     }
@@ -829,7 +897,7 @@ async fn nwc_create(
     };
     let (conn, uri) = p.nwc().create_connection(new)?;
     tracing::info!(id = conn.id, name = %conn.name, "NWC connection created");
-    ok(json!({ "id": conn.id, "uri": uri }))
+    Ok((conn, uri))
 }
 
 async fn nwc_revoke(State(state): State<AdminState>, Path(id): Path<String>) -> ApiResult {
