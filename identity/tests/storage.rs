@@ -27,9 +27,10 @@ use nostr::Keys;
 use sqlx::Connection as _;
 
 const RELAY_VERSION: i64 = 20260101000000;
-const IDENTITY_VERSION: i64 = 20260102000000;
+const IDENTITY_VERSIONS: [i64; 2] = [20260102000000, 20260102000001];
 const RELAY_TABLES: [&str; 4] = ["deleted_coords", "deleted_ids", "events", "tags"];
-const IDENTITY_TABLES: [&str; 3] = [
+const IDENTITY_TABLES: [&str; 4] = [
+    "identity_anchor_term",
     "identity_challenges",
     "identity_epochs",
     "identity_operations",
@@ -117,10 +118,8 @@ async fn fresh_then_reopen(database_url: &str, data_dir: &Path) -> Result<()> {
     let mut both = [RELAY_TABLES.as_slice(), IDENTITY_TABLES.as_slice()].concat();
     both.sort();
     ensure!(tables == sorted(&both), "both: {tables:?}");
-    ensure!(
-        versions == [RELAY_VERSION, IDENTITY_VERSION],
-        "both: {versions:?}"
-    );
+    let both_versions = [[RELAY_VERSION].as_slice(), IDENTITY_VERSIONS.as_slice()].concat();
+    ensure!(versions == both_versions, "both: {versions:?}");
     service
         .issue_challenge(&Keys::generate().public_key())
         .await?;
@@ -135,7 +134,7 @@ async fn fresh_then_reopen(database_url: &str, data_dir: &Path) -> Result<()> {
     let service = IdentityService::open(config(data_dir), db.clone(), None)
         .await
         .context("identity service on an existing database")?;
-    ensure!(schema(&db).await?.1 == [RELAY_VERSION, IDENTITY_VERSION]);
+    ensure!(schema(&db).await?.1 == both_versions);
     ensure!(challenges(&db).await? == 1, "the stored challenge survives");
     drop(service);
     store.close().await;

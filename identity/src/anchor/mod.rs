@@ -20,6 +20,11 @@
 //! transaction a reorg dropped, and anchors queued epochs in order. When the
 //! node is unreachable or the wallet too poor, epochs stay queued and
 //! [`Anchorer::status`] says why.
+//!
+//! A [`Fence`] ([`Anchorer::set_fence`]) guards every signing and
+//! broadcast: each one runs inside [`Fence::hold`], and is not made when
+//! the fence refuses (another process took the anchoring over; see
+//! `crate::service`'s anchoring term).
 
 pub mod plan;
 pub mod store;
@@ -157,6 +162,30 @@ pub enum AnchorError {
     /// The blocking task running the wallet panicked or was cancelled.
     #[error("anchoring task failed: {0}")]
     Task(String),
+    /// The [`Fence`] refused: this process may no longer sign or broadcast
+    /// anchors (nothing was signed or broadcast).
+    #[error("not anchoring here: {reason}")]
+    Fenced {
+        /// Why (another process holds a later anchoring term, or the term
+        /// could not be checked).
+        reason: String,
+    },
+}
+
+/// Decides whether this process may still sign and broadcast anchors.
+/// Called, on the wallet's blocking thread, around every signing and
+/// broadcast; what it returns is held until that broadcast is done.
+pub trait Fence: Send + Sync + 'static {
+    /// `Err(reason)`: do not sign or broadcast. `Ok(hold)`: go ahead, and
+    /// release the hold afterwards (it may keep others from taking over
+    /// meanwhile).
+    fn hold(&self) -> Result<Box<dyn FenceHold>, String>;
+}
+
+/// What a [`Fence`] keeps while one signing and broadcast goes on.
+pub trait FenceHold: Send {
+    /// Called once the broadcast is done (or failed).
+    fn release(self: Box<Self>);
 }
 
 impl AnchorError {
@@ -402,6 +431,16 @@ impl Anchorer {
         .await
     }
 
+    /// Installs the fence every later signing and broadcast must pass
+    /// (replacing any earlier one).
+    pub async fn set_fence(&self, fence: Arc<dyn Fence>) -> Result<(), AnchorError> {
+        self.with(move |i| {
+            i.fence = Some(fence);
+            Ok(())
+        })
+        .await
+    }
+
     /// The outpoints that ordinary wallet spends must leave alone: the chain
     /// output the next anchor spends. Pass them to bdk's
     /// `TxBuilder::unspendable` when spending from the same wallet.
@@ -431,6 +470,7 @@ struct Inner {
     chain: RpcClient,
     clock: u64,
     health: Health,
+    fence: Option<Arc<dyn Fence>>,
 }
 
 fn unix_now() -> u64 {
@@ -492,6 +532,7 @@ impl Inner {
             chain,
             clock,
             health: Health::Ok,
+            fence: None,
         })
     }
 
@@ -674,7 +715,7 @@ impl Inner {
                 }
                 Step::Rebroadcast => {
                     let v = rows[i].current.clone().expect("only records with a tx");
-                    match self.chain.broadcast(&v.tx) {
+                    match self.fenced(|s| Ok(s.chain.broadcast(&v.tx)))? {
                         Ok(_) => {
                             info!(epoch = rows[i].epoch, txid = %v.txid(), "anchor rebroadcast");
                             self.accepted(&mut rows[i], tip)?;
@@ -824,10 +865,40 @@ impl Inner {
             .filter(|op| self.wallet.get_utxo(*op).is_some()))
     }
 
+    /// Runs `f` (a signing or broadcast) inside the fence's hold, or not
+    /// at all when the fence refuses. Every signing and broadcast goes
+    /// through here.
+    fn fenced<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, AnchorError>,
+    ) -> Result<T, AnchorError> {
+        let Some(fence) = self.fence.clone() else {
+            return f(self);
+        };
+        let hold = fence.hold().map_err(|reason| {
+            warn!(%reason, "not signing or broadcasting anchors");
+            AnchorError::Fenced { reason }
+        })?;
+        let out = f(self);
+        hold.release();
+        out
+    }
+
     /// Builds, signs, saves and broadcasts a new transaction for `rows[i]`,
-    /// spending the previous anchor's change. With `min_fee` it replaces the
-    /// record's current transaction (a fee bump).
+    /// spending the previous anchor's change, inside the fence's hold. With
+    /// `min_fee` it replaces the record's current transaction (a fee bump).
     fn rebuild(
+        &mut self,
+        rows: &mut [Row],
+        i: usize,
+        rate: FeeRate,
+        min_fee: Option<Amount>,
+        tip: u32,
+    ) -> Result<(), AnchorError> {
+        self.fenced(|s| s.rebuild_unfenced(rows, i, rate, min_fee, tip))
+    }
+
+    fn rebuild_unfenced(
         &mut self,
         rows: &mut [Row],
         i: usize,

@@ -3,19 +3,24 @@
 //! and the epoch and status views.
 //!
 //! Invariants: an epoch is stored before it is handed to the anchorer, so a
-//! crash never loses a closed epoch; the epochs table's `anchor_txid`
-//! follows the anchorer's current transaction; lookups read the anchor
-//! records cached at the last sync or close, never wait for the wallet.
+//! crash never loses a closed epoch; an epoch close catches up, decides and
+//! stores under identity's write lock, so it closes whatever was logged
+//! before it (never "skipped" for losing a race); the epochs table's
+//! `anchor_txid` follows the anchorer's current transaction; lookups read
+//! the anchor records cached at the last sync or close, never wait for the
+//! wallet; anchors are signed, broadcast and recorded only under the
+//! current anchoring term ([`TermFence`], see the fence in [`super`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bitcoin::Txid;
 use nostr::nips::nip19::ToBech32;
 use tracing::{info, warn};
 
-use crate::anchor::AnchorRecord;
+use crate::anchor::{AnchorRecord, Fence, FenceHold};
 
-use super::db::{EpochRow, Insert};
+use super::db::{EpochRow, IdentityDb, Insert, Rows, TermHold};
 use super::memory::ClosedEpoch;
 use super::views::{anchor_view, health_view};
 use super::{
@@ -33,7 +38,11 @@ impl IdentityService {
     pub async fn close_epoch(&self) -> Result<EpochClose, ServiceError> {
         self.refresh_anchor_txids().await?;
         let mut core = self.core.lock().await;
-        self.catch_up(&mut core).await?;
+        // Under the write lock from the catch-up to the insert: operations
+        // other processes log meanwhile wait, and the next epoch takes them.
+        let mut lock = self.db.write_lock().await?;
+        self.catch_up_from(&mut core, Rows::Locked(&mut lock))
+            .await?;
         if core.open_ops == 0 {
             return Ok(EpochClose::Skipped);
         }
@@ -52,10 +61,12 @@ impl IdentityService {
             anchor_txid: None,
             closed_at: closed.closed_at,
         };
-        if self.db.insert_epoch(&row, header.log_size).await? == Insert::Stale {
-            // Another process logged an operation (or closed this epoch)
-            // since the catch-up: the next close takes it along.
-            return Ok(EpochClose::Skipped);
+        if lock.insert_epoch(&row, header.log_size).await? == Insert::Stale {
+            // Not after a catch-up under the lock (a core that missed rows
+            // it was caught up with): drop what this core has and rebuild.
+            let (ops, epochs) = (self.db.operations().await?, self.db.epochs().await?);
+            *core = super::memory::Core::replay(self.config.registry, ops, epochs)?;
+            return Err(ServiceError::Contended);
         }
         core.commit_close(closed);
         drop(core);
@@ -70,9 +81,15 @@ impl IdentityService {
             .await
         {
             Ok(txid) => {
+                // Refused (and logged) only if the term moved since the broadcast.
                 self.set_txid(header.epoch, txid).await?;
                 self.refresh_anchor_txids().await?;
                 (Some(txid), None)
+            }
+            Err(e @ crate::anchor::AnchorError::Fenced { .. }) => {
+                warn!(epoch = header.epoch, reason = %e,
+                    "epoch closed but not anchored here: another process anchors now");
+                (None, Some(e.to_string()))
             }
             Err(e) if e.is_queued() => {
                 warn!(epoch = header.epoch, reason = %e, "epoch queued for anchoring");
@@ -100,13 +117,25 @@ impl IdentityService {
         })
     }
 
-    async fn set_txid(&self, epoch: u64, txid: Txid) -> Result<(), ServiceError> {
-        self.db.set_anchor_txid(epoch, &txid.to_string()).await?;
+    /// Records `txid` as `epoch`'s anchor, under this process's anchoring
+    /// term: `false` (nothing recorded) when another process took the
+    /// anchoring over.
+    async fn set_txid(&self, epoch: u64, txid: Txid) -> Result<bool, ServiceError> {
+        let term = self.term.load(Ordering::Acquire);
+        if !self
+            .db
+            .set_anchor_txid(epoch, &txid.to_string(), term)
+            .await?
+        {
+            warn!(epoch, %txid, term,
+                "not recording the anchor txid: another process holds a later anchoring term");
+            return Ok(false);
+        }
         let mut core = self.core.lock().await;
         if let Some(e) = core.epochs.get_mut(epoch as usize) {
             e.anchor_txid = Some(txid);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Copies the anchorer's current txids (new anchors, fee bumps,
@@ -142,7 +171,9 @@ impl IdentityService {
                 continue;
             };
             if *current != Some(txid) {
-                self.set_txid(r.epoch, txid).await?;
+                if !self.set_txid(r.epoch, txid).await? {
+                    break;
+                }
                 {
                     // The epoch event published at close had no anchor yet,
                     // and a fee bump or re-anchoring replaced the one named
@@ -287,5 +318,44 @@ impl IdentityService {
                 unconfirmed_epochs: anchor.unconfirmed,
             },
         })
+    }
+}
+
+/// The anchorer's [`Fence`]: a signing and broadcast goes ahead only while
+/// this process's term is the stored one, held for its length
+/// ([`IdentityDb::hold_anchor_term`]).
+pub(super) struct TermFence {
+    db: IdentityDb,
+    term: Arc<AtomicU64>,
+}
+
+/// The fence for the process whose term is `term`.
+pub(super) fn term_fence(db: &IdentityDb, term: &Arc<AtomicU64>) -> Arc<dyn Fence> {
+    Arc::new(TermFence {
+        db: db.clone(),
+        term: Arc::clone(term),
+    })
+}
+
+impl Fence for TermFence {
+    fn hold(&self) -> Result<Box<dyn FenceHold>, String> {
+        let term = self.term.load(Ordering::Acquire);
+        // The anchorer calls this on its blocking thread, inside the runtime.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        match runtime.block_on(self.db.hold_anchor_term(term)) {
+            Ok(Some(hold)) => Ok(Box::new(hold)),
+            Ok(None) => Err(format!(
+                "anchoring term {term} is no longer current: another process took the anchoring over"
+            )),
+            Err(e) => Err(format!("cannot check the anchoring term: {e}")),
+        }
+    }
+}
+
+impl FenceHold for TermHold {
+    fn release(self: Box<Self>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.block_on((*self).release());
+        }
     }
 }

@@ -193,7 +193,15 @@ impl IdentityService {
                 // Another process logged or closed an epoch since this
                 // core was caught up: catch up and decide again.
                 Insert::Stale if attempts < MAX_STALE_ATTEMPTS => attempts += 1,
-                Insert::Stale => return Err(ServiceError::Contended),
+                Insert::Stale => {
+                    tracing::warn!(
+                        attempts = attempts + 1,
+                        x_uid = op.x_uid,
+                        "identity operation not stored: other processes kept extending the log \
+                         first; refused as busy (the client may retry)"
+                    );
+                    return Err(ServiceError::Contended);
+                }
             }
         };
         info!(op = %op.op, x_uid = op.x_uid, seq = op.seq, epoch = ctx.epoch, "identity operation accepted");

@@ -11,6 +11,13 @@
 //! `20260101…`, identity's at `20260102…`), and each migrator ignores the
 //! other's rows. A migration, once released, is never edited: its checksum is
 //! checked on every start.
+//!
+//! Two rules make several processes on one Postgres database safe, each
+//! written once here: every log write checks where the log ends under
+//! identity's write lock (`head_is!`, and [`WriteLock`] for an epoch
+//! close, which catches up and inserts under one lock), and every anchor
+//! signing, broadcast and txid record checks the anchoring term
+//! (`term_is!`, see [`IdentityDb::take_anchor_term`]).
 
 use sqlx::{PgPool, SqlitePool};
 
@@ -121,6 +128,28 @@ macro_rules! head_is {
         }
         let (next, epochs): (i64, i64) = sqlx::query_as(HEAD).fetch_one(&mut *$tx).await?;
         to_u(next) == $expected.next_log_index && to_u(epochs) == $expected.epochs
+    }};
+}
+
+const TERM: &str = "SELECT term FROM identity_anchor_term WHERE id = 0";
+const TERM_FOR_SHARE: &str = "SELECT term FROM identity_anchor_term WHERE id = 0 FOR SHARE";
+
+/// The anchoring fence's one rule. Inside transaction `$tx` of `$db`: is
+/// `$term` the current anchoring term? On Postgres the term's row is then
+/// locked `FOR SHARE` until the transaction ends, so no process can take a
+/// new term ([`IdentityDb::take_anchor_term`] waits) while what the
+/// transaction guards (a signing and broadcast, a txid record) goes on. An
+/// SQLite database has one process, whose transactions are serialised.
+macro_rules! term_is {
+    ($db:expr, $tx:expr, $term:expr) => {{
+        let current: i64 = if matches!($db, IdentityDb::Postgres(_)) {
+            sqlx::query_scalar(TERM_FOR_SHARE)
+                .fetch_one(&mut *$tx)
+                .await?
+        } else {
+            sqlx::query_scalar(TERM).fetch_one(&mut *$tx).await?
+        };
+        to_u(current) == $term
     }};
 }
 
@@ -306,66 +335,100 @@ impl IdentityDb {
 
     /// The accepted operations whose log index is `from` or above, in log order.
     pub async fn operations_from(&self, from: u64) -> Result<Vec<OperationRow>, sqlx::Error> {
-        const SQL: &str = "SELECT log_index, event_id, x_uid, event_json, attestation_json, \
-                           attestation_index, epoch, height, accepted_at \
-                           FROM identity_operations WHERE log_index >= $1 ORDER BY log_index";
         let rows: Vec<OperationTuple> = on_pool!(self, pool => {
-            sqlx::query_as(SQL).bind(to_i(from)).fetch_all(pool).await?
+            sqlx::query_as(OPERATIONS_FROM).bind(to_i(from)).fetch_all(pool).await?
         });
-        Ok(rows
-            .into_iter()
-            .map(|r| OperationRow {
-                log_index: to_u(r.0),
-                event_id: r.1,
-                x_uid: to_u(r.2),
-                event_json: r.3,
-                attestation_json: r.4,
-                attestation_index: r.5.map(to_u),
-                epoch: to_u(r.6),
-                height: r.7 as u32,
-                accepted_at: to_u(r.8),
-            })
-            .collect())
+        Ok(rows.into_iter().map(operation_row).collect())
     }
 
-    /// Stores a closed epoch whose header covers a log of `log_size`
-    /// leaves, provided the stored log and epochs still end there (it is
-    /// the next epoch and no operation was logged since): otherwise
-    /// [`Insert::Stale`], and nothing is stored.
-    pub async fn insert_epoch(&self, e: &EpochRow, log_size: u64) -> Result<Insert, sqlx::Error> {
-        const SQL: &str =
-            "INSERT INTO identity_epochs (epoch, header, close_height, anchor_txid, closed_at) \
-                           VALUES ($1, $2, $3, $4, $5)";
-        let expected = Head {
-            next_log_index: log_size,
-            epochs: e.epoch,
-        };
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            if !head_is!(self, tx, expected) {
-                tx.rollback().await?;
-                return Ok(Insert::Stale);
+    /// Begins a transaction holding identity's write lock (see
+    /// [`WriteLock`]): no other process logs an operation or closes an
+    /// epoch until it ends.
+    pub async fn write_lock(&self) -> Result<WriteLock, sqlx::Error> {
+        Ok(WriteLock(match self {
+            IdentityDb::Sqlite(pool) => WriteTx::Sqlite(pool.begin().await?),
+            IdentityDb::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                WriteTx::Postgres(tx)
             }
-            sqlx::query(SQL)
-                .bind(to_i(e.epoch))
-                .bind(&e.header)
-                .bind(i64::from(e.close_height))
-                .bind(&e.anchor_txid)
-                .bind(to_i(e.closed_at))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        });
-        Ok(Insert::Stored)
+        }))
     }
 
-    /// Records (or changes, after a fee bump or re-anchoring) an epoch's anchor txid.
-    pub async fn set_anchor_txid(&self, epoch: u64, txid: &str) -> Result<(), sqlx::Error> {
+    /// Starts a new anchoring term and returns it: raises the stored term
+    /// by one. A process anchors (signs and broadcasts anchor transactions,
+    /// records their txids) only while the stored term is the one it took,
+    /// so taking a term fences off every earlier holder. On Postgres this
+    /// waits for any signing and broadcast in flight under the old term
+    /// (it holds the row `FOR SHARE`, see [`Self::hold_anchor_term`]):
+    /// once it returns, no earlier holder signs or broadcasts again.
+    pub async fn take_anchor_term(&self) -> Result<u64, sqlx::Error> {
+        const SQL: &str =
+            "UPDATE identity_anchor_term SET term = term + 1 WHERE id = 0 RETURNING term";
+        let term: i64 = on_pool!(self, pool => {
+            sqlx::query_scalar(SQL).fetch_one(pool).await?
+        });
+        Ok(to_u(term))
+    }
+
+    /// The current anchoring term (0 until a process took one).
+    pub async fn anchor_term(&self) -> Result<u64, sqlx::Error> {
+        let term: i64 = on_pool!(self, pool => {
+            sqlx::query_scalar(TERM).fetch_one(pool).await?
+        });
+        Ok(to_u(term))
+    }
+
+    /// Holds anchoring term `term` while an anchor is signed and
+    /// broadcast: `None` when it is no longer the current term (another
+    /// process took over; the caller must not sign or broadcast). On
+    /// Postgres the hold is a transaction keeping the term's row locked
+    /// `FOR SHARE` until [`TermHold::release`], so no new term can be taken
+    /// meanwhile; on SQLite (one process) the check is all there is.
+    pub async fn hold_anchor_term(&self, term: u64) -> Result<Option<TermHold>, sqlx::Error> {
+        match self {
+            IdentityDb::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let current = term_is!(self, tx, term);
+                tx.rollback().await?;
+                Ok(current.then_some(TermHold(None)))
+            }
+            IdentityDb::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                if term_is!(self, tx, term) {
+                    Ok(Some(TermHold(Some(tx))))
+                } else {
+                    tx.rollback().await?;
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// Records (or changes, after a fee bump or re-anchoring) an epoch's
+    /// anchor txid, provided `term` is still the current anchoring term,
+    /// checked in the same transaction: `false`, and nothing changed, when
+    /// another process took the anchoring over.
+    pub async fn set_anchor_txid(
+        &self,
+        epoch: u64,
+        txid: &str,
+        term: u64,
+    ) -> Result<bool, sqlx::Error> {
         const SQL: &str = "UPDATE identity_epochs SET anchor_txid = $1 WHERE epoch = $2";
         on_pool!(self, pool => {
-            sqlx::query(SQL).bind(txid).bind(to_i(epoch)).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            if !term_is!(self, tx, term) {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(SQL).bind(txid).bind(to_i(epoch)).execute(&mut *tx).await?;
+            tx.commit().await?;
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Every closed epoch, in order.
@@ -375,20 +438,178 @@ impl IdentityDb {
 
     /// The closed epochs numbered `from` or above, in order.
     pub async fn epochs_from(&self, from: u64) -> Result<Vec<EpochRow>, sqlx::Error> {
-        const SQL: &str = "SELECT epoch, header, close_height, anchor_txid, closed_at \
-                           FROM identity_epochs WHERE epoch >= $1 ORDER BY epoch";
         let rows: Vec<EpochTuple> = on_pool!(self, pool => {
-            sqlx::query_as(SQL).bind(to_i(from)).fetch_all(pool).await?
+            sqlx::query_as(EPOCHS_FROM).bind(to_i(from)).fetch_all(pool).await?
         });
-        Ok(rows
-            .into_iter()
-            .map(|r| EpochRow {
-                epoch: to_u(r.0),
-                header: r.1,
-                close_height: r.2 as u32,
-                anchor_txid: r.3,
-                closed_at: to_u(r.4),
-            })
-            .collect())
+        Ok(rows.into_iter().map(epoch_row).collect())
+    }
+}
+
+const OPERATIONS_FROM: &str = "SELECT log_index, event_id, x_uid, event_json, attestation_json, \
+                               attestation_index, epoch, height, accepted_at \
+                               FROM identity_operations WHERE log_index >= $1 ORDER BY log_index";
+
+const EPOCHS_FROM: &str = "SELECT epoch, header, close_height, anchor_txid, closed_at \
+                           FROM identity_epochs WHERE epoch >= $1 ORDER BY epoch";
+
+fn operation_row(r: OperationTuple) -> OperationRow {
+    OperationRow {
+        log_index: to_u(r.0),
+        event_id: r.1,
+        x_uid: to_u(r.2),
+        event_json: r.3,
+        attestation_json: r.4,
+        attestation_index: r.5.map(to_u),
+        epoch: to_u(r.6),
+        height: r.7 as u32,
+        accepted_at: to_u(r.8),
+    }
+}
+
+fn epoch_row(r: EpochTuple) -> EpochRow {
+    EpochRow {
+        epoch: to_u(r.0),
+        header: r.1,
+        close_height: r.2 as u32,
+        anchor_txid: r.3,
+        closed_at: to_u(r.4),
+    }
+}
+
+/// A transaction holding identity's write lock ([`IdentityDb::write_lock`];
+/// on SQLite the database's one writer makes the transaction that lock):
+/// what it reads stays where the log ends until it commits, so an epoch
+/// close catches up, decides and inserts against one state, instead of
+/// losing to operations other processes log meanwhile. Dropped without
+/// [`Self::insert_epoch`], it rolls back and unlocks.
+pub struct WriteLock(WriteTx);
+
+enum WriteTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Runs the same statement on the lock's transaction: `$c` is its connection.
+macro_rules! on_tx {
+    ($lock:expr, $c:ident => $body:expr) => {
+        match &mut $lock.0 {
+            WriteTx::Sqlite(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+            WriteTx::Postgres(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl WriteLock {
+    /// Where the stored log and epochs end.
+    pub async fn head(&mut self) -> Result<Head, sqlx::Error> {
+        let (next, epochs): (i64, i64) =
+            on_tx!(self, c => sqlx::query_as(HEAD).fetch_one(c).await?);
+        Ok(Head {
+            next_log_index: to_u(next),
+            epochs: to_u(epochs),
+        })
+    }
+
+    /// The accepted operations whose log index is `from` or above, in log order.
+    pub async fn operations_from(&mut self, from: u64) -> Result<Vec<OperationRow>, sqlx::Error> {
+        let rows: Vec<OperationTuple> = on_tx!(self, c => {
+            sqlx::query_as(OPERATIONS_FROM).bind(to_i(from)).fetch_all(c).await?
+        });
+        Ok(rows.into_iter().map(operation_row).collect())
+    }
+
+    /// The closed epochs numbered `from` or above, in order.
+    pub async fn epochs_from(&mut self, from: u64) -> Result<Vec<EpochRow>, sqlx::Error> {
+        let rows: Vec<EpochTuple> = on_tx!(self, c => {
+            sqlx::query_as(EPOCHS_FROM).bind(to_i(from)).fetch_all(c).await?
+        });
+        Ok(rows.into_iter().map(epoch_row).collect())
+    }
+
+    /// Stores a closed epoch whose header covers a log of `log_size`
+    /// leaves and commits, provided the stored log and epochs end there
+    /// (they do when the caller caught up under this lock): otherwise
+    /// [`Insert::Stale`], and nothing is stored.
+    pub async fn insert_epoch(
+        mut self,
+        e: &EpochRow,
+        log_size: u64,
+    ) -> Result<Insert, sqlx::Error> {
+        const SQL: &str =
+            "INSERT INTO identity_epochs (epoch, header, close_height, anchor_txid, closed_at) \
+                           VALUES ($1, $2, $3, $4, $5)";
+        let head = self.head().await?;
+        if head.next_log_index != log_size || head.epochs != e.epoch {
+            return Ok(Insert::Stale);
+        }
+        on_tx!(self, c => {
+            sqlx::query(SQL)
+                .bind(to_i(e.epoch))
+                .bind(&e.header)
+                .bind(i64::from(e.close_height))
+                .bind(&e.anchor_txid)
+                .bind(to_i(e.closed_at))
+                .execute(c)
+                .await?;
+        });
+        match self.0 {
+            WriteTx::Sqlite(tx) => tx.commit().await?,
+            WriteTx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(Insert::Stored)
+    }
+}
+
+/// Where rows are read from: the pool, or a [`WriteLock`]'s transaction.
+pub enum Rows<'a> {
+    /// Outside any lock.
+    Pool(&'a IdentityDb),
+    /// Under identity's write lock.
+    Locked(&'a mut WriteLock),
+}
+
+impl Rows<'_> {
+    /// Where the stored log and epochs end.
+    pub async fn head(&mut self) -> Result<Head, sqlx::Error> {
+        match self {
+            Rows::Pool(db) => db.head().await,
+            Rows::Locked(lock) => lock.head().await,
+        }
+    }
+
+    /// The accepted operations from log index `from`, in log order.
+    pub async fn operations_from(&mut self, from: u64) -> Result<Vec<OperationRow>, sqlx::Error> {
+        match self {
+            Rows::Pool(db) => db.operations_from(from).await,
+            Rows::Locked(lock) => lock.operations_from(from).await,
+        }
+    }
+
+    /// The closed epochs from number `from`, in order.
+    pub async fn epochs_from(&mut self, from: u64) -> Result<Vec<EpochRow>, sqlx::Error> {
+        match self {
+            Rows::Pool(db) => db.epochs_from(from).await,
+            Rows::Locked(lock) => lock.epochs_from(from).await,
+        }
+    }
+}
+
+/// An anchoring term held while an anchor is signed and broadcast (see
+/// [`IdentityDb::hold_anchor_term`]).
+pub struct TermHold(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
+impl TermHold {
+    /// Ends the hold: a new term may be taken from now on.
+    pub async fn release(self) {
+        if let Some(tx) = self.0 {
+            // Nothing was written: ending the transaction either way frees the row.
+            let _ = tx.rollback().await;
+        }
     }
 }

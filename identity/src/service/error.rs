@@ -75,7 +75,10 @@ pub enum ServiceError {
     XSetup(FetchError),
     /// Other processes sharing the database kept extending the log while
     /// this one tried to store an operation; sending it again is safe.
-    #[error("the identity log is busy (other processes are writing); try again")]
+    #[error(
+        "the identity log is busy: other processes sharing the database kept writing first, \
+         and nothing was stored; send it again"
+    )]
     Contended,
     /// The stored rows do not replay to the stored epoch headers.
     #[error("stored identity registry is inconsistent: {0}")]

@@ -32,12 +32,45 @@
 //! follows the chain tip) is rebuilt from all rows instead, so that rows
 //! are applied at exactly the heights they were decided at.
 //!
+//! An epoch close takes the write lock *before* it catches up, and
+//! catches up, decides and stores the epoch under it ([`db::WriteLock`]):
+//! operations other processes log meanwhile wait for it, so a close with
+//! operations to close always closes ([`EpochClose::Skipped`] means the
+//! epoch was empty).
+//!
 //! Only the process running [`IdentityService::run`] (the node runs it
 //! under a lease) closes epochs, anchors, and publishes anchor updates; it
 //! reopens the anchoring wallet from its file when it starts, as another
 //! process may have anchored since. The processes must share the data
 //! directory (the witness key, and the wallet file `anchor.sqlite`): see
 //! `docs/scale-out.md`.
+//!
+//! # The anchoring fence
+//!
+//! A lease can overlap: the server may end an old holder's session (and
+//! give the lease to another process) a few seconds before the old holder
+//! notices. Anchoring is fenced by a **term** so that the overlap cannot
+//! produce two anchor transactions. Invariant: *an anchor is signed and
+//! broadcast, and an anchor txid recorded, only by the process whose term
+//! is the stored one* — one rule (`term_is!` in [`db`]), checked in the
+//! transaction that records a txid ([`IdentityDb::set_anchor_txid`]) and
+//! in the one held around each signing and broadcast
+//! ([`IdentityDb::hold_anchor_term`], through the anchorer's
+//! [`crate::anchor::Fence`]).
+//!
+//! - [`IdentityService::start_anchoring`] (the start of `run`) takes a new
+//!   term ([`IdentityDb::take_anchor_term`]) before it reopens the wallet:
+//!   every earlier holder is fenced off from then on.
+//! - On Postgres the hold keeps the term's row locked `FOR SHARE`, and
+//!   taking a term waits for it: an old holder's signing and broadcast
+//!   already under way finishes (and is saved to the wallet file) before
+//!   the new holder reopens the wallet, and none starts after.
+//! - A process that never took a term has term 0, current only until some
+//!   process takes one (a single process, or tests, that close epochs
+//!   without `run`).
+//! - An old holder may still close an epoch during the overlap (a
+//!   transaction under the write lock, which the new holder then sees) and
+//!   queue it in the wallet file; the new holder anchors it.
 //!
 //! # Linking epochs
 //!
@@ -78,7 +111,7 @@ mod witness;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +153,9 @@ pub struct IdentityService {
     /// True while this process runs [`Self::run`]: only then does it
     /// record anchor txids in the tables and publish epoch events.
     running: std::sync::atomic::AtomicBool,
+    /// This process's anchoring term (see the module documentation; 0
+    /// until [`Self::start_anchoring`]), shared with the anchorer's fence.
+    term: Arc<AtomicU64>,
     /// Best block height from the wallet's last sync.
     tip: AtomicU32,
     publisher: Option<Arc<dyn Publisher>>,
@@ -193,6 +229,10 @@ impl IdentityService {
         );
         let tip = AtomicU32::new(core.height);
         let shared = matches!(db, IdentityDb::Postgres(_));
+        let term = Arc::new(AtomicU64::new(0));
+        anchorer
+            .set_fence(anchoring::term_fence(&db, &term))
+            .await?;
         let service = Arc::new(Self {
             config,
             db,
@@ -202,6 +242,7 @@ impl IdentityService {
             core: Mutex::new(core),
             shared,
             running: std::sync::atomic::AtomicBool::new(false),
+            term,
             tip,
             publisher,
             issuing: Mutex::new(()),
@@ -241,10 +282,19 @@ impl IdentityService {
     /// Applies the rows stored beyond what `core` holds (Postgres only: an
     /// SQLite database has no other writer).
     async fn catch_up(&self, core: &mut Core) -> Result<(), ServiceError> {
+        self.catch_up_from(core, db::Rows::Pool(&self.db)).await
+    }
+
+    /// [`Self::catch_up`] from `rows` (the pool, or under the write lock).
+    async fn catch_up_from(
+        &self,
+        core: &mut Core,
+        mut rows: db::Rows<'_>,
+    ) -> Result<(), ServiceError> {
         if !self.shared {
             return Ok(());
         }
-        let head = self.db.head().await?;
+        let head = rows.head().await?;
         let log_size = core.log.size()?;
         if head.next_log_index == log_size && head.epochs == core.open_epoch() {
             return Ok(());
@@ -252,16 +302,16 @@ impl IdentityService {
         // Epochs first: an operation read after them belongs to a known
         // epoch or the one open after them; later ones wait for the next
         // catch-up (their epoch's row may have been stored after ours was read).
-        let epochs = self.db.epochs_from(core.open_epoch()).await?;
+        let epochs = rows.epochs_from(core.open_epoch()).await?;
         let open_after = core.open_epoch() + epochs.len() as u64;
-        let mut ops = self.db.operations_from(log_size).await?;
+        let mut ops = rows.operations_from(log_size).await?;
         ops.retain(|o| o.epoch <= open_after);
         let behind = ops.iter().map(|o| o.height).min();
         let closes = epochs.iter().map(|e| e.close_height).min();
         if behind.into_iter().chain(closes).any(|h| h < core.height) {
             // This core advanced past heights the rows were decided at.
-            let all_ops = self.db.operations().await?;
-            let all_epochs = self.db.epochs().await?;
+            let all_ops = rows.operations_from(0).await?;
+            let all_epochs = rows.epochs_from(0).await?;
             *core = Core::replay(self.config.registry, all_ops, all_epochs)?;
             return Ok(());
         }
@@ -310,29 +360,60 @@ impl IdentityService {
         }
     }
 
-    /// Runs epoch closes and anchor syncs until `shutdown` completes. On a
-    /// shared (Postgres) database the anchoring wallet is first reopened
-    /// from its file, which the previous runner may have changed.
-    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Makes this process the one that anchors: takes a new anchoring term
+    /// (fencing off every earlier holder, see the module documentation),
+    /// then, on a shared (Postgres) database, reopens the anchoring wallet
+    /// from its file, which the previous holder may have changed. Returns
+    /// the term. From then on this process records anchor txids and
+    /// publishes epoch events. [`Self::run`] calls it first.
+    pub async fn start_anchoring(&self) -> Result<u64, ServiceError> {
+        let term = self.db.take_anchor_term().await?;
+        self.term.store(term, std::sync::atomic::Ordering::Release);
+        info!(term, "identity anchoring term taken");
         if self.shared {
             let reopened = Anchorer::open(
                 self.config.data_dir.clone(),
                 self.config.network,
                 self.config.rpc.clone(),
                 self.config.anchor_policy,
-            );
-            let reopened = tokio::select! {
-                _ = &mut shutdown => return,
-                r = reopened => r,
-            };
+            )
+            .await;
             match reopened {
-                Ok(a) => *self.anchorer.lock().unwrap_or_else(|p| p.into_inner()) = a,
+                Ok(a) => {
+                    a.set_fence(anchoring::term_fence(&self.db, &self.term))
+                        .await?;
+                    *self.anchorer.lock().unwrap_or_else(|p| p.into_inner()) = a;
+                }
                 Err(e) => warn!(error = %e, "cannot reopen the anchoring wallet"),
             }
         }
         self.running
             .store(true, std::sync::atomic::Ordering::Release);
+        Ok(term)
+    }
+
+    /// Runs epoch closes and anchor syncs until `shutdown` completes, after
+    /// [`Self::start_anchoring`] (retried every second while the database
+    /// cannot be reached).
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let started = tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.start_anchoring() => r,
+            };
+            match started {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, "cannot take the identity anchoring term; retrying");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        // Set by `start_anchoring`; cleared however `run` ends.
         let _running = RunningFlag(&self.running);
         let mut epochs =
             tokio::time::interval(self.config.epoch_interval.max(Duration::from_millis(10)));
