@@ -21,7 +21,10 @@
 //!   and the holder noticing, both may run the job for at most about
 //!   `DEFAULT_CHECK + CHECK_TIMEOUT`: the jobs gated here are safe to
 //!   overlap that briefly (purges delete under the store's write lock;
-//!   an epoch close is a database transaction), except payments, whose
+//!   an epoch close is a database transaction; identity's anchoring is
+//!   fenced by a term the new holder takes when it starts, checked around
+//!   every anchor signing and broadcast and in the transaction recording
+//!   a txid: see `cairn_identity::service`), except payments, whose
 //!   new holder waits that long before it starts its Lightning node (see
 //!   `crate::server::runtimes::payments::TAKEOVER_DELAY`), and then for the
 //!   old holder's lock on the data directory (`DataDirFence` there).

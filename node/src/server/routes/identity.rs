@@ -2,7 +2,10 @@
 //! (`/.well-known/nostr.json`), mounted only when `[identity] enabled`.
 //!
 //! Errors are JSON `{"error": "<code>", "message": "<text>"}` with a matching
-//! HTTP status; a 429 also carries `Retry-After` (seconds).
+//! HTTP status; a 429 also carries `Retry-After` (seconds), and so does the
+//! 503 `log_busy` (other processes sharing the database kept extending the
+//! identity log while this one tried to store the operation; sending it
+//! again is safe).
 //!
 //! Challenges are stored until they expire, so issuing them is limited: per
 //! client IP by a token bucket (the relay's [`RateLimiter`], as for its own
@@ -217,10 +220,23 @@ pub fn router(
 #[derive(Clone)]
 struct ApiError(StatusCode, &'static str, String);
 
+/// The code of the 503 answered when the identity log stayed busy
+/// ([`ServiceError::Contended`]); it carries `Retry-After`.
+const LOG_BUSY: &str = "log_busy";
+
+/// The `Retry-After` of a [`LOG_BUSY`] answer: the other processes' burst
+/// of writes is usually over by then.
+const LOG_BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let ApiError(status, code, message) = self;
-        (status, Json(json!({ "error": code, "message": message }))).into_response()
+        let response = (status, Json(json!({ "error": code, "message": message }))).into_response();
+        if code == LOG_BUSY {
+            with_retry_after(response, LOG_BUSY_RETRY_AFTER)
+        } else {
+            response
+        }
     }
 }
 
@@ -231,7 +247,7 @@ fn too_many(code: &'static str, message: String, retry_after: Duration) -> Respo
 }
 
 /// Adds `Retry-After` in whole seconds (rounded up, at least 1) to a 429
-/// (also used by the name-payment routes, whose error body differs).
+/// or 503 (also used by the name-payment routes, whose error body differs).
 pub(crate) fn with_retry_after(mut response: Response, retry_after: Duration) -> Response {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     response
@@ -257,6 +273,13 @@ impl From<ServiceError> for ApiError {
             E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Known(_) => (StatusCode::CONFLICT, "bound"),
             E::TooManyChallenges { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_challenges"),
+            E::Contended => {
+                // The service logged the attempts; this says what the client got.
+                tracing::warn!(
+                    "identity log busy (other processes kept writing first): answered 503, retry"
+                );
+                (StatusCode::SERVICE_UNAVAILABLE, LOG_BUSY)
+            }
             _ => {
                 tracing::error!(error = %e, "identity request failed");
                 return ApiError(
@@ -549,4 +572,47 @@ async fn nip05(
         body["relays"] = serde_json::Value::Object(relays);
     }
     Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy identity log ([`ServiceError::Contended`], after the
+    /// service's retries) is a 503 the client may retry, with
+    /// `Retry-After`, not an internal error.
+    #[tokio::test]
+    async fn a_busy_identity_log_is_a_503_with_retry_after() {
+        let response = ApiError::from(ServiceError::Contended).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(body["error"], "log_busy");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("busy") && message.contains("again"),
+            "{message}"
+        );
+    }
+
+    /// Other errors keep their statuses, and only the busy log and 429s
+    /// carry `Retry-After`.
+    #[tokio::test]
+    async fn other_errors_carry_no_retry_after() {
+        let response = ApiError::from(ServiceError::ChallengeUsed).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let response = ApiError::from(ServiceError::Corrupt("x".into())).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
 }
