@@ -149,6 +149,7 @@ conformance!(
     deleting_a_deletion_has_no_effect,
     delete_by_a_author_only,
     deletion_with_many_tags,
+    deletion_tombstones_are_its_own_tags,
     expiration_hidden_and_purged,
     private_kinds_need_a_viewer,
     count_or_of_filters,
@@ -865,6 +866,104 @@ async fn deletion_with_many_tags(store: Arc<dyn Store>) {
         ids(&store, Filter::new().id(note_before.id), &cx).await,
         vec![note_before.id]
     );
+}
+
+/// Rows in `deleted_ids` (white-box: the table of tombstones that have no
+/// kind 5 `e` tag row to stand for them).
+async fn tombstone_rows(store: &Arc<dyn Store>) -> i64 {
+    let sql = "SELECT COUNT(*) FROM deleted_ids";
+    match store.database().expect("a database") {
+        store::Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(&pool).await,
+        store::Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(&pool).await,
+    }
+    .expect("count deleted_ids")
+}
+
+/// Record a tombstone the way stores before the tags-held tombstones did.
+async fn legacy_tombstone(store: &Arc<dyn Store>, id: EventId, author: &Keys) {
+    let (id, pubkey) = (
+        id.as_bytes().to_vec(),
+        author.public_key().to_bytes().to_vec(),
+    );
+    match store.database().expect("a database") {
+        store::Database::Sqlite(pool) => {
+            sqlx::query("INSERT INTO deleted_ids (id, pubkey) VALUES (?, ?)")
+                .bind(id)
+                .bind(pubkey)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        }
+        store::Database::Postgres(pool) => {
+            sqlx::query("INSERT INTO deleted_ids (id, pubkey) VALUES ($1, $2)")
+                .bind(id)
+                .bind(pubkey)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        }
+    }
+    .expect("insert legacy tombstone");
+}
+
+/// A kind 5's `e` tags in lowercase hex are its tombstones: no second row
+/// per target (half the index rows a large deletion writes), yet every
+/// target stays refused, through the batch path (notes) and the one-by-one
+/// path (replaceable kinds) alike. An id spelled only in uppercase still
+/// gets a row; rows written by earlier versions are still honoured; and a
+/// deletion request that expires leaves its tombstones behind.
+async fn deletion_tombstones_are_its_own_tags(store: Arc<dyn Store>) {
+    let alice = Keys::generate();
+    let t = now();
+    let stored = event(&alice, 1, t - 100, vec![]);
+    let profile = event(&alice, 0, t - 100, vec![]);
+    let unseen = event(&alice, 1, t - 99, vec![]);
+    let upper = event(&alice, 1, t - 98, vec![]);
+    let both = event(&alice, 1, t - 97, vec![]);
+    save_all(&store, &[stored.clone(), profile.clone()]).await;
+    let mut tags: Vec<Tag> = [&stored, &profile, &unseen, &both]
+        .iter()
+        .map(|e| Tag::event(e.id))
+        .collect();
+    tags.push(tag(&["e", &upper.id.to_hex().to_uppercase()]));
+    tags.push(tag(&["e", &both.id.to_hex().to_uppercase()]));
+    let deletion = event(&alice, 5, t - 90, tags);
+    assert_eq!(save(&store, &deletion).await, SaveOutcome::Stored);
+    assert_eq!(
+        tombstone_rows(&store).await,
+        1,
+        "only the id never named in lowercase hex needs a row"
+    );
+    for ev in [&stored, &profile, &unseen, &upper, &both] {
+        assert_eq!(save(&store, ev).await, SaveOutcome::Deleted, "{}", ev.id);
+    }
+    // A row from before this layout still blocks.
+    let old = event(&alice, 1, t - 70, vec![]);
+    legacy_tombstone(&store, old.id, &alice).await;
+    assert_eq!(save(&store, &old).await, SaveOutcome::Deleted);
+
+    // An expiring deletion request: once purged, its targets stay refused.
+    let article = event(&alice, 30_023, t - 60, vec![tag(&["d", "x"])]);
+    let note = event(&alice, 1, t - 60, vec![]);
+    let expiring = event(
+        &alice,
+        5,
+        t - 50,
+        vec![
+            Tag::event(article.id),
+            Tag::event(note.id),
+            tag(&["expiration", &(t + 100).to_string()]),
+        ],
+    );
+    assert_eq!(save(&store, &expiring).await, SaveOutcome::Stored);
+    let before = tombstone_rows(&store).await;
+    assert_eq!(store.purge_expired(t + 100).await.expect("purge"), 1);
+    assert!(ids(&store, Filter::new().id(expiring.id), &ctx(&[]))
+        .await
+        .is_empty());
+    assert_eq!(tombstone_rows(&store).await, before + 2);
+    assert_eq!(save(&store, &article).await, SaveOutcome::Deleted);
+    assert_eq!(save(&store, &note).await, SaveOutcome::Deleted);
 }
 
 async fn expiration_hidden_and_purged(store: Arc<dyn Store>) {
