@@ -15,7 +15,6 @@
 //!   it the old key is kept beside it (`owner.key.replaced-<unix>`, 0600):
 //!   a lost secret key loses the identity bound to it.
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
