@@ -1,13 +1,10 @@
 //! `cairn backup` and `cairn restore` as a user runs them: against a
 //! serving `cairn serve`, results on stdout, refusals with exit code 2.
 
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+use common::{text, Serve, CAIRN};
 
 fn cairn(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(CAIRN)
@@ -18,42 +15,11 @@ fn cairn(args: &[&std::ffi::OsStr]) -> Output {
         .expect("cairn runs")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[test]
 fn backup_of_a_serving_node_and_restore_into_an_empty_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut serve = Command::new(CAIRN)
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cairn serve starts");
-    let (tx, rx) = mpsc::channel();
-    let stderr = serve.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        match rx.recv_timeout(WAIT) {
-            Ok(line) if line.contains("listening on ws://") => break,
-            Ok(_) => {}
-            Err(_) => {
-                let _ = serve.kill();
-                panic!("cairn serve did not start");
-            }
-        }
-    }
+    let serve = Serve::start(common::serve_command(None, &data));
 
     let archive = tmp.path().join("backup.tar");
     let out = cairn(&[
@@ -63,8 +29,7 @@ fn backup_of_a_serving_node_and_restore_into_an_empty_directory() {
         "--data-dir".as_ref(),
         data.as_os_str(),
     ]);
-    let _ = serve.kill();
-    let _ = serve.wait();
+    serve.kill();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.starts_with("wrote "), "{stdout}");

@@ -3,94 +3,21 @@
 //! commands quiet unless `-v`, no panic when the reader of stdout has gone,
 //! and a word in the log when an existing data directory is re-moded.
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use nostr::{Keys, ToBech32 as _};
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+use common::{text, Serve, CAIRN};
 
-/// `cairn serve` on a free loopback port, and what it wrote to stderr
-/// until it said where it listens.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(CAIRN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cairn serve starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut seen = Vec::new();
-        let addr = loop {
-            let line = match rx.recv_timeout(WAIT) {
-                Ok(line) => line,
-                Err(_) => {
-                    let _ = child.kill();
-                    let mut out = String::new();
-                    if let Some(mut s) = child.stdout.take() {
-                        let _ = s.read_to_string(&mut out);
-                    }
-                    panic!(
-                        "no `listening on ws://` line on stderr; stderr so far: {seen:#?}; stdout: {out:?}"
-                    );
-                }
-            };
-            let addr = line
-                .split("listening on ws://")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|a| a.parse().ok());
-            seen.push(line);
-            if let Some(addr) = addr {
-                break addr;
-            }
-        };
-        Server {
-            child,
-            addr,
-            stderr: rx,
-            seen,
-        }
-    }
-
-    /// Stops the server; its whole stdout and stderr.
-    fn stop(mut self) -> (String, String) {
-        let _ = self.child.kill();
-        let mut out = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            s.read_to_string(&mut out).unwrap();
-        }
-        let _ = self.child.wait();
-        let mut err = self.seen;
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
-            err.push(line);
-        }
-        (out, err.join("\n"))
-    }
+/// `cairn serve` on a free loopback port with stdout piped too (the test
+/// checks that the server writes nothing there).
+fn serve(data_dir: &Path) -> Serve {
+    let mut cmd = common::serve_command(None, data_dir);
+    cmd.stdout(Stdio::piped());
+    Serve::start(cmd)
 }
 
 /// `cairn <args>` with a fresh key, no RUST_LOG, and stdout/stderr captured.
@@ -104,10 +31,6 @@ fn cairn(args: &[&str], nsec: &str) -> Output {
         .expect("cairn runs")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn assert_no_ansi(what: &str, s: &str) {
     assert!(
         !s.contains("\x1b["),
@@ -119,8 +42,8 @@ fn assert_no_ansi(what: &str, s: &str) {
 fn results_go_alone_to_stdout_and_logs_to_stderr_without_colour() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let server = Server::start(&data);
-    let node = format!("http://{}", server.addr);
+    let server = serve(&data);
+    let node = server.http();
     let nsec = Keys::generate().secret_key().to_bech32().unwrap();
     let own = tmp.path().join("own");
     let own = own.to_str().unwrap();
@@ -159,8 +82,8 @@ fn results_go_alone_to_stdout_and_logs_to_stderr_without_colour() {
 #[test]
 fn a_closed_stdout_ends_a_command_without_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"));
-    let node = format!("http://{}", server.addr);
+    let server = serve(&tmp.path().join("data"));
+    let node = server.http();
     let nsec = Keys::generate().secret_key().to_bech32().unwrap();
     let own = tmp.path().join("own");
     let mut child = Command::new(CAIRN)
@@ -191,7 +114,7 @@ fn an_existing_open_data_dir_is_restricted_with_a_warning() {
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let server = Server::start(&data);
+    let server = serve(&data);
     let (_, stderr) = server.stop();
     let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
@@ -202,7 +125,7 @@ fn an_existing_open_data_dir_is_restricted_with_a_warning() {
 
     // A new one is made owner-only without a word.
     let fresh = tmp.path().join("fresh");
-    let (_, stderr) = Server::start(&fresh).stop();
+    let (_, stderr) = serve(&fresh).stop();
     assert_eq!(
         std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
         0o700

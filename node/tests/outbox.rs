@@ -8,43 +8,20 @@
 //! Short backoff and claims come from the config; every wait polls for its
 //! condition with a deadline.
 
-use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nostr::nips::nip19::ToBech32;
 use nostr::Keys;
 use serde_json::Value;
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+mod common;
+use common::{text, Serve, CAIRN};
+
 const WAIT: Duration = Duration::from_secs(60);
 /// Messages of the kill -9 round.
 const BATCH: usize = 20;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A port free now, for a node that must come back on the same one (so it
-/// is not held: see [`User::serve`]), never one handed out before.
-fn reserve_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
 
 struct User {
     name: &'static str,
@@ -64,7 +41,9 @@ impl User {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let port = reserve_port();
+        // Free now and never handed out by bind(0), but not held: a node must
+        // come back on it after a kill (see [`User::serve`]).
+        let port = cairn_testchain::ports::reserved_port().expect("a free port");
         let config = format!(
             "bind = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[outbox]\nkey_file = \"{}\"\n\
              retry_initial_secs = 1\nretry_max_secs = 2\nclaim_secs = 2\ntimeout_secs = 5\n{extra}",
@@ -134,43 +113,15 @@ impl User {
     /// One start of `cairn serve`: the running node once it logs that its
     /// outbox is ready, else its stderr (it exited, or `deadline` passed).
     fn try_serve(&self, deadline: Instant) -> Result<Node, Vec<String>> {
-        let mut child = Command::new(CAIRN)
-            .arg("serve")
+        let mut cmd = Command::new(CAIRN);
+        cmd.arg("serve")
             .arg("--config")
             .arg(self.config())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cairn serve starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                // Logged once the outbox (and its admin token) is ready.
-                Ok(line) if line.contains("outbox at http://") => break,
-                Ok(line) => lines.push(line),
-                // Timed out, or stderr closed: the process is ending.
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(lines);
-                }
-            }
-        }
-        // Keep draining stderr so the node never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Ok(Node(child))
+            .stderr(Stdio::piped());
+        Serve::spawn(cmd, common::OUTBOX_READY, deadline).map(Node)
     }
 
     /// `cairn msg outbox --json`.
@@ -199,19 +150,11 @@ impl User {
 }
 
 /// A running `cairn serve`, killed (SIGKILL) when dropped.
-struct Node(Child);
+struct Node(Serve);
 
 impl Node {
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    fn kill(self) {
+        self.0.kill();
     }
 }
 
@@ -446,7 +389,10 @@ fn a_message_to_a_stopped_node_arrives_when_it_starts_and_a_kill_loses_or_repeat
 fn a_recipients_inbox_list_is_found_on_the_lookup_relays() {
     let tmp = tempfile::tempdir().unwrap();
     // An extra inbox of Bob's that nobody serves: it only has to be listed.
-    let extra = format!("ws://127.0.0.1:{}", reserve_port());
+    let extra = format!(
+        "ws://127.0.0.1:{}",
+        cairn_testchain::ports::reserved_port().unwrap()
+    );
     let bob = User::new(
         tmp.path(),
         "bob",

@@ -19,17 +19,15 @@
 //! cargo test --release -p cairn-node --test outbox_bench -- --ignored --nocapture --test-threads 1
 //! ```
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nostr::{Event, EventBuilder, Keys, Kind, Tag};
 use serde_json::{json, Value};
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-const WAIT: Duration = Duration::from_secs(60);
+mod common;
+use common::Serve;
+
 const RECIPIENTS: usize = 1_000;
 const RELAYS: usize = 10;
 
@@ -41,57 +39,27 @@ gift_wraps_per_recipient = { per_second = 1000000.0, burst = 1000000.0 }
 reqs_per_ip = { per_second = 1000000.0, burst = 1000000.0 }
 "#;
 
-struct Serve {
-    child: Child,
-    addr: String,
+/// A `cairn serve` with its data directory (where its admin token is).
+struct Node {
+    serve: Serve,
     dir: PathBuf,
 }
 
-impl Serve {
-    fn start(dir: &Path, config: &str) -> Serve {
+impl Node {
+    fn start(dir: &Path, config: &str) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let file = dir.join("cairn.toml");
         std::fs::write(&file, config).unwrap();
-        let mut child = Command::new(CAIRN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-            .arg(&file)
-            .arg("--data-dir")
-            .arg(dir)
-            .env("RUST_LOG", "warn,cairn=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cairn serve starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) => {
-                    if let Some((_, rest)) = line.split_once("listening on ws://") {
-                        break rest.split_whitespace().next().unwrap().to_owned();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("cairn serve did not start");
-                }
-            }
-        };
-        Serve {
-            child,
-            addr,
+        let mut cmd = common::serve_command(Some(&file), dir);
+        cmd.env("RUST_LOG", "warn,cairn=info");
+        Node {
+            serve: Serve::start(cmd),
             dir: dir.to_owned(),
         }
     }
 
     fn ws(&self) -> String {
-        format!("ws://{}", self.addr)
+        self.serve.ws()
     }
 
     fn token(&self) -> String {
@@ -102,25 +70,13 @@ impl Serve {
     }
 
     fn rss_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.serve.status_kib(field)
     }
 }
 
 /// A sender node: the outbox with the owner's key, its relay's limits
 /// raised (the recipients' lists are published to it from one address).
-fn sender(root: &Path, name: &str, extra: &str) -> Serve {
+fn sender(root: &Path, name: &str, extra: &str) -> Node {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("owner.nsec");
@@ -129,7 +85,7 @@ fn sender(root: &Path, name: &str, extra: &str) -> Serve {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    Serve::start(
+    Node::start(
         &dir,
         &format!(
             "{LIMITS}\n[outbox]\nkey_file = \"{}\"\ninbox_list_check_secs = 0\n{extra}\n",
@@ -164,10 +120,10 @@ fn wrap(to: &Keys, i: usize) -> Event {
 
 /// POST all `wraps` to the sender's outbox, 16 per request, 4 requests at
 /// once.
-async fn enqueue(node: &Serve, wraps: Vec<Event>) {
+async fn enqueue(node: &Node, wraps: Vec<Event>) {
     use futures::StreamExt as _;
     let http = reqwest::Client::new();
-    let url = format!("http://{}/admin/v1/outbox", node.addr);
+    let url = format!("{}/admin/v1/outbox", node.serve.http());
     let token = node.token();
     let bodies: Vec<Value> = wraps
         .chunks(16)
@@ -195,8 +151,8 @@ async fn enqueue(node: &Serve, wraps: Vec<Event>) {
         .await;
 }
 
-async fn totals(node: &Serve) -> Value {
-    let url = format!("http://{}/admin/v1/outbox?limit=1", node.addr);
+async fn totals(node: &Node) -> Value {
+    let url = format!("{}/admin/v1/outbox?limit=1", node.serve.http());
     let res = reqwest::Client::new()
         .get(&url)
         .bearer_auth(node.token())
@@ -218,8 +174,8 @@ fn wraps_count() -> usize {
 #[ignore = "benchmark: run with --release --ignored --nocapture"]
 async fn outbox_throughput_1000_recipients_10_relays() {
     let tmp = tempfile::tempdir().unwrap();
-    let relays: Vec<Serve> = (0..RELAYS)
-        .map(|i| Serve::start(&tmp.path().join(format!("r{i}")), LIMITS))
+    let relays: Vec<Node> = (0..RELAYS)
+        .map(|i| Node::start(&tmp.path().join(format!("r{i}")), LIMITS))
         .collect();
     let node = sender(tmp.path(), "sender", "");
     let recipients: Vec<Keys> = (0..RECIPIENTS).map(|_| Keys::generate()).collect();

@@ -15,17 +15,16 @@
 //! Run: `cargo test -p cairn-node --test scheduled`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_relay::store::QueryContext;
 use nostr::{Event, EventBuilder, EventId, Filter, JsonUtil as _, Keys, Kind, Tag, Timestamp};
 use serde_json::Value;
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+mod common;
+use common::Serve;
+
 /// How long any one condition may take to come true.
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -39,82 +38,22 @@ gift_wraps_per_recipient = { per_second = 100000.0, burst = 100000.0 }
 reqs_per_ip = { per_second = 100000.0, burst = 100000.0 }
 "#;
 
-/// `cairn serve` on a free loopback port, killed when dropped.
-struct Serve {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
+/// `cairn serve` on a free loopback port (`RUST_LOG=info`: the tests read
+/// its sync log lines), killed when dropped.
+fn serve(config: &Path, data_dir: &Path) -> Serve {
+    let mut cmd = common::serve_command(Some(config), data_dir);
+    cmd.env("RUST_LOG", "info");
+    Serve::start(cmd)
 }
 
-impl Serve {
-    fn start(config: &Path, data_dir: &Path) -> Serve {
-        let mut child = Command::new(CAIRN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cairn serve starts");
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let keep = Arc::clone(&log);
-        // Drained to the end, so that the server never writes its log into
-        // a closed pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                keep.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let addr = loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) => {
-                    if let Some((_, rest)) = line.split_once("listening on ws://") {
-                        break rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("cairn serve did not say where it listens: {:?}", log.lock());
-                }
-            }
-        };
-        Serve { child, addr, log }
-    }
-
-    fn ws(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    /// `/ready`'s body; `None` when it did not answer in time.
-    async fn ready(&self) -> Option<Value> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        let url = format!("http://{}/ready", self.addr);
-        client.get(&url).send().await.ok()?.json().await.ok()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `/ready`'s body; `None` when it did not answer in time.
+async fn ready_body(node: &Serve) -> Option<Value> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("{}/ready", node.http());
+    client.get(&url).send().await.ok()?.json().await.ok()
 }
 
 /// Polls `f` until it gives `Some`, for at most [`WAIT`].
@@ -223,7 +162,7 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
 
     let b_config = tmp.path().join("b.toml");
     std::fs::write(&b_config, LIMITS).unwrap();
-    let b = Serve::start(&b_config, b_dir);
+    let b = serve(&b_config, b_dir);
     let (_held, dead_port) = dead_port();
     let dead = format!("ws://127.0.0.1:{dead_port}");
     let a_config = tmp.path().join("a.toml");
@@ -237,7 +176,7 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
         ),
     )
     .unwrap();
-    let a = Serve::start(&a_config, a_dir);
+    let a = serve(&a_config, a_dir);
 
     // Events published while both serve, one to each.
     let (to_a, to_b) = (note(1_000, t0), note(1_001, t0));
@@ -260,7 +199,7 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
     // `/ready` shows both entries: the working one with its last report,
     // the dead one with its failures and a next run.
     let ready = wait_for("/ready to show both syncs", || async {
-        let ready = a.ready().await?;
+        let ready = ready_body(&a).await?;
         let sync = ready["sync"].as_array()?.clone();
         let ok = sync.iter().find(|s| s["relay"] == b.ws())?;
         let bad = sync.iter().find(|s| s["relay"] == dead)?;
@@ -290,7 +229,7 @@ async fn a_configured_sync_keeps_two_serving_nodes_complete_without_a_command() 
     assert!(bad["next_run_at"].is_u64(), "{bad}");
     // Later runs have nothing left to do.
     wait_for("a run with nothing to transfer", || async {
-        let ready = a.ready().await?;
+        let ready = ready_body(&a).await?;
         let ok = ready["sync"]
             .as_array()?
             .iter()
@@ -352,7 +291,7 @@ async fn on_postgres_one_process_runs_each_sync() {
     seed(b_dir, &b_notes).await;
     let b_config = tmp.path().join("b.toml");
     std::fs::write(&b_config, LIMITS).unwrap();
-    let b = Serve::start(&b_config, b_dir);
+    let b = serve(&b_config, b_dir);
     let config = tmp.path().join("pg.toml");
     std::fs::write(
         &config,
@@ -363,7 +302,7 @@ async fn on_postgres_one_process_runs_each_sync() {
         ),
     )
     .unwrap();
-    let (p, q) = (Serve::start(&config, p_dir), Serve::start(&config, q_dir));
+    let (p, q) = (serve(&config, p_dir), serve(&config, q_dir));
 
     let want: Vec<EventId> = b_notes.iter().map(|e| e.id).collect();
     for node in [&p, &q] {
@@ -375,17 +314,17 @@ async fn on_postgres_one_process_runs_each_sync() {
     }
     // Exactly one of the two holds the entry's lease, and only it has run it.
     let (held_p, held_q) = wait_for("both /ready to list the sync", || async {
-        let hp = p.ready().await?["sync"][0]["held"].as_bool()?;
-        let hq = q.ready().await?["sync"][0]["held"].as_bool()?;
+        let hp = ready_body(&p).await?["sync"][0]["held"].as_bool()?;
+        let hq = ready_body(&q).await?["sync"][0]["held"].as_bool()?;
         Some((hp, hq))
     })
     .await;
     assert!(held_p ^ held_q, "exactly one holder: {held_p} {held_q}");
     let (runner, standby) = if held_p { (&p, &q) } else { (&q, &p) };
     let runs = |v: Value| v["sync"][0]["runs"].as_u64();
-    assert!(runs(runner.ready().await.unwrap()).unwrap() >= 1);
+    assert!(runs(ready_body(&runner).await.unwrap()).unwrap() >= 1);
     assert_eq!(
-        runs(standby.ready().await.unwrap()),
+        runs(ready_body(&standby).await.unwrap()),
         Some(0),
         "{}",
         standby.log()

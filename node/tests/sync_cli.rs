@@ -7,16 +7,15 @@
 //! Run: `cargo test -p cairn-node --test sync_cli`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use nostr::{Event, EventBuilder, EventId, Filter, Keys, Kind, Tag, Timestamp};
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+use common::{text, Serve, CAIRN};
+
 /// One `cairn sync` run may take this long before the test fails.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -31,89 +30,20 @@ reqs_per_ip = { per_second = 100000.0, burst = 100000.0 }
 "#;
 
 /// `cairn serve` on a free loopback port, killed when dropped.
-struct Serve {
-    child: Child,
-    ws_url: String,
-}
-
-impl Serve {
-    fn start(config: &Path, data_dir: &Path) -> Serve {
-        let mut child = Command::new(CAIRN)
-            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cairn serve starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        // Drained to the end, so that the server never writes its log into
-        // a closed pipe once the test stops listening.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let ws_url = loop {
-            match rx.recv_timeout(WAIT) {
-                Ok(line) => {
-                    if let Some((_, rest)) = line.split_once("listening on ws://") {
-                        let addr = rest.split_whitespace().next().unwrap_or_default();
-                        break format!("ws://{addr}");
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("cairn serve did not say where it listens");
-                }
-            }
-        };
-        Serve { child, ws_url }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(config: &Path, data_dir: &Path) -> Serve {
+    Serve::start(common::serve_command(Some(config), data_dir))
 }
 
 /// `cairn sync` with a deadline.
 fn sync(config: &Path, data_dir: &Path, remote: &str, me: &Keys) -> Output {
-    let child = Command::new(CAIRN)
-        .args(["sync", "--relay", remote, "--config"])
+    let mut cmd = Command::new(CAIRN);
+    cmd.args(["sync", "--relay", remote, "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data_dir)
         .env("CAIRN_NSEC", me.secret_key().to_secret_hex())
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cairn sync starts");
-    let (tx, rx) = mpsc::channel();
-    let pid = child.id();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(SYNC_TIMEOUT) {
-        Ok(out) => out.expect("cairn sync ran"),
-        Err(_) => {
-            // Only the child this test started, by its id.
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("cairn sync did not finish within {SYNC_TIMEOUT:?}");
-        }
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+        .env_remove("RUST_LOG");
+    common::run_with_timeout(cmd, SYNC_TIMEOUT)
 }
 
 fn note(i: u64, t0: u64) -> Event {
@@ -197,12 +127,12 @@ fn sync_between_two_serving_nodes_converges_both_ways() {
     seed(&a_dir, &[shared, a_only].concat());
     seed(&b_dir, &[shared, b_only, &mine, &theirs].concat());
 
-    let a = Serve::start(&config, &a_dir);
-    let b = Serve::start(&config, &b_dir);
-    assert_ne!(a.ws_url, b.ws_url);
+    let a = serve(&config, &a_dir);
+    let b = serve(&config, &b_dir);
+    assert_ne!(a.ws(), b.ws());
 
     // From A's side: reconcile with B, both ways, authenticated as me.
-    let out = sync(&config, &a_dir, &b.ws_url, &me);
+    let out = sync(&config, &a_dir, &b.ws(), &me);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert!(
@@ -220,7 +150,7 @@ fn sync_between_two_serving_nodes_converges_both_ways() {
     );
 
     // Converged: nothing left either way.
-    let out = sync(&config, &a_dir, &b.ws_url, &me);
+    let out = sync(&config, &a_dir, &b.ws(), &me);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("remote only  0 (pulled 0"), "{stdout}");
