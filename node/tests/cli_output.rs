@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use nostr::{Keys, ToBech32 as _};
 

@@ -322,9 +322,9 @@ async fn on_postgres_one_process_runs_each_sync() {
     assert!(held_p ^ held_q, "exactly one holder: {held_p} {held_q}");
     let (runner, standby) = if held_p { (&p, &q) } else { (&q, &p) };
     let runs = |v: Value| v["sync"][0]["runs"].as_u64();
-    assert!(runs(ready_body(&runner).await.unwrap()).unwrap() >= 1);
+    assert!(runs(ready_body(runner).await.unwrap()).unwrap() >= 1);
     assert_eq!(
-        runs(ready_body(&standby).await.unwrap()),
+        runs(ready_body(standby).await.unwrap()),
         Some(0),
         "{}",
         standby.log()

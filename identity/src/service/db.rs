@@ -484,6 +484,9 @@ fn epoch_row(r: EpochTuple) -> EpochRow {
 /// [`Self::insert_epoch`], it rolls back and unlocks.
 pub struct WriteLock(WriteTx);
 
+// One per epoch close, moved once and never kept in a collection: boxing the
+// larger transaction would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum WriteTx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
