@@ -17,11 +17,11 @@
 # build: `cargo build --release -p cairn-node -p cairn-bench` first).
 #
 #   STRFRY_BIN=… STRFRY_CONF=… bash bench/peers.sh                 # ingest, 2 rounds
-#   BENCHES="ingest query mixed" SEED_EVENTS=200000 bash bench/peers.sh
+#   BENCHES="ingest query" SEED_EVENTS=200000 bash bench/peers.sh
 #   QUIET=/tmp/w/quiet.sh bash bench/peers.sh                      # wrap each run
-# Knobs: RUNS (2), BENCHES ("ingest"; "query" and "mixed" seed SEED_EVENTS
+# Knobs: RUNS (2), BENCHES ("ingest"; "query" seeds SEED_EVENTS
 # first, default 100000), INGEST_EVENTS (40000), CONNECTIONS (50),
-# MIXED_RATE (2000), REQUESTS (2000), PORT (7790), DATA, OUT, CARGO_TARGET_DIR.
+# REQUESTS (2000), PORT (7790), DATA, OUT, CARGO_TARGET_DIR.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,7 +35,6 @@ BENCHES=${BENCHES:-ingest}
 INGEST_EVENTS=${INGEST_EVENTS:-40000}
 CONNECTIONS=${CONNECTIONS:-50}
 SEED_EVENTS=${SEED_EVENTS:-100000}
-MIXED_RATE=${MIXED_RATE:-2000}
 REQUESTS=${REQUESTS:-2000}
 QUIET=${QUIET:-}
 BENCH=$TARGET/release/cairn-bench
@@ -65,7 +64,7 @@ start_relay() {
         # Its defaults, but: the store in $dir, our port, no open-files
         # raise (strfry refuses to start when the limit is below its
         # 524288), and filters of up to 1,000 values (default 200: the
-        # 500-author follow feed of `query`/`mixed` would be refused).
+        # 500-author follow feed of a `query` would be refused).
         sed -e "s|^db = .*|db = \"$dir/db/\"|" -e "s|^\(\s*\)port = .*|\1port = $PORT|" \
             -e "s|^\(\s*\)nofiles = .*|\1nofiles = 0|" \
             -e "s|^\(\s*\)maxReqFilterSize = .*|\1maxReqFilterSize = 1000|" \
@@ -103,7 +102,7 @@ bench() {
 }
 
 needs_seed=false
-case " $BENCHES " in *" query "* | *" mixed "*) needs_seed=true ;; esac
+case " $BENCHES " in *" query "*) needs_seed=true ;; esac
 for round in $(seq "$RUNS"); do
     for relay in "${RELAYS[@]}"; do
         dir=$DATA/$relay
@@ -122,10 +121,6 @@ for round in $(seq "$RUNS"); do
             for b in $BENCHES; do
                 case $b in
                 query) bench "$relay" query --requests "$REQUESTS" --manifest "$dir.seed.json" ;;
-                mixed)
-                    bench "$relay" mixed --requests "$((REQUESTS * 4))" --rate "$MIXED_RATE" \
-                        --manifest "$dir.seed.json"
-                    ;;
                 esac
             done
         fi
