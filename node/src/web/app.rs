@@ -180,6 +180,18 @@ pub(super) fn signed_in(app: &App, headers: &HeaderMap) -> Result<session::Sessi
         .ok_or_else(|| Redirect::to("/app/login").into_response())
 }
 
+/// The app and the signed-in owner's session, for a page: else the answer
+/// to send instead (no app on this node, or a redirect to sign in).
+// The error is the answer to send back at once; it is built only on that path.
+#[allow(clippy::result_large_err)]
+pub(super) fn signed_in_app<'w>(
+    web: &'w Web,
+    headers: &HeaderMap,
+) -> Result<(&'w App, session::Session), Response> {
+    let app = app_of(web)?;
+    Ok((app, signed_in(app, headers)?))
+}
+
 /// Checks a `POST` of a signed-in owner (session, origin, CSRF token).
 // The error is the answer to send back at once; it is built only on that path.
 #[allow(clippy::result_large_err)]

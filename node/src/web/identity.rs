@@ -39,7 +39,7 @@ use cairn_identity_core::binding::{normalize_handle, proof_post_op, revoke_op, r
 use nostr::{EventId, Keys};
 use serde::Deserialize;
 
-use super::app::{app_html, app_of, checked_post, signed_in, App};
+use super::app::{app_html, app_of, checked_post, signed_in_app, App};
 use super::{Frame, Web};
 use crate::cli::npub;
 use crate::cli::support::time::format_unix;
@@ -276,12 +276,8 @@ async fn page(
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let app = match app_of(&web) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let session = match signed_in(app, &headers) {
-        Ok(s) => s,
+    let (app, session) = match signed_in_app(&web, &headers) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let notice = q.done.as_deref().and_then(|d| match d {

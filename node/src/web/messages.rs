@@ -55,7 +55,7 @@ use nostr::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::app::{app_html, app_of, checked_post, refused, signed_in, App, APP_JS_PATH};
+use super::app::{app_html, app_of, checked_post, refused, signed_in_app, App, APP_JS_PATH};
 use super::check::{self, NodeCheck};
 use super::{Frame, Web};
 use crate::admin_token::{token_path, AdminToken};
@@ -702,12 +702,8 @@ async fn standing(web: &Web, m: Option<&Messaging>, c: &Contact, full: bool) -> 
 
 /// `GET /app/messages`.
 pub(super) async fn list_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let app = match app_of(&web) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let session = match signed_in(app, &headers) {
-        Ok(s) => s,
+    let (app, session) = match signed_in_app(&web, &headers) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     render_list(&web, app, &session.csrf, StatusCode::OK, None).await
@@ -979,12 +975,8 @@ pub(super) async fn conversation_page(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let app = match app_of(&web) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let session = match signed_in(app, &headers) {
-        Ok(s) => s,
+    let (app, session) = match signed_in_app(&web, &headers) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     render_conversation(&web, app, &session.csrf, &raw, StatusCode::OK, None).await

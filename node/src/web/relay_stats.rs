@@ -35,7 +35,7 @@ use axum::Router;
 use cairn_relay::store::{QueryBudget, StoreError};
 use cairn_relay::Relay;
 
-use super::app::{app_html, app_of, signed_in};
+use super::app::{app_html, signed_in_app};
 use super::{Frame, Web};
 use crate::cli::support::time::format_unix;
 use crate::settings::Settings;
@@ -238,12 +238,8 @@ fn bytes(n: u64) -> String {
 
 /// `GET /app/relay`.
 async fn page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let app = match app_of(&web) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let session = match signed_in(app, &headers) {
-        Ok(s) => s,
+    let (app, session) = match signed_in_app(&web, &headers) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let stats = &app.relay_stats;

@@ -35,7 +35,7 @@ use cairn_payments::lightning::{InvoiceDescription, PaymentOutcome, DEFAULT_INVO
 use cairn_payments::nwc::SUPPORTED_METHODS;
 use serde::Deserialize;
 
-use super::app::{app_html, app_of, checked_post, signed_in, App};
+use super::app::{app_html, app_of, checked_post, signed_in_app, App};
 use super::{Frame, Web};
 use crate::cli::nwc::DEFAULT_PERMISSIONS;
 use crate::cli::support::amounts::{parse_duration_secs, Amount};
@@ -278,12 +278,8 @@ async fn wallet_page(
     headers: HeaderMap,
     Query(q): Query<WalletQuery>,
 ) -> Response {
-    let app = match app_of(&web) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let session = match signed_in(app, &headers) {
-        Ok(s) => s,
+    let (app, session) = match signed_in_app(&web, &headers) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     render_wallet(
@@ -821,12 +817,8 @@ async fn connections_page(
     headers: HeaderMap,
     Query(q): Query<ConnectionsQuery>,
 ) -> Response {
-    let app = match app_of(&web) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let session = match signed_in(app, &headers) {
-        Ok(s) => s,
+    let (app, session) = match signed_in_app(&web, &headers) {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let notice = q
