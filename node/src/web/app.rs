@@ -66,6 +66,8 @@ pub struct App {
     /// The node's payments (`[payments] enabled`): the Wallet and
     /// Connections pages ([`super::wallet`]).
     pub(super) payments: Option<Arc<PaymentsSlot>>,
+    /// Tokens of paying forms already posted ([`super::once`]).
+    pub(super) paid_forms: super::once::OnceTokens,
 }
 
 impl App {
@@ -99,6 +101,7 @@ impl App {
             identity: super::identity::IdentityState::new(settings),
             relay_stats: super::relay_stats::RelayStats::new(settings),
             payments: None,
+            paid_forms: super::once::OnceTokens::default(),
         })
     }
 

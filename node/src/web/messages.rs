@@ -223,6 +223,8 @@ struct ConversationPage {
     max_sat: u64,
     /// Why no payment can be attached (no handle); `None`: it can.
     no_payment: Option<String>,
+    /// This rendering's one-time token: a payment is made once per form.
+    pay_token: String,
 }
 
 #[derive(Template)]
@@ -1067,6 +1069,7 @@ async fn render_conversation(
         error,
         max_text: MAX_TEXT,
         max_sat: MAX_PAYMENT_SAT,
+        pay_token: super::once::OnceTokens::fresh(),
         no_payment,
     };
     app_html(status, page.render())
@@ -1108,6 +1111,9 @@ pub(super) struct SendForm {
     /// `lightning` (the default) or `onchain`.
     #[serde(default)]
     method: String,
+    /// The form's one-time token ([`super::once`]).
+    #[serde(default)]
+    pay_token: String,
 }
 
 /// The payment fields of the send form: `None` without an amount.
@@ -1250,6 +1256,23 @@ pub(super) async fn send(
     let contacts = load_contacts(app);
     let contact = contacts.contacts.iter().find(|c| c.key == key.to_hex());
     let name = contact_name(contact, &key);
+    if pay.is_some() && !app.paid_forms.spend(&form.pay_token) {
+        // A second POST of one form (a double click, a replay): its
+        // payment was made, or is being made, by the first.
+        return render_conversation(
+            &web,
+            app,
+            &session.csrf,
+            &raw,
+            StatusCode::CONFLICT,
+            Some(
+                "This form was already sent, so nothing was paid again. \
+                 Check the conversation; to pay again, write the message anew."
+                    .to_owned(),
+            ),
+        )
+        .await;
+    }
     let payment = match pay {
         None => None,
         Some(request) => match pay_contact(&web, m, contact, &name, request).await {

@@ -40,6 +40,7 @@ mod handle;
 mod home;
 mod identity;
 mod messages;
+mod once;
 pub mod passphrase;
 mod relay_stats;
 mod session;

@@ -364,7 +364,8 @@ impl Page<'_> {
         let r = self
             .call(
                 "Runtime.evaluate",
-                json!({ "expression": expr, "returnByValue": true }),
+                // A promise is awaited: its value is the result.
+                json!({ "expression": expr, "returnByValue": true, "awaitPromise": true }),
             )
             .await?;
         if let Some(e) = r.get("exceptionDetails") {

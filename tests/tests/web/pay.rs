@@ -205,6 +205,11 @@ async fn run() -> Result<()> {
     ))
     .await?;
     ensure!(a.text("document.getElementById('method').value").await? == "lightning");
+    // What the form posts, to post it a second time below.
+    let replay = a
+        .text("new URLSearchParams(new FormData(document.querySelector('form[action$=\"/send\"]'))).toString()")
+        .await?;
+    ensure!(replay.contains("pay_token="), "{replay}");
     let loaded = a
         .navigate_by("document.querySelector('form[action$=\"/send\"]').requestSubmit()")
         .await?;
@@ -256,6 +261,23 @@ async fn run() -> Result<()> {
     ensure!(
         bob_after == bob_before + PAY_SAT,
         "Bob's Lightning balance went from {bob_before} to {bob_after} sat"
+    );
+
+    // --- The same form posted again (a double click, a replay) pays nothing ---
+    let status = a
+        .eval(&format!(
+            "fetch(document.querySelector('form[action$=\"/send\"]').action, {{method: 'POST', \
+             headers: {{'Content-Type': 'application/x-www-form-urlencoded'}}, body: {}}}).then(r => r.status)",
+            serde_json::to_string(&replay)?
+        ))
+        .await?;
+    ensure!(
+        status == json!(409),
+        "the same payment form posted again: {status}"
+    );
+    ensure!(
+        lightning_balance(&bob_admin).await? == bob_after,
+        "a second POST of one payment form paid again"
     );
 
     browser.close().await?;
