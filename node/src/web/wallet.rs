@@ -216,6 +216,8 @@ struct WalletPage {
     channels: Vec<ChannelView>,
     transactions: Vec<TxView>,
     payments: Vec<PaymentView>,
+    /// This rendering's one-time token for the forms that pay.
+    pay_token: String,
 }
 
 /// What the page says after a change, from its `303` (ids only: nothing
@@ -307,6 +309,7 @@ async fn render_wallet(
         frame: Frame::of(web),
         app_csrf: Some(csrf.to_owned()),
         csrf: csrf.to_owned(),
+        pay_token: super::once::OnceTokens::fresh(),
         unavailable: None,
         notice,
         error,
@@ -437,6 +440,19 @@ fn checked(
 
 /// Runs `f` for a checked wallet form and answers its page; the error text
 /// shows on the page (`400`, or `503` when payments are not running here).
+/// Spends a paying form's one-time token: a second POST of one form (a
+/// double click, a replay) pays nothing.
+fn spend_form(web: &Web, token: &str) -> Result<(), String> {
+    let fresh = app_of(web).is_ok_and(|app| app.paid_forms.spend(token));
+    if fresh {
+        Ok(())
+    } else {
+        Err("This form was already sent, so nothing was paid again. \
+             Check the history below before paying again."
+            .to_owned())
+    }
+}
+
 macro_rules! wallet_form {
     ($web:expr, $headers:expr, $csrf:expr, |$p:ident| $body:expr) => {{
         let (csrf, payments) = match checked(&$web, &$headers, $csrf, "/app/wallet") {
@@ -610,6 +626,9 @@ struct SendForm {
     amount: String,
     #[serde(default)]
     fee_rate: String,
+    /// The form's one-time token ([`super::once`]).
+    #[serde(default)]
+    pay_token: String,
 }
 
 /// `POST /app/wallet/send`: pays on-chain, through the admin API's send.
@@ -632,6 +651,7 @@ async fn send_onchain(
                         .to_owned()
                 })?),
             };
+            spend_form(&web, &form.pay_token)?;
             let txid = admin::send_onchain(&p, &form.address, amount, fee_rate)
                 .await
                 .map_err(api)?;
@@ -649,6 +669,9 @@ struct PayForm {
     invoice: String,
     #[serde(default)]
     amount: String,
+    /// The form's one-time token ([`super::once`]).
+    #[serde(default)]
+    pay_token: String,
 }
 
 /// `POST /app/wallet/pay`: pays a BOLT11 invoice, through the admin API's pay.
@@ -668,6 +691,7 @@ async fn pay_invoice(
                 .or_else(|| invoice.strip_prefix("LIGHTNING:"))
                 .unwrap_or(invoice);
             let amount_msat = amount_field(&form.amount, "Amount")?.map(|s| s * 1_000);
+            spend_form(&web, &form.pay_token)?;
             let sent = admin::pay_invoice(&p, invoice, amount_msat)
                 .await
                 .map_err(api)?;

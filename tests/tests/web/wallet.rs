@@ -174,6 +174,17 @@ async fn run() -> Result<()> {
     ensure!(parsed.is_valid_for_network(Network::Regtest), "{address}");
     ensure!(address != funding.to_string(), "a fresh address each time");
     assert_qr(&page).await?;
+    // Both paying forms carry one one-time token, which a first POST spends.
+    let tokens = page
+        .eval("[...document.querySelectorAll('form[action=\"/app/wallet/send\"] input[name=pay_token], form[action=\"/app/wallet/pay\"] input[name=pay_token]')].map(i => i.value)")
+        .await?;
+    let tokens = tokens.as_array().cloned().unwrap_or_default();
+    ensure!(
+        tokens.len() == 2
+            && tokens[0] == tokens[1]
+            && tokens[0].as_str().is_some_and(|t| t.len() == 64),
+        "pay tokens: {tokens:?}"
+    );
     page.screenshot(&shots.join("app-wallet.png")).await?;
 
     // --- Connections: create one in the app ---
