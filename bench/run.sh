@@ -6,7 +6,8 @@
 #   bash bench/run.sh                      # everything (seeding 1M events takes minutes)
 #   SEED_EVENTS=100000 bash bench/run.sh   # a quicker, smaller store for query
 #   ABUSE_SECONDS=8 bash bench/run.sh      # longer abuse phases (default 4 s each)
-# Other knobs: INGEST_EVENTS, SUBSCRIBERS, IDLE, ABUSE_SEED, DATA, URL, OUT, CARGO_TARGET_DIR.
+# Other knobs: INGEST_EVENTS, SUBSCRIBERS, IDLE, ABUSE_SEED, MIXED_RATE (2000/s),
+# MIXED_SECONDS (20), DATA, URL, OUT, CARGO_TARGET_DIR.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,6 +21,8 @@ INGEST_EVENTS=${INGEST_EVENTS:-100000}
 SUBSCRIBERS=${SUBSCRIBERS:-1000}
 ABUSE_SECONDS=${ABUSE_SECONDS:-4}
 ABUSE_SEED=${ABUSE_SEED:-20000}
+MIXED_RATE=${MIXED_RATE:-2000}
+MIXED_SECONDS=${MIXED_SECONDS:-20}
 
 cargo build --release -p cairn-node -p cairn-bench
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -62,6 +65,8 @@ bench seed --events "$SEED_EVENTS" --authors 1000 --manifest "$DATA.seed.json" "
 # The same ingest again, now into the large store.
 bench ingest --connections 50 --events "$INGEST_EVENTS" "${WAL[@]}"
 bench query --requests 2000 --manifest "$DATA.seed.json"
+# The same REQs while fresh events arrive at a steady MIXED_RATE per second.
+bench mixed --seconds "$MIXED_SECONDS" --ingest-rate "$MIXED_RATE" --manifest "$DATA.seed.json"
 # Memory per idle connection needs a fresh process: memory freed by the
 # earlier benchmarks' connections would be reused and hide the growth.
 stop_relay

@@ -105,29 +105,39 @@ pub async fn publish_measured(
 
 /// Report fields shared by `ingest` and `seed`.
 pub fn add_outcome(report: &mut Report, outcome: &PipelineOutcome) {
+    add_outcome_as(report, "", outcome);
+}
+
+/// [`add_outcome`] with every key prefixed (`mixed` reports its background
+/// ingest as `ingest_sent`, `ingest_ok_latency`, …).
+pub fn add_outcome_as(report: &mut Report, prefix: &str, outcome: &PipelineOutcome) {
+    let key = |k: &str| format!("{prefix}{k}");
     let secs = outcome.elapsed.as_secs_f64().max(1e-9);
-    report.add("sent", outcome.sent);
-    report.add("accepted", outcome.accepted);
-    report.add("rejected", outcome.rejected_total());
-    report.add("unanswered", outcome.unanswered);
-    report.add("seconds", secs);
-    report.add("accepted_per_second", outcome.accepted as f64 / secs);
+    report.add(&key("sent"), outcome.sent);
+    report.add(&key("accepted"), outcome.accepted);
+    report.add(&key("rejected"), outcome.rejected_total());
+    report.add(&key("unanswered"), outcome.unanswered);
+    report.add(&key("seconds"), secs);
+    report.add(&key("accepted_per_second"), outcome.accepted as f64 / secs);
     report.add_summary(
-        "ok_latency",
+        &key("ok_latency"),
         Summary::from_durations(&outcome.ack_latencies),
     );
     if !outcome.rejected.is_empty() {
-        report.add("rejected_reasons", json!(outcome.rejected));
+        report.add(&key("rejected_reasons"), json!(outcome.rejected));
     }
     if !outcome.notices.is_empty() {
-        report.add("notices", json!(outcome.notices));
+        report.add(&key("notices"), json!(outcome.notices));
     }
     if !outcome.connection_errors.is_empty() {
-        report.add("connection_errors", outcome.connection_errors.len() as u64);
+        report.add(
+            &key("connection_errors"),
+            outcome.connection_errors.len() as u64,
+        );
         let mut errs = outcome.connection_errors.clone();
         errs.sort();
         errs.dedup();
         errs.truncate(5);
-        report.add("connection_error_samples", json!(errs));
+        report.add(&key("connection_error_samples"), json!(errs));
     }
 }

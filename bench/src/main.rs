@@ -8,6 +8,8 @@ mod fanout;
 mod filewatch;
 mod idle;
 mod ingest;
+mod mixed;
+mod paced;
 mod procfs;
 mod query;
 mod seed;
@@ -56,8 +58,10 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// Fill the store with a varied data set (authors, kinds, `p` tags, a year of timestamps).
     Seed(seed::SeedArgs),
-    /// REQ → EOSE latency by author, kind and `#p` on a seeded store.
+    /// REQ → EOSE latency by author, kind, `#p` and follow feed on a seeded store.
     Query(query::QueryArgs),
+    /// The same REQs while fresh events are ingested at a steady rate.
+    Mixed(mixed::MixedArgs),
     /// Hold idle connections open and measure the relay's memory per connection.
     Idle(idle::IdleArgs),
     /// Attacks from one address while bystanders on another publish and
@@ -83,6 +87,7 @@ async fn main() -> Result<()> {
             Command::Fanout(a) => fanout::run(urls, a).await,
             Command::Seed(a) => seed::run(url, a).await,
             Command::Query(a) => query::run(url, a).await,
+            Command::Mixed(a) => mixed::run(url, a).await,
             Command::Idle(a) => idle::run(url, a).await,
             Command::Abuse(a) => abuse::run(url, a).await,
         }

@@ -71,6 +71,9 @@ pub struct Manifest {
     pub kinds: Vec<u16>,
     /// Events the seed run published.
     pub events: u64,
+    /// `--seed` of the run: with it the authors' keys can be derived again
+    /// (see [`Manifest::author_keys`]). `None` in a manifest without it.
+    pub seed: Option<u64>,
 }
 
 impl Manifest {
@@ -103,6 +106,7 @@ impl Manifest {
             recipients: strings("recipients")?,
             kinds,
             events: v["events"].as_u64().unwrap_or(0),
+            seed: v["seed"].as_u64(),
         };
         anyhow::ensure!(
             !manifest.authors.is_empty()
@@ -113,9 +117,36 @@ impl Manifest {
         Ok(manifest)
     }
 
-    fn to_json(&self, seed: u64) -> Value {
+    /// The authors' keys, derived again from the manifest's seed, so that
+    /// new events can be signed as the seeded authors (`mixed`). Fails when
+    /// the manifest has no seed or the derived keys are not its authors.
+    pub fn author_keys(&self) -> Result<Vec<Keys>> {
+        let seed = self
+            .seed
+            .context("the seed manifest has no seed (written by an old cairn-bench?)")?;
+        let keys = derive_keys(seed, AUTHOR_DOMAIN, self.authors.len())?;
+        let same = keys
+            .iter()
+            .zip(&self.authors)
+            .all(|(k, hex)| k.public_key().to_hex() == *hex);
+        anyhow::ensure!(
+            same,
+            "the manifest's authors are not derived from its seed {seed}"
+        );
+        Ok(keys)
+    }
+
+    /// The `p`-tagged recipients as public keys.
+    pub fn recipient_keys(&self) -> Result<Vec<PublicKey>> {
+        self.recipients
+            .iter()
+            .map(|hex| PublicKey::from_hex(hex).context("recipient in the seed manifest"))
+            .collect()
+    }
+
+    fn to_json(&self) -> Value {
         json!({
-            "seed": seed,
+            "seed": self.seed,
             "events": self.events,
             "kinds": self.kinds,
             "authors": self.authors,
@@ -134,11 +165,44 @@ pub fn seed_event(
     authors: &[Keys],
     recipients: &[PublicKey],
 ) -> Result<nostr::Event> {
+    build_event(seed, index, None, now, authors, recipients)
+}
+
+/// Like [`seed_event`] (same mix of kinds, authors and tags), but created at
+/// `created_at`: a new event arriving in a seeded store (`mixed`). A
+/// different `seed` than the store's keeps ids, contents and `d` tags new.
+pub fn fresh_event(
+    seed: u64,
+    index: usize,
+    created_at: u64,
+    authors: &[Keys],
+    recipients: &[PublicKey],
+) -> Result<nostr::Event> {
+    build_event(
+        seed,
+        index,
+        Some(created_at),
+        created_at,
+        authors,
+        recipients,
+    )
+}
+
+fn build_event(
+    seed: u64,
+    index: usize,
+    created_at: Option<u64>,
+    now: u64,
+    authors: &[Keys],
+    recipients: &[PublicKey],
+) -> Result<nostr::Event> {
     // One RNG per index keeps events independent of the signing thread layout.
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index as u64);
     let author = &authors[rng.gen_range(0..authors.len())];
     let recipient = recipients[rng.gen_range(0..recipients.len())];
-    let created_at = Timestamp::from(now - rng.gen_range(0..YEAR_SECS));
+    // Drawn even when fixed, so the rest of the event is the same either way.
+    let spread = now - rng.gen_range(0..YEAR_SECS);
+    let created_at = Timestamp::from(created_at.unwrap_or(spread));
     let mut random_id = [0u8; 32];
     rng.fill_bytes(&mut random_id);
     let target = EventId::from_byte_array(random_id);
@@ -195,8 +259,9 @@ pub async fn run(url: &str, args: &SeedArgs) -> Result<Report> {
         recipients: recipients.iter().map(PublicKey::to_hex).collect(),
         kinds: SEED_KINDS.to_vec(),
         events: args.events as u64,
+        seed: Some(args.seed),
     };
-    std::fs::write(&args.manifest, manifest.to_json(args.seed).to_string())
+    std::fs::write(&args.manifest, manifest.to_json().to_string())
         .with_context(|| format!("writing {}", args.manifest.display()))?;
 
     let mut report = Report::new("seed");
@@ -264,10 +329,55 @@ mod tests {
             recipients: vec!["bb".into(), "cc".into()],
             kinds: vec![1, 7],
             events: 3,
+            seed: Some(1),
         };
-        std::fs::write(&dir, m.to_json(1).to_string()).expect("write");
+        std::fs::write(&dir, m.to_json().to_string()).expect("write");
         let back = Manifest::load(&dir).expect("load");
         std::fs::remove_file(&dir).ok();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn author_keys_are_derived_again_from_the_manifest_seed() {
+        let keys = derive_keys(5, AUTHOR_DOMAIN, 4).expect("keys");
+        let mut m = Manifest {
+            authors: keys.iter().map(|k| k.public_key().to_hex()).collect(),
+            recipients: vec![Keys::generate().public_key().to_hex()],
+            kinds: SEED_KINDS.to_vec(),
+            events: 0,
+            seed: Some(5),
+        };
+        let again = m.author_keys().expect("derived");
+        assert_eq!(
+            again.iter().map(Keys::public_key).collect::<Vec<_>>(),
+            keys.iter().map(Keys::public_key).collect::<Vec<_>>()
+        );
+        assert_eq!(m.recipient_keys().expect("keys").len(), 1);
+        m.seed = Some(6);
+        assert!(m.author_keys().is_err(), "another seed, other authors");
+        m.seed = None;
+        assert!(m.author_keys().is_err(), "no seed");
+    }
+
+    #[test]
+    fn fresh_events_are_seed_events_at_the_given_time() {
+        let authors = derive_keys(7, AUTHOR_DOMAIN, 10).expect("keys");
+        let recipients: Vec<PublicKey> = derive_keys(7, RECIPIENT_DOMAIN, 10)
+            .expect("keys")
+            .iter()
+            .map(Keys::public_key)
+            .collect();
+        let now = 1_800_000_000;
+        for i in 0..50 {
+            let seeded = seed_event(9, i, now, &authors, &recipients).expect("event");
+            let fresh = fresh_event(9, i, now + 5, &authors, &recipients).expect("event");
+            fresh.verify().expect("valid");
+            assert_eq!(fresh.created_at.as_secs(), now + 5);
+            assert_eq!(
+                (fresh.pubkey, fresh.kind, &fresh.content, &fresh.tags),
+                (seeded.pubkey, seeded.kind, &seeded.content, &seeded.tags)
+            );
+            assert_ne!(fresh.id, seeded.id);
+        }
     }
 }

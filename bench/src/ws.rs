@@ -1,5 +1,6 @@
 //! Raw NIP-01 over WebSockets: connecting, classifying relay messages, and
-//! the pipelined publisher shared by `ingest` and `seed`.
+//! the pipelined publisher shared by `ingest` and `seed` (the paced one of
+//! `mixed`, in `paced.rs`, keeps its books with the same [`ConnOutcome`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -266,7 +267,8 @@ pub struct PipelineOutcome {
 }
 
 impl PipelineOutcome {
-    fn merge(&mut self, other: ConnOutcome) {
+    /// Add one connection's outcome.
+    pub(crate) fn merge(&mut self, other: ConnOutcome) {
         self.sent += other.sent;
         self.accepted += other.accepted;
         for (k, v) in other.rejected {
@@ -288,15 +290,52 @@ impl PipelineOutcome {
     }
 }
 
+/// What one publishing connection saw; merged into a [`PipelineOutcome`].
 #[derive(Debug, Default)]
-struct ConnOutcome {
-    sent: u64,
-    accepted: u64,
-    rejected: HashMap<String, u64>,
-    notices: HashMap<String, u64>,
-    error: Option<String>,
-    unanswered: u64,
-    ack_latencies: Vec<Duration>,
+pub(crate) struct ConnOutcome {
+    pub(crate) sent: u64,
+    pub(crate) accepted: u64,
+    pub(crate) rejected: HashMap<String, u64>,
+    pub(crate) notices: HashMap<String, u64>,
+    pub(crate) error: Option<String>,
+    pub(crate) unanswered: u64,
+    pub(crate) ack_latencies: Vec<Duration>,
+}
+
+impl ConnOutcome {
+    /// Account for one relay message on a publishing connection: an OK
+    /// settles the event in `in_flight` it answers (sent → OK latency), a
+    /// NOTICE is counted. Anything else, or an OK for an event not in
+    /// flight, is a protocol error.
+    pub(crate) fn settle(
+        &mut self,
+        text: &str,
+        in_flight: &mut HashMap<String, Instant>,
+        acked: &AtomicU64,
+    ) -> Result<()> {
+        match Incoming::parse(text) {
+            Incoming::Ok {
+                id,
+                accepted,
+                message,
+            } => {
+                let Some(sent_at) = in_flight.remove(&id) else {
+                    bail!("OK for an event this connection did not send in flight: {id}");
+                };
+                self.ack_latencies.push(sent_at.elapsed());
+                acked.fetch_add(1, Ordering::Relaxed);
+                if accepted {
+                    self.accepted += 1;
+                } else {
+                    *self.rejected.entry(reason_key(&message)).or_default() += 1;
+                }
+            }
+            Incoming::Notice(n) => *self.notices.entry(reason_key(&n)).or_default() += 1,
+            Incoming::Auth => {}
+            other => bail!("unexpected message while publishing: {other:?}"),
+        }
+        Ok(())
+    }
 }
 
 /// Options for [`publish_pipelined`].
@@ -405,27 +444,7 @@ async fn publish_one(
             let text = next_text(&mut ws, stall)
                 .await
                 .with_context(|| format!("{} events in flight", in_flight.len()))?;
-            match Incoming::parse(&text) {
-                Incoming::Ok {
-                    id,
-                    accepted,
-                    message,
-                } => {
-                    let Some(sent_at) = in_flight.remove(&id) else {
-                        bail!("OK for an event this connection did not send in flight: {id}");
-                    };
-                    out.ack_latencies.push(sent_at.elapsed());
-                    acked.fetch_add(1, Ordering::Relaxed);
-                    if accepted {
-                        out.accepted += 1;
-                    } else {
-                        *out.rejected.entry(reason_key(&message)).or_default() += 1;
-                    }
-                }
-                Incoming::Notice(n) => *out.notices.entry(reason_key(&n)).or_default() += 1,
-                Incoming::Auth => {}
-                other => bail!("unexpected message while publishing: {other:?}"),
-            }
+            out.settle(&text, &mut in_flight, acked)?;
         }
     }
     .await;
@@ -513,7 +532,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod relay_tests {
+pub(crate) mod relay_tests {
     use nostr::{EventBuilder, Keys};
     use tokio::net::TcpListener;
 
@@ -522,7 +541,7 @@ mod relay_tests {
 
     /// A stand-in relay: sends AUTH, then answers every EVENT with OK, and
     /// rejects events whose content ends in "7".
-    async fn fake_relay() -> String {
+    pub(crate) async fn fake_relay() -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
