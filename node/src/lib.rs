@@ -5,11 +5,13 @@
 //! server shows browsers; [`sync`] reconciles with other relays (NIP-77), for
 //! `cairn sync` and the scheduled `[[sync]]` runs; [`mirror`] follows other
 //! identity witnesses. [`redact`] and [`admin_token`]
-//! are shared by the server and the CLI. The `cairn` binary is a thin clap
+//! are shared by the server and the CLI; [`db`] migrates the node's own
+//! tables. The `cairn` binary is a thin clap
 //! layer over this.
 
 pub mod admin_token;
 pub mod cli;
+pub mod db;
 pub mod mirror;
 pub mod outbox;
 pub mod redact;

@@ -1,7 +1,7 @@
 //! The outbox's tables in the node's database (SQLite or Postgres), created
-//! by the node's own migrations (`node/migrations/{sqlite,postgres}/`,
-//! versions `20260110…`, unique across the relay's and identity's sets that
-//! share `_sqlx_migrations`; each migrator ignores the others' rows).
+//! by the node's own migrations ([`crate::db`]: `node/migrations/`, versions
+//! `20260110…`, unique across the relay's and identity's sets that share
+//! `_sqlx_migrations`; each migrator ignores the others' rows).
 //!
 //! The SQL is written once: both backends take `$N` placeholders, and every
 //! column is `TEXT` or a 64-bit integer. Every change of a delivery's state
@@ -209,19 +209,13 @@ fn record_values(state: &State) -> (Option<i64>, Option<&str>, Option<i64>, Opti
 impl OutboxDb {
     /// Creates the outbox's tables or brings them up to date.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        // The relay's and identity's migrations share `_sqlx_migrations`:
-        // without `ignore_missing` their rows read as missing migrations.
-        match self {
-            OutboxDb::Sqlite(pool) => {
-                let mut m = sqlx::migrate!("migrations/sqlite");
-                m.set_ignore_missing(true).run(pool).await?;
-            }
-            OutboxDb::Postgres(pool) => {
-                let mut m = sqlx::migrate!("migrations/postgres");
-                m.set_ignore_missing(true).run(pool).await?;
-            }
-        }
-        Ok(())
+        // The node's one migration set ([`crate::db`]), shared with the
+        // web sessions' tables.
+        let db = match self {
+            OutboxDb::Sqlite(pool) => cairn_relay::store::Database::Sqlite(pool.clone()),
+            OutboxDb::Postgres(pool) => cairn_relay::store::Database::Postgres(pool.clone()),
+        };
+        Ok(crate::db::migrate(&db).await?)
     }
 
     /// Stores an item and one queued delivery per relay, in one

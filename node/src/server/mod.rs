@@ -351,7 +351,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<RunningNode> {
                 &relay,
                 crate::admin_token::AdminToken::load_or_create(&settings.data_dir)?,
                 outbox,
-            )?
+            )
+            .await?
             .with_payments(payments.as_ref().map(|p| Arc::clone(p.slot()))),
         ),
     );

@@ -1,5 +1,6 @@
-//! The owner's app under `/app/`: sign-in and sessions ([`super::session`]),
-//! then the Messages pages ([`super::messages`]).
+//! The owner's app under `/app/`: sign-in and sessions ([`super::session`],
+//! kept in the node's database so that they work on every process sharing
+//! it), then the Messages pages ([`super::messages`]).
 //!
 //! Invariants:
 //! - Every `/app/` page but the sign-in page needs a live session; without
@@ -66,15 +67,17 @@ pub struct App {
     /// The node's payments (`[payments] enabled`): the Wallet and
     /// Connections pages ([`super::wallet`]).
     pub(super) payments: Option<Arc<PaymentsSlot>>,
-    /// Tokens of paying forms already posted ([`super::once`]).
+    /// Tokens of paying forms already posted ([`super::once`]), in the
+    /// node's database.
     pub(super) paid_forms: super::once::OnceTokens,
 }
 
 impl App {
     /// The app of a node with `settings`: signs in with `token` (the admin
     /// token) or the web passphrase; messages when `outbox` runs and
-    /// `[outbox] key_file` names the owner's key.
-    pub fn new(
+    /// `[outbox] key_file` names the owner's key. Sessions and spent form
+    /// tokens are kept in the relay's database (its tables migrated here).
+    pub async fn new(
         settings: &Settings,
         relay: &Arc<Relay>,
         token: AdminToken,
@@ -85,6 +88,13 @@ impl App {
             .public_url
             .as_deref()
             .is_some_and(|u| u.starts_with("wss://") || u.starts_with("https://"));
+        let db = relay
+            .store()
+            .database()
+            .ok_or_else(|| anyhow::anyhow!("the owner's app needs an SQL store"))?;
+        let db = super::store::WebDb::open(db)
+            .await
+            .map_err(|e| anyhow::anyhow!("the web sessions' tables: {e}"))?;
         let messaging = match (outbox, crate::outbox::owner_keys(settings)?) {
             (Some(outbox), Some(keys)) => Ok(Messaging::new(settings, outbox, keys)),
             (None, _) => Err("it needs the outbox: set [outbox] enabled = true in cairn.toml."),
@@ -93,7 +103,7 @@ impl App {
         Ok(Self {
             data_dir: settings.data_dir.clone(),
             token,
-            sessions: Sessions::default(),
+            sessions: Sessions::new(db.clone()),
             secure,
             messaging,
             contacts_lock: tokio::sync::Mutex::new(()),
@@ -101,7 +111,7 @@ impl App {
             identity: super::identity::IdentityState::new(settings),
             relay_stats: super::relay_stats::RelayStats::new(settings),
             payments: None,
-            paid_forms: super::once::OnceTokens::default(),
+            paid_forms: super::once::OnceTokens::new(db),
         })
     }
 
@@ -177,9 +187,13 @@ pub(super) fn app_of(web: &Web) -> Result<&App, Response> {
 /// The live session, or a redirect to the sign-in page.
 // The error is the answer to send back at once; it is built only on that path.
 #[allow(clippy::result_large_err)]
-pub(super) fn signed_in(app: &App, headers: &HeaderMap) -> Result<session::Session, Response> {
+pub(super) async fn signed_in(
+    app: &App,
+    headers: &HeaderMap,
+) -> Result<session::Session, Response> {
     app.sessions
         .get(headers)
+        .await
         .ok_or_else(|| Redirect::to("/app/login").into_response())
 }
 
@@ -187,30 +201,30 @@ pub(super) fn signed_in(app: &App, headers: &HeaderMap) -> Result<session::Sessi
 /// to send instead (no app on this node, or a redirect to sign in).
 // The error is the answer to send back at once; it is built only on that path.
 #[allow(clippy::result_large_err)]
-pub(super) fn signed_in_app<'w>(
+pub(super) async fn signed_in_app<'w>(
     web: &'w Web,
     headers: &HeaderMap,
 ) -> Result<(&'w App, session::Session), Response> {
     let app = app_of(web)?;
-    Ok((app, signed_in(app, headers)?))
+    Ok((app, signed_in(app, headers).await?))
 }
 
 /// Checks a `POST` of a signed-in owner (session, origin, CSRF token).
 // The error is the answer to send back at once; it is built only on that path.
 #[allow(clippy::result_large_err)]
-pub(super) fn checked_post(
+pub(super) async fn checked_post(
     web: &Web,
     app: &App,
     headers: &HeaderMap,
     csrf: Option<&str>,
     back: &str,
 ) -> Result<session::Session, Response> {
-    let Some(s) = app.sessions.get(headers) else {
+    let Some(s) = app.sessions.get(headers).await else {
         return Err(refused(
             web,
             StatusCode::FORBIDDEN,
             "Signed out",
-            "Your session ended (signed out, expired, or the node restarted). Sign in again; nothing was changed.",
+            "Your session ended (signed out, or expired). Sign in again; nothing was changed.",
             "/app/login",
         ));
     };
@@ -287,7 +301,7 @@ async fn login_page(
         Ok(a) => a,
         Err(r) => return r,
     };
-    if app.sessions.get(&headers).is_some() {
+    if app.sessions.get(&headers).await.is_some() {
         return Redirect::to("/app/messages").into_response();
     }
     let notice = q.signed_out.map(|_| "You are signed out.");
@@ -393,7 +407,22 @@ async fn login(
             Some("That is not the admin token or the passphrase.".to_owned()),
         );
     }
-    let id = app.sessions.open();
+    let id = match app.sessions.open().await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "web: cannot store a session");
+            return login_form(
+                &web,
+                app,
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                Some(
+                    "The node's database did not answer, so you are not signed in. Try again."
+                        .to_owned(),
+                ),
+            );
+        }
+    };
     tracing::info!(client = %client, "web: the owner signed in");
     let mut response = Redirect::to("/app/messages").into_response();
     for cookie in [
@@ -446,13 +475,24 @@ async fn logout(
         Ok(a) => a,
         Err(r) => return r,
     };
-    if let Err(r) = checked_post(&web, app, &headers, form.csrf.as_deref(), "/app/messages") {
+    if let Err(r) = checked_post(&web, app, &headers, form.csrf.as_deref(), "/app/messages").await {
         return r;
     }
-    if form.everywhere.is_some() {
-        app.sessions.close_all();
+    let closed = if form.everywhere.is_some() {
+        app.sessions.close_all().await
     } else {
-        app.sessions.close(&headers);
+        app.sessions.close(&headers).await
+    };
+    if let Err(e) = closed {
+        // The session still works: say so rather than pretend.
+        tracing::warn!(error = %e, "web: cannot end a session");
+        return refused(
+            &web,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not signed out",
+            "The node's database did not answer, so the session was not ended. Try again.",
+            "/app/messages",
+        );
     }
     tracing::info!("web: the owner signed out");
     let mut response = Redirect::to("/app/login?signed_out=1").into_response();

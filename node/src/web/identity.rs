@@ -276,7 +276,7 @@ async fn page(
     headers: HeaderMap,
     Query(q): Query<PageQuery>,
 ) -> Response {
-    let (app, session) = match signed_in_app(&web, &headers) {
+    let (app, session) = match signed_in_app(&web, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -418,7 +418,7 @@ async fn status_fragment(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
         Ok(a) => a,
         Err(r) => return r,
     };
-    if app.sessions.get(&headers).is_none() {
+    if app.sessions.get(&headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let (Some(identity), Ok((_, keys))) = (&web.identity, app.identity.keys()) else {
@@ -441,13 +441,13 @@ struct CsrfForm {
 /// owner's key, or the answer saying which is missing.
 // The error is the answer to send back at once; it is built only on that path.
 #[allow(clippy::result_large_err)]
-fn change_context<'a>(
+async fn change_context<'a>(
     web: &'a Web,
     headers: &HeaderMap,
     csrf: Option<&str>,
 ) -> Result<(&'a App, String, &'a IdentityService, PathBuf, Keys), Response> {
     let app = app_of(web)?;
-    let session = checked_post(web, app, headers, csrf, "/app/identity")?;
+    let session = checked_post(web, app, headers, csrf, "/app/identity").await?;
     let refused = |message: &str| {
         super::app::refused(
             web,
@@ -470,10 +470,11 @@ async fn challenge(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let (app, csrf, service, _, keys) = match change_context(&web, &headers, form.csrf.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let (app, csrf, service, _, keys) =
+        match change_context(&web, &headers, form.csrf.as_deref()).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
     match service.issue_challenge(&keys.public_key()).await {
         Ok(c) => {
             *app.identity
@@ -512,10 +513,11 @@ async fn bind(
     headers: HeaderMap,
     Form(form): Form<BindForm>,
 ) -> Response {
-    let (app, csrf, service, _, keys) = match change_context(&web, &headers, form.csrf.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let (app, csrf, service, _, keys) =
+        match change_context(&web, &headers, form.csrf.as_deref()).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
     let _one = app.identity.ops.lock().await;
     match bind_post(service, &keys, form.nonce.trim(), &form.post_url).await {
         Ok(receipt) => {
@@ -618,10 +620,11 @@ async fn revoke(
     headers: HeaderMap,
     Form(form): Form<ConfirmForm>,
 ) -> Response {
-    let (app, csrf, service, _, keys) = match change_context(&web, &headers, form.csrf.as_deref()) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let (app, csrf, service, _, keys) =
+        match change_context(&web, &headers, form.csrf.as_deref()).await {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
     let fail = |msg: String| render(&web, app, &csrf, StatusCode::BAD_REQUEST, None, Some(msg));
     if form.confirm.is_none() {
         return fail("Tick the box to confirm the revocation.".to_owned()).await;
@@ -652,7 +655,7 @@ async fn rotate(
     Form(form): Form<ConfirmForm>,
 ) -> Response {
     let (app, csrf, service, path, keys) =
-        match change_context(&web, &headers, form.csrf.as_deref()) {
+        match change_context(&web, &headers, form.csrf.as_deref()).await {
             Ok(c) => c,
             Err(r) => return r,
         };

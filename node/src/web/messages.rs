@@ -704,7 +704,7 @@ async fn standing(web: &Web, m: Option<&Messaging>, c: &Contact, full: bool) -> 
 
 /// `GET /app/messages`.
 pub(super) async fn list_page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let (app, session) = match signed_in_app(&web, &headers) {
+    let (app, session) = match signed_in_app(&web, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -820,10 +820,11 @@ pub(super) async fn add_contact(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let session = match checked_post(&web, app, &headers, form.csrf.as_deref(), "/app/messages") {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+    let session =
+        match checked_post(&web, app, &headers, form.csrf.as_deref(), "/app/messages").await {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
     let fail =
         |msg: String| render_list(&web, app, &session.csrf, StatusCode::BAD_REQUEST, Some(msg));
     let input = form.contact.trim();
@@ -977,7 +978,7 @@ pub(super) async fn conversation_page(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (app, session) = match signed_in_app(&web, &headers) {
+    let (app, session) = match signed_in_app(&web, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -1085,7 +1086,7 @@ pub(super) async fn conversation_fragment(
         Ok(a) => a,
         Err(r) => return r,
     };
-    if app.sessions.get(&headers).is_none() {
+    if app.sessions.get(&headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let (Some(key), Ok(m)) = (parse_key(&raw), &app.messaging) else {
@@ -1224,7 +1225,7 @@ pub(super) async fn send(
             .filter(char::is_ascii_alphanumeric)
             .collect::<String>()
     );
-    let session = match checked_post(&web, app, &headers, form.csrf.as_deref(), &back) {
+    let session = match checked_post(&web, app, &headers, form.csrf.as_deref(), &back).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -1256,7 +1257,7 @@ pub(super) async fn send(
     let contacts = load_contacts(app);
     let contact = contacts.contacts.iter().find(|c| c.key == key.to_hex());
     let name = contact_name(contact, &key);
-    if pay.is_some() && !app.paid_forms.spend(&form.pay_token) {
+    if pay.is_some() && !app.paid_forms.spend(&form.pay_token).await {
         // A second POST of one form (a double click, a replay): its
         // payment was made, or is being made, by the first.
         return render_conversation(

@@ -44,6 +44,7 @@ mod once;
 pub mod passphrase;
 mod relay_stats;
 mod session;
+mod store;
 mod wallet;
 
 pub use app::App;

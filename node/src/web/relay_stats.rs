@@ -238,7 +238,7 @@ fn bytes(n: u64) -> String {
 
 /// `GET /app/relay`.
 async fn page(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let (app, session) = match signed_in_app(&web, &headers) {
+    let (app, session) = match signed_in_app(&web, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -1,15 +1,26 @@
 //! The owner's sign-in: the admin token or the web passphrase
 //! ([`super::passphrase`]) opens a session; the session is a random id in
 //! an `HttpOnly`, `SameSite=Strict` cookie (`Secure` when the node's public
-//! URL is `https`/`wss`), looked up in a table held in memory.
+//! URL is `https`/`wss`), looked up in the node's database
+//! ([`super::store`]), so that a session opened on one `cairn serve`
+//! process works on every process sharing that database, and outlives a
+//! restart.
 //!
 //! Invariants:
-//! - A session id is 32 random bytes from the OS, compared only through the
-//!   table (a `HashMap` lookup by the id's SHA-256, so the ids themselves are
-//!   not kept and a timing probe learns nothing about a live id's bytes).
-//! - Every session ends [`SESSION_TTL`] after sign-in, or at sign-out, or
-//!   when the node restarts (the table is in memory: a restart signs the
-//!   owner out, which is the safe direction).
+//! - A session id is 32 random bytes from the OS, never stored: the table
+//!   holds its SHA-256 and is searched by that digest, so a reader of the
+//!   database cannot sign in and a timing probe learns nothing about a live
+//!   id's bytes.
+//! - Every session ends [`SESSION_TTL`] after sign-in (by the wall clock
+//!   of the process that looks it up: processes on several machines need
+//!   synchronized clocks), or at sign-out, or at "sign out everywhere"; each
+//!   deletes rows that every process reads at every lookup (nothing is
+//!   cached per process). An expired session is refused and its row
+//!   deleted; signing in deletes every expired row.
+//! - At most [`MAX_SESSIONS`] sessions are kept: signing in beyond it ends
+//!   the oldest.
+//! - A lookup that fails (the database does not answer) counts as no
+//!   session: the owner is sent to sign in, nothing is changed.
 //! - Every state-changing request is a `POST` that passes [`check_post`]:
 //!   its `Sec-Fetch-Site` and `Origin` do not name another site (see
 //!   [`same_origin`]), and its form's `csrf` field equals the session's
@@ -20,18 +31,20 @@
 //!   which address a request is from, forwarding headers only from trusted
 //!   proxies): [`LOGIN_BURST`] attempts, then one per
 //!   [`LOGIN_REFILL_SECS`]; a refused attempt is answered 429 with
-//!   `Retry-After`.
+//!   `Retry-After`. The limiter is per process (in memory): behind a proxy
+//!   spreading requests over N processes an address gets up to N times the
+//!   burst, still bounded, and each attempt still costs an scrypt check.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
 use cairn_relay::config::Rate;
 use cairn_relay::ratelimit::RateLimiter;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
+
+use super::store::WebDb;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "cairn_session";
@@ -51,26 +64,12 @@ const MAX_SESSIONS: usize = 64;
 pub struct Session {
     /// The token every form of this session must carry.
     pub csrf: String,
-    expires: Instant,
-    started: Instant,
 }
 
-/// The session table and the sign-in limiter.
+/// The session table (in the node's database) and the sign-in limiter.
 pub struct Sessions {
-    table: Mutex<HashMap<[u8; 32], Session>>,
+    db: WebDb,
     logins: RateLimiter<IpAddr>,
-}
-
-impl Default for Sessions {
-    fn default() -> Self {
-        Self {
-            table: Mutex::new(HashMap::new()),
-            logins: RateLimiter::new(Rate {
-                per_second: 1.0 / LOGIN_REFILL_SECS,
-                burst: LOGIN_BURST,
-            }),
-        }
-    }
 }
 
 /// 32 random bytes, hex.
@@ -80,11 +79,30 @@ pub fn random_token() -> String {
     hex::encode(bytes)
 }
 
-fn key_of(id: &str) -> [u8; 32] {
-    Sha256::digest(id.as_bytes()).into()
+/// The hex SHA-256 of a secret: what the tables keep instead of it.
+pub(super) fn digest(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Unix milliseconds now.
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Sessions {
+    /// The sessions kept in `db`.
+    pub(super) fn new(db: WebDb) -> Self {
+        Self {
+            db,
+            logins: RateLimiter::new(Rate {
+                per_second: 1.0 / LOGIN_REFILL_SECS,
+                burst: LOGIN_BURST,
+            }),
+        }
+    }
+
     /// Takes one sign-in attempt for `client`; `Err(wait)` when it has
     /// none left.
     pub fn attempt(&self, client: IpAddr) -> Result<(), Duration> {
@@ -92,55 +110,54 @@ impl Sessions {
     }
 
     /// Opens a session; returns its id (for the cookie).
-    pub fn open(&self) -> String {
-        let id = random_token();
-        let now = Instant::now();
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table.retain(|_, s| s.expires > now);
-        if table.len() >= MAX_SESSIONS {
-            if let Some(oldest) = table.iter().min_by_key(|(_, s)| s.started).map(|(k, _)| *k) {
-                table.remove(&oldest);
-            }
-        }
-        table.insert(
-            key_of(&id),
-            Session {
-                csrf: random_token(),
-                expires: now + SESSION_TTL,
-                started: now,
-            },
-        );
-        id
+    pub async fn open(&self) -> Result<String, sqlx::Error> {
+        self.open_at(now_ms()).await
     }
 
-    /// The live session named by the request's cookie.
-    pub fn get(&self, headers: &HeaderMap) -> Option<Session> {
+    async fn open_at(&self, now_ms: u64) -> Result<String, sqlx::Error> {
+        let id = random_token();
+        let now = now_ms / 1000;
+        self.db
+            .insert_session(
+                &digest(&id),
+                &random_token(),
+                now_ms,
+                now + SESSION_TTL.as_secs(),
+                now,
+                MAX_SESSIONS,
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// The live session named by the request's cookie; `None` too when
+    /// the database does not answer (logged).
+    pub async fn get(&self, headers: &HeaderMap) -> Option<Session> {
+        self.get_at(headers, now_ms() / 1000).await
+    }
+
+    async fn get_at(&self, headers: &HeaderMap, now: u64) -> Option<Session> {
         let id = cookie(headers, SESSION_COOKIE)?;
-        let key = key_of(&id);
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        match table.get(&key) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
-            Some(_) => {
-                table.remove(&key);
+        match self.db.session(&digest(&id), now).await {
+            Ok(csrf) => csrf.map(|csrf| Session { csrf }),
+            Err(e) => {
+                tracing::warn!(error = %e, "web: cannot read the sessions table");
                 None
             }
-            None => None,
         }
     }
 
-    /// Ends the session named by the request's cookie.
-    pub fn close(&self, headers: &HeaderMap) {
-        if let Some(id) = cookie(headers, SESSION_COOKIE) {
-            self.table
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key_of(&id));
+    /// Ends the session named by the request's cookie, on every process.
+    pub async fn close(&self, headers: &HeaderMap) -> Result<(), sqlx::Error> {
+        match cookie(headers, SESSION_COOKIE) {
+            Some(id) => self.db.delete_session(&digest(&id)).await,
+            None => Ok(()),
         }
     }
 
-    /// Ends every session.
-    pub fn close_all(&self) {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    /// Ends every session, on every process.
+    pub async fn close_all(&self) -> Result<(), sqlx::Error> {
+        self.db.delete_all_sessions().await
     }
 }
 
@@ -227,6 +244,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 mod tests {
     use axum::http::HeaderValue;
 
+    use super::super::store::testing::{on_both, TestDb};
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -237,26 +255,102 @@ mod tests {
         h
     }
 
-    #[test]
-    fn sessions_open_are_found_and_end_at_sign_out() {
-        let s = Sessions::default();
-        let id = s.open();
-        let h = headers(&[("cookie", &format!("other=1; {SESSION_COOKIE}={id}"))]);
-        let session = s.get(&h).expect("open");
-        assert_eq!(session.csrf.len(), 64);
-        assert!(s
-            .get(&headers(&[("cookie", &format!("{SESSION_COOKIE}=x{id}"))]))
-            .is_none());
-        s.close(&h);
-        assert!(s.get(&h).is_none(), "signed out");
-        let again = s.open();
-        s.close_all();
-        assert!(s
-            .get(&headers(&[(
-                "cookie",
-                &format!("{SESSION_COOKIE}={again}")
-            )]))
-            .is_none());
+    fn with_cookie(id: &str) -> HeaderMap {
+        headers(&[("cookie", &format!("other=1; {SESSION_COOKIE}={id}"))])
+    }
+
+    #[tokio::test]
+    async fn sessions_open_are_found_and_end_at_sign_out_on_both_backends() {
+        on_both(|db| async move {
+            let s = Sessions::new(db.clone());
+            let id = s.open().await.unwrap();
+            let h = with_cookie(&id);
+            let session = s.get(&h).await.expect("open");
+            assert_eq!(session.csrf.len(), 64);
+            assert_ne!(session.csrf, id);
+            assert!(s.get(&with_cookie(&format!("x{id}"))).await.is_none());
+            // Another process's table is the same rows.
+            let other = Sessions::new(db.clone());
+            assert_eq!(
+                other.get(&h).await.expect("seen elsewhere").csrf,
+                session.csrf
+            );
+            other.close(&h).await.unwrap();
+            assert!(s.get(&h).await.is_none(), "signed out on the other process");
+            let a = s.open().await.unwrap();
+            let b = s.open().await.unwrap();
+            other.close_all().await.unwrap();
+            for gone in [a, b] {
+                assert!(
+                    s.get(&with_cookie(&gone)).await.is_none(),
+                    "signed out everywhere"
+                );
+            }
+            assert_eq!(db.session_count().await.unwrap(), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn only_the_digest_of_a_session_id_is_stored_on_both_backends() {
+        on_both(|db| async move {
+            let s = Sessions::new(db.clone());
+            let id = s.open().await.unwrap();
+            assert!(
+                db.session(&id, 0).await.unwrap().is_none(),
+                "not by the id itself"
+            );
+            assert!(db.session(&digest(&id), 0).await.unwrap().is_some());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_are_refused_and_purged_on_both_backends() {
+        on_both(|db| async move {
+            let s = Sessions::new(db.clone());
+            let start = now_ms();
+            let id = s.open_at(start).await.unwrap();
+            let h = with_cookie(&id);
+            let end = start / 1000 + SESSION_TTL.as_secs();
+            assert!(s.get_at(&h, end - 1).await.is_some());
+            assert!(s.get_at(&h, end).await.is_none(), "expired");
+            assert_eq!(db.session_count().await.unwrap(), 0, "its row is deleted");
+            // Signing in purges the expired rows nobody looked up.
+            let _stale = s.open_at(start).await.unwrap();
+            let later = (end + 1) * 1000;
+            let fresh = s.open_at(later).await.unwrap();
+            assert_eq!(db.session_count().await.unwrap(), 1);
+            assert!(s.get_at(&with_cookie(&fresh), end + 1).await.is_some());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn signing_in_beyond_the_bound_ends_the_oldest_on_both_backends() {
+        on_both(|db| async move {
+            let s = Sessions::new(db.clone());
+            let start = now_ms();
+            let mut ids = Vec::new();
+            for i in 0..MAX_SESSIONS as u64 + 2 {
+                ids.push(s.open_at(start + i).await.unwrap());
+            }
+            assert_eq!(db.session_count().await.unwrap(), MAX_SESSIONS as i64);
+            let now = start / 1000;
+            assert!(s.get_at(&with_cookie(&ids[0]), now).await.is_none());
+            assert!(s.get_at(&with_cookie(&ids[1]), now).await.is_none());
+            assert!(s.get_at(&with_cookie(&ids[2]), now).await.is_some());
+            assert!(s
+                .get_at(&with_cookie(ids.last().unwrap()), now)
+                .await
+                .is_some());
+            // A sign-in stamped earlier than every other (another
+            // process's slower clock) still keeps its own session.
+            let early = s.open_at(start - 1000).await.unwrap();
+            assert!(s.get_at(&with_cookie(&early), now).await.is_some());
+            assert_eq!(db.session_count().await.unwrap(), MAX_SESSIONS as i64);
+        })
+        .await;
     }
 
     #[test]
@@ -316,9 +410,10 @@ mod tests {
         assert!(!set_cookie(SESSION_COOKIE, "abc", SESSION_TTL, false).contains("Secure"));
     }
 
-    #[test]
-    fn sign_ins_are_limited_per_address() {
-        let s = Sessions::default();
+    #[tokio::test]
+    async fn sign_ins_are_limited_per_address() {
+        let db = TestDb::sqlite().await;
+        let s = Sessions::new(db.db.clone());
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..LOGIN_BURST as usize {
             assert!(s.attempt(a).is_ok());

@@ -280,7 +280,7 @@ async fn wallet_page(
     headers: HeaderMap,
     Query(q): Query<WalletQuery>,
 ) -> Response {
-    let (app, session) = match signed_in_app(&web, &headers) {
+    let (app, session) = match signed_in_app(&web, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -427,14 +427,14 @@ async fn render_wallet(
 /// token and the payments, or the answer to send back.
 // The error is the answer to send back at once; it is built only on that path.
 #[allow(clippy::result_large_err)]
-fn checked(
+async fn checked(
     web: &Web,
     headers: &HeaderMap,
     csrf: Option<&str>,
     back: &str,
 ) -> Result<(String, Result<Arc<Payments>, String>), Response> {
     let app = app_of(web)?;
-    let session = checked_post(web, app, headers, csrf, back)?;
+    let session = checked_post(web, app, headers, csrf, back).await?;
     Ok((session.csrf, unavailable(app)))
 }
 
@@ -442,8 +442,11 @@ fn checked(
 /// shows on the page (`400`, or `503` when payments are not running here).
 /// Spends a paying form's one-time token: a second POST of one form (a
 /// double click, a replay) pays nothing.
-fn spend_form(web: &Web, token: &str) -> Result<(), String> {
-    let fresh = app_of(web).is_ok_and(|app| app.paid_forms.spend(token));
+async fn spend_form(web: &Web, token: &str) -> Result<(), String> {
+    let fresh = match app_of(web) {
+        Ok(app) => app.paid_forms.spend(token).await,
+        Err(_) => false,
+    };
     if fresh {
         Ok(())
     } else {
@@ -455,7 +458,7 @@ fn spend_form(web: &Web, token: &str) -> Result<(), String> {
 
 macro_rules! wallet_form {
     ($web:expr, $headers:expr, $csrf:expr, |$p:ident| $body:expr) => {{
-        let (csrf, payments) = match checked(&$web, &$headers, $csrf, "/app/wallet") {
+        let (csrf, payments) = match checked(&$web, &$headers, $csrf, "/app/wallet").await {
             Ok(v) => v,
             Err(r) => return r,
         };
@@ -651,7 +654,7 @@ async fn send_onchain(
                         .to_owned()
                 })?),
             };
-            spend_form(&web, &form.pay_token)?;
+            spend_form(&web, &form.pay_token).await?;
             let txid = admin::send_onchain(&p, &form.address, amount, fee_rate)
                 .await
                 .map_err(api)?;
@@ -691,7 +694,7 @@ async fn pay_invoice(
                 .or_else(|| invoice.strip_prefix("LIGHTNING:"))
                 .unwrap_or(invoice);
             let amount_msat = amount_field(&form.amount, "Amount")?.map(|s| s * 1_000);
-            spend_form(&web, &form.pay_token)?;
+            spend_form(&web, &form.pay_token).await?;
             let sent = admin::pay_invoice(&p, invoice, amount_msat)
                 .await
                 .map_err(api)?;
@@ -841,7 +844,7 @@ async fn connections_page(
     headers: HeaderMap,
     Query(q): Query<ConnectionsQuery>,
 ) -> Response {
-    let (app, session) = match signed_in_app(&web, &headers) {
+    let (app, session) = match signed_in_app(&web, &headers).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -957,7 +960,7 @@ async fn create_connection(
         .iter()
         .find(|(k, _)| k == "csrf")
         .map(|(_, v)| v.as_str());
-    let (token, payments) = match checked(&web, &headers, csrf, "/app/connections") {
+    let (token, payments) = match checked(&web, &headers, csrf, "/app/connections").await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -1033,11 +1036,11 @@ async fn revoke_connection(
     Path(id): Path<String>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    let (token, payments) = match checked(&web, &headers, form.csrf.as_deref(), "/app/connections")
-    {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let (token, payments) =
+        match checked(&web, &headers, form.csrf.as_deref(), "/app/connections").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     let app = match app_of(&web) {
         Ok(a) => a,
         Err(r) => return r,

@@ -198,3 +198,61 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// A fresh Postgres database on `CAIRN_TEST_POSTGRES_URL` for one test,
+/// dropped by [`PgDatabase::drop_now`].
+pub struct PgDatabase {
+    admin_url: String,
+    name: String,
+    /// Its URL, for `CAIRN_DATABASE_URL`.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Creates it; `None` (saying so) when `CAIRN_TEST_POSTGRES_URL` is
+    /// not set. `prefix` names the test (letters and underscores).
+    pub async fn create(prefix: &str) -> Option<PgDatabase> {
+        use sqlx::Connection as _;
+        let Ok(admin_url) = std::env::var("CAIRN_TEST_POSTGRES_URL") else {
+            eprintln!("skipping a Postgres test: CAIRN_TEST_POSTGRES_URL not set");
+            return None;
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        // Letters, digits and underscores only: safe in the statement.
+        let name = format!("{prefix}_{}_{nanos}", std::process::id());
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to CAIRN_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(&admin_url).expect("a URL");
+        url.set_path(&name);
+        Some(PgDatabase {
+            admin_url,
+            name,
+            url: url.to_string(),
+        })
+    }
+
+    /// Drops it (forcing off whatever is still connected).
+    pub async fn drop_now(self) {
+        use sqlx::Connection as _;
+        let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await else {
+            return;
+        };
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await;
+        let _ = admin.close().await;
+    }
+}
