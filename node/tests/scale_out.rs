@@ -20,6 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_identity::x::fake::{FakeX, Post};
+use cairn_payments::ldk_node::lightning::ln::msgs::SocketAddress;
+use cairn_payments::ldk_node::lightning_invoice::Bolt11Invoice;
+use cairn_payments::lightning::{LightningConfig, LightningNode, PaymentOutcome};
+use cairn_payments::zap::{ZapState, ZapStore, ZAP_STORE_FILE_NAME};
 use futures::{SinkExt as _, StreamExt as _};
 use nostr::{Event, EventBuilder, JsonUtil as _, Keys, Kind, Tag, Timestamp};
 use serde_json::{json, Value};
@@ -434,6 +438,25 @@ impl Client {
             }
             assert_ne!(m[0], "CLOSED", "{m}");
         }
+    }
+
+    /// The stored events matching `filter` (a REQ read up to EOSE, then closed).
+    async fn stored(&mut self, sub: &str, filter: Value) -> Vec<Event> {
+        self.send(json!(["REQ", sub, filter])).await;
+        let mut got = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if m[1] != sub {
+                continue;
+            }
+            match m[0].as_str() {
+                Some("EVENT") => got.push(Event::from_json(m[2].to_string()).unwrap()),
+                Some("EOSE") => break,
+                _ => panic!("{m}"),
+            }
+        }
+        self.send(json!(["CLOSE", sub])).await;
+        got
     }
 
     /// Event ids received on `sub`, in order, up to and including the event
@@ -994,6 +1017,21 @@ fn free_port() -> SocketAddr {
     ))
 }
 
+/// `CAIRN_PAYMENTS__*`: payments on, the Lightning node listening on
+/// `lightning` (the same address on every process, so a peer finds the
+/// node again after the lease moved), quick wallet syncs and start retries.
+fn payments_env(lightning: SocketAddr) -> Vec<(String, String)> {
+    [
+        ("CAIRN_PAYMENTS__ENABLED", "true".to_owned()),
+        ("CAIRN_PAYMENTS__LIGHTNING_LISTEN", lightning.to_string()),
+        ("CAIRN_PAYMENTS__WALLET_SYNC_INTERVAL_SECS", "1".to_owned()),
+        ("CAIRN_PAYMENTS__START_RETRY_INTERVAL_SECS", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// An NWC request (NIP-47, NIP-04 encrypted) from `client` to `service`.
 fn nwc_request(client: &Keys, service: &nostr::PublicKey, method: &str) -> Event {
     let body = json!({ "method": method, "params": {} }).to_string();
@@ -1100,14 +1138,7 @@ async fn nwc_is_answered_once_and_moves_with_the_payments_lease() {
         let chain = cairn_testchain::TestChain::start().await.unwrap();
         let data = tempfile::tempdir().unwrap();
         let mut env = bitcoin_env(&chain);
-        for (k, v) in [
-            ("CAIRN_PAYMENTS__ENABLED", "true".to_owned()),
-            ("CAIRN_PAYMENTS__LIGHTNING_LISTEN", free_port().to_string()),
-            ("CAIRN_PAYMENTS__WALLET_SYNC_INTERVAL_SECS", "1".to_owned()),
-            ("CAIRN_PAYMENTS__START_RETRY_INTERVAL_SECS", "1".to_owned()),
-        ] {
-            env.push((k.to_owned(), v));
-        }
+        env.extend(payments_env(free_port()));
         let mut nodes = vec![Serve::start_in(&db, data.path(), &env, None).await];
         nodes.push(Serve::start_in(&db, data.path(), &env, None).await);
         let holder = the_one_holder(&db, &nodes, "payments", "the first payments holder").await;
@@ -1165,6 +1196,352 @@ async fn nwc_is_answered_once_and_moves_with_the_payments_lease() {
         sub.subscribe("nwc", filter.clone()).await;
         let mut sender = Client::connect(&nodes[successor].url()).await;
         answered_once(&mut sender, &mut [(&mut sub, "nwc")], &client, &service).await;
+        drop(nodes);
+        chain.stop().await.unwrap();
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// Zaps on several processes: invoices and receipts under the `payments`
+// lease, the zaps' database in the shared data directory.
+
+/// One zap: 21 sat.
+const ZAP_MSAT: u64 = 21_000;
+
+/// The zappers' wallet: a Lightning node of the test's own on `chain`,
+/// started, in `dir`.
+fn payer_node(dir: &std::path::Path, chain: &cairn_testchain::TestChain) -> LightningNode {
+    let (seed, _) = cairn_bitcoin::Seed::load_or_create(dir).unwrap();
+    let config = LightningConfig {
+        network: bitcoin::Network::Regtest,
+        data_dir: dir.to_owned(),
+        listening_address: free_port(),
+        bitcoind: cairn_bitcoin::RpcConfig::new(
+            format!("http://127.0.0.1:{}", chain.rpc_port()),
+            chain.rpc_user(),
+            chain.rpc_password(),
+        ),
+    };
+    let node = LightningNode::build(&config, &seed).unwrap();
+    node.start().unwrap();
+    node
+}
+
+/// Polls `cond` (an expression that may `.await`) every 300 ms, syncing
+/// `payer`'s wallets first, until it holds; fails after [`WAIT`]. A macro,
+/// not an async closure: the test body runs in a spawned task, and the
+/// compiler cannot yet prove such closures' futures `Send`.
+macro_rules! until {
+    ($what:expr, $payer:expr, $cond:expr) => {{
+        let deadline = Instant::now() + WAIT;
+        loop {
+            $payer.sync_wallets().unwrap();
+            if $cond {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: not within {WAIT:?}", $what);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }};
+}
+
+/// Whether `node` (running payments) has a usable channel, after syncing
+/// its wallets with the chain.
+async fn has_usable_channel(node: &Serve, token: &str) -> bool {
+    node.request(
+        reqwest::Method::POST,
+        "/admin/v1/sync",
+        Some(&json!({})),
+        Some(token),
+    )
+    .await;
+    let channels = node
+        .request(
+            reqwest::Method::GET,
+            "/admin/v1/lightning/channels",
+            None,
+            Some(token),
+        )
+        .await;
+    matches!(channels, Some((200, Value::Array(c))) if c.iter().any(|c| c["is_usable"] == json!(true)))
+}
+
+/// A kind 9734 zap request from `sender` for `ZAP_MSAT` to `to`, its
+/// receipt asked for on `relay`.
+fn zap_request(sender: &Keys, to: &nostr::PublicKey, relay: &str) -> String {
+    EventBuilder::new(Kind::ZapRequest, "zap")
+        .tags([
+            Tag::parse(["p".to_owned(), to.to_hex()]).unwrap(),
+            Tag::parse(["relays", relay]).unwrap(),
+            Tag::parse(["amount".to_owned(), ZAP_MSAT.to_string()]).unwrap(),
+        ])
+        .sign_with_keys(sender)
+        .unwrap()
+        .as_json()
+}
+
+/// `on`'s LNURL callback for alice with `request`: the zap invoice.
+async fn zap_invoice(on: &Serve, request: &str) -> Bolt11Invoice {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("amount", &ZAP_MSAT.to_string())
+        .append_pair("nostr", request)
+        .finish();
+    let (status, body) = on
+        .get(&format!("/lnurlp/alice/callback?{query}"))
+        .await
+        .expect("a callback answer");
+    assert_eq!(status, 200, "callback: {body}");
+    body["pr"].as_str().unwrap().parse().unwrap()
+}
+
+/// Pays `invoice` from `payer`; it must succeed.
+async fn pay(payer: &LightningNode, invoice: &Bolt11Invoice) {
+    let sent = payer
+        .pay_and_wait(invoice, None, None, WAIT)
+        .await
+        .expect("the payment is sent");
+    assert!(
+        matches!(sent.outcome, PaymentOutcome::Succeeded { .. }),
+        "{:?}",
+        sent.outcome
+    );
+}
+
+/// The zap receipts (kind 9735) by `zapper` for `invoice` in the shared
+/// database (read through `on`).
+async fn receipts_of(on: &Serve, zapper: &str, invoice: &Bolt11Invoice) -> Vec<Event> {
+    let mut c = Client::connect(&on.url()).await;
+    let all = c
+        .stored("r", json!({ "kinds": [9735], "authors": [zapper] }))
+        .await;
+    let bolt11 = invoice.to_string();
+    all.into_iter()
+        .filter(|e| {
+            e.tags.iter().any(|t| {
+                t.as_slice().first().map(String::as_str) == Some("bolt11")
+                    && t.content() == Some(bolt11.as_str())
+            })
+        })
+        .collect()
+}
+
+/// Waits (within [`WAIT`]) for `invoice`'s receipt, then checks that it is
+/// the only one and the very receipt the zap database in `data` stores as
+/// published: signed once, published once.
+async fn the_one_receipt(
+    on: &Serve,
+    zapper: &str,
+    invoice: &Bolt11Invoice,
+    data: &std::path::Path,
+    what: &str,
+) -> Event {
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let got = receipts_of(on, zapper, invoice).await;
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no receipt within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(got.len(), 1, "{what}: one receipt: {got:?}");
+    let store = ZapStore::open(&data.join(ZAP_STORE_FILE_NAME)).unwrap();
+    let hash = invoice.payment_hash().to_string();
+    let zap = store
+        .get(&hash)
+        .unwrap()
+        .expect("the zap is in the database");
+    assert_eq!(zap.state, ZapState::Published, "{what}: {zap:?}");
+    let stored = Event::from_json(zap.receipt.as_deref().expect("a stored receipt")).unwrap();
+    assert_eq!(
+        stored.id, got[0].id,
+        "{what}: the stored receipt is the published one"
+    );
+    got.into_iter().next().unwrap()
+}
+
+/// How many times `log` says it published the receipt for `invoice`.
+fn published_lines(log: &[String], invoice: &Bolt11Invoice) -> usize {
+    let hash = invoice.payment_hash().to_string();
+    log.iter()
+        .filter(|l| l.contains("zap receipt published") && l.contains(&hash))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zap_receipts_are_published_once_and_move_with_the_payments_lease() {
+    with_db(|db| async move {
+        let chain = cairn_testchain::TestChain::start().await.unwrap();
+        let x = FakeX::start().await.unwrap();
+        // One data directory: the seed, the Lightning node's state and the
+        // zap database (`zaps.sqlite`) move with the lease.
+        let data = tempfile::tempdir().unwrap();
+        let lightning = free_port();
+        let mut env = identity_env(&chain, &x);
+        env.extend(payments_env(lightning));
+        for (k, v) in [
+            ("CAIRN_ZAPS__NAMES", "[alice]"),
+            // Every relay here is on 127.0.0.1, which receipts are not sent
+            // to by default (SSRF guard).
+            ("CAIRN_ZAPS__ALLOW_PRIVATE_RELAYS", "true"),
+        ] {
+            env.push((k.to_owned(), v.to_owned()));
+        }
+        let mut nodes = vec![Serve::start_in(&db, data.path(), &env, None).await];
+        nodes.push(Serve::start_in(&db, data.path(), &env, None).await);
+        let holder = the_one_holder(&db, &nodes, "payments", "the first payments holder").await;
+        let standby = 1 - holder;
+        wait_payments_running(&nodes[holder], "the first holder").await;
+        let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+        let token = token.trim().to_owned();
+        let alice = Keys::generate();
+        bind(
+            &nodes[standby],
+            &nodes[holder],
+            &x,
+            &alice,
+            1_500_000_000_000_000_101,
+            "alice",
+            1,
+        )
+        .await;
+
+        // The payer opens a channel to the holder's Lightning node.
+        let payer_dir = tempfile::tempdir().unwrap();
+        let payer = payer_node(payer_dir.path(), &chain);
+        let (status, info) = nodes[holder]
+            .request(
+                reqwest::Method::GET,
+                "/admin/v1/lightning/info",
+                None,
+                Some(&token),
+            )
+            .await
+            .expect("lightning info");
+        assert_eq!(status, 200, "{info}");
+        let node_id: cairn_payments::ldk_node::bitcoin::secp256k1::PublicKey =
+            info["node_id"].as_str().unwrap().parse().unwrap();
+        let address = SocketAddress::from(lightning);
+        chain
+            .fund(
+                &payer.funding_address().unwrap(),
+                bitcoin::Amount::from_sat(1_000_000),
+            )
+            .await
+            .unwrap();
+        until!(
+            "the payer's coins",
+            payer,
+            payer.balances().spendable_onchain_balance_sats == 1_000_000
+        );
+        payer
+            .open_channel(node_id, address.clone(), 400_000, None)
+            .unwrap();
+        until!(
+            "the funding transaction in the mempool",
+            payer,
+            chain
+                .rpc("getrawmempool", vec![])
+                .await
+                .unwrap()
+                .as_array()
+                .is_some_and(|m| !m.is_empty())
+        );
+        let to = chain.internal_address().await.unwrap();
+        chain.mine(6, &to).await.unwrap();
+        until!(
+            "a usable channel",
+            payer,
+            payer.list_channels().iter().any(|c| c.is_usable)
+                && has_usable_channel(&nodes[holder], &token).await
+        );
+
+        // LNURL-pay runs on the holder; the standby sends clients there.
+        let (status, body) = nodes[standby]
+            .get("/.well-known/lnurlp/alice")
+            .await
+            .expect("an answer");
+        assert_eq!(status, 503, "{body}");
+        let (status, pay_request) = nodes[holder]
+            .get("/.well-known/lnurlp/alice")
+            .await
+            .expect("an answer");
+        assert_eq!(status, 200, "{pay_request}");
+        let zapper = pay_request["nostrPubkey"].as_str().unwrap().to_owned();
+
+        // Zap 1, paid on the holder: one receipt, also on the relay the
+        // request names (the standby's URL, reached over a WebSocket).
+        let sender = Keys::generate();
+        let relay = nodes[standby].url();
+        let first = zap_invoice(
+            &nodes[holder],
+            &zap_request(&sender, &alice.public_key(), &relay),
+        )
+        .await;
+        pay(&payer, &first).await;
+        the_one_receipt(&nodes[standby], &zapper, &first, data.path(), "zap 1").await;
+        // Zap 2: an invoice the holder issues and nobody pays yet.
+        let second = zap_invoice(
+            &nodes[holder],
+            &zap_request(&sender, &alice.public_key(), &relay),
+        )
+        .await;
+        let holder_log = nodes[holder].log.lock().unwrap().clone();
+        assert_eq!(published_lines(&holder_log, &first), 1, "{holder_log:?}");
+
+        // Kill the holder. No payment is in flight: zap 1's channel updates
+        // took milliseconds on loopback and ended before its receipt (the
+        // holder publishes it once it has handled the claim) and invoice 2
+        // were seen here. A Lightning node killed mid-update is another
+        // matter (LDK may come back with a stale channel and close it).
+        nodes.remove(holder).kill();
+        let successor = the_one_holder(&db, &nodes, "payments", "the payments lease moving").await;
+        assert_eq!(successor, 0);
+        wait_payments_running(&nodes[0], "the successor").await;
+        // The payer finds the node at the same address (its own reconnection
+        // timer runs once a minute).
+        until!("the channel back with the successor", payer, {
+            let _ = payer.inner().connect(node_id, address.clone(), true);
+            payer.list_channels().iter().any(|c| c.is_usable)
+        });
+
+        // Zap 2, issued by the old holder, paid to the new one: the zap in
+        // the shared database gets its receipt, once.
+        pay(&payer, &second).await;
+        the_one_receipt(&nodes[0], &zapper, &second, data.path(), "zap 2").await;
+        // Zap 3, issued and paid on the new holder.
+        let third = zap_invoice(
+            &nodes[0],
+            &zap_request(&sender, &alice.public_key(), &relay),
+        )
+        .await;
+        pay(&payer, &third).await;
+        the_one_receipt(&nodes[0], &zapper, &third, data.path(), "zap 3").await;
+        // Zap 1 still has its one receipt; the new holder (whose start-up
+        // sweep has run: it published zap 2 after it) did not publish it again.
+        the_one_receipt(
+            &nodes[0],
+            &zapper,
+            &first,
+            data.path(),
+            "zap 1 after the move",
+        )
+        .await;
+        let log = nodes[0].log.lock().unwrap().clone();
+        assert_eq!(published_lines(&log, &first), 0, "{log:?}");
+        assert_eq!(published_lines(&log, &second), 1, "{log:?}");
+        assert_eq!(published_lines(&log, &third), 1, "{log:?}");
+        // No other receipts at all: one per zap.
+        let mut c = Client::connect(&nodes[0].url()).await;
+        let all = c
+            .stored("all", json!({ "kinds": [9735], "authors": [zapper] }))
+            .await;
+        assert_eq!(all.len(), 3, "{all:?}");
+        payer.stop().await.unwrap();
         drop(nodes);
         chain.stop().await.unwrap();
     })
