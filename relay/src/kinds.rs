@@ -74,6 +74,20 @@ pub fn tag_values<'a>(event: &'a Event, name: &'a str) -> impl Iterator<Item = &
     })
 }
 
+/// How many events a NIP-09 deletion request names: its `e` and `a` tags
+/// (0 for any other kind). What the writer's cost and the relay's
+/// `max_deletion_targets` count.
+pub fn deletion_targets(event: &Event) -> usize {
+    if event.kind.as_u16() != KIND_DELETION {
+        return 0;
+    }
+    event
+        .tags
+        .iter()
+        .filter(|t| matches!(t.as_slice().first().map(String::as_str), Some("e" | "a")))
+        .count()
+}
+
 /// Single-letter tags as `(letter, value)` pairs: what `#x` filters match and
 /// what the stores index.
 pub fn indexable_tags(event: &Event) -> impl Iterator<Item = (&str, &str)> + '_ {

@@ -16,7 +16,8 @@ mod writer;
 pub(crate) use common::push_in;
 pub use writer::{
     write_cost, Writer, WriterLimits, DEFAULT_HEAVY_COST, DEFAULT_HEAVY_QUEUE_CAPACITY,
-    DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_COST, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_IDLE_AFTER, DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_COST, DEFAULT_MAX_HEAVY_BATCH_COST,
+    DEFAULT_QUEUE_CAPACITY,
 };
 
 /// An event that another process sharing the database stored (or relayed,

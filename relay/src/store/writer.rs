@@ -10,13 +10,17 @@
 //!   own lane (with its own, smaller, backpressure), so a flood of them
 //!   never stands in front of light events;
 //! - a batch takes the queued light events (up to `max_batch` and
-//!   `max_batch_cost`), and, every other batch at most, heavy events up to
-//!   the same cost budget. A heavy event that does not fit beside the light
-//!   ones is left for the next batch, which then takes heavy events only
-//!   (at least one, even over the budget, so each makes progress): light
-//!   events never share a commit with a heavy event over their budget. A
-//!   light event therefore waits at most for the batch in progress, one
-//!   heavy-only batch and its own: never for a queue of heavy ones.
+//!   `max_batch_cost`), and, every other batch at most, heavy events while
+//!   they fit both that budget and the smaller heavy budget
+//!   ([`WriterLimits::max_heavy_batch_cost`]). A heavy event that does not
+//!   fit beside the light ones is left for the next batch, which then takes
+//!   heavy events only (at least one, even over the budget, so each makes
+//!   progress): light events never share a commit with more than one heavy
+//!   budget. A light event therefore waits at most for the batch in
+//!   progress, one heavy-only batch and its own: never for a queue of heavy
+//!   ones, and each of those commits is bounded by the heavy budget (or by
+//!   the one event over it, which the relay's limits bound in turn:
+//!   `max_event_tags`, `max_deletion_targets`).
 //!
 //! Invariants kept from the plain group commit: every `save` is answered
 //! only after its batch's `save_batch` returned (`Stored` means committed),
@@ -47,6 +51,14 @@ pub const DEFAULT_MAX_BATCH_COST: usize = 8_192;
 /// contact list of a few hundred `p` tags, a large deletion request).
 pub const DEFAULT_HEAVY_COST: usize = 256;
 
+/// Most [`write_cost`] of heavy events in one batch by default: one
+/// deletion request of 500 targets (the relay's default
+/// `max_deletion_targets`), or three contact lists of 300 follows. A heavy
+/// commit's time is its random index rows more than its one fsync, so
+/// smaller heavy batches cost heavy events little throughput, and they
+/// bound what a light event sharing or waiting for one waits.
+pub const DEFAULT_MAX_HEAVY_BATCH_COST: usize = 1_024;
+
 /// Saves waiting for the writer task before `save` itself waits (backpressure).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 
@@ -64,15 +76,7 @@ pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// and one per KiB of JSON.
 pub fn write_cost(event: &Event) -> usize {
     let tags = event.tags.len();
-    let targets = if event.kind.as_u16() == kinds::KIND_DELETION {
-        event
-            .tags
-            .iter()
-            .filter(|t| matches!(t.as_slice().first().map(String::as_str), Some("e" | "a")))
-            .count()
-    } else {
-        0
-    };
+    let targets = kinds::deletion_targets(event);
     // Content dominates the JSON; tags are counted above.
     1 + tags + targets + event.content.len() / 1024
 }
@@ -88,6 +92,9 @@ pub struct WriterLimits {
     /// Events costing more than this are heavy: they queue in their own
     /// lane and at most every other batch takes some.
     pub heavy_cost: usize,
+    /// Most [`write_cost`] of heavy events in one batch (a single heavier
+    /// one still goes, alone).
+    pub max_heavy_batch_cost: usize,
 }
 
 impl Default for WriterLimits {
@@ -96,6 +103,7 @@ impl Default for WriterLimits {
             max_batch: DEFAULT_MAX_BATCH,
             max_batch_cost: DEFAULT_MAX_BATCH_COST,
             heavy_cost: DEFAULT_HEAVY_COST,
+            max_heavy_batch_cost: DEFAULT_MAX_HEAVY_BATCH_COST,
         }
     }
 }
@@ -149,6 +157,7 @@ impl Writer {
             max_batch: limits.max_batch.max(1),
             max_batch_cost: limits.max_batch_cost.max(1),
             heavy_cost: limits.heavy_cost,
+            max_heavy_batch_cost: limits.max_heavy_batch_cost.max(1),
         };
         let (light, light_rx) = mpsc::channel(DEFAULT_QUEUE_CAPACITY);
         let (heavy, heavy_rx) = mpsc::channel(DEFAULT_HEAVY_QUEUE_CAPACITY);
@@ -258,6 +267,8 @@ struct Lanes {
 struct Batch {
     jobs: Vec<Job>,
     cost: usize,
+    /// The part of `cost` from the heavy lane.
+    heavy_cost: usize,
     /// Whether it took from the heavy lane.
     heavy: bool,
 }
@@ -270,15 +281,30 @@ impl Batch {
                 && self.cost.saturating_add(job.cost) <= limits.max_batch_cost)
     }
 
+    /// Whether heavy `job` still fits: the batch's budget and the heavy
+    /// budget (an empty batch takes anything).
+    fn fits_heavy(&self, job: &Job, limits: &WriterLimits) -> bool {
+        self.jobs.is_empty()
+            || (self.fits(job, limits)
+                && self.heavy_cost.saturating_add(job.cost) <= limits.max_heavy_batch_cost)
+    }
+
     fn push(&mut self, job: Job) {
         self.cost = self.cost.saturating_add(job.cost);
         self.jobs.push(job);
+    }
+
+    fn push_heavy(&mut self, job: Job) {
+        self.heavy_cost = self.heavy_cost.saturating_add(job.cost);
+        self.heavy = true;
+        self.push(job);
     }
 }
 
 /// The next batch from what is queued now (empty when nothing is): light
 /// jobs first, then heavy ones if it is their turn (`heavy_turn`, or no light
-/// job waiting) while they fit the rest of the cost budget. A heavy job
+/// job waiting) while they fit the rest of the cost budget and the heavy
+/// budget. A heavy job
 /// that does not fit beside the light jobs is not added (light events must
 /// not share a heavy commit): the light jobs go alone and the next batch
 /// takes heavy jobs only, at least one, even over the budget.
@@ -296,15 +322,14 @@ fn next_batch(lanes: &mut Lanes, limits: &WriterLimits, heavy_turn: bool) -> Bat
     }
     if heavy_only || heavy_turn || batch.jobs.is_empty() {
         while let Some(job) = lanes.heavy.next() {
-            if !batch.fits(&job, limits) {
+            if !batch.fits_heavy(&job, limits) {
                 // Only light jobs so far: the heavy turn moves to the next
                 // batch, which it has to itself.
                 lanes.heavy_first = !batch.heavy;
                 lanes.heavy.held = Some(job);
                 break;
             }
-            batch.push(job);
-            batch.heavy = true;
+            batch.push_heavy(job);
         }
     }
     batch
@@ -486,22 +511,24 @@ mod tests {
 
     /// Heavy events never stand in front of light ones: with 16 large
     /// deletion requests queued before 100 notes, the first batch takes all
-    /// the notes and one deletion, and each later one a single deletion.
+    /// the notes and one deletion (1,001 fits the heavy budget), and each
+    /// later one a single deletion.
     #[test]
     fn heavy_events_take_at_most_one_budget_per_batch() {
         let keys = Keys::generate();
         let limits = WriterLimits::default();
         let notes: Vec<Event> = (0..100).map(|i| note(&keys, i)).collect();
-        let deletions: Vec<Event> = (0..16).map(|_| deletion(&keys, 2_500)).collect();
+        let deletions: Vec<Event> = (0..16).map(|_| deletion(&keys, 500)).collect();
         let (mut lanes, _l, _h, _answers) = lanes(notes, deletions);
 
         let first = next_batch(&mut lanes, &limits, true);
         assert_eq!(first.jobs.len(), 101, "all notes and one deletion");
         assert!(first.heavy);
         assert_eq!(first.jobs.iter().filter(|j| j.cost > 256).count(), 1);
+        assert_eq!(first.heavy_cost, 1_001);
 
         // Nothing light is waiting: the heavy lane is served whatever the
-        // turn, one 5,001-cost deletion per batch.
+        // turn, one 1,001-cost deletion per batch (two would pass 1,024).
         let mut heavy_batches = 1;
         loop {
             let batch = next_batch(&mut lanes, &limits, false);
@@ -515,19 +542,54 @@ mod tests {
         assert_eq!(heavy_batches, 16);
     }
 
-    /// Several heavy events share a batch while they fit its budget.
+    /// Several heavy events share a batch while they fit the heavy budget.
     #[test]
-    fn heavy_events_share_a_batch_within_the_budget() {
+    fn heavy_events_share_a_batch_within_the_heavy_budget() {
         let keys = Keys::generate();
         let limits = WriterLimits::default();
-        // 1,000 targets cost 2,001: four fit in 8,192, the fifth waits.
-        let (mut lanes, _l, _h, _answers) =
+        // 150 targets cost 301: three fit in 1,024, the fourth waits.
+        let (mut narrow_lanes, _l, _h, _answers) =
+            lanes(vec![], (0..4).map(|_| deletion(&keys, 150)).collect());
+        let first = next_batch(&mut narrow_lanes, &limits, true);
+        assert_eq!(first.jobs.len(), 3);
+        assert_eq!(first.cost, 903);
+        let second = next_batch(&mut narrow_lanes, &limits, false);
+        assert_eq!(second.jobs.len(), 1);
+
+        // With a heavy budget as large as the batch's, the batch's decides:
+        // 1,000 targets cost 2,001, four fit in 8,192.
+        let wide = WriterLimits {
+            max_heavy_batch_cost: DEFAULT_MAX_BATCH_COST,
+            ..WriterLimits::default()
+        };
+        let (mut wide_lanes, _l, _h, _answers) =
             lanes(vec![], (0..5).map(|_| deletion(&keys, 1_000)).collect());
-        let first = next_batch(&mut lanes, &limits, true);
+        let first = next_batch(&mut wide_lanes, &wide, true);
         assert_eq!(first.jobs.len(), 4);
         assert_eq!(first.cost, 8_004);
-        let second = next_batch(&mut lanes, &limits, false);
-        assert_eq!(second.jobs.len(), 1);
+        assert_eq!(next_batch(&mut wide_lanes, &wide, false).jobs.len(), 1);
+    }
+
+    /// A heavy event over the heavy budget never shares a commit with
+    /// light events: they commit alone, then it does, alone.
+    #[test]
+    fn a_heavy_event_over_the_heavy_budget_commits_alone() {
+        let keys = Keys::generate();
+        let limits = WriterLimits::default();
+        let (mut lanes, _l, _h, _answers) = lanes(
+            (0..10).map(|i| note(&keys, i)).collect(),
+            vec![deletion(&keys, 2_500), deletion(&keys, 100)],
+        );
+        let a = next_batch(&mut lanes, &limits, true);
+        assert!(!a.heavy && a.jobs.len() == 10, "the notes alone: {a:?}");
+        let b = next_batch(&mut lanes, &limits, !a.heavy);
+        assert!(
+            b.heavy && b.jobs.len() == 1,
+            "the big deletion alone: {b:?}"
+        );
+        assert_eq!(b.cost, 5_001);
+        let c = next_batch(&mut lanes, &limits, !b.heavy);
+        assert!(c.heavy && c.jobs.len() == 1 && c.cost == 201, "{c:?}");
     }
 
     /// While light events keep coming, a batch after one with heavy events
@@ -538,7 +600,7 @@ mod tests {
         let limits = WriterLimits::default();
         let (mut lanes, light, _h, mut answers) = lanes(
             vec![note(&keys, 0)],
-            (0..2).map(|_| deletion(&keys, 2_500)).collect(),
+            (0..2).map(|_| deletion(&keys, 400)).collect(),
         );
         let a = next_batch(&mut lanes, &limits, true);
         assert!(
