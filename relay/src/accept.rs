@@ -120,6 +120,14 @@ pub(crate) fn check_event(
             limits.max_event_tags
         ));
     }
+    let targets = kinds::deletion_targets(event);
+    if targets > limits.max_deletion_targets {
+        return rule(format!(
+            "invalid: a deletion request names at most {} events (max_deletion_targets), not \
+             {targets}; send several",
+            limits.max_deletion_targets
+        ));
+    }
     if event.content.len() > limits.max_content_length {
         return rule(format!(
             "invalid: content is longer than max_content_length ({} bytes)",

@@ -108,6 +108,11 @@ pub struct Limits {
     pub max_event_length: usize,
     /// Most tags on one event.
     pub max_event_tags: usize,
+    /// Most events (`e` and `a` tags) one NIP-09 deletion request names.
+    /// Each is a row to delete and a tombstone in one commit of the single
+    /// writer, so this bounds how long a deletion holds it (and every
+    /// other client's `OK`); a client deleting more sends several.
+    pub max_deletion_targets: usize,
     /// Longest `content`, in bytes.
     pub max_content_length: usize,
     /// Open subscriptions per connection.
@@ -165,6 +170,7 @@ impl Default for Limits {
             max_message_length: 512 * 1024,
             max_event_length: 256 * 1024,
             max_event_tags: 2_500,
+            max_deletion_targets: 500,
             max_content_length: 200 * 1024,
             max_subscriptions: 32,
             max_filters: 16,

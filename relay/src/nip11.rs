@@ -42,6 +42,7 @@ pub fn relay_information(config: &RelayConfig) -> Value {
         "created_at_upper_limit": l.created_at_upper_limit,
         // Not in NIP-11's list, but enforced, so published too.
         "max_event_length": l.max_event_length,
+        "max_deletion_targets": l.max_deletion_targets,
         "max_filters": l.max_filters,
         "max_connections": l.max_connections,
         "max_connections_per_ip": l.max_connections_per_ip,

@@ -132,6 +132,7 @@ both!(
     a_query_stops_when_its_client_goes_away,
     gift_wrap_limit_counts_every_recipient,
     gift_wrap_recipients_must_be_hex_keys,
+    deletion_requests_name_at_most_max_deletion_targets,
     deletions_with_thousands_of_tags_commit_quickly,
 );
 
@@ -647,6 +648,59 @@ async fn gift_wrap_recipients_must_be_hex_keys(store: Arc<dyn Store>) {
     assert!(message.starts_with("invalid:"), "{message}");
     let (accepted, message) = c.publish(&gift_wrap(&[good])).await;
     assert!(accepted, "{message}");
+}
+
+/// Item 5: one deletion request names at most `max_deletion_targets`
+/// events (`e` and `a` tags together), so none holds the single writer for
+/// long; one over is refused with the setting's name, and nothing of it
+/// is applied. (Before: up to `max_event_tags`, 2,500.)
+async fn deletion_requests_name_at_most_max_deletion_targets(store: Arc<dyn Store>) {
+    let limit = RelayConfig::default().limits.max_deletion_targets;
+    assert!(limit < RelayConfig::default().limits.max_event_tags);
+    let relay = relay(config(), store);
+    let mut c = Client::connect(&relay, 16).await;
+    let alice = Keys::generate();
+    let kept = note(&alice, "kept", now() - 10);
+    assert!(c.publish(&kept).await.0);
+    let deletion = |events: usize, coordinates: usize, extra: Vec<Tag>| {
+        let mut tags: Vec<Tag> = (0..events)
+            .map(|_| Tag::event(EventId::from_byte_array(rand_id())))
+            .collect();
+        tags.extend((0..coordinates).map(|i| {
+            Tag::parse([
+                "a".to_owned(),
+                format!("30023:{}:d{i}", alice.public_key().to_hex()),
+            ])
+            .unwrap()
+        }));
+        tags.extend(extra);
+        EventBuilder::new(Kind::EventDeletion, "")
+            .tags(tags)
+            .sign_with_keys(&alice)
+            .unwrap()
+    };
+    // One over, counting `a` tags too, and naming the kept note: refused.
+    let over = deletion(limit - 10, 10, vec![Tag::event(kept.id)]);
+    let (accepted, message) = c.publish(&over).await;
+    assert!(!accepted, "a deletion of {} targets accepted", limit + 1);
+    assert!(
+        message.starts_with("invalid:") && message.contains("max_deletion_targets"),
+        "{message}"
+    );
+    let (accepted, _) = c.publish(&kept).await;
+    assert!(accepted, "the note is still there (a duplicate is OK true)");
+    let by_id = json!({ "ids": [kept.id.to_hex()] });
+    let got = c.req("kept", std::slice::from_ref(&by_id)).await.unwrap();
+    assert_eq!(got.len(), 1, "nothing of the refused deletion was applied");
+    // Other tags do not count; exactly the limit is accepted and applied.
+    let at_limit = deletion(
+        limit - 1,
+        0,
+        vec![Tag::event(kept.id), Tag::hashtag("not a target")],
+    );
+    let (accepted, message) = c.publish(&at_limit).await;
+    assert!(accepted, "{message}");
+    assert!(c.req("gone", &[by_id]).await.unwrap().is_empty());
 }
 
 /// Item 5: kind 5 events with thousands of `e` tags are applied with a few

@@ -18,6 +18,7 @@ async fn relay_information_document(backend: Backend) -> anyhow::Result<()> {
         l.max_message_length = 123_457;
         l.max_event_length = 65_431;
         l.max_event_tags = 777;
+        l.max_deletion_targets = 97;
         l.max_content_length = 54_321;
         l.max_subscriptions = 21;
         l.max_filters = 13;
@@ -104,6 +105,11 @@ async fn relay_information_document(backend: Backend) -> anyhow::Result<()> {
     }
     // Limits without a standard NIP-11 key must still be advertised somewhere.
     let text = lim.to_string();
+    assert_eq!(
+        lim["max_deletion_targets"].as_u64(),
+        Some(97),
+        "limitation.max_deletion_targets in {lim}"
+    );
     for (what, value) in [("max_filters", "13"), ("max_event_length", "65431")] {
         assert!(
             text.contains(value),
