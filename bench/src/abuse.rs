@@ -73,7 +73,8 @@ pub enum Attack {
     Oversize,
     /// Pipelined EVENTs with bad signatures (verification CPU).
     BadSig,
-    /// NIP-09 deletions with 2,500 `e` tags each (item 5: the writer).
+    /// NIP-09 deletions with `--deletion-targets` `e` tags each (item 5:
+    /// the writer).
     Deletions,
 }
 
@@ -130,6 +131,12 @@ pub struct AbuseArgs {
     /// ~190 KB events published first, for the slow-reader attack.
     #[arg(long, default_value_t = 60)]
     pub big_events: usize,
+    /// `e` tags of each deletion request in the deletions attack: by
+    /// default `max_event_tags`' default; a relay with a lower
+    /// `max_deletion_targets` (NIP-11) refuses those at once, so pass that
+    /// number to load its writer as far as it allows.
+    #[arg(long, default_value_t = 2_500)]
+    pub deletion_targets: usize,
     /// Half-sent HTTP requests the half-open attack holds.
     #[arg(long, default_value_t = 1_100)]
     pub half_open: usize,
@@ -232,6 +239,7 @@ struct Setup {
 #[derive(Debug, Clone, Copy)]
 struct AbuseArgsLite {
     attackers: usize,
+    deletion_targets: usize,
     half_open: usize,
     flood_connections: usize,
     attacker_from: Option<IpAddr>,
@@ -251,6 +259,7 @@ pub async fn run(url: &str, args: &AbuseArgs) -> Result<Report> {
         url: url.to_owned(),
         args: AbuseArgsLite {
             attackers: args.attackers.max(1),
+            deletion_targets: args.deletion_targets,
             half_open: args.half_open,
             flood_connections: args.flood_connections,
             attacker_from: from(args.attacker_from),
@@ -899,14 +908,15 @@ async fn bad_sig(setup: &Setup, stats: &AttackStats) -> Result<()> {
     }
 }
 
-/// Kind 5 deletions of 2,500 random ids each, 4 in flight, signed as they go.
+/// Kind 5 deletions of `--deletion-targets` random ids each, 4 in flight,
+/// signed as they go.
 async fn deletions(setup: &Setup, stats: &AttackStats) -> Result<()> {
     let keys = Keys::generate();
     let mut ws = attacker_ws(setup).await?;
     let mut in_flight = 0usize;
     loop {
         while in_flight < 4 {
-            let tags: Vec<Tag> = random_hex_ids(2_500)
+            let tags: Vec<Tag> = random_hex_ids(setup.args.deletion_targets)
                 .iter()
                 .map(|id| Tag::event(EventId::from_hex(id).expect("hex id")))
                 .collect();
