@@ -75,6 +75,8 @@ bench idle --connections "$IDLE"
 # Abuse: attacks from 127.0.0.2 while bystanders on 127.0.0.1 work, on a
 # fresh store each: first with the cost limits it compares lifted
 # ("before"), then with the defaults ("after"); see bench/abuse.toml.
+# Deletions are as large as the default max_deletion_targets allows (larger
+# ones are refused before their signature is checked).
 stop_relay
 rm -rf "$DATA-abuse"
 export CAIRN_RELAY__LIMITS__MAX_CONCURRENT_QUERIES_PER_IP=0 CAIRN_RELAY__LIMITS__MAX_QUERY_MS=600000 \
@@ -83,10 +85,10 @@ start_relay 3 bench/abuse.toml "$DATA-abuse"
 unset CAIRN_RELAY__LIMITS__MAX_CONCURRENT_QUERIES_PER_IP CAIRN_RELAY__LIMITS__MAX_QUERY_MS \
     CAIRN_RELAY__NETWORK__MAX_PENDING_PER_IP
 echo "### abuse, before (query slots, query time budget and pending-connection cap lifted)"
-bench abuse --seconds "$ABUSE_SECONDS" --seed-events "$ABUSE_SEED"
+bench abuse --seconds "$ABUSE_SECONDS" --seed-events "$ABUSE_SEED" --deletion-targets 500
 stop_relay
 rm -rf "$DATA-abuse"
 start_relay 4 bench/abuse.toml "$DATA-abuse"
 echo "### abuse, after (defaults)"
-bench abuse --seconds "$ABUSE_SECONDS" --seed-events "$ABUSE_SEED"
+bench abuse --seconds "$ABUSE_SECONDS" --seed-events "$ABUSE_SEED" --deletion-targets 500
 echo "relay log: $DATA.log; results appended to $OUT"
