@@ -30,6 +30,8 @@ use serde_json::{json, Value};
 use sqlx::Connection as _;
 use tokio_tungstenite::tungstenite::Message;
 
+mod common;
+
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 /// Longest wait for any one condition (generous: CI is a busy 2-core box).
 const WAIT: Duration = Duration::from_secs(60);
@@ -47,40 +49,21 @@ const LEASE_OVERLAP: Duration = Duration::from_secs(15);
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A fresh database, dropped by [`Db::drop_now`].
-struct Db {
-    admin_url: String,
-    name: String,
-    url: String,
+/// A fresh database ([`common::PgDatabase`]), dropped by [`Db::drop_now`],
+/// with what these tests ask of its backends.
+struct Db(common::PgDatabase);
+
+impl std::ops::Deref for Db {
+    type Target = common::PgDatabase;
+
+    fn deref(&self) -> &common::PgDatabase {
+        &self.0
+    }
 }
 
 impl Db {
     async fn create() -> Option<Db> {
-        let Ok(admin_url) = std::env::var("CAIRN_TEST_POSTGRES_URL") else {
-            eprintln!("skipping Postgres scale-out test: CAIRN_TEST_POSTGRES_URL not set");
-            return None;
-        };
-        let name = format!(
-            "cairn_scale_{}_{}",
-            std::process::id(),
-            &Keys::generate().public_key().to_hex()[..12]
-        );
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to CAIRN_TEST_POSTGRES_URL");
-        // The name is made of digits, hex and underscores only.
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
-        let _ = admin.close().await;
-        let mut url = url::Url::parse(&admin_url).expect("a URL");
-        url.set_path(&name);
-        Some(Db {
-            admin_url,
-            name,
-            url: url.to_string(),
-        })
+        common::PgDatabase::create("cairn_scale").await.map(Db)
     }
 
     async fn admin(&self) -> sqlx::PgConnection {
@@ -143,14 +126,7 @@ impl Db {
     }
 
     async fn drop_now(self) {
-        let mut admin = self.admin().await;
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await;
-        let _ = admin.close().await;
+        self.0.drop_now().await;
     }
 }
 

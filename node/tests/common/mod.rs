@@ -202,8 +202,10 @@ pub fn text(bytes: &[u8]) -> String {
 /// A fresh Postgres database on `CAIRN_TEST_POSTGRES_URL` for one test,
 /// dropped by [`PgDatabase::drop_now`].
 pub struct PgDatabase {
-    admin_url: String,
-    name: String,
+    /// `CAIRN_TEST_POSTGRES_URL`: where it was created from.
+    pub admin_url: String,
+    /// Its name (letters, digits and underscores only).
+    pub name: String,
     /// Its URL, for `CAIRN_DATABASE_URL`.
     pub url: String,
 }
