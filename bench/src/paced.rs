@@ -218,14 +218,12 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt;
     use nostr::{EventBuilder, Keys};
-    use tokio::net::TcpListener;
     use tokio::time::timeout;
 
     use super::*;
     use crate::events::{sign, sign_all};
-    use crate::ws::relay_tests::fake_relay;
+    use crate::ws::relay_tests::{fake_relay, silent_relay};
 
     #[test]
     fn connections_together_follow_one_even_schedule() {
@@ -357,16 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_window_holds_events_back_and_silence_is_a_stall() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("ws://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut ws = tokio_tungstenite::accept_async(tcp)
-                .await
-                .expect("handshake");
-            // Read everything, answer nothing.
-            while let Some(Ok(_)) = ws.next().await {}
-        });
+        let url = silent_relay().await;
         let publisher = PacedPublisher::connect(PacedOptions {
             url,
             connections: 1,

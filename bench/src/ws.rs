@@ -539,6 +539,21 @@ pub(crate) mod relay_tests {
     use super::*;
     use crate::events::{sign, sign_all};
 
+    /// A stand-in relay that reads everything and answers nothing (a
+    /// stalled relay): its URL.
+    pub(crate) async fn silent_relay() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake");
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        url
+    }
+
     /// A stand-in relay: sends AUTH, then answers every EVENT with OK, and
     /// rejects events whose content ends in "7".
     pub(crate) async fn fake_relay() -> String {
@@ -603,16 +618,7 @@ pub(crate) mod relay_tests {
 
     #[tokio::test]
     async fn silent_relay_is_reported_as_stalled() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("ws://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.expect("accept");
-            let mut ws = tokio_tungstenite::accept_async(tcp)
-                .await
-                .expect("handshake");
-            // Read everything, answer nothing.
-            while let Some(Ok(_)) = ws.next().await {}
-        });
+        let url = silent_relay().await;
         let keys = Keys::generate();
         let (events, _) =
             sign_all(5, |i| sign(EventBuilder::text_note(format!("s{i}")), &keys)).expect("signed");
