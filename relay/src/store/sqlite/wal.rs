@@ -47,8 +47,12 @@ use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use tokio::sync::{watch, Notify};
 
 /// Most bytes the WAL file keeps once its log has started over
-/// (`journal_size_limit`).
-pub const DEFAULT_WAL_SIZE_LIMIT: u64 = 64 << 20;
+/// (`journal_size_limit`), which is also the writer's hard stop. 48 MiB,
+/// not 64: the log can still grow by one batch after the file passes it
+/// before the writer restarts it (up to ~20 MiB on a 1M-event store, where
+/// a batch dirties pages all over its indexes), and the file should stay
+/// under 64 MiB even then.
+pub const DEFAULT_WAL_SIZE_LIMIT: u64 = 48 << 20;
 
 /// Log size at which the writer starts the log over. Each restart holds the
 /// writer for about one batch's copy and `fsync` (~45 ms on a disk where a
