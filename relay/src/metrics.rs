@@ -29,8 +29,11 @@ pub const EVENTS: &str = "cairn_events_total";
 pub const SLOW_READERS_DROPPED: &str = "cairn_slow_readers_dropped_total";
 /// Histogram: events per group commit.
 pub const WRITER_BATCH_EVENTS: &str = "cairn_writer_batch_events";
-/// Histogram: seconds one group commit (`Store::save_batch`) took.
+/// Histogram: seconds one group commit (`Store::save_batch_unsynced`) took.
 pub const WRITER_COMMIT_SECONDS: &str = "cairn_writer_commit_seconds";
+/// Histogram: seconds one sync of committed batches
+/// (`Store::sync_commits`) took.
+pub const WRITER_SYNC_SECONDS: &str = "cairn_writer_sync_seconds";
 /// Counter: group commits, label `result` (`ok`, `error`).
 pub const WRITER_COMMITS: &str = "cairn_writer_commits_total";
 /// Histogram: seconds a stored-event query (one filter) took, label `shape`

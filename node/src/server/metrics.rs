@@ -253,6 +253,11 @@ fn describe() {
         Unit::Seconds,
         "Group commit duration"
     );
+    describe_histogram!(
+        names::WRITER_SYNC_SECONDS,
+        Unit::Seconds,
+        "Sync to disk of the batches committed since the last one"
+    );
     describe_counter!(names::WRITER_COMMITS, "Group commits, by result");
     describe_histogram!(
         names::QUERY_SECONDS,

@@ -617,19 +617,23 @@ pub(super) const PURGE_CHUNK: usize = 1000;
 /// and the integer type its driver decodes `events.kind` as (`i32` / `i64`).
 macro_rules! backend_sql {
     ($db:ty, $conn:ty, greatest = $greatest:literal, kind = $kind:ty) => {
-        /// `Store::save_batch`: the whole batch in one transaction on `pool`.
+        /// `Store::save_batch`: the whole batch in one transaction on `conn`
+        /// (a pool or one connection).
         // Postgres saves through its own version, which also NOTIFYs.
         #[allow(dead_code)]
-        async fn save_batch_on(
-            pool: &sqlx::Pool<$db>,
+        async fn save_batch_on<'c, A>(
+            conn: A,
             events: &[nostr::Event],
-        ) -> Result<Vec<$crate::store::SaveOutcome>, sqlx::Error> {
+        ) -> Result<Vec<$crate::store::SaveOutcome>, sqlx::Error>
+        where
+            A: sqlx::Acquire<'c, Database = $db>,
+        {
             use $crate::store::common::PreparedEvent;
             if events.is_empty() {
                 return Ok(Vec::new());
             }
             let prepared: Vec<PreparedEvent> = events.iter().map(PreparedEvent::new).collect();
-            let mut tx = pool.begin().await?;
+            let mut tx = conn.begin().await?;
             lock_writes(&mut tx).await?;
             let outcomes = save_all(&mut tx, &prepared).await?;
             tx.commit().await?;

@@ -190,6 +190,10 @@ pub enum StoreError {
         /// The most it may cover.
         max: usize,
     },
+    /// Committed writes could not be synced to disk: they may not survive
+    /// a power loss, so their callers are told they failed.
+    #[error("cannot sync the database to disk: {0}")]
+    Sync(#[source] std::io::Error),
     /// A backend returned a different number of outcomes than events
     /// (a bug in the backend; nothing can be assumed about the batch).
     #[error("store returned the wrong number of outcomes")]
@@ -218,6 +222,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// author only, recorded so that deleted events cannot be re-published)
     /// and indexes single-letter tags and NIP-40 expiration.
     async fn save_batch(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError>;
+
+    /// [`Store::save_batch`], except that it may return once the batch is
+    /// committed (visible to readers, atomic) but before it is on disk; it
+    /// becomes durable at the end of the next [`Store::sync_commits`]. For
+    /// the group-commit [`Writer`], which answers no caller before that, so
+    /// the next batch can be written while this one's sync runs. The
+    /// default is `save_batch`, durable at once.
+    async fn save_batch_unsynced(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
+        self.save_batch(events).await
+    }
+
+    /// Make every batch that [`Store::save_batch_unsynced`] returned before
+    /// this call durable. The default does nothing (nothing is deferred).
+    async fn sync_commits(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Events matching one filter, newest first (ties: lowest id first),
     /// at most `min(filter.limit, ctx.max_limit)`, with privacy and

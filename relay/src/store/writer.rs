@@ -22,9 +22,21 @@
 //!   the one event over it, which the relay's limits bound in turn:
 //!   `max_event_tags`, `max_deletion_targets`).
 //!
+//! Commits and syncs are pipelined: a batch is committed with
+//! [`Store::save_batch_unsynced`] (visible, not yet on disk) and handed to a
+//! sync task, which calls [`Store::sync_commits`] once for every batch
+//! committed since its last sync and only then answers their callers, while
+//! the writer already commits the next batch. So the disk's sync latency
+//! overlaps the next batch's work instead of adding to it, and events that
+//! arrive during a sync are not made to wait for a whole extra commit.
+//! At most [`SYNC_QUEUE`] committed batches wait for a sync; past that the
+//! writer waits.
+//!
 //! Invariants kept from the plain group commit: every `save` is answered
-//! only after its batch's `save_batch` returned (`Stored` means committed),
-//! and the task drains both lanes before it ends. Saves in flight at the
+//! `Ok` only after its batch was committed *and* a `sync_commits` that began
+//! after that commit returned (`Stored` means durably stored; a failed sync
+//! answers its batches with [`StoreError::Sync`]); and the task drains both
+//! lanes, and the sync queue, before it ends. Saves in flight at the
 //! same time have no defined order (a heavy event may be committed after a
 //! light one queued later, even from the same author); a caller that needs
 //! order waits for the answer before the next save.
@@ -58,6 +70,9 @@ pub const DEFAULT_HEAVY_COST: usize = 256;
 /// smaller heavy batches cost heavy events little throughput, and they
 /// bound what a light event sharing or waiting for one waits.
 pub const DEFAULT_MAX_HEAVY_BATCH_COST: usize = 1_024;
+
+/// Committed batches waiting for their sync before the writer waits for it.
+pub const SYNC_QUEUE: usize = 4;
 
 /// Saves waiting for the writer task before `save` itself waits (backpressure).
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
@@ -118,7 +133,8 @@ struct Job {
 ///
 /// The task takes the queued saves (without waiting for more) as the
 /// module documentation describes, commits them with one
-/// [`Store::save_batch`] call and answers every caller. Under light load
+/// [`Store::save_batch_unsynced`] call and answers every caller once a
+/// [`Store::sync_commits`] after it returned. Under light load
 /// each event is its own batch; under heavy load batches grow, and so does
 /// throughput. After answering a batch, and while the queue stays empty, it
 /// gives the store its [`Store::maintain`] moment: upkeep that must stay out
@@ -177,7 +193,7 @@ impl Writer {
         )
     }
 
-    /// Durably store one event; returns once its batch is committed.
+    /// Durably store one event; returns once its batch is committed and synced.
     ///
     /// If the batch fails, every caller in it gets the error: the original
     /// [`StoreError`] when the batch held only this event, otherwise
@@ -335,7 +351,15 @@ fn next_batch(lanes: &mut Lanes, limits: &WriterLimits, heavy_turn: bool) -> Bat
     batch
 }
 
+/// A committed batch waiting for its sync: its callers and their outcomes.
+struct Committed {
+    replies: Vec<oneshot::Sender<Result<SaveOutcome, StoreError>>>,
+    outcomes: Vec<SaveOutcome>,
+}
+
 async fn run(store: Arc<dyn Store>, mut lanes: Lanes, limits: WriterLimits) {
+    let (synced_tx, synced_rx) = mpsc::channel(SYNC_QUEUE);
+    let syncer = tokio::spawn(sync_loop(Arc::clone(&store), synced_rx));
     let mut events = Vec::with_capacity(limits.max_batch);
     let mut replies = Vec::with_capacity(limits.max_batch);
     let mut last_was_heavy = false;
@@ -375,11 +399,62 @@ async fn run(store: Arc<dyn Store>, mut lanes: Lanes, limits: WriterLimits) {
         }
 
         let started = std::time::Instant::now();
-        let saved = store.save_batch(&events).await;
+        let saved = store.save_batch_unsynced(&events).await;
         record_commit(events.len(), started.elapsed(), saved.is_ok());
-        answer(&mut replies, saved, events.len());
+        match saved {
+            Ok(outcomes) if outcomes.len() == replies.len() => {
+                let committed = Committed {
+                    replies: std::mem::replace(&mut replies, Vec::with_capacity(limits.max_batch)),
+                    outcomes,
+                };
+                // The sync task only ends once this sender is dropped.
+                let _ = synced_tx.send(committed).await;
+            }
+            // Nothing to sync: a failed commit is answered at once.
+            other => answer(&mut replies, other, events.len()),
+        }
         events.clear();
         maintain(&*store, WriterPause::BetweenBatches).await;
+    }
+    drop(synced_tx);
+    if let Err(err) = syncer.await {
+        tracing::error!(error = %err, "writer's sync task failed");
+    }
+}
+
+/// Sync what was committed, then answer it: one [`Store::sync_commits`]
+/// covers every batch queued when it starts.
+async fn sync_loop(store: Arc<dyn Store>, mut committed: mpsc::Receiver<Committed>) {
+    let mut ready = Vec::with_capacity(SYNC_QUEUE);
+    while let Some(first) = committed.recv().await {
+        ready.push(first);
+        while let Ok(more) = committed.try_recv() {
+            ready.push(more);
+        }
+        let started = std::time::Instant::now();
+        let synced = store.sync_commits().await;
+        metrics::histogram!(crate::metrics::WRITER_SYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        match synced {
+            Ok(()) => {
+                for batch in ready.drain(..) {
+                    for (reply, outcome) in batch.replies.into_iter().zip(batch.outcomes) {
+                        // The caller may have gone away; the event is stored regardless.
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+            }
+            Err(err) => {
+                let events: usize = ready.iter().map(|b| b.replies.len()).sum();
+                tracing::warn!(error = %err, events, "sync after commit failed");
+                let shared = Arc::new(err);
+                for batch in ready.drain(..) {
+                    for reply in batch.replies {
+                        let _ = reply.send(Err(StoreError::Batch(shared.clone())));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -441,6 +516,8 @@ async fn maintain(store: &dyn Store, pause: WriterPause) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use nostr::{EventBuilder, EventId, Keys, Kind, Tag};
 
     use super::*;
@@ -673,5 +750,136 @@ mod tests {
         let c = next_batch(&mut lanes, &limits, !b.heavy);
         assert!(!c.heavy && c.jobs.len() == 1, "the new note: {c:?}");
         assert!(next_batch(&mut lanes, &limits, !c.heavy).jobs.is_empty());
+    }
+
+    /// A real (in-memory) store whose syncs wait for the test's permits and
+    /// can be told to fail; it counts commits and syncs.
+    #[derive(Debug)]
+    struct GatedSync {
+        inner: crate::store::sqlite::SqliteStore,
+        permits: tokio::sync::Semaphore,
+        commits: std::sync::atomic::AtomicUsize,
+        syncs: std::sync::atomic::AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for GatedSync {
+        async fn save_batch(&self, _: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
+            unreachable!("the writer commits unsynced")
+        }
+        async fn save_batch_unsynced(
+            &self,
+            events: &[Event],
+        ) -> Result<Vec<SaveOutcome>, StoreError> {
+            let saved = self.inner.save_batch(events).await;
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            saved
+        }
+        async fn sync_commits(&self) -> Result<(), StoreError> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.permits.acquire().await.expect("open").forget();
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Sync(std::io::Error::other("disk gone")));
+            }
+            Ok(())
+        }
+        async fn query(
+            &self,
+            filter: &nostr::Filter,
+            ctx: &crate::store::QueryContext,
+        ) -> Result<Vec<crate::store::StoredEvent>, StoreError> {
+            self.inner.query(filter, ctx).await
+        }
+        async fn count(
+            &self,
+            filters: &[nostr::Filter],
+            ctx: &crate::store::QueryContext,
+        ) -> Result<u64, StoreError> {
+            self.inner.count(filters, ctx).await
+        }
+        async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
+            self.inner.purge_expired(now).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn close(&self) {}
+    }
+
+    /// Wait (bounded) until `ready` holds, yielding to the writer's tasks.
+    async fn until(ready: impl Fn() -> bool) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !ready() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("condition reached");
+    }
+
+    /// No caller hears `Stored` before a sync that began after its commit
+    /// returned, and the next batch is committed while the previous one's
+    /// sync is still running (the pipeline).
+    #[tokio::test]
+    async fn answers_wait_for_a_sync_that_follows_the_commit() {
+        let store = Arc::new(GatedSync {
+            inner: crate::store::sqlite::SqliteStore::open("sqlite::memory:")
+                .await
+                .expect("open"),
+            permits: tokio::sync::Semaphore::new(0),
+            commits: Default::default(),
+            syncs: Default::default(),
+            fail: Default::default(),
+        });
+        let (writer, task) = Writer::spawn(store.clone(), 8);
+        let keys = Keys::generate();
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            let ev = note(&keys, 0);
+            async move { writer.save(ev).await }
+        });
+        until(|| store.syncs.load(Ordering::SeqCst) == 1).await;
+        assert_eq!(store.commits.load(Ordering::SeqCst), 1);
+
+        // The first batch's sync is held: a second save is still committed…
+        let second = tokio::spawn({
+            let writer = writer.clone();
+            let ev = note(&keys, 1);
+            async move { writer.save(ev).await }
+        });
+        until(|| store.commits.load(Ordering::SeqCst) == 2).await;
+        // …but neither caller has an answer yet.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!first.is_finished() && !second.is_finished());
+
+        // Releasing the first sync answers only the first save: the second
+        // was committed after that sync began and needs one of its own.
+        store.permits.add_permits(1);
+        assert_eq!(
+            first.await.expect("join").expect("save"),
+            SaveOutcome::Stored
+        );
+        until(|| store.syncs.load(Ordering::SeqCst) == 2).await;
+        assert!(!second.is_finished());
+        store.permits.add_permits(1);
+        assert_eq!(
+            second.await.expect("join").expect("save"),
+            SaveOutcome::Stored
+        );
+
+        // A failed sync reaches its callers as an error.
+        store.fail.store(true, Ordering::SeqCst);
+        store.permits.add_permits(1);
+        let err = writer.save(note(&keys, 2)).await.expect_err("sync failed");
+        assert!(matches!(err.root(), StoreError::Sync(_)), "{err:?}");
+
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("writer task ends when all handles are dropped")
+            .expect("no panic");
     }
 }

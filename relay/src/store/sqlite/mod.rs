@@ -56,6 +56,10 @@ struct Wal {
     checkpointer: SqlitePool,
     /// The `-wal` file beside the database.
     file: PathBuf,
+    /// That file, open for [`Store::sync_commits`]: SQLite keeps the same
+    /// file (truncated or rewritten from its start, never replaced) while
+    /// any of our connections is open.
+    sync_file: Arc<std::fs::File>,
 }
 
 impl SqliteStore {
@@ -133,6 +137,8 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
+        // The migrations ran in WAL mode, so the file exists.
+        let sync_file = std::fs::File::open(&wal_file).map_err(StoreError::Sync)?;
         let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
             .fetch_one(&checkpointer)
             .await?;
@@ -159,6 +165,7 @@ impl SqliteStore {
                 monitor,
                 checkpointer,
                 file: wal_file.into(),
+                sync_file: Arc::new(sync_file),
             }),
         })
     }
@@ -330,6 +337,47 @@ impl Store for SqliteStore {
         let outcomes = save_batch_on(&self.write, events).await?;
         self.committed();
         Ok(outcomes)
+    }
+
+    /// The batch's transaction runs with `synchronous=NORMAL`: its commit
+    /// appends to the WAL without an fsync, and [`Store::sync_commits`]'s
+    /// `fdatasync` of the WAL makes it durable. WAL frames are checksummed
+    /// in a chain, so a crash before that sync loses at most a suffix of
+    /// unsynced commits, never an earlier synced one; and a checkpoint in
+    /// between syncs the WAL itself before copying it.
+    async fn save_batch_unsynced(&self, events: &[Event]) -> Result<Vec<SaveOutcome>, StoreError> {
+        if self.wal.is_none() {
+            return self.save_batch(events).await;
+        }
+        let mut conn = self.write.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut *conn)
+            .await?;
+        let saved = save_batch_on(&mut *conn, events).await;
+        // Back to FULL before the connection goes back to the pool: every
+        // other write on it (identity, the outbox, web sessions) syncs in
+        // its own commit. A connection that cannot be set back is dropped.
+        let restored = sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await;
+        if let Err(err) = restored {
+            let _ = conn.close().await;
+            return Err(err.into());
+        }
+        let outcomes = saved?;
+        self.committed();
+        Ok(outcomes)
+    }
+
+    async fn sync_commits(&self) -> Result<(), StoreError> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let file = Arc::clone(&wal.sync_file);
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|join| StoreError::Sync(std::io::Error::other(join)))?
+            .map_err(StoreError::Sync)
     }
 
     async fn query(
@@ -506,5 +554,43 @@ mod tests {
             "gift wraps are counted too"
         );
         store.close().await;
+    }
+
+    /// The unsynced path commits like `save_batch` (the events are there
+    /// after a reopen), syncs without error, and leaves the shared write
+    /// connection at `synchronous=FULL` (2) for every other writer on it.
+    #[tokio::test]
+    async fn unsynced_batches_commit_and_leave_the_connection_at_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/cairn.db", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let keys = Keys::generate();
+        let events: Vec<Event> = (0..20)
+            .map(|i| {
+                EventBuilder::text_note(format!("note {i}"))
+                    .sign_with_keys(&keys)
+                    .unwrap()
+            })
+            .collect();
+        let outcomes = store.save_batch_unsynced(&events).await.unwrap();
+        assert!(outcomes.iter().all(|o| *o == SaveOutcome::Stored));
+        store.sync_commits().await.unwrap();
+        let Some(super::super::Database::Sqlite(pool)) = store.database() else {
+            panic!("sqlite store without its pool");
+        };
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(level, 2, "the write connection is back at FULL");
+        store.close().await;
+
+        let reopened = SqliteStore::open(&url).await.unwrap();
+        let ctx = QueryContext {
+            max_limit: 100,
+            ..QueryContext::default()
+        };
+        assert_eq!(reopened.count(&[Filter::new()], &ctx).await.unwrap(), 20);
+        reopened.close().await;
     }
 }
