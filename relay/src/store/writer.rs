@@ -437,11 +437,9 @@ async fn sync_loop(store: Arc<dyn Store>, mut committed: mpsc::Receiver<Committe
             .record(started.elapsed().as_secs_f64());
         match synced {
             Ok(()) => {
-                for batch in ready.drain(..) {
-                    for (reply, outcome) in batch.replies.into_iter().zip(batch.outcomes) {
-                        // The caller may have gone away; the event is stored regardless.
-                        let _ = reply.send(Ok(outcome));
-                    }
+                for mut batch in ready.drain(..) {
+                    let events = batch.replies.len();
+                    answer(&mut batch.replies, Ok(batch.outcomes), events);
                 }
             }
             Err(err) => {
