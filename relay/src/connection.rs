@@ -103,7 +103,7 @@ pub async fn serve_connection<In, Out>(
     Out: Sink<Outgoing> + Unpin + Send,
 {
     let limits = &relay.config.limits;
-    let (out_tx, out_rx) = outbound::channel(
+    let (out_tx, out_rx) = outbound::channel_joined(
         limits.max_outbound_queue,
         limits.max_outbound_bytes,
         Duration::from_millis(limits.slow_reader_grace_ms),
@@ -127,7 +127,9 @@ pub async fn serve_connection<In, Out>(
     // One task for both: a frame queued is written in the same poll. (The
     // writer as a task of its own was measured: it waits behind every
     // session the same live event woke, and fan-out's median latency
-    // doubled, for no less CPU.)
+    // doubled, for no less CPU.) `join` polls both on every poll, the
+    // session first: what lets the session's own sends skip waking this
+    // task (`outbound::channel_joined`).
     let writer = write_loop(outgoing, out_rx, close_rx, shutdown);
     futures::future::join(reader, writer).await;
     // Held until the writer is done too: a socket still being told why it

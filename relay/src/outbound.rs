@@ -19,11 +19,19 @@
 //! - When the writer side is gone (the socket failed), every send fails
 //!   with [`SendError::Closed`] at once, and what was queued is freed.
 //!
+//! - A send never leaves the writer asleep with a message queued: it wakes
+//!   the writer's task, except on a [`channel_joined`] queue when the send
+//!   runs in that very task — whose writer is polled after the sender on
+//!   every poll, so the poll in progress reaches the writer anyway.
+//!
 //! Cost: this is on the path of every live delivery (fan-out sends one
 //! message per matching subscriber per event), so a send that finds room —
 //! the common case — takes one uncontended lock and arms no timer; only a
 //! send that has to wait sets up the grace timer. An idle connection's
-//! queue allocates nothing beyond its shared state.
+//! queue allocates nothing beyond its shared state. A connection's session
+//! and writer share one task ([`channel_joined`]): waking that task for its
+//! own send would poll the whole connection a second time for nothing, once
+//! per delivery.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -79,6 +87,9 @@ struct Shared {
     budget: usize,
     /// The most messages waiting in the queue.
     max_messages: usize,
+    /// The writer runs in the sender's task, polled after it (see
+    /// [`channel_joined`]).
+    joined: bool,
 }
 
 #[derive(Debug, Default)]
@@ -106,15 +117,39 @@ fn register(slot: &mut Option<Waker>, waker: &Waker) {
 
 /// A queue of at most `max_messages` messages and `max_bytes` bytes whose
 /// sends give up after `grace` without progress (see the module docs).
+#[cfg(test)]
 pub(crate) fn channel(
     max_messages: usize,
     max_bytes: usize,
     grace: Duration,
 ) -> (OutboundSender, OutboundReceiver) {
+    new_channel(max_messages, max_bytes, grace, false)
+}
+
+/// [`channel`] for a writer that runs in the sender's own task and is polled
+/// after the sender on every poll of it (`join(session, writer)`, in that
+/// order): a send made in that task does not wake it, since the poll in
+/// progress goes on to the writer. A send from any other task wakes it as
+/// usual.
+pub(crate) fn channel_joined(
+    max_messages: usize,
+    max_bytes: usize,
+    grace: Duration,
+) -> (OutboundSender, OutboundReceiver) {
+    new_channel(max_messages, max_bytes, grace, true)
+}
+
+fn new_channel(
+    max_messages: usize,
+    max_bytes: usize,
+    grace: Duration,
+    joined: bool,
+) -> (OutboundSender, OutboundReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         budget: max_bytes.max(1),
         max_messages: max_messages.max(1),
+        joined,
     });
     (
         OutboundSender {
@@ -134,7 +169,8 @@ pub(crate) fn is_slow_reader(progress_before: u64, progress_after: u64) -> bool 
 
 impl Shared {
     /// Queue `*item` if there is room (taking it out of the option), or
-    /// note `waker` to be woken when the socket takes something.
+    /// note `waker` (the sending task's) to be woken when the socket takes
+    /// something.
     fn try_push(
         &self,
         item: &mut Option<Queued>,
@@ -150,7 +186,10 @@ impl Shared {
                 state.charged += cost;
                 state.queue.push_back(queued);
             }
-            let writer = state.writer.take();
+            // Left registered: the writer is polled next in this very poll.
+            let own_task = self.joined
+                && matches!((&state.writer, waker), (Some(w), Some(s)) if w.will_wake(s));
+            let writer = if own_task { None } else { state.writer.take() };
             drop(state);
             if let Some(writer) = writer {
                 writer.wake();
@@ -194,8 +233,13 @@ impl OutboundSender {
     pub(crate) async fn send(&self, text: String) -> Result<(), SendError> {
         let cost = self.cost(text.len());
         let mut item = Some(Queued { text, cost });
-        // The common case: room now, and no timer.
-        if let Poll::Ready(result) = self.shared.try_push(&mut item, None) {
+        // The common case: room now, and no timer. (Polled, not called, to
+        // know the sending task: see `channel_joined`.)
+        let now = std::future::poll_fn(|cx: &mut Context<'_>| {
+            Poll::Ready(self.shared.try_push(&mut item, Some(cx.waker())))
+        })
+        .await;
+        if let Poll::Ready(result) = now {
             return result;
         }
         loop {
@@ -285,6 +329,8 @@ impl Drop for OutboundReceiver {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     fn msg(n: usize) -> String {
@@ -403,6 +449,81 @@ mod tests {
             .expect("woken when the writer went")
             .unwrap();
         assert_eq!(result, Err(SendError::Closed));
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes(0.into()));
+        (Arc::clone(&wakes), Waker::from(wakes))
+    }
+
+    fn count(wakes: &Wakes) -> usize {
+        wakes.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// One task holding a session and its writer, polled as
+    /// `serve_connection` polls them: the session sends once `go` fires.
+    #[test]
+    fn a_send_from_the_writers_own_task_is_written_in_the_same_poll_without_a_wake() {
+        for joined in [true, false] {
+            let (tx, mut rx) = new_channel(10, 1_000, Duration::from_secs(60), joined);
+            let (go, gate) = futures::channel::oneshot::channel::<()>();
+            let session = async {
+                gate.await.unwrap();
+                tx.send(msg(5)).await
+            };
+            let mut task = std::pin::pin!(futures::future::join(session, rx.recv()));
+            let (wakes, waker) = counting_waker();
+            let mut cx = Context::from_waker(&waker);
+            // Both wait: the session for `go`, the writer for a message.
+            assert!(task.as_mut().poll(&mut cx).is_pending());
+            go.send(()).unwrap();
+            let woken = count(&wakes);
+            assert_eq!(woken, 1, "`go` wakes the task");
+            // The session sends; the writer, polled next, takes it.
+            let Poll::Ready((sent, got)) = task.as_mut().poll(&mut cx) else {
+                panic!("the message is taken in the poll that sent it");
+            };
+            assert_eq!(sent, Ok(()));
+            assert_eq!(got.map(|(text, _)| text), Some(msg(5)));
+            // Joined: no second poll asked for. Not joined: the usual wake.
+            let extra = if joined { 0 } else { 1 };
+            assert_eq!(count(&wakes), woken + extra, "joined = {joined}");
+        }
+    }
+
+    #[test]
+    fn a_send_from_another_task_wakes_a_joined_writer() {
+        let (tx, mut rx) = channel_joined(10, 1_000, Duration::from_secs(60));
+        let (writer_wakes, writer_waker) = counting_waker();
+        let mut recv = std::pin::pin!(rx.recv());
+        assert!(recv
+            .as_mut()
+            .poll(&mut Context::from_waker(&writer_waker))
+            .is_pending());
+        let (_, other) = counting_waker();
+        let mut send = std::pin::pin!(tx.send(msg(5)));
+        assert_eq!(
+            send.as_mut().poll(&mut Context::from_waker(&other)),
+            Poll::Ready(Ok(()))
+        );
+        assert_eq!(count(&writer_wakes), 1);
+        let Poll::Ready(Some((text, _))) = recv.poll(&mut Context::from_waker(&writer_waker))
+        else {
+            panic!("the writer takes the message once woken");
+        };
+        assert_eq!(text, msg(5));
     }
 
     #[test]
