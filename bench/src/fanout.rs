@@ -68,7 +68,7 @@ async fn listen(
     ids: Arc<HashMap<String, usize>>,
     expected: usize,
     mut stop: watch::Receiver<bool>,
-) -> SubOutcome {
+) -> (SubOutcome, Ws) {
     let mut out = SubOutcome::default();
     // One wait for the stop signal for the whole run: made anew for every
     // message, it would join and leave the watch's waiter list (one lock
@@ -111,8 +111,11 @@ async fn listen(
             }
         }
     }
-    let _ = ws.close(None).await;
-    out
+    // Not closed here: a subscriber that has everything would otherwise
+    // hang up while others still wait for the last event, and the relay
+    // would tear down thousands of connections inside that event's
+    // fan-out. `run` closes every socket once all are done.
+    (out, ws)
 }
 
 /// Publish at a steady rate, noting when each event left; returns the send
@@ -231,12 +234,17 @@ pub async fn run(urls: &[String], args: &FanoutArgs) -> Result<Report> {
 
     // Give late deliveries `drain_secs`, then stop whoever still waits.
     let mut outcomes = Vec::with_capacity(args.subscribers);
+    let mut done = Vec::with_capacity(args.subscribers);
     let drain = tokio::time::sleep(Duration::from_secs(args.drain_secs));
     tokio::pin!(drain);
     loop {
         tokio::select! {
             joined = listeners.join_next() => match joined {
-                Some(j) => outcomes.push(j.context("subscriber task panicked")?),
+                Some(j) => {
+                    let (url_index, (outcome, ws)) = j.context("subscriber task panicked")?;
+                    outcomes.push((url_index, outcome));
+                    done.push(ws);
+                }
                 None => break,
             },
             _ = &mut drain, if !*stop_tx.borrow() => { let _ = stop_tx.send(true); }
@@ -244,6 +252,11 @@ pub async fn run(urls: &[String], args: &FanoutArgs) -> Result<Report> {
     }
 
     let mut latencies = Vec::new();
+    // The first event apart from the rest (it finds every connection cold),
+    // and per event the latency of its last delivery: how long one event
+    // takes to reach every subscriber.
+    let (mut first_event, mut later_events) = (Vec::new(), Vec::new());
+    let mut reach: Vec<Option<Duration>> = vec![None; sent_at.len()];
     // By whether the subscriber is on the publisher's process (URL 0):
     // the difference is what crossing processes (NOTIFY/LISTEN) costs.
     let (mut same_process, mut other_process) = (Vec::new(), Vec::new());
@@ -257,6 +270,13 @@ pub async fn run(urls: &[String], args: &FanoutArgs) -> Result<Report> {
             if let Some(sent) = sent_at[idx] {
                 let latency = at.saturating_duration_since(sent);
                 latencies.push(latency);
+                if idx == 0 {
+                    first_event.push(latency);
+                } else {
+                    later_events.push(latency);
+                }
+                let slowest = &mut reach[idx];
+                *slowest = Some(slowest.map_or(latency, |s| s.max(latency)));
                 if *url_index == 0 {
                     same_process.push(latency);
                 } else {
@@ -286,6 +306,25 @@ pub async fn run(urls: &[String], args: &FanoutArgs) -> Result<Report> {
     report.add("deliveries_received", latencies.len() as u64);
     report.add("subscribers_complete", complete);
     report.add_summary("delivery_latency", Summary::from_durations(&latencies));
+    report.add_summary(
+        "delivery_latency_first_event",
+        Summary::from_durations(&first_event),
+    );
+    report.add_summary(
+        "delivery_latency_later_events",
+        Summary::from_durations(&later_events),
+    );
+    if let Some((index, slowest)) = reach
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|r| (i, r)))
+        .max_by_key(|&(_, r)| r)
+    {
+        report.add("slowest_event_index", index as u64);
+        report.add("slowest_event_reach_ms", slowest.as_secs_f64() * 1e3);
+    }
+    let reach: Vec<Duration> = reach.into_iter().flatten().collect();
+    report.add_summary("event_reach", Summary::from_durations(&reach));
     if urls.len() > 1 {
         report.add_summary(
             "delivery_latency_publisher_process",
@@ -309,5 +348,11 @@ pub async fn run(urls: &[String], args: &FanoutArgs) -> Result<Report> {
     if !errors.is_empty() {
         report.add("subscriber_errors", json!(errors));
     }
+    // After the CPU reading: hanging up is not part of the fan-out.
+    futures::stream::iter(done)
+        .for_each_concurrent(256, |mut ws| async move {
+            let _ = timeout(Duration::from_secs(5), ws.close(None)).await;
+        })
+        .await;
     Ok(report)
 }
