@@ -54,8 +54,8 @@ struct Wal {
     monitor: Arc<wal::WalMonitor>,
     /// The checkpointer's own connection.
     checkpointer: SqlitePool,
-    /// The `-wal` file beside the database.
-    file: PathBuf,
+    /// The `-wal` file and the WAL index beside the database.
+    log: Arc<wal::LogFiles>,
     /// That file, open for [`Store::sync_commits`]: SQLite keeps the same
     /// file (truncated or rewritten from its start, never replaced) while
     /// any of our connections is open.
@@ -128,8 +128,6 @@ impl SqliteStore {
             .connect_with(options.clone().pragma("mmap_size", "2147418112"))
             .await?;
         let database_file: PathBuf = options.get_filename().to_path_buf();
-        let mut wal_file = database_file.clone().into_os_string();
-        wal_file.push("-wal");
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -137,24 +135,19 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        // The migrations ran in WAL mode, so the file exists.
-        let sync_file = std::fs::File::open(&wal_file).map_err(StoreError::Sync)?;
         let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
             .fetch_one(&checkpointer)
             .await?;
+        let page_size = u64::try_from(page_size).unwrap_or(4096);
+        // The migrations ran in WAL mode, so the files exist.
+        let log = wal::LogFiles::open(&database_file, page_size).map_err(StoreError::Sync)?;
+        let sync_file = std::fs::File::open(log.wal()).map_err(StoreError::Sync)?;
         let monitor = Arc::new(wal::WalMonitor::default());
         tokio::spawn({
             let pool = checkpointer.clone();
             let monitor = Arc::clone(&monitor);
             async move {
-                wal::run_checkpointer(
-                    pool,
-                    &database_file,
-                    u64::try_from(page_size).unwrap_or(4096),
-                    monitor,
-                    wal,
-                )
-                .await;
+                wal::run_checkpointer(pool, &database_file, page_size, monitor, wal).await;
             }
         });
         Ok(Self {
@@ -164,7 +157,7 @@ impl SqliteStore {
                 config: wal,
                 monitor,
                 checkpointer,
-                file: wal_file.into(),
+                log: Arc::new(log),
                 sync_file: Arc::new(sync_file),
             }),
         })
@@ -478,7 +471,7 @@ impl Store for SqliteStore {
         match pause {
             WriterPause::BetweenBatches => {
                 wal.monitor
-                    .between_batches(&self.write, &wal.file, &wal.config)
+                    .between_batches(&self.write, &wal.log, &wal.config)
                     .await?
             }
             WriterPause::Idle => wal.monitor.idle(&self.write, &wal.config).await?,

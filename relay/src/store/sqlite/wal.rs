@@ -31,9 +31,13 @@
 //!   checkpointer knows it for what it is and does not ask again
 //!   ([`WalMonitor::frames_to_restart`]). `journal_size_limit`
 //!   ([`WalConfig::size_limit`]) then cuts a file that grew past it back.
-//! - **A hard stop at the limit.** Should the checkpointer fall behind (a
-//!   slow disk makes its syncs slow), the writer restarts the log as soon
-//!   as the WAL file has passed `size_limit`, asked or not.
+//! - **A hard stop before the limit.** Should the checkpointer fall behind
+//!   (a slow disk makes its syncs slow), the writer restarts the log, asked
+//!   or not, as soon as one more batch as big as its last would take the
+//!   log past `size_limit`. It reads the log's length after each batch from
+//!   the WAL index ([`LogFiles::log_frames`]); on a 1M-event store one
+//!   batch can add ~17 MB, and a stop that waited for the file to pass the
+//!   limit let it reach 67 MB.
 //! - **Idle means empty.** When the writer has had nothing to write for a
 //!   while, a TRUNCATE checkpoint leaves a zero-byte WAL.
 //! - **One checkpoint at a time.** SQLite refuses a checkpoint at once
@@ -47,8 +51,9 @@
 //!   up; the next pass (or idle tick) tries again.
 
 use std::fs::File;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,6 +146,62 @@ fn log_bytes(frames: u64, page_size: u64) -> u64 {
     frames.saturating_mul(page_size + FRAME_HEADER)
 }
 
+/// The files beside the database that the writer's hard stop reads.
+#[derive(Debug)]
+pub(super) struct LogFiles {
+    /// The `-wal` file.
+    wal: PathBuf,
+    /// The `-shm` file: the WAL index, which SQLite keeps mapped in every
+    /// connection's memory; reading it is one `pread`.
+    index: File,
+    page_size: u64,
+}
+
+/// `iVersion` of the WAL index header SQLite has written since 3.7.0.
+const WAL_INDEX_VERSION: u32 = 3_007_000;
+
+impl LogFiles {
+    /// Opens the WAL index of `database`. It exists, as the WAL file does,
+    /// while a connection to the database is open in WAL mode.
+    pub(super) fn open(database: &Path, page_size: u64) -> std::io::Result<Self> {
+        let beside = |suffix: &str| {
+            let mut path = database.as_os_str().to_owned();
+            path.push(suffix);
+            PathBuf::from(path)
+        };
+        Ok(Self {
+            index: File::open(beside("-shm"))?,
+            wal: beside("-wal"),
+            page_size,
+        })
+    }
+
+    /// The `-wal` file.
+    pub(super) fn wal(&self) -> &Path {
+        &self.wal
+    }
+
+    /// Frames in the log as of the last commit: `mxFrame` of the WAL index
+    /// header (<https://sqlite.org/walformat.html>, in native byte order;
+    /// processes of different SQLite versions share the file, so its
+    /// layout does not change). Between two batches only this writer has
+    /// changed it, so the header is not being rewritten while it is read.
+    fn log_frames(&self) -> std::io::Result<u64> {
+        let mut header = [0u8; 20];
+        self.index.read_exact_at(&mut header, 0)?;
+        let word = |at: usize| {
+            u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+        };
+        if word(0) != WAL_INDEX_VERSION || header[12] == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not an initialised WAL index",
+            ));
+        }
+        Ok(u64::from(word(16)))
+    }
+}
+
 /// What the checkpointer and the write path tell each other.
 #[derive(Debug)]
 pub(super) struct WalMonitor {
@@ -165,6 +226,10 @@ pub(super) struct WalMonitor {
     restarted_log: AtomicI64,
     /// Held by whoever runs a checkpoint (see the module doc).
     checkpointing: Mutex<()>,
+    /// Frames in the log after the writer's previous batch, and how many
+    /// that batch added (for the hard stop; only the writer touches them).
+    log_after_batch: AtomicU64,
+    last_batch_frames: AtomicU64,
 }
 
 impl Default for WalMonitor {
@@ -176,6 +241,8 @@ impl Default for WalMonitor {
             dirty: AtomicBool::new(false),
             restarted_log: AtomicI64::new(-1),
             checkpointing: Mutex::new(()),
+            log_after_batch: AtomicU64::new(0),
+            last_batch_frames: AtomicU64::new(0),
         }
     }
 }
@@ -188,20 +255,17 @@ impl WalMonitor {
     }
 
     /// Between two batches: start the log over if a pass asked for it, or
-    /// if the WAL file (`wal_file`) has grown past the size limit anyway: a
+    /// if the next batch could take it past the size limit anyway: a
     /// checkpointer slowed down by a busy disk must not let it grow further.
     pub(super) async fn between_batches(
         &self,
         write: &SqlitePool,
-        wal_file: &Path,
+        files: &LogFiles,
         config: &WalConfig,
     ) -> Result<(), sqlx::Error> {
         let asked = self.restart_due.swap(false, Ordering::AcqRel);
-        // The file is never smaller than the log, and the first commit after
-        // the log starts over cuts it back to the limit: a file past the
-        // limit means that this log is.
-        let full = || std::fs::metadata(wal_file).is_ok_and(|m| m.len() > config.size_limit);
-        if !asked && !full() {
+        let full = self.next_batch_may_pass_limit(files, config);
+        if !asked && !full {
             return Ok(());
         }
         let result = checkpoint_on_writer(write, self, Checkpoint::Restart, config).await;
@@ -215,6 +279,29 @@ impl WalMonitor {
         }
         self.restarts.send_modify(|n| *n += 1);
         result.map(drop)
+    }
+
+    /// Whether one more batch as big as the last could take the log past
+    /// `config.size_limit` (see the module doc).
+    fn next_batch_may_pass_limit(&self, files: &LogFiles, config: &WalConfig) -> bool {
+        let frames = match files.log_frames() {
+            Ok(frames) => frames,
+            Err(err) => {
+                // Without the index, the file: never smaller than the log,
+                // and cut back to the limit by the first commit after the
+                // log starts over, so a file past the limit means this log is.
+                tracing::debug!(%err, "WAL index unreadable; the hard stop goes by the file's size");
+                return std::fs::metadata(&files.wal).is_ok_and(|m| m.len() > config.size_limit);
+            }
+        };
+        // A log shorter than after the previous batch has started over
+        // since: all of it is this batch's.
+        let previous = self.log_after_batch.swap(frames, Ordering::Relaxed);
+        let batch = frames.checked_sub(previous).unwrap_or(frames);
+        let last = self.last_batch_frames.swap(batch, Ordering::Relaxed);
+        // The larger of the last two batches: one batch smaller than the
+        // one before does not mean the next will be.
+        log_bytes(frames + batch.max(last), files.page_size) > config.size_limit
     }
 
     /// Frames of the log a pass reported that are still to start over: 0
@@ -561,6 +648,75 @@ mod tests {
             monitor.restarted_log.load(Ordering::Acquire) > 0,
             "the restart copied the log instead of giving way"
         );
+        store.close().await;
+    }
+
+    /// The writer's hard stop on its own (the checkpointer never asks: its
+    /// threshold is out of reach): the log starts over before a batch as
+    /// big as the last would take it past the limit, so the WAL file never
+    /// passes it. Waiting for the file to pass the limit let it grow by a
+    /// whole batch more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hard_stop_restarts_before_a_batch_would_pass_the_limit() {
+        let config = WalConfig {
+            restart_at: u64::MAX / 4,
+            size_limit: 1 << 20,
+            ..WalConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/cairn.db", dir.path().display());
+        let store = SqliteStore::open_with(&url, config).await.unwrap();
+        let wal = store.wal.as_ref().unwrap();
+        let keys = Keys::generate();
+        let mut largest = 0;
+        for batch in 0..30 {
+            let notes: Vec<Event> = (0..100)
+                .map(|i| {
+                    EventBuilder::new(Kind::TextNote, format!("{batch} {i} {}", "x".repeat(900)))
+                        .sign_with_keys(&keys)
+                        .unwrap()
+                })
+                .collect();
+            store.save_batch(&notes).await.unwrap();
+            largest = largest.max(std::fs::metadata(wal.log.wal()).unwrap().len());
+            store.maintain(WriterPause::BetweenBatches).await.unwrap();
+        }
+        assert!(
+            *wal.monitor.restarts.borrow() >= 2,
+            "~3 MB of events through a 1 MiB log start it over"
+        );
+        assert!(
+            largest <= config.size_limit,
+            "the WAL file reached {largest} bytes, past its limit of {}",
+            config.size_limit
+        );
+        store.close().await;
+    }
+
+    /// The hard stop reads the log's length from the WAL index: it must
+    /// agree with what SQLite itself reports.
+    #[tokio::test]
+    async fn the_wal_index_gives_the_log_length_sqlite_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/cairn.db", dir.path().display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let wal = store.wal.as_ref().unwrap();
+        let keys = Keys::generate();
+        for round in 0..3 {
+            let notes: Vec<Event> = (0..20)
+                .map(|i| {
+                    EventBuilder::new(Kind::TextNote, format!("{round} {i}"))
+                        .sign_with_keys(&keys)
+                        .unwrap()
+                })
+                .collect();
+            store.save_batch(&notes).await.unwrap();
+            let from_index = wal.log.log_frames().unwrap();
+            let mut conn = wal.checkpointer.acquire().await.unwrap();
+            let pass = checkpoint(&mut conn, Checkpoint::Passive).await.unwrap();
+            assert!(from_index > 0, "a commit left frames in the log");
+            assert_eq!(from_index, pass.frames());
+        }
         store.close().await;
     }
 
